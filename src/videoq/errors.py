@@ -1,0 +1,102 @@
+"""The videoq error tree. Callers catch by level; the API maps classes to statuses in one table
+(:mod:`videoq.api`), the worker maps them to retry-or-fail in one place (:mod:`videoq.workers`).
+
+    VideoqError
+    ├── ProviderError               an AI provider or a tool it drives failed
+    │   ├── RetryableError          timeouts, connection errors, 408/409/429/5xx/529
+    │   └── PermanentError          validation, other 4xx, unsupported input, too large
+    │       └── FFmpegError         FFmpeg exited non-zero (carries return code, stderr tail)
+    ├── JobCancelled                the job was cancelled while it ran
+    ├── NotFound                    no such job / key (for this tenant)
+    ├── Conflict                    the job's state forbids the operation
+    ├── Unauthorized                missing or unknown API key
+    ├── Forbidden                   the key lacks the scope
+    └── NotMigrated                 the database schema is behind the code
+"""
+
+from __future__ import annotations
+
+
+class VideoqError(Exception):
+    """Base of every error videoq raises on purpose. ``code`` is stable and machine-readable."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ProviderError(VideoqError):
+    """A provider call (HTTP API or FFmpeg) failed."""
+
+    code = "provider_error"
+    retryable = False
+
+
+class RetryableError(ProviderError):
+    """Worth trying again later; ``retry_after_s`` is the provider's hint, if it gave one."""
+
+    code = "provider_unavailable"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(ProviderError):
+    """Trying again cannot help: the job fails at once."""
+
+    code = "provider_rejected"
+
+
+class FFmpegError(PermanentError):
+    """FFmpeg exited with a non-zero status."""
+
+    code = "ffmpeg_failed"
+
+    def __init__(self, message: str, *, returncode: int | None, stderr_tail: str) -> None:
+        super().__init__(f"{message} (exit {returncode}): {stderr_tail}")
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class JobCancelled(VideoqError):
+    """The job was cancelled while it was running."""
+
+    code = "cancelled"
+
+
+class NotFound(VideoqError):
+    """The resource does not exist, or belongs to another tenant."""
+
+    code = "not_found"
+
+
+class Conflict(VideoqError):
+    """The resource's current state does not allow the operation."""
+
+    code = "conflict"
+
+
+class Unauthorized(VideoqError):
+    """No API key, or an unknown or revoked one."""
+
+    code = "unauthorized"
+
+
+class Forbidden(VideoqError):
+    """The API key is valid but lacks the scope for this operation."""
+
+    code = "forbidden"
+
+
+class NotMigrated(VideoqError):
+    """The database is missing migrations; run ``videoq migrate``."""
+
+    code = "not_migrated"
