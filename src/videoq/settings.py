@@ -1,4 +1,4 @@
-"""Settings: one pydantic-settings object, built once per process at each entry point and passed down.
+"""Settings: one pydantic-settings object, built once per process at each entry point, passed down.
 
 Precedence, highest first: a job's ``options`` (see :meth:`Settings.for_job`) > command-line flags
 (passed as keyword arguments) > environment (``VIDEOQ_*``) > ``videoq.toml`` > defaults.

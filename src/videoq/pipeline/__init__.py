@@ -8,9 +8,18 @@ Progress is overall, 0–100: ``script_gen`` 0–25, ``voice_gen`` 25–50, ``vi
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from videoq.errors import RetryableError
+
+if TYPE_CHECKING:
+    from videoq.providers import Providers
+    from videoq.settings import Settings
 
 STAGES: tuple[str, ...] = ("script_gen", "voice_gen", "video_gen", "compositing")
 STAGE_RANGES: dict[str, tuple[float, float]] = {
@@ -18,6 +27,13 @@ STAGE_RANGES: dict[str, tuple[float, float]] = {
     "voice_gen": (25.0, 50.0),
     "video_gen": (50.0, 75.0),
     "compositing": (75.0, 100.0),
+}
+#: The stages whose outputs each stage consumes: when one of them runs again, so does it.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "script_gen": (),
+    "voice_gen": ("script_gen",),
+    "video_gen": ("script_gen",),
+    "compositing": ("script_gen", "voice_gen", "video_gen"),
 }
 RESOLUTIONS: dict[str, tuple[int, int]] = {
     "9:16": (1080, 1920),
@@ -80,3 +96,151 @@ class MemoryCheckpoints:
 
     async def save(self, stage: str, output: dict[str, Any]) -> None:
         self.outputs[stage] = output
+
+
+class _Progress:
+    """Forwards progress to a :class:`Reporter`, never letting it go backwards."""
+
+    def __init__(self, report: Reporter) -> None:
+        self._report = report
+        self._last = 0.0
+
+    async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
+        self._last = max(self._last, min(100.0, progress))
+        await self._report(stage, self._last, message)
+
+    def within(self, stage: str) -> Callable[[float], Awaitable[None]]:
+        """A callback mapping a stage's own fraction done (0–1) onto its overall range."""
+        low, high = STAGE_RANGES[stage]
+
+        async def on_progress(fraction: float) -> None:
+            await self(stage, low + (high - low) * fraction)
+
+        return on_progress
+
+
+@asynccontextmanager
+async def _deadline(stage: str, timeout_s: float) -> AsyncIterator[None]:
+    """Limit a stage to ``timeout_s``; running out is worth a retry, like any other timeout."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as exc:
+        raise RetryableError(
+            f"stage {stage} timed out after {timeout_s} s", code="timeout"
+        ) from exc
+
+
+async def _load_valid(checkpoints: Checkpoints, stage: str) -> dict[str, Any] | None:
+    """The stage's checkpoint, if it exists, parses, and every file it refers to is still there."""
+    from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
+
+    output = await checkpoints.load(stage)
+    if output is None:
+        return None
+    artifacts = {
+        "script_gen": script_gen.artifacts,
+        "voice_gen": voice_gen.artifacts,
+        "video_gen": video_gen.artifacts,
+        "compositing": compositing.artifacts,
+    }[stage]
+    try:
+        paths = artifacts(output)
+    except (KeyError, TypeError, ValueError):
+        return None  # written by an incompatible version: cheaper to redo than to fail the job
+    return output if all(path.exists() for path in paths) else None
+
+
+async def run_pipeline(
+    brief: Brief,
+    *,
+    settings: Settings,
+    workdir: Path,
+    checkpoints: Checkpoints,
+    report: Reporter,
+    providers: Providers | None = None,
+) -> Result:
+    """Run the four stages in order and return the finished video, ``workdir/video.mp4``.
+
+    A stage whose checkpoint is recorded (and whose files still exist) is skipped, unless a
+    stage it depends on had to run again. Each completed stage is saved to ``checkpoints``
+    before the next starts. ``report`` receives ``started`` / ``completed`` / ``skipped`` at
+    the stage boundaries and non-decreasing progress in between. Each stage is limited to
+    ``settings.stage_timeout_s`` (then :class:`RetryableError`); provider and FFmpeg errors
+    propagate unchanged.
+    """
+    from videoq.pipeline import compositing
+    from videoq.providers import offline_providers
+
+    providers = providers or offline_providers(settings)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    progress = _Progress(report)
+    outputs: dict[str, dict[str, Any]] = {}
+    ran: set[str] = set()
+    for stage in STAGES:
+        saved = await _load_valid(checkpoints, stage)
+        if saved is not None and not ran.intersection(STAGE_INPUTS[stage]):
+            outputs[stage] = saved
+            await progress(stage, STAGE_RANGES[stage][1], "skipped")
+            continue
+        ran.add(stage)
+        await progress(stage, STAGE_RANGES[stage][0], "started")
+        async with _deadline(stage, settings.stage_timeout_s):
+            output = await _run_stage(
+                stage,
+                brief,
+                outputs,
+                settings=settings,
+                workdir=workdir,
+                providers=providers,
+                on_progress=progress.within(stage),
+            )
+        await checkpoints.save(stage, output)
+        outputs[stage] = output
+        await progress(stage, STAGE_RANGES[stage][1], "completed")
+    final = compositing.from_output(outputs["compositing"])
+    # Stages may record what they cost (live providers); offline stages record nothing.
+    cost = {
+        stage: out["cost"] for stage, out in outputs.items() if isinstance(out.get("cost"), dict)
+    }
+    return Result(final.video_path, final.duration_s, final.size_bytes, cost=cost)
+
+
+async def _run_stage(
+    stage: str,
+    brief: Brief,
+    outputs: dict[str, dict[str, Any]],
+    *,
+    settings: Settings,
+    workdir: Path,
+    providers: Providers,
+    on_progress: Callable[[float], Awaitable[None]],
+) -> dict[str, Any]:
+    """Run one stage on the outputs of the earlier ones; return its checkpoint."""
+    # Imported here: the stage modules import this module's names.
+    from videoq.ffmpeg import find_font
+    from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
+    from videoq.providers import Script, VoiceTrack
+
+    if stage == "script_gen":
+        return (await script_gen.run(brief, provider=providers.script)).to_dict()
+    script = Script.from_dict(outputs["script_gen"])
+    if stage == "voice_gen":
+        voice = await voice_gen.run(brief, script, provider=providers.voice, workdir=workdir)
+        return voice.to_dict()
+    if stage == "video_gen":
+        clips = await video_gen.run(
+            brief, script, provider=providers.video, workdir=workdir, on_progress=on_progress
+        )
+        return video_gen.to_output(clips)
+    result = await compositing.run(
+        brief,
+        script,
+        VoiceTrack.from_dict(outputs["voice_gen"]),
+        video_gen.from_output(outputs["video_gen"]),
+        settings=settings,
+        workdir=workdir,
+        font=await find_font(settings) if brief.cta_text else None,
+        on_progress=on_progress,
+    )
+    return compositing.to_output(result)

@@ -1,0 +1,3 @@
+from videoq.cli import main
+
+main()

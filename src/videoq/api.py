@@ -1,0 +1,262 @@
+"""The HTTP and WebSocket API (Starlette). ``create_app(settings)`` is the factory uvicorn runs.
+
+Every route except ``/health`` checks the API key and scopes its queries by the key's tenant;
+errors share one JSON shape, mapped from the error tree in :data:`STATUS`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from arq import ArqRedis, create_pool
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from videoq import db, events, jobs, queue
+from videoq.auth import Principal, authenticate, bearer
+from videoq.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    NotMigrated,
+    Unauthorized,
+    VideoqError,
+)
+from videoq.schemas import JobCreate, field_errors
+from videoq.settings import Settings
+from videoq.streaming import job_events_socket
+
+log = structlog.get_logger(__name__)
+
+#: Error class → HTTP status; anything else is a 500 with a generic message.
+STATUS: dict[type[VideoqError], int] = {
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    NotMigrated: 503,
+}
+
+
+@dataclass
+class State:
+    """What the lifespan opens and every request shares."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[Any]
+    redis: ArqRedis
+    broadcaster: events.Broadcaster
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def state_of(conn: HTTPConnection) -> State:
+    st: State = conn.app.state.videoq
+    return st
+
+
+async def principal(conn: HTTPConnection) -> Principal:
+    key = bearer(conn.headers.get("authorization")) or conn.query_params.get("token")
+    async with state_of(conn).sessions() as session:
+        return await authenticate(session, key)
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def read_json(request: Request) -> Any:
+    limit = state_of(request).settings.max_body_bytes
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body over {limit} bytes")
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        raise HTTPException(400, "request body is not valid JSON") from None
+
+
+async def create_job(request: Request) -> Response:
+    who = await principal(request)
+    st = state_of(request)
+    payload = await read_json(request)
+    if not isinstance(payload, dict):
+        return error_response(422, "validation_error", "the body must be a JSON object")
+    try:
+        body = JobCreate.model_validate(payload)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        names = ", ".join(e["field"] for e in errors)
+        return error_response(422, "validation_error", f"invalid fields: {names}", errors)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 200:
+        return error_response(
+            422, "validation_error", "Idempotency-Key must be 1-200 characters",
+            [{"field": "Idempotency-Key", "message": "must be 1-200 characters"}],
+        )  # fmt: skip
+    async with st.sessions() as session:
+        job, created = await jobs.create_job(
+            session, who.tenant, body, default_max_retries=st.settings.max_retries,
+            idempotency_key=key,
+        )  # fmt: skip
+    if created:
+        await queue.announce_created(st.redis, st.settings, job)
+    return JSONResponse(jobs.job_view(job, base_url(request)), status_code=202 if created else 200)
+
+
+async def get_job(request: Request) -> Response:
+    who = await principal(request)
+    async with state_of(request).sessions() as session:
+        job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
+    return JSONResponse(jobs.job_view(job, base_url(request)))
+
+
+async def list_jobs(request: Request) -> Response:
+    who = await principal(request)
+    params = request.query_params
+    status = params.get("status")
+    if status is not None and status not in db.STATUSES:
+        return error_response(
+            422, "validation_error", f"status must be one of {', '.join(db.STATUSES)}",
+            [{"field": "status", "message": "unknown status"}],
+        )  # fmt: skip
+    try:
+        limit = int(params.get("limit", "50"))
+        if not 1 <= limit <= 100:
+            raise ValueError
+    except ValueError:
+        return error_response(
+            422, "validation_error", "limit must be an integer from 1 to 100",
+            [{"field": "limit", "message": "must be an integer from 1 to 100"}],
+        )  # fmt: skip
+    async with state_of(request).sessions() as session:
+        try:
+            page, cursor = await jobs.list_jobs(
+                session, who.tenant, status=status, limit=limit, cursor=params.get("cursor")
+            )
+        except ValueError:
+            return error_response(
+                422, "validation_error", "invalid cursor",
+                [{"field": "cursor", "message": "invalid cursor"}],
+            )  # fmt: skip
+    url = base_url(request)
+    return JSONResponse({"data": [jobs.job_view(j, url) for j in page], "next_cursor": cursor})
+
+
+async def get_video(request: Request) -> Response:
+    who = await principal(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
+    if job.status != "succeeded":
+        raise Conflict(f"job {job.id} is {job.status}; the video exists once it has succeeded")
+    # The path comes from the job's UUID only, never from anything the caller sent.
+    path = st.settings.artifacts / str(uuid.UUID(str(job.id))) / "video.mp4"
+    if not path.is_file():
+        raise NotFound(f"the video of job {job.id} is no longer stored")
+    return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+
+
+async def health(request: Request) -> Response:
+    st = state_of(request)
+    redis_ok = database_ok = False
+    queue_length = workers = 0
+    try:
+        await st.redis.ping()
+        redis_ok = True
+        queue_length = await st.redis.zcard(st.settings.queue_name)
+        workers = await queue.count_workers(st.redis)
+    except Exception as exc:
+        log.warning("health_redis_failed", error=str(exc))
+    try:
+        async with st.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        database_ok = True
+    except Exception as exc:
+        log.warning("health_database_failed", error=str(exc))
+    status = "healthy" if redis_ok and database_ok else "degraded" if database_ok else "unhealthy"
+    body = {
+        "status": status,
+        "redis": redis_ok,
+        "database": database_ok,
+        "queue_length": queue_length,
+        "workers": workers,
+    }
+    return JSONResponse(body, status_code=503 if status == "unhealthy" else 200)
+
+
+async def _videoq_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, VideoqError)
+    return error_response(STATUS.get(type(exc), 500), exc.code, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+    return error_response(
+        exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), None,
+        dict(exc.headers or {}),
+    )  # fmt: skip
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    request_id = uuid.uuid4().hex[:12]
+    log.error("request_failed", request_id=request_id, path=request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", f"internal error (request id {request_id})")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The API application. Opens the database engine and Redis pool for its lifetime; refuses
+    to start on a database that is not migrated."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        assert settings.database_url and settings.redis_url, "database_url and redis_url are needed"
+        engine = db.create_engine(settings.database_url)
+        try:
+            await db.check_migrated(engine)
+            redis = await create_pool(queue.redis_settings(settings), **queue.serializers())
+            async with events.Broadcaster(redis) as broadcaster:
+                app.state.videoq = State(
+                    settings, engine, db.sessionmaker(engine), redis, broadcaster
+                )
+                yield
+            await redis.aclose()
+        finally:
+            await engine.dispose()
+
+    handler = Callable[[Request, Exception], Awaitable[Response]]
+    handlers: dict[Any, handler] = {
+        VideoqError: _videoq_error,
+        HTTPException: _http_error,
+        Exception: _internal_error,
+    }
+    routes = [
+        Route("/health", health),
+        Route("/v1/jobs", create_job, methods=["POST"]),
+        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", get_job),
+        Route("/v1/jobs/{job_id}/video", get_video),
+        WebSocketRoute("/v1/jobs/{job_id}/events", job_events_socket),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -1,0 +1,65 @@
+"""API keys: random tokens shown once, stored as SHA-256 hashes, scoped to a tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from videoq.db import ApiKey
+from videoq.errors import Unauthorized
+
+KEY_PREFIX = "vq_"
+# Writing last_used_at on every request would turn each read into a write; once a minute is enough.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant every query is scoped by, and whether it may operate workers."""
+
+    tenant: str
+    is_admin: bool = False
+
+
+def hash_key(key: str) -> str:
+    # The keys are 256-bit random tokens, so a fast hash is safe (no dictionary to attack).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_key(session: AsyncSession, tenant: str, *, admin: bool = False) -> str:
+    """Create a key for ``tenant`` and return it; only its hash is stored."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(tenant=tenant, prefix=key[:10], key_hash=hash_key(key), is_admin=admin))
+    await session.commit()
+    return key
+
+
+async def authenticate(session: AsyncSession, key: str | None) -> Principal:
+    """The principal for ``key``, or :class:`Unauthorized`."""
+    if not key:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    row = (
+        await session.execute(
+            select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise Unauthorized("invalid API key")
+    now = datetime.now(UTC)
+    if row.last_used_at is None or now - row.last_used_at > _LAST_USED_RESOLUTION:
+        await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        await session.commit()
+    return Principal(tenant=row.tenant, is_admin=row.is_admin)
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None

@@ -1,0 +1,255 @@
+"""The ``videoq`` command line. Exit codes: 0 success, 1 job failed, 2 usage error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+
+from videoq.embedded import resolve
+from videoq.logging import configure_logging
+from videoq.settings import Settings
+
+STAGES = ("script_gen", "voice_gen", "video_gen", "compositing")
+err = Console(stderr=True)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _need_urls(settings: Settings) -> Settings:
+    settings = resolve(settings)
+    if not (settings.database_url and settings.redis_url):
+        raise click.UsageError(
+            "set VIDEOQ_DATABASE_URL and VIDEOQ_REDIS_URL, or run `videoq dev` in this directory"
+        )
+    return settings
+
+
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """videoq: AI video generation jobs, from a brief to a finished MP4.
+
+    Settings come from VIDEOQ_* variables and ./videoq.toml; flags override both."""
+    ctx.obj = Settings()
+    configure_logging(ctx.obj)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.pass_context
+def dev(ctx: click.Context, host: str, port: int, workers: int) -> None:
+    """Embedded services, migrations, the API and workers in one command (Ctrl-C stops all)."""
+    from videoq.dev import running_stack
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with running_stack(_settings(ctx), host=host, port=port, workers=workers) as stack:
+        s = stack.settings
+        click.echo(f"VIDEOQ_API_URL={stack.api_url}")
+        click.echo(f"VIDEOQ_API_KEY={stack.api_key}")
+        click.echo(f"VIDEOQ_DATABASE_URL={s.database_url}")
+        click.echo(f"VIDEOQ_REDIS_URL={s.redis_url}", nl=True)
+        sys.stdout.flush()
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        err.print("videoq dev: stopping")
+
+
+@main.command()
+@click.option("--host", default=None, help="Default: settings.host.")
+@click.option("--port", default=None, type=int, help="Default: settings.port.")
+@click.pass_context
+def api(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the HTTP/WebSocket API under uvicorn."""
+    import uvicorn
+
+    from videoq.api import create_app
+
+    settings = _need_urls(_settings(ctx))
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="warning",
+        lifespan="on",
+    )
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Stop once the queue is empty.")
+@click.pass_context
+def worker(ctx: click.Context, burst: bool) -> None:
+    """Run an arq worker (same as `arq videoq.workers.WorkerSettings`)."""
+    from arq.worker import Worker
+
+    from videoq.workers import worker_options
+
+    Worker(**worker_options(_need_urls(_settings(ctx))), burst=burst).run()
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Bring the database schema up to date."""
+    from videoq import db
+
+    settings = _need_urls(_settings(ctx))
+    assert settings.database_url
+    db.migrate(settings.database_url)
+    err.print("database migrated to", db.head_revision())
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant the key belongs to.")
+@click.option("--admin", is_flag=True, help="May also operate workers and queues.")
+@click.pass_context
+def keys_create(ctx: click.Context, tenant: str, admin: bool) -> None:
+    """Create an API key and print it (shown once; only its hash is stored)."""
+    from videoq.dev import _create_key
+
+    click.echo(asyncio.run(_create_key(_need_urls(_settings(ctx)), tenant, admin)))
+
+
+def _brief_options(fn: Any) -> Any:
+    options = [
+        click.argument("product_name"),
+        click.option("--style", type=click.Choice(["minimal", "bold", "cinematic", "playful"])),
+        click.option("--cta", "cta_text", help="Call to action drawn over the last seconds."),
+        click.option("--prompt", help="Extra direction for the script."),
+        click.option("--duration", "duration_s", type=int, help="Seconds, 5–60."),
+        click.option("--aspect", "aspect_ratio", type=click.Choice(["9:16", "16:9", "1:1"])),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _client_args(api_url: str | None, api_key: str | None, settings: Settings) -> tuple[str, str]:
+    from videoq.dev import dev_api
+
+    found = dev_api(settings.home)
+    url = api_url or (found[0] if found else None)
+    key = api_key or (found[1] if found else None)
+    if not url or not key:
+        raise click.UsageError("set VIDEOQ_API_URL and VIDEOQ_API_KEY, or run `videoq dev` here")
+    return url, key
+
+
+@main.command()
+@_brief_options
+@click.option("--watch", is_flag=True, help="Show live progress until the job ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.option("--api-url", envvar="VIDEOQ_API_URL")
+@click.option("--api-key", envvar="VIDEOQ_API_KEY")
+@click.pass_context
+def submit(
+    ctx: click.Context, watch: bool, as_json: bool, api_url: str | None, api_key: str | None,
+    **brief: Any,
+) -> None:  # fmt: skip
+    """Submit a job; with --watch, follow it to the end (exit 1 if it fails)."""
+    url, key = _client_args(api_url, api_key, _settings(ctx))
+    fields = {k: v for k, v in brief.items() if v is not None}
+    job = asyncio.run(_submit(url, key, fields, watch))
+    if as_json:
+        click.echo(job.model_dump_json(indent=2))
+    else:
+        click.echo(f"{job.id} {job.status}")
+    if job.status == "failed":
+        ctx.exit(1)
+
+
+async def _submit(url: str, key: str, fields: dict[str, Any], watch: bool) -> Any:
+    from videoq.client import Client
+
+    async with Client(url, key) as client:
+        job = await client.submit(**fields)
+        if not watch:
+            return job
+        await watch_progress(client, job.id)
+        return await client.get(job.id)
+
+
+async def watch_progress(client: Any, job_id: str) -> None:
+    """Per-stage progress bars on stderr, fed by the job's WebSocket."""
+    with Progress(
+        TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        console=err, transient=False,
+    ) as bars:  # fmt: skip
+        tasks = {stage: bars.add_task(stage, total=25) for stage in STAGES}
+        base = dict(zip(STAGES, (0, 25, 50, 75), strict=True))
+        async for event in client.events(job_id):
+            for stage in STAGES:
+                done = min(25.0, max(0.0, event.progress - base[stage]))
+                bars.update(tasks[stage], completed=done)
+            if event.terminal:
+                err.print(f"job {event.status}: {event.message or ''}")
+
+
+@main.command()
+@_brief_options
+@click.option("--offline", is_flag=True, required=True, help="Use the offline providers.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("video.mp4"))
+@click.pass_context
+def render(ctx: click.Context, offline: bool, out: Path, **brief: Any) -> None:
+    """Run the pipeline in this process, with no Redis or database, and write the MP4."""
+    import shutil
+    import tempfile
+
+    from videoq.pipeline import Brief, MemoryCheckpoints, run_pipeline
+
+    settings = _settings(ctx).model_copy(update={"providers": "offline"})
+
+    async def report(stage: str, progress: float, message: str | None = None) -> None:
+        err.print(f"{progress:5.1f}% {stage} {message or ''}")
+
+    async def go() -> None:
+        with tempfile.TemporaryDirectory(prefix="videoq-render-") as work:
+            result = await run_pipeline(
+                Brief(**{k: v for k, v in brief.items() if v is not None}),
+                settings=settings, workdir=Path(work), checkpoints=MemoryCheckpoints(),
+                report=report,
+            )  # fmt: skip
+            shutil.move(result.video_path, out)
+
+    asyncio.run(go())
+    click.echo(str(out.resolve()))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--api-url", envvar="VIDEOQ_API_URL")
+@click.option("--api-key", envvar="VIDEOQ_API_KEY")
+@click.pass_context
+def status(ctx: click.Context, job_id: str, api_url: str | None, api_key: str | None) -> None:
+    """Print a job as JSON."""
+    from videoq.client import Client
+
+    url, key = _client_args(api_url, api_key, _settings(ctx))
+
+    async def go() -> Any:
+        async with Client(url, key) as client:
+            return await client.get(job_id)
+
+    click.echo(json.dumps(asyncio.run(go()).model_dump(mode="json"), indent=2))

@@ -1,0 +1,237 @@
+"""The async SDK::
+
+async with Client("http://127.0.0.1:8000", api_key) as c:
+    job = await c.submit(product_name="Acme Mug", cta_text="Buy now")
+    async for event in c.events(job.id):
+        print(event.stage, event.progress)
+    job = await c.wait(job.id)
+    await c.download(job.id, "acme.mp4")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class ApiError(Exception):
+    """The API answered with an error: ``status`` (HTTP), ``code`` (stable), ``message``."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class JobResult(BaseModel):
+    video_url: str
+    duration_s: float | None = None
+    size_bytes: int | None = None
+
+
+class Job(BaseModel):
+    """A job as the API reports it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    status: Literal[
+        "queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"
+    ]
+    stage: str | None = None
+    progress: float = 0.0
+    priority: str = "normal"
+    attempts: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker_id: str | None = None
+    error: JobError | None = None
+    result: JobResult | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the job has succeeded, failed or been cancelled."""
+        return self.status in TERMINAL
+
+
+class Event(BaseModel):
+    """One progress event (DESIGN.md "Events")."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    seq: int
+    type: Literal["snapshot", "status", "stage", "progress", "log"]
+    status: str
+    stage: str | None = None
+    progress: float = 0.0
+    worker_id: str | None = None
+    ts: datetime | None = None
+    message: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True for the event that ends the job's stream."""
+        return self.type == "status" and self.status in TERMINAL
+
+
+class Client:
+    """Async client for the videoq API. Use as ``async with Client(base_url, api_key) as c``.
+
+    ``transport`` is passed to httpx (e.g. ``httpx.ASGITransport(app)`` in tests).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the underlying HTTP connections."""
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._http.request(method, path, **kwargs)
+        if response.is_error:
+            _raise(response)
+        return response.json()
+
+    async def submit(self, *, idempotency_key: str | None = None, **fields: Any) -> Job:
+        """Create a job from a brief (``product_name``, ``style``, ``cta_text``, ``duration_s``,
+        ``aspect_ratio``, …, as in ``POST /v1/jobs``)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return Job.model_validate(
+            await self._request("POST", "/v1/jobs", json=fields, headers=headers)
+        )
+
+    async def get(self, job_id: str) -> Job:
+        """The job's current state."""
+        return Job.model_validate(await self._request("GET", f"/v1/jobs/{job_id}"))
+
+    async def list(self, *, status: str | None = None, page_size: int = 50) -> AsyncIterator[Job]:
+        """Every job of the caller's tenant, newest first, fetched page by page."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if status:
+                params["status"] = status
+            if cursor:
+                params["cursor"] = cursor
+            page = await self._request("GET", "/v1/jobs", params=params)
+            for item in page["data"]:
+                yield Job.model_validate(item)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def events(self, job_id: str, *, after: int | None = None) -> AsyncIterator[Event]:
+        """The job's events, starting with a snapshot, until the terminal one. Reconnects by
+        itself with ``after=`` the last seen ``seq``, so no event is missed or repeated."""
+        ws_base = "ws" + self.base_url.removeprefix("http")
+        headers = {"Authorization": f"Bearer {self._api_key}"}
+        last = after
+        failures = 0
+        while True:
+            url = f"{ws_base}/v1/jobs/{job_id}/events"
+            if last is not None:
+                url += f"?after={last}"
+            try:
+                async with connect(url, additional_headers=headers, open_timeout=10) as ws:
+                    async for raw in ws:
+                        event = Event.model_validate(json.loads(raw))
+                        failures = 0
+                        if event.type != "snapshot" or last is None:
+                            last = event.seq
+                        yield event
+                        if event.terminal:
+                            return
+                    code = ws.close_code
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+            except (OSError, InvalidStatus, TimeoutError):
+                code = None
+            if code == 1000:
+                return  # the job had already ended
+            if code in (4400, 4401, 4404):
+                raise ApiError(code - 4000, "websocket_refused", f"events refused ({code})")
+            failures += 1
+            if failures > 10:
+                raise ApiError(503, "unavailable", "the events stream kept failing")
+            await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
+        """Wait until the job has succeeded, failed or been cancelled, and return it."""
+
+        async def until_done() -> Job:
+            async for _ in self.events(job_id):
+                pass
+            return await self.get(job_id)
+
+        return await asyncio.wait_for(until_done(), timeout)
+
+    async def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
+        """Save the job's MP4 to ``path`` (written under a temporary name, then renamed)."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.part")
+        async with self._http.stream("GET", f"/v1/jobs/{job_id}/video") as response:
+            if response.is_error:
+                await response.aread()
+                _raise(response)
+            with tmp.open("wb") as out:
+                async for chunk in response.aiter_bytes():
+                    out.write(chunk)
+        tmp.replace(target)
+        return target
+
+
+def _raise(response: httpx.Response) -> None:
+    try:
+        error = response.json()["error"]
+        raise ApiError(response.status_code, error["code"], error["message"], error.get("details"))
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(response.status_code, "http_error", response.text[:200]) from None

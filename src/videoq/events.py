@@ -1,0 +1,187 @@
+"""Job events: numbered per job, kept in a capped Redis Stream for replay, and published on
+pub/sub for live delivery (DESIGN.md "Events").
+
+One Lua script numbers, stores and publishes each event, so ``seq`` order, stream order and
+pub/sub order are the same and a reconnecting client can resume from any ``seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+log = structlog.get_logger(__name__)
+
+EVENT_TYPES = ("snapshot", "status", "stage", "progress", "log")
+STREAM_MAXLEN = 2000
+TTL_S = 7 * 24 * 3600
+
+
+def job_channel(job_id: str) -> str:
+    return f"videoq:events:job:{job_id}"
+
+
+def tenant_channel(tenant: str) -> str:
+    return f"videoq:events:tenant:{tenant}"
+
+
+def _seq_key(job_id: str) -> str:
+    return f"videoq:seq:{job_id}"
+
+
+def _stream_key(job_id: str) -> str:
+    return f"videoq:stream:{job_id}"
+
+
+_PUBLISH = """
+local seq = redis.call('INCR', KEYS[1])
+local event = cjson.decode(ARGV[1])
+event['seq'] = seq
+local data = cjson.encode(event)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', data)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', KEYS[3], data)
+redis.call('PUBLISH', KEYS[4], data)
+return seq
+"""
+
+
+def make_event(
+    job_id: str,
+    type_: str,
+    *,
+    status: str,
+    stage: str | None,
+    progress: float,
+    worker_id: str | None = None,
+    message: str | None = None,
+    seq: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "seq": seq,
+        "type": type_,
+        "status": status,
+        "stage": stage,
+        "progress": round(progress, 2),
+        "worker_id": worker_id,
+        "ts": datetime.now(UTC).isoformat(),
+        "message": message,
+    }
+
+
+async def publish(redis: Redis, tenant: str, event: dict[str, Any]) -> int:
+    """Number, store and publish ``event``; returns its ``seq``."""
+    job_id = event["job_id"]
+    seq = await redis.eval(  # type: ignore[misc]
+        _PUBLISH,
+        4,
+        _seq_key(job_id),
+        _stream_key(job_id),
+        job_channel(job_id),
+        tenant_channel(tenant),
+        json.dumps({k: v for k, v in event.items() if k != "seq"}),
+        str(STREAM_MAXLEN),
+        str(TTL_S),
+    )
+    return int(seq)
+
+
+async def last_seq(redis: Redis, job_id: str) -> int:
+    value = await redis.get(_seq_key(job_id))
+    return int(value) if value else 0
+
+
+async def replay(
+    redis: Redis, job_id: str, after: int, upto: int | None = None
+) -> list[dict[str, Any]]:
+    """The stored events with ``after < seq <= upto``, in order."""
+    entries = await redis.xrange(
+        _stream_key(job_id), f"{after + 1}-0", f"{upto}-0" if upto else "+"
+    )
+    return [json.loads(fields[b"e"]) for _, fields in entries]
+
+
+class Broadcaster:
+    """One pub/sub connection per process, fanned out to any number of local subscribers.
+
+    Each subscriber gets a bounded queue; one that falls behind is told so (``None`` in its queue)
+    and dropped, so a slow client never slows the others or the publisher.
+    """
+
+    def __init__(self, redis: Redis, *, queue_size: int = 1000) -> None:
+        self._redis = redis
+        self._queue_size = queue_size
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any] | None]]] = {}
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Broadcaster:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[dict[str, Any] | None]]:
+        """A queue receiving every message published on ``channel`` from now on."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self._queue_size)
+        async with self._lock:
+            if self._pubsub is None:
+                self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            if channel not in self._subscribers:
+                self._subscribers[channel] = set()
+                await self._pubsub.subscribe(channel)
+            self._subscribers[channel].add(queue)
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read(), name="broadcaster")
+        try:
+            yield queue
+        finally:
+            async with self._lock:
+                subs = self._subscribers.get(channel)
+                if subs is not None:
+                    subs.discard(queue)
+                    if not subs:
+                        del self._subscribers[channel]
+                        with contextlib.suppress(Exception):
+                            await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a Redis hiccup must not kill fan-out for good
+                log.warning("broadcast_read_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"].decode()
+            event = json.loads(message["data"])
+            for queue in list(self._subscribers.get(channel, ())):
+                try:
+                    queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    self._subscribers[channel].discard(queue)
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        queue.get_nowait()
+                    queue.put_nowait(None)

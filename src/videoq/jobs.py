@@ -1,0 +1,245 @@
+"""Jobs in PostgreSQL: creation, tenant-scoped reads, guarded state transitions, checkpoints.
+
+Every transition is one guarded ``UPDATE … WHERE status IN (…) RETURNING``: a stale worker (an
+older attempt) or a racing cancel cannot overwrite a newer state.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from videoq.db import Job, StageCheckpoint
+from videoq.errors import NotFound
+from videoq.schemas import JobCreate
+
+#: The states a job may move to, from each state.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    "scheduled": frozenset({"queued", "running", "cancelled"}),
+    "running": frozenset({"succeeded", "failed", "cancelled", "retrying", "queued"}),
+    "retrying": frozenset({"running", "cancelled", "failed", "queued"}),
+    "failed": frozenset({"queued"}),
+    "cancelled": frozenset({"queued"}),
+    "succeeded": frozenset(),
+}
+
+
+def sources(target: str) -> list[str]:
+    """The states from which ``target`` can be reached."""
+    return [s for s, targets in TRANSITIONS.items() if target in targets]
+
+
+async def create_job(
+    session: AsyncSession,
+    tenant: str,
+    body: JobCreate,
+    *,
+    default_max_retries: int,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert a job; returns ``(job, created)``. A repeated ``idempotency_key`` returns the
+    tenant's original job and ``created=False``."""
+    now = datetime.now(UTC)
+    run_at = body.scheduled_for(now)
+    job = Job(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        status="scheduled" if run_at else "queued",
+        progress=0.0,
+        priority=body.priority,
+        attempts=0,
+        max_retries=default_max_retries if body.max_retries is None else body.max_retries,
+        brief=body.brief(),
+        options=body.options.model_dump(exclude_none=True),
+        webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        idempotency_key=idempotency_key,
+        run_at=run_at,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = (
+            await session.execute(
+                select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)
+            )
+        ).scalar_one()
+        return existing, False
+    return job, True
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID | str, tenant: str | None) -> Job:
+    """The job, scoped to ``tenant`` (``None`` only for workers): another tenant's job is
+    :class:`NotFound`, never a hint that it exists."""
+    try:
+        key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"no job {job_id!r}") from None
+    query = select(Job).where(Job.id == key)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    job = (await session.execute(query)).scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, key = raw.partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(key)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+async def list_jobs(
+    session: AsyncSession, tenant: str, *, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """Newest first, keyset-paginated; returns the page and the next page's cursor."""
+    query = select(Job).where(Job.tenant == tenant)
+    if status:
+        query = query.where(Job.status == status)
+    if cursor:
+        created, key = _decode_cursor(cursor)
+        query = query.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < key))
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = list((await session.execute(query)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (_encode_cursor(rows[-1]) if more and rows else None)
+
+
+async def transition(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    to: str,
+    *,
+    attempt: int | None = None,
+    **values: Any,
+) -> Job | None:
+    """Move the job to ``to`` if its current state allows it (and, when ``attempt`` is given,
+    only if it is still that attempt). Returns the updated job, or None when the guard failed."""
+    guard = [Job.id == job_id, Job.status.in_(sources(to))]
+    if attempt is not None:
+        guard.append(Job.attempts == attempt)
+    stmt = (
+        update(Job)
+        .where(*guard)
+        .values(status=to, updated_at=datetime.now(UTC), **values)
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+    job = (await session.execute(stmt)).scalar_one_or_none()
+    await session.commit()
+    return job
+
+
+async def start_attempt(session: AsyncSession, job_id: uuid.UUID, worker_id: str) -> Job | None:
+    """``queued``/``scheduled``/``retrying`` → ``running``, counting the attempt."""
+    return await transition(
+        session,
+        job_id,
+        "running",
+        attempts=Job.attempts + 1,
+        worker_id=worker_id,
+        started_at=datetime.now(UTC),
+        error=None,
+    )
+
+
+async def record_progress(
+    session: AsyncSession, job_id: uuid.UUID, attempt: int, stage: str, progress: float
+) -> None:
+    """Store the running attempt's stage and progress (never backwards)."""
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+        .values(stage=stage, progress=progress, updated_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+
+
+class DbCheckpoints:
+    """:class:`videoq.pipeline.Checkpoints` kept in the ``job_stages`` table."""
+
+    def __init__(self, sessions: async_sessionmaker[Any], job_id: uuid.UUID, attempt: int):
+        self.sessions = sessions
+        self.job_id = job_id
+        self.attempt = attempt
+
+    async def load(self, stage: str) -> dict[str, Any] | None:
+        async with self.sessions() as session:
+            row = await session.get(StageCheckpoint, (self.job_id, stage))
+            return row.output if row else None
+
+    async def save(self, stage: str, output: dict[str, Any]) -> None:
+        async with self.sessions() as session:
+            stmt = insert(StageCheckpoint).values(
+                job_id=self.job_id, stage=stage, attempt=self.attempt, output=output
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["job_id", "stage"],
+                set_={"output": stmt.excluded.output, "attempt": stmt.excluded.attempt},
+            )
+            await session.execute(stmt)
+            await session.commit()
+
+
+def job_view(job: Job, base_url: str = "") -> dict[str, Any]:
+    """The job as the API shows it (DESIGN.md, ``GET /v1/jobs/{id}``)."""
+
+    def ts(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    path = f"/v1/jobs/{job.id}"
+    result = None
+    if job.status == "succeeded" and job.result:
+        result = {
+            "video_url": f"{base_url}{path}/video",
+            "duration_s": job.result.get("duration_s"),
+            "size_bytes": job.result.get("size_bytes"),
+        }
+    return {
+        "id": str(job.id),
+        "status": job.status,
+        "stage": job.stage,
+        "progress": round(job.progress, 2),
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_retries": job.max_retries,
+        "brief": job.brief,
+        "run_at": ts(job.run_at),
+        "created_at": ts(job.created_at),
+        "started_at": ts(job.started_at),
+        "finished_at": ts(job.finished_at),
+        "worker_id": job.worker_id,
+        "error": job.error,
+        "result": result,
+        "links": {
+            "self": f"{base_url}{path}",
+            "events": f"{base_url.replace('http', 'ws', 1)}{path}/events",
+            "video": f"{base_url}{path}/video",
+        },
+    }

@@ -1,0 +1,139 @@
+"""Stage 4, ``compositing`` (progress 75–100): clips, voice and call to action become one MP4.
+
+One FFmpeg command: each clip is normalised (scaled and padded to the target size, square
+pixels, constant rate, yuv420p) and cut or stretched to its scene's length, the clips are
+joined with the concat filter (video only: generated clips often have no audio), the voice is
+padded or trimmed to the full length, and the CTA is drawn over the last seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from videoq.errors import PermanentError
+from videoq.ffmpeg import Font, atomic_output, drawtext, probe, run_ffmpeg
+from videoq.pipeline import Result
+
+if TYPE_CHECKING:
+    from videoq.ffmpeg import ProgressCallback
+    from videoq.pipeline import Brief
+    from videoq.providers import Script, VoiceTrack
+    from videoq.settings import Settings
+
+#: The call to action is shown for the last this many seconds.
+CTA_SECONDS = 3.0
+OUTPUT_NAME = "video.mp4"
+
+
+def build_filtergraph(
+    brief: Brief, script: Script, clip_count: int, *, fps: int, cta: tuple[Path, Font] | None
+) -> str:
+    """The ``-filter_complex`` graph; inputs are the clips, then the voice. Outputs [v], [a]."""
+    width, height = brief.resolution
+    total = float(brief.duration_s)
+    chains = []
+    for i, scene in enumerate(script.scenes[:clip_count]):
+        length = f"{scene.duration_s:.3f}"
+        chains.append(
+            f"[{i}:v]scale={width}:{height}:force_original_aspect_ratio=decrease"
+            ":force_divisible_by=2,"
+            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,fps={fps},"
+            # A clip shorter than its scene holds its last frame; a longer one is cut.
+            f"format=yuv420p,tpad=stop_mode=clone:stop_duration={length},"
+            f"trim=duration={length},setpts=PTS-STARTPTS[v{i}]"
+        )
+    joined = "".join(f"[v{i}]" for i in range(clip_count))
+    video = f"{joined}concat=n={clip_count}:v=1:a=0"
+    if cta is not None:
+        textfile, font = cta
+        fontsize = min(width, height) // 14
+        start = max(0.0, total - CTA_SECONDS)
+        video += "," + drawtext(
+            textfile,
+            font,
+            fontsize=fontsize,
+            fontcolor="white",
+            box=1,
+            boxcolor="black@0.6",
+            boxborderw=fontsize // 3,
+            x="(w-text_w)/2",
+            y=f"h-text_h-{height // 8}",
+            enable=f"'gte(t,{start:.3f})'",
+        )
+    chains.append(f"{video}[v]")
+    chains.append(
+        f"[{clip_count}:a]aformat=sample_rates=48000:channel_layouts=stereo,"
+        f"apad=whole_dur={total:.3f},atrim=duration={total:.3f}[a]"
+    )
+    return ";".join(chains)
+
+
+async def run(
+    brief: Brief,
+    script: Script,
+    voice: VoiceTrack,
+    clips: list[Path],
+    *,
+    settings: Settings,
+    workdir: Path,
+    font: Font | None,
+    on_progress: ProgressCallback,
+) -> Result:
+    """Write ``workdir/video.mp4`` (H.264 + AAC, faststart) and describe it.
+
+    ``font`` draws the CTA; with None (no usable font on this machine) the CTA is left out
+    rather than failing the job.
+    """
+    if len(clips) != len(script.scenes):
+        raise PermanentError(f"{len(clips)} clips for {len(script.scenes)} scenes")
+    cta: tuple[Path, Font] | None = None
+    if brief.cta_text and brief.cta_text.strip() and font is not None:
+        # The text goes through a file so that nothing the customer wrote is ever parsed as
+        # part of the filtergraph.
+        textfile = workdir / "cta.txt"
+        textfile.write_text(brief.cta_text.strip(), encoding="utf-8")
+        cta = (textfile, font)
+    graph = build_filtergraph(brief, script, len(clips), fps=settings.fps, cta=cta)
+    inputs = [arg for clip in clips for arg in ("-i", str(clip))]
+    path = workdir / OUTPUT_NAME
+    with atomic_output(path) as tmp:
+        await run_ffmpeg(
+            [
+                *inputs,
+                *("-i", str(voice.path)),
+                *("-filter_complex", graph, "-map", "[v]", "-map", "[a]"),
+                *("-t", f"{brief.duration_s:.3f}", "-r", str(settings.fps)),
+                *("-c:v", "libx264", "-preset", settings.ffmpeg_preset),
+                *("-crf", str(settings.ffmpeg_crf), "-pix_fmt", "yuv420p"),
+                *("-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(tmp)),
+            ],
+            settings=settings,
+            duration_s=float(brief.duration_s),
+            on_progress=on_progress,
+        )
+    info = await probe(path, settings)
+    return Result(video_path=path, duration_s=info.duration_s, size_bytes=path.stat().st_size)
+
+
+def to_output(result: Result) -> dict[str, Any]:
+    """The checkpoint for the finished video."""
+    return {
+        "video_path": str(result.video_path),
+        "duration_s": result.duration_s,
+        "size_bytes": result.size_bytes,
+    }
+
+
+def from_output(output: dict[str, Any]) -> Result:
+    """The finished video recorded in a checkpoint."""
+    return Result(
+        video_path=Path(output["video_path"]),
+        duration_s=float(output["duration_s"]),
+        size_bytes=int(output["size_bytes"]),
+    )
+
+
+def artifacts(output: dict[str, Any]) -> list[Path]:
+    """Files a checkpointed output refers to: the video."""
+    return [from_output(output).video_path]

@@ -1,0 +1,178 @@
+"""Offline providers: deterministic and network-free, built on FFmpeg's lavfi sources.
+
+They make ``videoq render --offline``, the demo and the tests work with no API keys: a template
+script, a tone for the voice, and one coloured clip per scene with its narration drawn on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from videoq.ffmpeg import FONT_CANDIDATES, Font, atomic_output, drawtext, find_font, run_ffmpeg
+from videoq.providers import Scene, Script, VoiceTrack
+
+if TYPE_CHECKING:
+    from videoq.pipeline import Brief
+    from videoq.settings import Settings
+
+#: Roughly one scene per this many seconds of video (at least two scenes).
+SCENE_LENGTH_S = 5.0
+
+#: Background colour per style; unknown styles get a colour derived from their name.
+STYLE_COLOURS: dict[str, str] = {
+    "minimal": "0x2b2d42",
+    "bold": "0xd62828",
+    "playful": "0xf77f00",
+    "luxury": "0x1b1b3a",
+    "tech": "0x005f73",
+    "warm": "0x9c6644",
+}
+_PALETTE = ("0x3a86ff", "0x8338ec", "0xff006e", "0xfb5607", "0x2a9d8f", "0x264653")
+
+_MIDDLE_LINES = (
+    "{name} makes every day a little easier.",
+    "Designed with a {style} touch.",
+    "Made for people who expect more.",
+    "Quality you can see and feel.",
+)
+_SHOTS = ("hero product shot", "close-up detail", "lifestyle scene", "in use", "end card")
+
+
+def scene_durations(total_s: float, count: int) -> list[float]:
+    """``count`` durations (millisecond precision) that add up to ``total_s``."""
+    base = round(total_s / count, 3)
+    return [base] * (count - 1) + [round(total_s - base * (count - 1), 3)]
+
+
+def style_colour(style: str) -> str:
+    """The background colour for a style, stable across runs and machines."""
+    known = STYLE_COLOURS.get(style.lower())
+    return known or _PALETTE[zlib.crc32(style.encode()) % len(_PALETTE)]
+
+
+class OfflineScriptProvider:
+    """A template script: a hook, feature lines, and a closing line with the call to action."""
+
+    async def write_script(self, brief: Brief) -> Script:
+        """A script with one scene per ~5 s (at least 2) summing to ``brief.duration_s``."""
+        count = max(2, round(brief.duration_s / SCENE_LENGTH_S))
+        name, style = brief.product_name, brief.style
+        narrations = [f"Meet {name}."]
+        for i in range(count - 2):
+            if i == 0 and brief.prompt:
+                narrations.append(brief.prompt)
+            else:
+                narrations.append(
+                    _MIDDLE_LINES[i % len(_MIDDLE_LINES)].format(name=name, style=style)
+                )
+        narrations.append(f"{name}. {brief.cta_text or 'Try it today.'}")
+        scenes = []
+        for i, (narration, duration) in enumerate(
+            zip(narrations, scene_durations(brief.duration_s, count), strict=True)
+        ):
+            shot = _SHOTS[-1] if i == count - 1 else _SHOTS[i % (len(_SHOTS) - 1)]
+            prompt = f"{style} style {shot} of {name}"
+            if brief.prompt:
+                prompt += f"; {brief.prompt}"
+            scenes.append(Scene(narration=narration, visual_prompt=prompt, duration_s=duration))
+        return Script(title=name, scenes=scenes)
+
+
+class OfflineVoiceProvider:
+    """A beeping sine tone as long as the script, encoded as AAC: a stand-in for speech."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def speak(self, script: Script, brief: Brief, out_dir: Path) -> VoiceTrack:
+        """``out_dir/voice.m4a``, its pitch chosen by the brief's voice."""
+        duration = script.duration_s
+        frequency = 180 + 40 * (zlib.crc32((brief.voice or "default").encode()) % 5)
+        path = out_dir / "voice.m4a"
+        with atomic_output(path) as tmp:
+            await run_ffmpeg(
+                [
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    f"sine=f={frequency}:b=4:r=48000:d={duration:.3f}",
+                    "-c:a",
+                    "aac",
+                    "-b:a",
+                    "96k",
+                    str(tmp),
+                ],
+                settings=self._settings,
+            )
+        return VoiceTrack(path=path, duration_s=duration)
+
+
+class OfflineVideoProvider:
+    """A solid-colour clip per scene at the target size and rate, with the narration on it."""
+
+    def __init__(self, settings: Settings, *, font_candidates: Sequence[Path] = FONT_CANDIDATES):
+        self._settings = settings
+        self._font_candidates = font_candidates
+        self._font: Font | None = None
+        self._font_resolved = False
+        self._font_lock = asyncio.Lock()
+        # Scenes arrive all at once; more encoders than cores only costs memory.
+        self._slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
+
+    async def font(self) -> Font | None:
+        """The font used for scene text (resolved once), or None to render without text."""
+        async with self._font_lock:
+            if not self._font_resolved:
+                self._font = await find_font(self._settings, self._font_candidates)
+                self._font_resolved = True
+        return self._font
+
+    async def render_scene(self, scene: Scene, index: int, brief: Brief, out_dir: Path) -> Path:
+        """``out_dir/scene_NN.mp4``: H.264, no audio, ``scene.duration_s`` long."""
+        width, height = brief.resolution
+        fps = self._settings.fps
+        source = (
+            f"color=c={style_colour(brief.style)}:s={width}x{height}:r={fps}"
+            f":d={scene.duration_s:.3f}"
+        )
+        filters: list[str] = []
+        font = await self.font()
+        if font is not None and scene.narration.strip():
+            fontsize = min(width, height) // 15
+            # drawtext does not wrap; roughly 0.6 em per glyph leaves a margin at both sides.
+            columns = max(8, int(width * 0.85 / (fontsize * 0.6)))
+            textfile = out_dir / f"scene_{index:02d}.txt"
+            textfile.write_text(textwrap.fill(scene.narration, columns), encoding="utf-8")
+            filters.append(
+                drawtext(
+                    textfile,
+                    font,
+                    fontsize=fontsize,
+                    fontcolor="white",
+                    line_spacing=fontsize // 3,
+                    borderw=max(1, fontsize // 20),
+                    bordercolor="black@0.5",
+                    x="(w-text_w)/2",
+                    y="(h-text_h)/2",
+                )
+            )
+        path = out_dir / f"scene_{index:02d}.mp4"
+        vf = ["-vf", ",".join(filters)] if filters else []
+        async with self._slots:
+            with atomic_output(path) as tmp:
+                await run_ffmpeg(
+                    [
+                        *("-f", "lavfi", "-i", source, *vf),
+                        *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"),
+                        *("-an", str(tmp)),
+                    ],
+                    settings=self._settings,
+                    duration_s=scene.duration_s,
+                )
+        return path

@@ -1,0 +1,84 @@
+"""The API's request bodies and their validation. Unknown fields are refused, and every error
+names its field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+
+Style = Literal["minimal", "bold", "cinematic", "playful"]
+AspectRatio = Literal["9:16", "16:9", "1:1"]
+Priority = Literal["high", "normal", "low"]
+
+
+def _no_control_chars(value: str | None, field: str) -> None:
+    if value is not None and any(ord(c) < 32 and c not in "\n\t" for c in value):
+        raise ValueError(f"{field} must not contain control characters")
+
+
+class JobOptions(BaseModel):
+    """Per-job overrides of settings (see :data:`videoq.settings.JOB_OVERRIDABLE`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    providers: Literal["auto", "offline"] | None = None
+    job_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
+    stage_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
+    anthropic_model: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    product_name: str = Field(min_length=1, max_length=200)
+    style: Style = "minimal"
+    cta_text: str | None = Field(default=None, max_length=80)
+    prompt: str | None = Field(default=None, max_length=2000)
+    duration_s: int = Field(default=15, ge=5, le=60)
+    aspect_ratio: AspectRatio = "9:16"
+    voice: str | None = Field(default=None, min_length=1, max_length=100)
+    priority: Priority = "normal"
+    run_at: datetime | None = None
+    delay_s: float | None = Field(default=None, ge=0, le=30 * 24 * 3600)
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    webhook_url: HttpUrl | None = None
+    options: JobOptions = Field(default_factory=JobOptions)
+
+    @model_validator(mode="after")
+    def _check(self) -> JobCreate:
+        for name in ("product_name", "cta_text", "voice"):
+            _no_control_chars(getattr(self, name), name)
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        if self.run_at is not None and self.run_at.tzinfo is None:
+            self.run_at = self.run_at.replace(tzinfo=UTC)
+        return self
+
+    def brief(self) -> dict[str, Any]:
+        """The fields the pipeline needs, as stored in the job row."""
+        return self.model_dump(
+            include={
+                "product_name", "style", "cta_text", "prompt", "duration_s", "aspect_ratio", "voice"
+            }
+        )  # fmt: skip
+
+    def scheduled_for(self, now: datetime) -> datetime | None:
+        """When the job may start, if later than now."""
+        when = self.run_at or (now + timedelta(seconds=self.delay_s) if self.delay_s else None)
+        return when if when is not None and when > now else None
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as ``[{"field": "duration_s", "message": ...}]``."""
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        out.append({"field": loc, "message": message, "type": err["type"]})
+    return out

@@ -1,0 +1,129 @@
+"""``WS /v1/jobs/{id}/events``: a snapshot, then every later event of the job in ``seq`` order,
+closing after the terminal one. ``?after=SEQ`` resumes exactly after the last event a client saw.
+
+The socket subscribes *before* it reads the current ``seq``, so nothing published in between is
+lost; events it already sent are skipped by ``seq``, and any gap is filled from the job's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from videoq import events, jobs
+from videoq.db import TERMINAL
+from videoq.errors import NotFound, Unauthorized
+
+log = structlog.get_logger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_INVALID = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_SLOW = 4408
+
+
+def is_terminal(event: dict[str, Any]) -> bool:
+    return event.get("type") == "status" and event.get("status") in TERMINAL
+
+
+async def job_events_socket(ws: WebSocket) -> None:
+    from videoq.api import principal, state_of  # the API module owns auth and shared state
+
+    await ws.accept()
+    st = state_of(ws)
+    try:
+        who = await principal(ws)
+    except Unauthorized as exc:
+        await ws.close(CLOSE_UNAUTHORIZED, exc.message)
+        return
+    raw_after = ws.query_params.get("after")
+    try:
+        after = int(raw_after) if raw_after is not None else None
+        if after is not None and after < 0:
+            raise ValueError
+    except ValueError:
+        await ws.close(CLOSE_INVALID, "after must be a non-negative integer")
+        return
+    try:
+        async with st.sessions() as session:
+            job = await jobs.get_job(session, ws.path_params["job_id"], who.tenant)
+    except NotFound as exc:
+        await ws.close(CLOSE_NOT_FOUND, exc.message)
+        return
+    job_id = str(job.id)
+    async with st.broadcaster.subscribe(events.job_channel(job_id)) as queue:
+        current = await events.last_seq(st.redis, job_id)
+        async with st.sessions() as session:  # read after `current`: at least that new
+            job = await jobs.get_job(session, job_id, None)
+        await ws.send_json(
+            events.make_event(
+                job_id, "snapshot", status=job.status, stage=job.stage, progress=job.progress,
+                worker_id=job.worker_id, message=None, seq=current,
+            )
+        )  # fmt: skip
+        sent = current if after is None else min(after, current)
+        if sent < current:
+            for event in await events.replay(st.redis, job_id, sent, current):
+                await ws.send_json(event)
+                sent = event["seq"]
+                if is_terminal(event):
+                    await ws.close(CLOSE_NORMAL)
+                    return
+        if job.status in TERMINAL and sent >= current:
+            await ws.close(CLOSE_NORMAL)
+            return
+        await _pump(ws, st.redis, job_id, queue, sent)
+
+
+async def _pump(
+    ws: WebSocket,
+    redis: Any,
+    job_id: str,
+    queue: asyncio.Queue[dict[str, Any] | None],
+    sent: int,
+) -> None:
+    """Forward live events until the terminal one, the client leaves, or it falls behind."""
+
+    async def forward() -> int:
+        nonlocal sent
+        while True:
+            event = await queue.get()
+            if event is None:
+                return CLOSE_TOO_SLOW
+            if event["seq"] <= sent:
+                continue
+            batch = [event]
+            if event["seq"] > sent + 1:  # missed on pub/sub: take them from the stream
+                batch = await events.replay(redis, job_id, sent, event["seq"])
+            for item in batch:
+                await ws.send_json(item)
+                sent = item["seq"]
+                if is_terminal(item):
+                    return CLOSE_NORMAL
+
+    async def client_gone() -> int:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+        return -1
+
+    tasks = [asyncio.create_task(forward()), asyncio.create_task(client_gone())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        code = done.pop().result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if code == CLOSE_TOO_SLOW:
+        log.info("websocket_dropped_slow_client", job_id=job_id)
+        await ws.close(CLOSE_TOO_SLOW, "client too slow")
+    elif code == CLOSE_NORMAL:
+        await ws.close(CLOSE_NORMAL)
