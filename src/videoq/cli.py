@@ -165,7 +165,7 @@ def _client_args(api_url: str | None, api_key: str | None, settings: Settings) -
 @click.option("--api-key", envvar="VIDEOQ_API_KEY")
 @click.pass_context
 def submit(
-    ctx: click.Context, watch: bool, as_json: bool, api_url: str | None, api_key: str | None,
+    ctx: click.Context, /, watch: bool, as_json: bool, api_url: str | None, api_key: str | None,
     **brief: Any,
 ) -> None:  # fmt: skip
     """Submit a job; with --watch, follow it to the end (exit 1 if it fails)."""
@@ -212,7 +212,7 @@ async def watch_progress(client: Any, job_id: str) -> None:
 @click.option("--offline", is_flag=True, required=True, help="Use the offline providers.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("video.mp4"))
 @click.pass_context
-def render(ctx: click.Context, offline: bool, out: Path, **brief: Any) -> None:
+def render(ctx: click.Context, /, offline: bool, out: Path, **brief: Any) -> None:
     """Run the pipeline in this process, with no Redis or database, and write the MP4."""
     import shutil
     import tempfile

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -17,7 +18,7 @@ from videoq.ffmpeg import probe
 from videoq.logging import configure_logging
 from videoq.settings import Settings
 
-BRIEF = {
+BRIEF: dict[str, Any] = {
     "product_name": "Aurora Desk Lamp",
     "style": "cinematic",
     "cta_text": "Light up your evenings — shop now",

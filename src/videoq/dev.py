@@ -66,7 +66,7 @@ def _wait_ready(url: str, workers: int, procs: list[subprocess.Popen[bytes]]) ->
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode} during start-up")
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} during start-up")
         with contextlib.suppress(httpx.HTTPError):
             health = httpx.get(f"{url}/health", timeout=1).json()
             if health.get("status") == "healthy" and health.get("workers", 0) >= workers:

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import textwrap
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -349,3 +350,12 @@ def drawtext(textfile: Path, font: Font, **options: str | int | float) -> str:
     parts = [f"textfile={escape_value(str(textfile))}", font.option(), "expansion=none"]
     parts += [f"{key}={value}" for key, value in options.items()]
     return "drawtext=" + ":".join(parts)
+
+
+def wrap_text(text: str, *, width_px: int, fontsize: int) -> str:
+    """``text`` broken into lines that fit ``width_px`` at ``fontsize`` (drawtext never wraps).
+
+    Assumes about 0.65 em per glyph (bold sans), leaving a margin of ~15% of the width.
+    """
+    columns = max(8, int(width_px * 0.85 / (fontsize * 0.65)))
+    return textwrap.fill(" ".join(text.split()), columns)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from videoq.errors import PermanentError
-from videoq.ffmpeg import Font, atomic_output, drawtext, probe, run_ffmpeg
+from videoq.ffmpeg import Font, atomic_output, drawtext, probe, run_ffmpeg, wrap_text
 from videoq.pipeline import Result
 
 if TYPE_CHECKING:
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 #: The call to action is shown for the last this many seconds.
 CTA_SECONDS = 3.0
 OUTPUT_NAME = "video.mp4"
+
+
+def cta_fontsize(brief: Brief) -> int:
+    """Font size of the call to action, relative to the frame."""
+    return min(brief.resolution) // 14
 
 
 def build_filtergraph(
@@ -47,7 +52,7 @@ def build_filtergraph(
     video = f"{joined}concat=n={clip_count}:v=1:a=0"
     if cta is not None:
         textfile, font = cta
-        fontsize = min(width, height) // 14
+        fontsize = cta_fontsize(brief)
         start = max(0.0, total - CTA_SECONDS)
         video += "," + drawtext(
             textfile,
@@ -92,7 +97,8 @@ async def run(
         # The text goes through a file so that nothing the customer wrote is ever parsed as
         # part of the filtergraph.
         textfile = workdir / "cta.txt"
-        textfile.write_text(brief.cta_text.strip(), encoding="utf-8")
+        text = wrap_text(brief.cta_text, width_px=brief.resolution[0], fontsize=cta_fontsize(brief))
+        textfile.write_text(text, encoding="utf-8")
         cta = (textfile, font)
     graph = build_filtergraph(brief, script, len(clips), fps=settings.fps, cta=cta)
     inputs = [arg for clip in clips for arg in ("-i", str(clip))]

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import textwrap
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from videoq.ffmpeg import FONT_CANDIDATES, Font, atomic_output, drawtext, find_font, run_ffmpeg
+from videoq.ffmpeg import (
+    FONT_CANDIDATES,
+    Font,
+    atomic_output,
+    drawtext,
+    find_font,
+    run_ffmpeg,
+    wrap_text,
+)
 from videoq.providers import Scene, Script, VoiceTrack
 
 if TYPE_CHECKING:
@@ -145,10 +152,9 @@ class OfflineVideoProvider:
         font = await self.font()
         if font is not None and scene.narration.strip():
             fontsize = min(width, height) // 15
-            # drawtext does not wrap; roughly 0.6 em per glyph leaves a margin at both sides.
-            columns = max(8, int(width * 0.85 / (fontsize * 0.6)))
             textfile = out_dir / f"scene_{index:02d}.txt"
-            textfile.write_text(textwrap.fill(scene.narration, columns), encoding="utf-8")
+            text = wrap_text(scene.narration, width_px=width, fontsize=fontsize)
+            textfile.write_text(text, encoding="utf-8")
             filters.append(
                 drawtext(
                     textfile,

@@ -1,0 +1,157 @@
+"""Shared fixtures: one real embedded PostgreSQL and Redis per test session (in a temporary
+directory), migrated once; a real uvicorn API and an in-process arq worker on top of them.
+
+Tests isolate themselves by tenant (every test gets fresh API keys), not by wiping tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from arq.worker import Worker
+from redis.asyncio import Redis
+
+from videoq import db
+from videoq.api import create_app
+from videoq.auth import create_key
+from videoq.client import Client
+from videoq.embedded import embedded_services
+from videoq.settings import Settings
+from videoq.workers import worker_options
+
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # pgserver's platformdirs warns without it
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings pointing at real embedded PostgreSQL and Redis, migrated to head."""
+    home = tmp_path_factory.mktemp("videoq")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        services = embedded_services(home)
+        urls = services.__enter__()
+    try:
+        db.migrate(urls.database_url)
+        yield Settings(
+            database_url=urls.database_url,
+            redis_url=urls.redis_url,
+            home=home,
+            providers="offline",
+            log_level="WARNING",
+            retry_delays_s=(0.05, 0.1, 0.2),
+        )
+    finally:
+        services.__exit__(None, None, None)
+
+
+@pytest.fixture
+def settings(base_settings: Settings, tmp_path: Path) -> Settings:
+    """Per-test settings: own queue and artifacts directory, shared servers."""
+    return base_settings.model_copy(
+        update={"queue_name": f"test:{uuid.uuid4().hex[:8]}", "artifacts_dir": tmp_path / "art"}
+    )
+
+
+@pytest.fixture
+async def sessions(base_settings: Settings) -> AsyncIterator[Any]:
+    assert base_settings.database_url
+    engine = db.create_engine(base_settings.database_url)
+    yield db.sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def redis(base_settings: Settings) -> AsyncIterator[Redis]:
+    assert base_settings.redis_url
+    client = Redis.from_url(base_settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def new_key(sessions: Any, tenant: str | None = None, admin: bool = False) -> str:
+    async with sessions() as session:
+        return await create_key(session, tenant or f"t-{uuid.uuid4().hex[:8]}", admin=admin)
+
+
+@pytest.fixture
+async def api_key(sessions: Any) -> str:
+    """A key of a fresh tenant."""
+    return await new_key(sessions)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveApi:
+    url: str
+    settings: Settings
+
+
+@pytest.fixture
+async def live_api(settings: Settings) -> AsyncIterator[LiveApi]:
+    """The real app served by uvicorn on a free port (WebSockets need a real server)."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    yield LiveApi(f"http://127.0.0.1:{port}", settings)
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx on the app in-process (lifespan run by hand: ASGITransport does not)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
+    """A real arq worker for ``settings`` in this event loop."""
+    worker = Worker(**{**worker_options(settings), "handle_signals": False, **overrides})
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[Worker]:
+    async with running_worker(settings) as w:
+        yield w
+
+
+@pytest.fixture
+async def client(live_api: LiveApi, api_key: str) -> AsyncIterator[Client]:
+    async with Client(live_api.url, api_key) as c:
+        yield c

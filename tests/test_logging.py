@@ -1,0 +1,31 @@
+"""Secrets never reach a log line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from videoq.logging import REDACTED, configure_logging
+from videoq.settings import Settings
+
+
+def test_secrets_are_redacted_from_json_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(Settings(log_format="json"))
+    try:
+        structlog.get_logger("t").info(
+            "provider_called",
+            api_key="vq_abcdefghijklmnopqrstuvwxyz",
+            headers={"Authorization": "Bearer r8_secretsecretsecret", "accept": "json"},
+            url="postgresql://postgres:hunter2@db:5432/videoq",
+            note="token r8_abcdefghijklmnop and sk-ant-abcdefghijkl leaked",
+        )
+    finally:
+        configure_logging(Settings())
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["api_key"] == REDACTED
+    assert line["headers"] == {"Authorization": REDACTED, "accept": "json"}
+    assert "hunter2" not in line["url"] and line["url"].startswith("postgresql://")
+    assert "r8_abcdefghijklmnop" not in line["note"] and "sk-ant-" not in line["note"]
+    assert line["event"] == "provider_called"
