@@ -131,16 +131,19 @@ async def test_cancellation_stops_real_ffmpeg_and_removes_output(
 
 STUBBORN = """
 import signal, sys, time
-log = open({log!r}, "a", buffering=1)
+log = open({log!r}, "a")
+def note(event):
+    log.write(event + " ")
+    log.flush()
 def on_term(signum, frame):
-    log.write("TERM ")
+    note("TERM")
     if not {ignore_term}:
         sys.exit(255)
 signal.signal(signal.SIGTERM, on_term)
 print("out_time_us=1000000", flush=True)
 print("progress=continue", flush=True)
 if sys.stdin.read(1) == "q":
-    log.write("q ")
+    note("q")
     if not {ignore_q}:
         sys.exit(0)
 while True:
