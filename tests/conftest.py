@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -35,9 +37,11 @@ os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # pgserver's platformdirs warn
 
 
 @pytest.fixture(scope="session")
-def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def base_settings() -> Iterator[Settings]:
     """Settings pointing at real embedded PostgreSQL and Redis, migrated to head."""
-    home = tmp_path_factory.mktemp("videoq")
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps, and with them
+    # a running server's data directory.
+    home = Path(tempfile.mkdtemp(prefix="videoq-test-"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         services = embedded_services(home)
@@ -54,6 +58,7 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         )
     finally:
         services.__exit__(None, None, None)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -27,6 +27,8 @@ from videoq.settings import Settings
 
 # imageio-ffmpeg ships no ffprobe, so pinning its binary exercises the stderr-parsing probe.
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+ENCODE = ("-c:v", "libx264", "-preset", "ultrafast")
+HAS_FONTCONFIG = Path("/etc/fonts/fonts.conf").exists()
 
 
 @pytest.fixture
@@ -60,8 +62,7 @@ async def test_run_ffmpeg_writes_output_and_reports_progress(
         assert tmp.parent == out.parent and tmp.suffix == ".mp4"
         # -re paces the input in real time, so -progress (every 0.5 s) reports partway.
         await run_ffmpeg(
-            ["-re", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=10:d=1.5"]
-            + ["-c:v", "libx264", "-preset", "ultrafast", str(tmp)],
+            [*("-re", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=10:d=1.5"), *ENCODE, str(tmp)],
             settings=settings,
             duration_s=1.5,
             on_progress=on_progress,
@@ -89,7 +90,9 @@ async def test_failure_raises_ffmpeg_error_with_returncode_and_stderr(tmp_path: 
 
 async def test_real_ffmpeg_error_carries_returncode(settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(FFmpegError) as caught:
-        await run_ffmpeg(["-i", str(tmp_path / "missing.mp4"), "-f", "null", "-"], settings=settings)
+        await run_ffmpeg(
+            ["-i", str(tmp_path / "missing.mp4"), "-f", "null", "-"], settings=settings
+        )
     assert caught.value.returncode not in (0, None)
     assert "missing.mp4" in caught.value.stderr_tail
 
@@ -111,8 +114,7 @@ async def test_cancellation_stops_real_ffmpeg_and_removes_output(
     async def render() -> None:
         with atomic_output(tmp_path / "long.mp4") as tmp:
             await run_ffmpeg(
-                ["-re", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=10:d=600"]
-                + ["-c:v", "libx264", "-preset", "ultrafast", str(tmp)],
+                [*("-re", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=10:d=600"), *ENCODE, str(tmp)],
                 settings=settings,
                 duration_s=600,
                 on_progress=on_progress,
@@ -123,8 +125,10 @@ async def test_cancellation_stops_real_ffmpeg_and_removes_output(
     await running.wait()
     os.kill(pids[0], 0)  # still running
     task.cancel()
+    # The timeout only turns a hang (a child that never dies) into a failure.
     with pytest.raises(asyncio.CancelledError):
-        await task
+        async with asyncio.timeout(20):
+            await task
     assert_gone(pids[0])
     assert os.listdir(tmp_path) == []
 
@@ -181,8 +185,10 @@ async def test_kill_sequence_escalates(
     )
     await running.wait()
     task.cancel()
+    # The timeout only turns a hang (a child that never dies) into a failure.
     with pytest.raises(asyncio.CancelledError):
-        await task
+        async with asyncio.timeout(20):
+            await task
     assert_gone(pids[0])
     assert log.read_text() == expected_log
 
@@ -219,8 +225,12 @@ async def test_failing_progress_callback_stops_child(settings: Settings) -> None
 async def test_probe_without_ffprobe_matches_pyav(settings: Settings, tmp_path: Path) -> None:
     out = tmp_path / "av.mp4"
     await run_ffmpeg(
-        ["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-f", "lavfi"]
-        + ["-i", "sine=d=2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(out)],
+        [
+            *("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2"),
+            *("-f", "lavfi", "-i", "sine=d=2"),
+            *ENCODE,
+            *("-c:a", "aac", str(out)),
+        ],
         settings=settings,
     )
     info = await probe(out, settings)
@@ -294,7 +304,7 @@ async def test_find_font_prefers_existing_settings_font(tmp_path: Path) -> None:
 async def test_find_font_uses_fontconfig_then_gives_up(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if Path("/etc/fonts/fonts.conf").exists():
+    if HAS_FONTCONFIG:
         assert await find_font(settings, candidates=()) == Font()
     empty = tmp_path / "fonts.conf"
     empty.write_text('<?xml version="1.0"?><fontconfig></fontconfig>')

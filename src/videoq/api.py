@@ -74,7 +74,9 @@ def state_of(conn: HTTPConnection) -> State:
 
 
 async def principal(conn: HTTPConnection) -> Principal:
-    key = bearer(conn.headers.get("authorization")) or conn.query_params.get("token")
+    key = bearer(conn.headers.get("authorization"))
+    if key is None and conn.scope["type"] == "websocket":  # browsers cannot set WS headers
+        key = conn.query_params.get("token")
     async with state_of(conn).sessions() as session:
         return await authenticate(session, key)
 
@@ -92,7 +94,7 @@ async def read_json(request: Request) -> Any:
             raise HTTPException(413, f"request body over {limit} bytes")
     try:
         return json.loads(body or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise HTTPException(400, "request body is not valid JSON") from None
 
 
@@ -101,7 +103,10 @@ async def create_job(request: Request) -> Response:
     st = state_of(request)
     payload = await read_json(request)
     if not isinstance(payload, dict):
-        return error_response(422, "validation_error", "the body must be a JSON object")
+        return error_response(
+            422, "validation_error", "the body must be a JSON object",
+            [{"field": "body", "message": "must be a JSON object", "type": "object_type"}],
+        )  # fmt: skip
     try:
         body = JobCreate.model_validate(payload)
     except ValidationError as exc:

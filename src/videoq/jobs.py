@@ -148,7 +148,7 @@ async def transition(
         .where(*guard)
         .values(status=to, updated_at=datetime.now(UTC), **values)
         .returning(Job)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     job = (await session.execute(stmt)).scalar_one_or_none()
     await session.commit()
@@ -168,6 +168,33 @@ async def start_attempt(session: AsyncSession, job_id: uuid.UUID, worker_id: str
     )
 
 
+async def take_over(
+    session: AsyncSession, job_id: uuid.UUID, attempt: int, dead_worker: str | None, worker_id: str
+) -> Job | None:
+    """Claim a job left ``running`` by a worker that died, as a new attempt. Guarded by the
+    attempt and the dead worker's id, so a live attempt is never stolen."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == "running",
+            Job.attempts == attempt,
+            Job.worker_id.is_(None) if dead_worker is None else Job.worker_id == dead_worker,
+        )
+        .values(
+            attempts=attempt + 1,
+            worker_id=worker_id,
+            started_at=datetime.now(UTC),
+            updated_at=datetime.now(UTC),
+        )
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    job = (await session.execute(stmt)).scalar_one_or_none()
+    await session.commit()
+    return job
+
+
 async def record_progress(
     session: AsyncSession, job_id: uuid.UUID, attempt: int, stage: str, progress: float
 ) -> None:
@@ -176,7 +203,7 @@ async def record_progress(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
         .values(stage=stage, progress=progress, updated_at=datetime.now(UTC))
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     await session.commit()
 

@@ -3,19 +3,27 @@ names its field."""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 Style = Literal["minimal", "bold", "cinematic", "playful"]
 AspectRatio = Literal["9:16", "16:9", "1:1"]
 Priority = Literal["high", "normal", "low"]
 
 
-def _no_control_chars(value: str | None, field: str) -> None:
-    if value is not None and any(ord(c) < 32 and c not in "\n\t" for c in value):
-        raise ValueError(f"{field} must not contain control characters")
+def _has_control_chars(value: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in value)
 
 
 class JobOptions(BaseModel):
@@ -38,25 +46,34 @@ class JobCreate(BaseModel):
     style: Style = "minimal"
     cta_text: str | None = Field(default=None, max_length=80)
     prompt: str | None = Field(default=None, max_length=2000)
-    duration_s: int = Field(default=15, ge=5, le=60)
+    duration_s: int = Field(default=15, ge=5, le=60, strict=True)
     aspect_ratio: AspectRatio = "9:16"
     voice: str | None = Field(default=None, min_length=1, max_length=100)
     priority: Priority = "normal"
     run_at: datetime | None = None
-    delay_s: float | None = Field(default=None, ge=0, le=30 * 24 * 3600)
-    max_retries: int | None = Field(default=None, ge=0, le=10)
+    delay_s: float | None = Field(default=None, ge=0, le=30 * 24 * 3600, strict=True)
+    max_retries: int | None = Field(default=None, ge=0, le=10, strict=True)
     webhook_url: HttpUrl | None = None
     options: JobOptions = Field(default_factory=JobOptions)
 
-    @model_validator(mode="after")
-    def _check(self) -> JobCreate:
-        for name in ("product_name", "cta_text", "voice"):
-            _no_control_chars(getattr(self, name), name)
-        if self.run_at is not None and self.delay_s is not None:
+    @field_validator("product_name", "cta_text", "voice", "prompt")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and _has_control_chars(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+
+    @field_validator("delay_s")
+    @classmethod
+    def _one_schedule(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("run_at") is not None:
             raise ValueError("give run_at or delay_s, not both")
-        if self.run_at is not None and self.run_at.tzinfo is None:
-            self.run_at = self.run_at.replace(tzinfo=UTC)
-        return self
+        return value
 
     def brief(self) -> dict[str, Any]:
         """The fields the pipeline needs, as stored in the job row."""

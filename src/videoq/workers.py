@@ -117,11 +117,12 @@ async def _claim(state: WorkerState, job_id: uuid.UUID) -> db.Job | None:
         alive = await state.redis.zscore(queue.WORKERS_KEY, current.worker_id or "")
         if alive is not None and alive > datetime.now(UTC).timestamp() - queue.WORKER_STALE_S:
             return None
-        return await jobs.transition(
-            session, job_id, "running", attempt=current.attempts,
-            attempts=current.attempts + 1, worker_id=state.worker_id,
-            started_at=datetime.now(UTC),
-        )  # fmt: skip
+        job = await jobs.take_over(
+            session, job_id, current.attempts, current.worker_id, state.worker_id
+        )
+        if job is not None:
+            log.warning("job_taken_over", dead_worker=current.worker_id)
+        return job
 
 
 async def execute(state: WorkerState, job_id: uuid.UUID) -> None:

@@ -1,0 +1,193 @@
+"""The guarded state transitions of :mod:`videoq.jobs` on the real PostgreSQL: every move is one
+``UPDATE … WHERE status IN (…) [AND attempts = n]``, so a stale worker or a racing cancel cannot
+overwrite a newer state."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import update
+
+from videoq import db, jobs, queue, workers
+from videoq.schemas import JobCreate
+from videoq.settings import Settings
+
+
+async def new_job(sessions: Any) -> uuid.UUID:
+    async with sessions() as session:
+        job, created = await jobs.create_job(
+            session, f"t-{uuid.uuid4().hex[:8]}", JobCreate(product_name="Nimbus"),
+            default_max_retries=3,
+        )  # fmt: skip
+    assert created and job.status == "queued" and job.attempts == 0
+    return job.id
+
+
+async def row(sessions: Any, job_id: uuid.UUID) -> db.Job:
+    async with sessions() as session:
+        job = await session.get(db.Job, job_id)
+        assert job is not None
+        return job
+
+
+async def force(sessions: Any, job_id: uuid.UUID, status: str, **values: Any) -> None:
+    """Put a job in a state directly (test setup, bypassing the guards)."""
+    async with sessions() as session:
+        stmt = update(db.Job).where(db.Job.id == job_id).values(status=status, **values)
+        await session.execute(stmt)
+        await session.commit()
+
+
+async def test_start_attempt_claims_and_counts_attempts(sessions: Any) -> None:
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        first = await jobs.start_attempt(session, job_id, "w1")
+    assert first is not None
+    assert (first.status, first.attempts, first.worker_id) == ("running", 1, "w1")
+    assert first.started_at is not None
+    async with sessions() as session:
+        assert await jobs.transition(session, job_id, "retrying", attempt=1) is not None
+        second = await jobs.start_attempt(session, job_id, "w2")
+    assert second is not None and (second.attempts, second.worker_id) == (2, "w2")
+    assert (await row(sessions, job_id)).attempts == 2
+
+
+async def test_start_attempt_refuses_a_job_already_running(sessions: Any) -> None:
+    """A duplicate delivery of the same job does not start a second attempt."""
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        assert await jobs.start_attempt(session, job_id, "w1") is not None
+        assert await jobs.start_attempt(session, job_id, "w2") is None
+    current = await row(sessions, job_id)
+    assert (current.status, current.attempts, current.worker_id) == ("running", 1, "w1")
+
+
+@pytest.mark.parametrize("to", ["succeeded", "failed", "retrying", "cancelled", "queued"])
+async def test_a_stale_attempt_cannot_move_the_job(sessions: Any, to: str) -> None:
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, "old")
+        await jobs.transition(session, job_id, "retrying", attempt=1)
+        await jobs.start_attempt(session, job_id, "new")
+        # The first attempt's worker wakes up late and reports an outcome.
+        assert await jobs.transition(session, job_id, to, attempt=1, worker_id="old") is None
+    current = await row(sessions, job_id)
+    assert (current.status, current.attempts, current.worker_id) == ("running", 2, "new")
+    async with sessions() as session:  # the current attempt still can
+        moved = await jobs.transition(session, job_id, to, attempt=2)
+    assert moved is not None and moved.status == to
+
+
+@pytest.mark.parametrize("to", db.STATUSES)
+async def test_succeeded_is_final(sessions: Any, to: str) -> None:
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, "w1")
+        assert await jobs.transition(session, job_id, "succeeded", attempt=1) is not None
+        assert await jobs.transition(session, job_id, to) is None
+        assert await jobs.transition(session, job_id, to, attempt=1) is None
+        assert await jobs.start_attempt(session, job_id, "w2") is None
+    current = await row(sessions, job_id)
+    assert (current.status, current.attempts) == ("succeeded", 1)
+
+
+async def test_a_cancelled_job_cannot_become_running(sessions: Any) -> None:
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        assert await jobs.transition(session, job_id, "cancelled") is not None
+        assert await jobs.start_attempt(session, job_id, "w1") is None
+        assert await jobs.transition(session, job_id, "running", attempt=0) is None
+        assert await jobs.transition(session, job_id, "succeeded") is None
+    current = await row(sessions, job_id)
+    assert (current.status, current.attempts, current.worker_id) == ("cancelled", 0, None)
+    # Retrying a cancelled job requeues it; only then may it run.
+    async with sessions() as session:
+        assert await jobs.transition(session, job_id, "queued") is not None
+        again = await jobs.start_attempt(session, job_id, "w1")
+    assert again is not None and again.attempts == 1
+
+
+async def test_cancelling_a_running_job_stops_its_attempt_from_finishing(sessions: Any) -> None:
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, "w1")
+        assert await jobs.transition(session, job_id, "cancelled") is not None
+        for to in ("succeeded", "retrying", "running"):
+            assert await jobs.transition(session, job_id, to, attempt=1) is None
+    assert (await row(sessions, job_id)).status == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("start", "to"),
+    [
+        ("queued", "succeeded"),  # a job must run before it succeeds
+        ("scheduled", "succeeded"),
+        ("failed", "running"),  # the dead-letter list is left only through a retry (queued)
+        ("failed", "succeeded"),
+        ("cancelled", "failed"),
+    ],
+)
+async def test_transitions_outside_the_state_machine_are_refused(
+    sessions: Any, start: str, to: str
+) -> None:
+    job_id = await new_job(sessions)
+    await force(sessions, job_id, start)
+    async with sessions() as session:
+        assert await jobs.transition(session, job_id, to) is None
+    assert (await row(sessions, job_id)).status == start
+
+
+async def test_progress_is_recorded_only_for_the_current_running_attempt(sessions: Any) -> None:
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, "w1")
+        await jobs.record_progress(session, job_id, 1, "voice_gen", 40.0)
+        await jobs.record_progress(session, job_id, 0, "compositing", 90.0)  # stale attempt
+    current = await row(sessions, job_id)
+    assert (current.stage, current.progress) == ("voice_gen", 40.0)
+    async with sessions() as session:
+        await jobs.transition(session, job_id, "cancelled")
+        await jobs.record_progress(session, job_id, 1, "video_gen", 60.0)  # no longer running
+    assert (await row(sessions, job_id)).progress == 40.0
+
+
+@pytest.fixture
+async def worker_state(base_settings: Settings, redis: Redis) -> AsyncIterator[Any]:
+    assert base_settings.database_url
+    engine = db.create_engine(base_settings.database_url)
+    yield workers.WorkerState(
+        base_settings, engine, db.sessionmaker(engine), redis, f"w-{uuid.uuid4().hex[:8]}"
+    )  # type: ignore[arg-type]
+    await engine.dispose()
+
+
+async def test_a_job_of_a_dead_worker_is_taken_over(sessions: Any, worker_state: Any) -> None:
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, "dead-worker-without-heartbeat")
+    claimed = await workers._claim(worker_state, job_id)
+    assert claimed is not None
+    assert (claimed.status, claimed.attempts) == ("running", 2)
+    assert claimed.worker_id == worker_state.worker_id
+
+
+async def test_a_job_of_a_live_worker_is_not_taken_over(
+    sessions: Any, redis: Redis, worker_state: Any
+) -> None:
+    """The guard the takeover must keep once it works: a heartbeating worker keeps its job."""
+    job_id = await new_job(sessions)
+    live = f"live-{uuid.uuid4().hex[:8]}"
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, live)
+    await redis.zadd(queue.WORKERS_KEY, {live: time.time()})
+    try:
+        assert await workers._claim(worker_state, job_id) is None
+    finally:
+        await redis.zrem(queue.WORKERS_KEY, live)
+    current = await row(sessions, job_id)
+    assert (current.status, current.attempts, current.worker_id) == ("running", 1, live)
