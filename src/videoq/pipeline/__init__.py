@@ -122,10 +122,13 @@ class _Progress:
 @asynccontextmanager
 async def _deadline(stage: str, timeout_s: float) -> AsyncIterator[None]:
     """Limit a stage to ``timeout_s``; running out is worth a retry, like any other timeout."""
+    deadline = asyncio.timeout(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
+        async with deadline:
             yield
     except TimeoutError as exc:
+        if not deadline.expired():
+            raise  # a provider's own timeout, not ours
         raise RetryableError(
             f"stage {stage} timed out after {timeout_s} s", code="timeout"
         ) from exc
@@ -133,6 +136,7 @@ async def _deadline(stage: str, timeout_s: float) -> AsyncIterator[None]:
 
 async def _load_valid(checkpoints: Checkpoints, stage: str) -> dict[str, Any] | None:
     """The stage's checkpoint, if it exists, parses, and every file it refers to is still there."""
+    # Imported in the functions: the stage modules import this module's names.
     from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
 
     output = await checkpoints.load(stage)
@@ -217,7 +221,6 @@ async def _run_stage(
     on_progress: Callable[[float], Awaitable[None]],
 ) -> dict[str, Any]:
     """Run one stage on the outputs of the earlier ones; return its checkpoint."""
-    # Imported here: the stage modules import this module's names.
     from videoq.ffmpeg import find_font
     from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
     from videoq.providers import Script, VoiceTrack
