@@ -141,13 +141,20 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
     """A real arq worker for ``settings`` in this event loop."""
     worker = Worker(**{**worker_options(settings), "handle_signals": False, **overrides})
     task = asyncio.create_task(worker.async_run())
+    while "videoq" not in worker.ctx:  # on_startup done: connected, migrated, registered
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
     try:
         yield worker
     finally:
+        if worker.tasks:  # let arq finish recording jobs that just ended
+            await asyncio.wait(list(worker.tasks.values()), timeout=5)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await worker.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
 
 
 @pytest.fixture

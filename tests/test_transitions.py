@@ -4,16 +4,16 @@ overwrite a newer state."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import update
 
-from videoq import db, jobs, queue, workers
+from videoq import db, jobs, workers
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
 
@@ -169,7 +169,11 @@ async def worker_state(base_settings: Settings, redis: Redis) -> AsyncIterator[A
 async def test_a_job_of_a_dead_worker_is_taken_over(sessions: Any, worker_state: Any) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "dead-worker-without-heartbeat")
+        await jobs.start_attempt(session, job_id, "dead-worker")
+        # Its last heartbeat is older than worker_stale_s: the worker is gone.
+        stale = datetime.now(UTC) - timedelta(seconds=worker_state.settings.worker_stale_s + 1)
+        await session.execute(update(db.Job).where(db.Job.id == job_id).values(heartbeat_at=stale))
+        await session.commit()
     claimed = await workers._claim(worker_state, job_id)
     assert claimed is not None
     assert (claimed.status, claimed.attempts) == ("running", 2)
@@ -179,15 +183,11 @@ async def test_a_job_of_a_dead_worker_is_taken_over(sessions: Any, worker_state:
 async def test_a_job_of_a_live_worker_is_not_taken_over(
     sessions: Any, redis: Redis, worker_state: Any
 ) -> None:
-    """The guard the takeover must keep once it works: a heartbeating worker keeps its job."""
+    """A heartbeating worker keeps its job (start_attempt records a fresh heartbeat)."""
     job_id = await new_job(sessions)
     live = f"live-{uuid.uuid4().hex[:8]}"
     async with sessions() as session:
         await jobs.start_attempt(session, job_id, live)
-    await redis.zadd(queue.WORKERS_KEY, {live: time.time()})
-    try:
-        assert await workers._claim(worker_state, job_id) is None
-    finally:
-        await redis.zrem(queue.WORKERS_KEY, live)
+    assert await workers._claim(worker_state, job_id) is None
     current = await row(sessions, job_id)
     assert (current.status, current.attempts, current.worker_id) == ("running", 1, live)

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from arq import ArqRedis, create_pool
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.applications import Starlette
@@ -182,6 +183,82 @@ async def get_video(request: Request) -> Response:
     return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
 
 
+async def _announce(st: State, job: db.Job, message: str) -> None:
+    """Publish a status event for a transition the API made (best effort: PostgreSQL holds it)."""
+    event = events.make_event(
+        str(job.id), "status", status=job.status, stage=job.stage, progress=job.progress,
+        worker_id=job.worker_id, message=message,
+    )  # fmt: skip
+    try:
+        await events.publish(st.redis, job.tenant, event)
+    except (RedisError, OSError) as exc:
+        log.warning("event_publish_failed", job_id=str(job.id), error=str(exc))
+
+
+async def cancel_job(request: Request) -> Response:
+    who = await principal(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        job, previous = await jobs.cancel(session, request.path_params["job_id"], who.tenant)
+    log.info("job_cancel_requested", job_id=str(job.id), previous=previous)
+    await _announce(st, job, f"cancelled while {previous}")
+    try:
+        if previous == "running":
+            await queue.request_cancel(st.redis, str(job.id))
+        else:
+            await queue.remove(st.redis, st.settings, str(job.id))
+    except (RedisError, OSError) as exc:
+        # The row says cancelled: workers skip it, and a running one stops at its next heartbeat.
+        log.warning("cancel_signal_failed", job_id=str(job.id), error=str(exc))
+    return JSONResponse(jobs.job_view(job, base_url(request)), status_code=202)
+
+
+async def retry_job(request: Request) -> Response:
+    who = await principal(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        job = await jobs.retry(session, request.path_params["job_id"], who.tenant)
+    log.info("job_retry_requested", job_id=str(job.id))
+    await _announce(st, job, "requeued by request")
+    try:
+        await queue.remove(st.redis, st.settings, str(job.id))  # a stale arq entry blocks enqueue
+        await queue.enqueue_job(st.redis, st.settings, job)
+    except (RedisError, OSError) as exc:
+        log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
+    return JSONResponse(jobs.job_view(job, base_url(request)), status_code=202)
+
+
+async def admin(request: Request) -> Principal:
+    who = await principal(request)
+    if not who.is_admin:
+        raise Forbidden("this route needs an admin key (videoq keys create --admin)")
+    return who
+
+
+async def list_workers(request: Request) -> Response:
+    await admin(request)
+    st = state_of(request)
+    return JSONResponse({"data": await queue.list_workers(st.redis, st.settings.worker_stale_s)})
+
+
+async def clear_stale_workers(request: Request) -> Response:
+    await admin(request)
+    st = state_of(request)
+    removed = await queue.clear_stale(st.redis, st.settings.worker_stale_s)
+    log.info("stale_workers_cleared", count=len(removed))
+    return JSONResponse({"removed": removed})
+
+
+async def queue_stats(request: Request) -> Response:
+    await admin(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        body = await jobs.stats(session, None)
+    body["queue_length"] = await st.redis.zcard(st.settings.queue_name)
+    body["workers"] = await queue.count_workers(st.redis, st.settings.worker_stale_s)
+    return JSONResponse(body)
+
+
 async def health(request: Request) -> Response:
     st = state_of(request)
     redis_ok = database_ok = False
@@ -190,7 +267,7 @@ async def health(request: Request) -> Response:
         await st.redis.ping()
         redis_ok = True
         queue_length = await st.redis.zcard(st.settings.queue_name)
-        workers = await queue.count_workers(st.redis)
+        workers = await queue.count_workers(st.redis, st.settings.worker_stale_s)
     except Exception as exc:
         log.warning("health_redis_failed", error=str(exc))
     try:
@@ -240,7 +317,9 @@ def create_app(settings: Settings) -> Starlette:
         engine = db.create_engine(settings.database_url)
         try:
             await db.check_migrated(engine)
-            redis = await create_pool(queue.redis_settings(settings), **queue.serializers())
+            redis = await create_pool(
+                queue.redis_settings(settings, retries=1), **queue.serializers()
+            )
             async with events.Broadcaster(redis) as broadcaster:
                 app.state.videoq = State(
                     settings, engine, db.sessionmaker(engine), redis, broadcaster
@@ -262,6 +341,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/jobs", list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job),
         Route("/v1/jobs/{job_id}/video", get_video),
+        Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
+        Route("/v1/workers", list_workers),
+        Route("/v1/workers/clear-stale", clear_stale_workers, methods=["POST"]),
+        Route("/v1/queue/stats", queue_stats),
         WebSocketRoute("/v1/jobs/{job_id}/events", job_events_socket),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

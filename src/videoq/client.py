@@ -153,6 +153,14 @@ class Client:
         """The job's current state."""
         return Job.model_validate(await self._request("GET", f"/v1/jobs/{job_id}"))
 
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued, scheduled or running job (a finished one raises ApiError 409)."""
+        return Job.model_validate(await self._request("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    async def retry(self, job_id: str) -> Job:
+        """Requeue a failed or cancelled job; it resumes after its last checkpoint."""
+        return Job.model_validate(await self._request("POST", f"/v1/jobs/{job_id}/retry"))
+
     async def list(self, *, status: str | None = None, page_size: int = 50) -> AsyncIterator[Job]:
         """Every job of the caller's tenant, newest first, fetched page by page."""
         cursor: str | None = None

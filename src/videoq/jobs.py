@@ -7,17 +7,18 @@ older attempt) or a racing cancel cannot overwrite a newer state.
 from __future__ import annotations
 
 import base64
+import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import and_, cast, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from videoq.db import Job, StageCheckpoint
-from videoq.errors import NotFound
+from videoq.errors import Conflict, NotFound
 from videoq.schemas import JobCreate
 
 #: The states a job may move to, from each state.
@@ -155,24 +156,46 @@ async def transition(
     return job
 
 
+def history_entry(job: Job, outcome: str, error: dict[str, Any] | None = None) -> Any:
+    """SQL appending one finished attempt to the job's ``history``."""
+    entry = {
+        "attempt": job.attempts,
+        "worker_id": job.worker_id,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": datetime.now(UTC).isoformat(),
+        "outcome": outcome,
+        "error": error,
+    }
+    return Job.history.op("||")(cast(literal(json.dumps([entry])), JSONB))
+
+
 async def start_attempt(session: AsyncSession, job_id: uuid.UUID, worker_id: str) -> Job | None:
     """``queued``/``scheduled``/``retrying`` → ``running``, counting the attempt."""
+    now = datetime.now(UTC)
     return await transition(
         session,
         job_id,
         "running",
         attempts=Job.attempts + 1,
         worker_id=worker_id,
-        started_at=datetime.now(UTC),
+        started_at=now,
+        heartbeat_at=now,
         error=None,
     )
 
 
 async def take_over(
-    session: AsyncSession, job_id: uuid.UUID, attempt: int, dead_worker: str | None, worker_id: str
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    attempt: int,
+    dead_worker: str | None,
+    worker_id: str,
+    stale_s: float,
 ) -> Job | None:
-    """Claim a job left ``running`` by a worker that died, as a new attempt. Guarded by the
-    attempt and the dead worker's id, so a live attempt is never stolen."""
+    """Claim a job left ``running`` by a worker that died (no heartbeat for ``stale_s``), as a
+    new attempt. Guarded by the attempt, the dead worker's id and the stale heartbeat, so a
+    live attempt is never stolen."""
+    now = datetime.now(UTC)
     stmt = (
         update(Job)
         .where(
@@ -180,12 +203,31 @@ async def take_over(
             Job.status == "running",
             Job.attempts == attempt,
             Job.worker_id.is_(None) if dead_worker is None else Job.worker_id == dead_worker,
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - timedelta(seconds=stale_s)),
         )
         .values(
             attempts=attempt + 1,
             worker_id=worker_id,
-            started_at=datetime.now(UTC),
-            updated_at=datetime.now(UTC),
+            started_at=now,
+            heartbeat_at=now,
+            updated_at=now,
+            history=Job.history.op("||")(
+                cast(
+                    literal(
+                        json.dumps(
+                            [
+                                {
+                                    "attempt": attempt,
+                                    "worker_id": dead_worker,
+                                    "finished_at": now.isoformat(),
+                                    "outcome": "worker_lost",
+                                }
+                            ]
+                        )
+                    ),
+                    JSONB,
+                )
+            ),
         )
         .returning(Job)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -206,6 +248,120 @@ async def record_progress(
         .execution_options(synchronize_session=False, populate_existing=True)
     )
     await session.commit()
+
+
+async def heartbeat(
+    session: AsyncSession, worker_id: str, running: dict[uuid.UUID, int]
+) -> set[uuid.UUID]:
+    """Mark the worker's running attempts alive; returns the ones it still owns (the others
+    were cancelled or taken over, and must stop)."""
+    if not running:
+        return set()
+    rows = await session.execute(
+        update(Job)
+        .where(Job.id.in_(list(running)), Job.status == "running", Job.worker_id == worker_id)
+        .values(heartbeat_at=datetime.now(UTC))
+        .returning(Job.id, Job.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    owned = {job_id for job_id, attempt in rows if running.get(job_id) == attempt}
+    await session.commit()
+    return owned
+
+
+async def orphans(session: AsyncSession, stale_s: float, limit: int = 100) -> list[Job]:
+    """Running jobs whose worker stopped heartbeating: it died (kill -9, OOM, lost machine)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=stale_s)
+    query = (
+        select(Job)
+        .where(Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def waiting(session: AsyncSession, limit: int = 1000) -> list[Job]:
+    """Jobs that should be on the arq queue: queued, scheduled, or waiting to retry."""
+    query = (
+        select(Job)
+        .where(Job.status.in_(("queued", "scheduled", "retrying")))
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def cancel(session: AsyncSession, job_id: str, tenant: str) -> tuple[Job, str]:
+    """Cancel a job that has not finished; returns the job and the status it had.
+    :class:`Conflict` when it had already finished."""
+    job = await get_job(session, job_id, tenant)
+    previous = job.status
+    updated = await transition(
+        session,
+        job.id,
+        "cancelled",
+        finished_at=datetime.now(UTC),
+        history=history_entry(job, "cancelled") if previous == "running" else Job.history,
+    )
+    if updated is None:
+        current = await get_job(session, job.id, tenant)
+        raise Conflict(f"job {job.id} is already {current.status}")
+    return updated, previous
+
+
+async def retry(session: AsyncSession, job_id: str, tenant: str) -> Job:
+    """Requeue a ``failed`` or ``cancelled`` job with a fresh retry budget; it resumes after its
+    last checkpoint. :class:`Conflict` in any other state."""
+    job = await get_job(session, job_id, tenant)
+    if job.status not in ("failed", "cancelled"):
+        raise Conflict(
+            f"job {job.id} is {job.status}; only failed or cancelled jobs can be retried"
+        )
+    updated = await transition(
+        session,
+        job.id,
+        "queued",
+        retry_base=Job.attempts,
+        error=None,
+        finished_at=None,
+        run_at=None,
+        worker_id=None,
+    )
+    if updated is None:
+        raise Conflict(f"job {job.id} changed state; try again")
+    return updated
+
+
+async def stats(session: AsyncSession, tenant: str | None) -> dict[str, Any]:
+    """Counts per status, the oldest queued job's age, and finished jobs per recent window."""
+    scope = [] if tenant is None else [Job.tenant == tenant]
+    counts = dict(
+        (
+            await session.execute(
+                select(Job.status, func.count()).where(*scope).group_by(Job.status)
+            )
+        ).all()
+    )
+    oldest = (
+        await session.execute(
+            select(func.min(Job.created_at)).where(Job.status == "queued", *scope)
+        )
+    ).scalar()
+    now = datetime.now(UTC)
+    throughput = {}
+    for minutes in (1, 5, 15):
+        since = now - timedelta(minutes=minutes)
+        rows = await session.execute(
+            select(Job.status, func.count())
+            .where(Job.finished_at >= since, *scope)
+            .group_by(Job.status)
+        )
+        throughput[f"last_{minutes}m"] = dict(rows.all())
+    return {
+        "counts": {status: counts.get(status, 0) for status in TRANSITIONS},
+        "oldest_queued_age_s": (now - oldest).total_seconds() if oldest else None,
+        "finished": throughput,
+    }
 
 
 class DbCheckpoints:
@@ -256,6 +412,7 @@ def job_view(job: Job, base_url: str = "") -> dict[str, Any]:
         "priority": job.priority,
         "attempts": job.attempts,
         "max_retries": job.max_retries,
+        "history": job.history,
         "brief": job.brief,
         "run_at": ts(job.run_at),
         "created_at": ts(job.created_at),

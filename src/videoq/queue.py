@@ -1,17 +1,26 @@
 """The arq side shared by the API and the workers: Redis settings, JSON (never pickle)
-serialization, enqueueing, and the worker registry."""
+serialization, enqueueing with priorities, removal, and the worker registry.
+
+Priorities are score offsets on arq's queue (the approach arq's maintainer suggests): a job that
+is ready now is queued as if it had been enqueued ``-offset`` seconds ago, so a ``high`` job
+overtakes ``normal`` jobs queued in the last 5 minutes and ``low`` jobs queued in the last 10,
+and a ``low`` job waits at most 10 minutes behind fresh ``high`` work: nothing starves.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from arq import ArqRedis
 from arq.connections import RedisSettings
-from redis.exceptions import RedisError
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from videoq.db import Job
 from videoq.settings import Settings
@@ -20,14 +29,22 @@ log = structlog.get_logger(__name__)
 
 TASK = "run_job"
 WORKERS_KEY = "videoq:workers"
-#: A worker whose heartbeat is older than this is counted as gone.
-WORKER_STALE_S = 30.0
+CANCEL_CHANNEL = "videoq:cancel"
+PRIORITY_OFFSET_S = {"high": -600.0, "normal": -300.0, "low": 0.0}
 
 
-def redis_settings(settings: Settings) -> RedisSettings:
+def redis_settings(settings: Settings, *, retries: int = 10) -> RedisSettings:
+    """arq's Redis settings. Workers' commands retry with backoff for about 30 s on connection
+    errors, so a restarting Redis does not take them down; the API uses few retries so that it
+    answers (degraded) at once while Redis is away."""
     if not settings.redis_url:
         raise ValueError("redis_url is not set")
-    return RedisSettings.from_dsn(settings.redis_url)
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    rs.retry_on_error = [ConnectionError, TimeoutError, OSError]
+    rs.retry = Retry(ExponentialBackoff(cap=4.0, base=0.1), retries=retries)
+    rs.conn_retries = retries
+    rs.conn_timeout = 2
+    return rs
 
 
 def _dumps(obj: Any) -> bytes:
@@ -44,32 +61,113 @@ def serializers() -> dict[str, Any]:
     return {"job_serializer": _dumps, "job_deserializer": _loads}
 
 
+def score_time(priority: str, run_at: datetime | None) -> datetime:
+    """When arq should consider the job due (its ZSET score), priority included."""
+    now = datetime.now(UTC)
+    if run_at is not None and run_at > now:
+        return run_at  # scheduled: starts on time, never early
+    return now + timedelta(seconds=PRIORITY_OFFSET_S.get(priority, 0.0))
+
+
 async def enqueue(
-    redis: ArqRedis, settings: Settings, job_id: str, *, run_at: datetime | None = None
+    redis: ArqRedis,
+    settings: Settings,
+    job_id: str,
+    *,
+    priority: str = "normal",
+    run_at: datetime | None = None,
 ) -> bool:
     """Put the job on the arq queue; False when it is already there (arq dedupes by job id)."""
     job = await redis.enqueue_job(
-        TASK, job_id, _job_id=job_id, _queue_name=settings.queue_name, _defer_until=run_at
+        TASK,
+        job_id,
+        _job_id=job_id,
+        _queue_name=settings.queue_name,
+        _defer_until=score_time(priority, run_at),
     )
     return job is not None
+
+
+async def enqueue_job(redis: ArqRedis, settings: Settings, job: Job) -> bool:
+    return await enqueue(redis, settings, str(job.id), priority=job.priority, run_at=job.run_at)
 
 
 async def announce_created(redis: ArqRedis, settings: Settings, job: Job) -> None:
     """Enqueue a job just written to PostgreSQL. If Redis is unreachable the row stays
     ``queued``/``scheduled`` and the workers' reconciler enqueues it later: nothing is lost."""
     try:
-        await enqueue(redis, settings, str(job.id), run_at=job.run_at)
+        await enqueue_job(redis, settings, job)
     except (RedisError, OSError) as exc:
         log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
 
 
-async def heartbeat(redis: ArqRedis, worker_id: str) -> None:
-    await redis.zadd(WORKERS_KEY, {worker_id: time.time()})
+async def remove(redis: ArqRedis, settings: Settings, job_id: str) -> None:
+    """Take a job that is not running off the queue, so a later retry can enqueue it afresh."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(settings.queue_name, job_id)
+        pipe.delete(job_key_prefix + job_id)
+        await pipe.execute()
+
+
+async def release_orphan(redis: ArqRedis, settings: Settings, job: Job) -> None:
+    """Let arq start a job whose worker died now, not when arq's in-progress key expires
+    (the job timeout plus 10 s)."""
+    await redis.delete(in_progress_key_prefix + str(job.id))
+    if not await enqueue_job(redis, settings, job):
+        # The job's arq entry survived; make sure it is in the queue and due.
+        await redis.zadd(settings.queue_name, {str(job.id): time.time() * 1000}, nx=True)
+
+
+async def request_cancel(redis: ArqRedis, job_id: str) -> None:
+    """Tell whichever worker runs the job to stop it now."""
+    await redis.publish(CANCEL_CHANNEL, job_id)
+
+
+# The worker registry: a sorted set of worker ids scored by their last heartbeat, and one JSON
+# document per worker (host, pid, start time, current jobs, counters) for `GET /v1/workers`.
+
+
+def _info_key(worker_id: str) -> str:
+    return f"videoq:worker:{worker_id}"
+
+
+async def heartbeat(redis: ArqRedis, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(WORKERS_KEY, {worker_id: now})
+        pipe.set(_info_key(worker_id), json.dumps({**info, "last_heartbeat": now}), ex=int(ttl_s))
+        await pipe.execute()
 
 
 async def forget_worker(redis: ArqRedis, worker_id: str) -> None:
-    await redis.zrem(WORKERS_KEY, worker_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(WORKERS_KEY, worker_id)
+        pipe.delete(_info_key(worker_id))
+        await pipe.execute()
 
 
-async def count_workers(redis: ArqRedis) -> int:
-    return int(await redis.zcount(WORKERS_KEY, time.time() - WORKER_STALE_S, "+inf"))
+async def list_workers(redis: ArqRedis, stale_s: float) -> list[dict[str, Any]]:
+    """Every registered worker, newest heartbeat first, with ``alive`` set."""
+    entries = await redis.zrevrange(WORKERS_KEY, 0, -1, withscores=True)
+    if not entries:
+        return []
+    infos = await redis.mget([_info_key(wid.decode()) for wid, _ in entries])
+    now = time.time()
+    out = []
+    for (wid, seen), raw in zip(entries, infos, strict=True):
+        info = json.loads(raw) if raw else {"id": wid.decode()}
+        out.append({**info, "last_heartbeat": seen, "alive": now - seen <= stale_s})
+    return out
+
+
+async def clear_stale(redis: ArqRedis, stale_s: float) -> list[str]:
+    """Forget workers whose heartbeat is older than ``stale_s``; returns their ids."""
+    stale = await redis.zrangebyscore(WORKERS_KEY, "-inf", time.time() - stale_s)
+    ids = [s.decode() for s in stale]
+    for worker_id in ids:
+        await forget_worker(redis, worker_id)
+    return ids
+
+
+async def count_workers(redis: ArqRedis, stale_s: float) -> int:
+    return int(await redis.zcount(WORKERS_KEY, time.time() - stale_s, "+inf"))

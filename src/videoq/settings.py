@@ -52,6 +52,20 @@ class Settings(BaseSettings):
     job_timeout_s: float = 1800.0
     stage_timeout_s: float = 900.0
     max_retries: int = Field(default=3, description="Retries after the first attempt.")
+    heartbeat_s: float = Field(default=2.0, description="How often workers heartbeat their jobs.")
+    worker_stale_s: float = Field(
+        default=10.0, description="A running job whose heartbeat is older belongs to a dead worker."
+    )
+    reconcile_s: float = Field(
+        default=5.0, description="How often workers re-enqueue jobs Redis lost or a worker left."
+    )
+    shutdown_grace_s: int = Field(
+        default=10, description="On SIGTERM, how long running jobs may finish before requeueing."
+    )
+    pipeline: str = Field(
+        default="videoq.pipeline:run_pipeline",
+        description="`module:function` the worker runs for each job (same signature).",
+    )
     retry_delays_s: tuple[float, ...] = (2.0, 4.0, 8.0)
 
     # Pipeline.
@@ -77,6 +91,84 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REPLICATE_API_TOKEN", "VIDEOQ_REPLICATE_API_TOKEN"),
     )
     anthropic_model: str = "claude-sonnet-5-5"
+
+    # Live provider endpoints. Each also honours the variable its own SDK reads.
+    anthropic_base_url: str | None = Field(
+        default=None,
+        description="Anthropic API root; default https://api.anthropic.com.",
+        validation_alias=AliasChoices("VIDEOQ_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+    )
+    elevenlabs_base_url: str = Field(
+        default="https://api.elevenlabs.io",
+        description="ElevenLabs API root (paths start with /v1).",
+        validation_alias=AliasChoices("VIDEOQ_ELEVENLABS_BASE_URL", "ELEVENLABS_BASE_URL"),
+    )
+    replicate_base_url: str = Field(
+        default="https://api.replicate.com",
+        description="Replicate API root (paths start with /v1).",
+        validation_alias=AliasChoices("VIDEOQ_REPLICATE_BASE_URL", "REPLICATE_BASE_URL"),
+    )
+
+    # Script (Anthropic Messages API).
+    anthropic_max_tokens: int = Field(default=2048, description="Output token cap per script.")
+    anthropic_timeout_s: float = Field(default=60.0, description="HTTP timeout per request.")
+
+    # Voice (ElevenLabs text-to-speech with timestamps).
+    elevenlabs_voice_id: str = Field(
+        default="21m00Tcm4TlvDq8ikWAM", description="Voice used when the brief names none."
+    )
+    elevenlabs_model_id: str = "eleven_multilingual_v2"
+    elevenlabs_output_format: str = Field(
+        default="mp3_44100_128", description="codec_samplerate_bitrate, as ElevenLabs names it."
+    )
+    elevenlabs_timeout_s: float = Field(default=120.0, description="HTTP timeout per request.")
+
+    # Video (Replicate predictions, one per scene).
+    replicate_model: str = Field(
+        default="minimax/video-01", description="owner/name of the text-to-video model."
+    )
+    replicate_version: str | None = Field(
+        default=None, description="64-hex version id; unset runs the model's latest (official)."
+    )
+    replicate_input: dict[str, Any] = Field(
+        default_factory=dict, description="Extra model inputs sent with every prediction."
+    )
+    replicate_wait_s: int = Field(
+        default=60, ge=1, le=60, description="`Prefer: wait=n` on create (Replicate allows 1–60)."
+    )
+    replicate_poll_s: float = Field(default=1.0, description="First poll interval; it grows.")
+    replicate_poll_max_s: float = Field(default=10.0, description="Longest poll interval.")
+    replicate_cancel_after: str = Field(
+        default="30m", description="`Cancel-After` on create: Replicate stops runaway predictions."
+    )
+    replicate_timeout_s: float = Field(default=30.0, description="HTTP timeout per request.")
+    max_download_bytes: int = Field(
+        default=512 * 1024 * 1024, description="Largest generated clip accepted, in bytes."
+    )
+
+    # Calls to every live provider.
+    provider_retries: int = Field(
+        default=3, description="Retries of one provider call inside a stage, after the first."
+    )
+    provider_backoff_s: float = Field(
+        default=1.0, description="First retry delay inside a stage; doubles each time, jittered."
+    )
+    provider_backoff_max_s: float = Field(
+        default=30.0,
+        description="Longest wait inside a stage; a longer Retry-After hands the job to arq.",
+    )
+
+    # Concurrency limits per provider, shared by every worker through Redis leases.
+    anthropic_concurrency: int = Field(default=8, ge=1)
+    elevenlabs_concurrency: int = Field(
+        default=5, ge=1, description="Your plan's limit (Creator: 5 on multilingual v2)."
+    )
+    replicate_concurrency: int = Field(
+        default=16, ge=1, description="Predictions in flight at once, across all workers."
+    )
+    limit_lease_s: float = Field(
+        default=60.0, description="A held slot expires this long after its last renewal."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -9,33 +9,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import random
 import shutil
 import socket
+import time
 import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
 from arq import ArqRedis, Retry, func
 from redis.exceptions import RedisError
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from videoq import db, events, jobs, queue
+from videoq import db, events, jobs, queue, supervisor
 from videoq.embedded import resolve
-from videoq.errors import JobCancelled, RetryableError, VideoqError
+from videoq.errors import RetryableError, VideoqError
 from videoq.logging import configure_logging
-from videoq.pipeline import Brief, run_pipeline
+from videoq.pipeline import Brief, Result
 from videoq.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-HEARTBEAT_S = 5.0
-RECONCILE_S = 10.0
+
+@dataclass
+class RunningJob:
+    """An attempt running in this process. ``stop_reason`` is set before its task is cancelled
+    on purpose (``cancelled`` by a user, ``lease_lost`` to another worker)."""
+
+    task: asyncio.Task[Any]
+    attempt: int
+    stop_reason: str | None = None
 
 
 @dataclass
@@ -47,7 +58,19 @@ class WorkerState:
     sessions: async_sessionmaker[Any]
     redis: ArqRedis
     worker_id: str
+    started_at: float = field(default_factory=time.time)
+    running: dict[uuid.UUID, RunningJob] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def stop(self, job_id: uuid.UUID, reason: str) -> bool:
+        """Cancel a running attempt on purpose; False if it does not run here."""
+        running = self.running.get(job_id)
+        if running is None or running.stop_reason is not None:
+            return False
+        running.stop_reason = reason
+        running.task.cancel()
+        return True
 
 
 class EventReporter:
@@ -59,6 +82,7 @@ class EventReporter:
         self.job_id = job.id
         self.tenant = job.tenant
         self.attempt = job.attempts
+        self.status = "running"
         self.stage: str | None = None
         self.progress = 0.0
         self.stored_progress = -1.0
@@ -102,7 +126,13 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> None:
     state: WorkerState = ctx["videoq"]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=state.worker_id)
-    await execute(state, uuid.UUID(job_id))
+    try:
+        await execute(state, uuid.UUID(job_id))
+    except (SQLAlchemyError, OSError) as exc:
+        # PostgreSQL is unreachable: nothing could be recorded, so let arq try again later.
+        delay = state.settings.retry_delays_s[-1]
+        log.warning("job_deferred_database_unavailable", error=str(exc), delay_s=delay)
+        raise Retry(defer=delay) from exc
 
 
 async def _claim(state: WorkerState, job_id: uuid.UUID) -> db.Job | None:
@@ -113,16 +143,20 @@ async def _claim(state: WorkerState, job_id: uuid.UUID) -> db.Job | None:
         current = await session.get(db.Job, job_id)
         if current is None or current.status != "running":
             return None
-        # Running under a worker that stopped heartbeating (killed): take it over.
-        alive = await state.redis.zscore(queue.WORKERS_KEY, current.worker_id or "")
-        if alive is not None and alive > datetime.now(UTC).timestamp() - queue.WORKER_STALE_S:
-            return None
+        # Running, but its worker stopped heartbeating (killed): take it over if that is so.
         job = await jobs.take_over(
-            session, job_id, current.attempts, current.worker_id, state.worker_id
-        )
+            session, job_id, current.attempts, current.worker_id, state.worker_id,
+            state.settings.worker_stale_s,
+        )  # fmt: skip
         if job is not None:
             log.warning("job_taken_over", dead_worker=current.worker_id)
         return job
+
+
+def _pipeline(settings: Settings) -> Callable[..., Awaitable[Result]]:
+    module, _, name = settings.pipeline.partition(":")
+    fn: Callable[..., Awaitable[Result]] = getattr(importlib.import_module(module), name)
+    return fn
 
 
 async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
@@ -131,6 +165,9 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
     if job is None:
         log.info("job_skipped", reason="not runnable")
         return
+    task = asyncio.current_task()
+    assert task is not None
+    running = state.running[job.id] = RunningJob(task, job.attempts)
     structlog.contextvars.bind_contextvars(attempt=job.attempts)
     reporter = EventReporter(state, job)
     await reporter.emit("status", "running", f"attempt {job.attempts} started")
@@ -138,18 +175,30 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
     settings = state.settings.for_job(job.options)
     workdir = settings.artifacts / str(job.id)
     try:
-        async with asyncio.timeout(settings.job_timeout_s):
-            result = await run_pipeline(
-                Brief(**job.brief),
-                settings=settings,
-                workdir=workdir,
-                checkpoints=jobs.DbCheckpoints(state.sessions, job.id, job.attempts),
-                report=reporter,
-            )
+        try:
+            async with asyncio.timeout(settings.job_timeout_s):
+                result = await _pipeline(settings)(
+                    Brief(**job.brief),
+                    settings=settings,
+                    workdir=workdir,
+                    checkpoints=jobs.DbCheckpoints(state.sessions, job.id, job.attempts),
+                    report=reporter,
+                )
+        finally:
+            # Before any outcome is recorded: from here on nothing may cancel this attempt.
+            state.running.pop(job.id, None)
     except asyncio.CancelledError:
-        # arq cancels on shutdown and requeues the job; hand it back in PostgreSQL too.
-        await _finish(state, reporter, "queued", "worker stopped; job requeued", worker_id=None)
-        raise
+        if running.stop_reason is None:
+            # arq cancels on shutdown and requeues the job; hand it back in PostgreSQL too.
+            await _finish(
+                state, reporter, job, "queued", "worker stopped; job requeued",
+                worker_id=None, heartbeat_at=None,
+            )  # fmt: skip
+            raise
+        task.uncancel()  # stopped on purpose: this attempt ends here, normally
+        _remove_partial_files(workdir)
+        log.info("job_stopped", reason=running.stop_reason)
+        return
     except Exception as exc:
         await _settle(state, job, reporter, exc)
         return
@@ -158,23 +207,43 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
             shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
     reporter.progress = 100.0
     await _finish(
-        state, reporter, "succeeded", "video ready",
+        state, reporter, job, "succeeded", "video ready",
         progress=100.0, finished_at=datetime.now(UTC),
         result={"duration_s": result.duration_s, "size_bytes": result.size_bytes, **result.cost},
     )  # fmt: skip
+    state.counts["succeeded"] += 1
     log.info("job_succeeded", duration_s=result.duration_s, size_bytes=result.size_bytes)
 
 
+def _remove_partial_files(workdir: Path) -> None:
+    """Temporary outputs of interrupted steps; completed (checkpointed) artifacts stay, so a
+    retried job resumes without paying again."""
+    if workdir.is_dir():
+        for partial in workdir.rglob(".*.tmp*"):
+            partial.unlink(missing_ok=True)
+
+
 async def _finish(
-    state: WorkerState, reporter: EventReporter, status: str, message: str, **values: Any
+    state: WorkerState,
+    reporter: EventReporter,
+    job: db.Job,
+    status: str,
+    message: str,
+    *,
+    error: dict[str, Any] | None = None,
+    **values: Any,
 ) -> bool:
+    """End the attempt in PostgreSQL (guarded by the attempt) and emit the status event."""
+    outcome = {"queued": "requeued"}.get(status, status)
     async with state.sessions() as session:
-        job = await jobs.transition(
-            session, reporter.job_id, status, attempt=reporter.attempt, **values
-        )
-    if job is None:
+        updated = await jobs.transition(
+            session, job.id, status, attempt=job.attempts,
+            history=jobs.history_entry(job, outcome, error), error=error, **values,
+        )  # fmt: skip
+    if updated is None:
         log.warning("job_transition_refused", to=status)
         return False
+    reporter.status = status
     await reporter.emit("status", status, message)
     return True
 
@@ -184,11 +253,8 @@ def _error(exc: Exception) -> dict[str, Any]:
         retryable = isinstance(exc, RetryableError)
         return {"code": exc.code, "message": exc.message[:2000], "retryable": retryable}
     if isinstance(exc, TimeoutError):
-        return {
-            "code": "job_timeout",
-            "message": "the job ran past its timeout",
-            "retryable": False,
-        }
+        message = "the job ran past its timeout"
+        return {"code": "job_timeout", "message": message, "retryable": False}
     if isinstance(exc, SQLAlchemyError | RedisError | OSError):
         return {"code": "infrastructure_error", "message": type(exc).__name__, "retryable": True}
     return {"code": "internal_error", "message": "unexpected worker error", "retryable": False}
@@ -197,53 +263,26 @@ def _error(exc: Exception) -> dict[str, Any]:
 async def _settle(state: WorkerState, job: db.Job, reporter: EventReporter, exc: Exception) -> None:
     """Map a failed attempt to ``retrying`` (raising arq's Retry) or ``failed``."""
     error = _error(exc)
-    if isinstance(exc, JobCancelled):
-        await _finish(state, reporter, "cancelled", "cancelled", finished_at=datetime.now(UTC))
-        return
     if error["code"] == "internal_error":
         log.error("job_crashed", exc_info=exc)
-    if error["retryable"] and job.attempts <= job.max_retries:
+    if error["retryable"] and job.attempts - job.retry_base <= job.max_retries:
         delays = state.settings.retry_delays_s
-        delay = delays[min(job.attempts - 1, len(delays) - 1)] * random.uniform(0.8, 1.2)
-        hint = getattr(exc, "retry_after_s", None)
-        delay = max(delay, hint or 0.0)
-        if await _finish(state, reporter, "retrying", f"retrying in {delay:.1f}s", error=error):
+        tries = job.attempts - job.retry_base
+        delay = delays[min(tries - 1, len(delays) - 1)] * random.uniform(0.8, 1.2)
+        delay = max(delay, getattr(exc, "retry_after_s", None) or 0.0)
+        run_at = datetime.now(UTC) + timedelta(seconds=delay)
+        message = f"retrying in {delay:.1f}s"
+        if await _finish(state, reporter, job, "retrying", message, error=error, run_at=run_at):
+            state.counts["retried"] += 1
             log.warning("job_retry_scheduled", delay_s=round(delay, 2), error=error["code"])
             raise Retry(defer=delay) from exc
         return
-    await _finish(
-        state, reporter, "failed", error["message"], error=error, finished_at=datetime.now(UTC)
+    failed = await _finish(
+        state, reporter, job, "failed", error["message"], error=error, finished_at=datetime.now(UTC)
     )
-    log.warning("job_failed", error=error["code"], message=error["message"])
-
-
-async def _heartbeat(state: WorkerState) -> None:
-    while True:
-        with contextlib.suppress(RedisError, OSError):
-            await queue.heartbeat(state.redis, state.worker_id)
-        await asyncio.sleep(HEARTBEAT_S)
-
-
-async def _reconcile(state: WorkerState) -> None:
-    """Enqueue jobs PostgreSQL says are waiting but Redis does not know (Redis was down when
-    they were created, or restarted empty). arq dedupes by job id, so this is idempotent."""
-    while True:
-        try:
-            async with state.sessions() as session:
-                rows = (
-                    await session.execute(
-                        select(db.Job.id, db.Job.run_at)
-                        .where(db.Job.status.in_(("queued", "scheduled")))
-                        .order_by(db.Job.created_at)
-                        .limit(1000)
-                    )
-                ).all()
-            for job_id, run_at in rows:
-                if await queue.enqueue(state.redis, state.settings, str(job_id), run_at=run_at):
-                    log.info("job_reenqueued", job_id=str(job_id))
-        except (SQLAlchemyError, RedisError, OSError) as exc:
-            log.warning("reconcile_failed", error=str(exc))
-        await asyncio.sleep(RECONCILE_S)
+    if failed:
+        state.counts["failed"] += 1
+        log.warning("job_failed", error=error["code"], message=error["message"])
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -254,10 +293,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     await db.check_migrated(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     state = WorkerState(settings, engine, db.sessionmaker(engine), ctx["redis"], worker_id)
-    state.background = [
-        asyncio.create_task(_heartbeat(state), name="heartbeat"),
-        asyncio.create_task(_reconcile(state), name="reconcile"),
-    ]
+    state.background = supervisor.start(state)
     ctx["videoq"] = state
     log.info("worker_started", worker_id=worker_id, queue=settings.queue_name)
 
@@ -290,6 +326,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "max_tries": 1000,
         "retry_jobs": True,
         "allow_abort_jobs": True,
+        "job_completion_wait": settings.shutdown_grace_s,
         "ctx": {"settings": settings},
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -1,0 +1,150 @@
+"""A worker's background duties, beside the jobs it runs:
+
+- **heartbeats**: every ``heartbeat_s`` the worker marks its running attempts alive in
+  PostgreSQL (and itself in the Redis registry). An attempt it no longer owns — cancelled, or
+  taken over after this worker was presumed dead — is stopped at once.
+- **cancel signals**: one pub/sub subscription; a cancel request stops the job's task within
+  milliseconds, on whichever worker runs it (arq's own abort polls, and only on its own queue).
+- **reconciliation**: every ``reconcile_s`` one worker (a Redis lock elects it) re-enqueues what
+  PostgreSQL says should be queued but Redis does not hold (Redis restarted empty, or was down at
+  submit), and releases running jobs whose worker stopped heartbeating, so another worker
+  resumes them from their checkpoints instead of waiting for arq's in-progress key to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from arq.constants import job_key_prefix
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from videoq import db, jobs, queue
+
+if TYPE_CHECKING:
+    from videoq.workers import WorkerState
+
+log = structlog.get_logger(__name__)
+
+_INFRA_ERRORS = (SQLAlchemyError, RedisError, OSError)
+RECONCILE_LOCK = "videoq:reconcile-lock"
+
+
+def start(state: WorkerState) -> list[asyncio.Task[None]]:
+    return [
+        asyncio.create_task(_heartbeats(state), name="videoq-heartbeat"),
+        asyncio.create_task(_cancel_signals(state), name="videoq-cancel-signals"),
+        asyncio.create_task(_reconcile(state), name="videoq-reconcile"),
+    ]
+
+
+def _info(state: WorkerState) -> dict[str, Any]:
+    return {
+        "id": state.worker_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "queue": state.settings.queue_name,
+        "started_at": state.started_at,
+        "jobs": [str(job_id) for job_id in state.running],
+        "max_jobs": state.settings.max_jobs,
+        "counts": dict(state.counts),
+    }
+
+
+async def beat(state: WorkerState) -> None:
+    """One heartbeat: keep owned attempts alive, stop the ones this worker lost."""
+    running = {job_id: r.attempt for job_id, r in state.running.items()}
+    try:
+        async with state.sessions() as session:
+            owned = await jobs.heartbeat(session, state.worker_id, running)
+            lost = [job_id for job_id in running if job_id not in owned]
+            statuses = dict(
+                (
+                    await session.execute(
+                        select(db.Job.id, db.Job.status).where(db.Job.id.in_(lost))
+                    )
+                ).all()
+                if lost
+                else []
+            )
+        for job_id in lost:
+            reason = "cancelled" if statuses.get(job_id) == "cancelled" else "lease_lost"
+            if state.stop(job_id, reason):
+                log.warning("job_stopped_by_heartbeat", job_id=str(job_id), reason=reason)
+    except _INFRA_ERRORS as exc:
+        log.warning("heartbeat_failed", store="postgresql", error=str(exc))
+    try:
+        ttl = state.settings.worker_stale_s * 6
+        await queue.heartbeat(state.redis, state.worker_id, _info(state), ttl)
+    except _INFRA_ERRORS as exc:
+        log.warning("heartbeat_failed", store="redis", error=str(exc))
+
+
+async def _heartbeats(state: WorkerState) -> None:
+    while True:
+        await beat(state)
+        await asyncio.sleep(state.settings.heartbeat_s)
+
+
+async def _cancel_signals(state: WorkerState) -> None:
+    while True:
+        pubsub = state.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(queue.CANCEL_CHANNEL)
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                with contextlib.suppress(ValueError):
+                    job_id = uuid.UUID(message["data"].decode())
+                    if state.stop(job_id, "cancelled"):
+                        log.info("job_cancel_signalled", job_id=str(job_id))
+        except _INFRA_ERRORS as exc:
+            # Missed signals are caught by the next heartbeat, which sees the cancelled row.
+            log.warning("cancel_listener_failed", error=str(exc))
+            await asyncio.sleep(state.settings.heartbeat_s)
+        finally:
+            with contextlib.suppress(*_INFRA_ERRORS):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def reconcile_once(state: WorkerState) -> dict[str, int]:
+    """Re-enqueue waiting jobs Redis lost; release orphaned running jobs. Returns counts."""
+    settings = state.settings
+    async with state.sessions() as session:
+        waiting = await jobs.waiting(session)
+        orphans = await jobs.orphans(session, settings.worker_stale_s)
+    requeued = 0
+    if waiting:
+        async with state.redis.pipeline(transaction=False) as pipe:
+            for job in waiting:
+                pipe.exists(job_key_prefix + str(job.id))
+            present = await pipe.execute()
+        for job, exists in zip(waiting, present, strict=True):
+            if not exists and await queue.enqueue_job(state.redis, settings, job):
+                requeued += 1
+                log.info("job_reenqueued", job_id=str(job.id), status=job.status)
+    for job in orphans:
+        await queue.release_orphan(state.redis, settings, job)
+        log.warning("job_orphan_released", job_id=str(job.id), dead_worker=job.worker_id)
+    return {"requeued": requeued, "orphans": len(orphans)}
+
+
+async def _reconcile(state: WorkerState) -> None:
+    while True:
+        try:
+            lock = f"{RECONCILE_LOCK}:{state.settings.queue_name}"
+            # PX slightly under the period: one worker per period does it, and a dead one's
+            # turn passes to the others by itself.
+            period_ms = int(state.settings.reconcile_s * 1000)
+            if await state.redis.set(lock, state.worker_id, nx=True, px=max(period_ms - 50, 1)):
+                await reconcile_once(state)
+        except _INFRA_ERRORS as exc:
+            log.warning("reconcile_failed", error=str(exc))
+        await asyncio.sleep(state.settings.reconcile_s)

@@ -1,0 +1,168 @@
+"""Job lifecycle with in-process arq workers and injected fake pipelines: cancel, scheduling,
+retries and dead letters, manual retry from checkpoints, timeouts, operations routes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import LiveApi, new_key, running_worker
+from tests.fakes import runs
+from videoq import queue, supervisor
+from videoq.client import ApiError, Client, Event
+from videoq.settings import Settings
+
+
+def fake(settings: Settings, name: str) -> Settings:
+    return settings.model_copy(update={"pipeline": f"tests.fakes:{name}"})
+
+
+async def until(event_stream: Any, predicate: Any) -> Event:
+    async for event in event_stream:
+        if predicate(event):
+            return event
+    raise AssertionError("the stream ended first")
+
+
+async def test_cancelling_a_queued_job_means_it_never_starts(
+    live_api: LiveApi, client: Client, settings: Settings, redis: Redis
+) -> None:
+    job = await client.submit(product_name="Never Runs")
+    cancelled = await client.cancel(job.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert await redis.zscore(settings.queue_name, job.id) is None  # off the arq queue
+    async with running_worker(fake(settings, "quick")):
+        other = await client.submit(product_name="Runs")
+        assert (await client.wait(other.id, timeout=30)).status == "succeeded"
+    final = await client.get(job.id)
+    assert final.status == "cancelled" and final.attempts == 0
+    assert job.id not in {r[0] for r in runs(settings.artifacts)}
+    events = [e async for e in client.events(job.id, after=0)]
+    assert [e.status for e in events if e.type == "status"] == ["cancelled"]
+
+
+async def test_cancel_of_a_finished_or_foreign_job_is_refused(
+    live_api: LiveApi, client: Client, settings: Settings, sessions: Any
+) -> None:
+    async with running_worker(fake(settings, "quick")):
+        job = await client.submit(product_name="Done")
+        await client.wait(job.id, timeout=30)
+    with pytest.raises(ApiError) as finished:
+        await client.cancel(job.id)
+    assert finished.value.status == 409 and finished.value.code == "conflict"
+    async with Client(live_api.url, await new_key(sessions)) as stranger:
+        with pytest.raises(ApiError) as foreign:
+            await stranger.cancel(job.id)
+    assert foreign.value.status == 404
+
+
+async def test_cancelling_a_running_job_stops_it_on_its_worker(
+    live_api: LiveApi, client: Client, settings: Settings
+) -> None:
+    async with running_worker(fake(settings, "slow")) as worker:
+        job = await client.submit(product_name="Stop Me")
+        await until(client.events(job.id), lambda e: e.stage == "script_gen")
+        state = worker.ctx["videoq"]
+        task = state.running[uuid.UUID(job.id)].task
+        cancelled = await client.cancel(job.id)
+        assert cancelled.status == "cancelled"
+        done, _ = await asyncio.wait({task}, timeout=5)  # the attempt ends, well before 30 s
+        assert done == {task} and not task.cancelled()  # ended normally, not as a crash
+        assert state.running == {}
+    final = await client.get(job.id)
+    assert final.status == "cancelled"
+    assert [h["outcome"] for h in final.model_extra["history"]] == ["cancelled"]
+
+
+async def test_scheduled_job_waits_for_run_at_and_can_be_cancelled(
+    live_api: LiveApi, client: Client, settings: Settings
+) -> None:
+    async with running_worker(fake(settings, "quick")):
+        job = await client.submit(product_name="Later", delay_s=1.0)
+        doomed = await client.submit(product_name="Never", delay_s=1.0)
+        assert job.status == "scheduled" and doomed.status == "scheduled"
+        await client.cancel(doomed.id)
+        final = await client.wait(job.id, timeout=30)
+    assert final.status == "succeeded"
+    run_at = datetime.fromisoformat(final.model_extra["run_at"])
+    assert final.started_at is not None and final.started_at >= run_at
+    assert (await client.get(doomed.id)).status == "cancelled"
+    assert doomed.id not in {r[0] for r in runs(settings.artifacts)}
+
+
+async def test_retries_then_dead_letter_then_manual_retry_resumes_from_checkpoints(
+    live_api: LiveApi, client: Client, settings: Settings
+) -> None:
+    async with running_worker(fake(settings, "flaky")):
+        marker = settings.artifacts / "Flaky.fail"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        job = await client.submit(product_name="Flaky", max_retries=2)
+        statuses = [e.status async for e in client.events(job.id, after=0) if e.type == "status"]
+        failed = await client.get(job.id)
+        assert failed.status == "failed" and failed.attempts == 3
+        assert failed.error is not None and failed.error.code == "provider_unavailable"
+        assert statuses.count("retrying") == 2 and statuses[-1] == "failed"
+        outcomes = [h["outcome"] for h in failed.model_extra["history"]]
+        assert outcomes == ["retrying", "retrying", "failed"]
+
+        marker.unlink()
+        requeued = await client.retry(job.id)
+        assert requeued.status == "queued" and requeued.error is None
+        final = await client.wait(job.id, timeout=30)
+    assert final.status == "succeeded" and final.attempts == 4
+    stages = Counter(stage for job_id, stage, _, _ in runs(settings.artifacts) if job_id == job.id)
+    # script_gen was checkpointed on the first attempt and never paid for again.
+    assert stages == {"script_gen": 1, "voice_gen": 4, "video_gen": 1, "compositing": 1}
+    with pytest.raises(ApiError) as again:
+        await client.retry(job.id)
+    assert again.value.status == 409
+
+
+async def test_job_timeout_from_options_fails_the_job(
+    live_api: LiveApi, client: Client, settings: Settings
+) -> None:
+    async with running_worker(fake(settings, "slow")):
+        job = await client.submit(product_name="Too Slow", options={"job_timeout_s": 0.3})
+        final = await client.wait(job.id, timeout=30)
+    assert final.status == "failed"
+    assert final.error is not None and final.error.code == "job_timeout"
+
+
+async def test_operations_routes_show_workers_and_queue(
+    asgi_client: httpx.AsyncClient, settings: Settings, sessions: Any, api_key: str
+) -> None:
+    admin = {"Authorization": f"Bearer {await new_key(sessions, admin=True)}"}
+    tenant = {"Authorization": f"Bearer {api_key}"}
+    async with running_worker(fake(settings, "quick")) as worker:
+        state = worker.ctx["videoq"]
+        await supervisor.beat(state)  # registers now rather than at the next interval
+        listed = (await asgi_client.get("/v1/workers", headers=admin)).json()["data"]
+        mine = [w for w in listed if w["id"] == state.worker_id]
+        assert mine and mine[0]["alive"] and mine[0]["queue"] == settings.queue_name
+        assert (await asgi_client.get("/v1/workers", headers=tenant)).status_code == 403
+        stats = await asgi_client.get("/v1/queue/stats", headers=admin)
+        assert stats.status_code == 200
+        body = stats.json()
+        assert set(body["counts"]) >= {"queued", "running", "succeeded", "failed"}
+        assert body["workers"] >= 1 and "last_5m" in body["finished"]
+    await queue.heartbeat(state.redis, "ghost:1:abc", {"id": "ghost:1:abc"}, ttl_s=60)
+    await state.redis.zadd(queue.WORKERS_KEY, {"ghost:1:abc": 1.0})  # heartbeat long ago
+    cleared = await asgi_client.post("/v1/workers/clear-stale", headers=admin)
+    assert "ghost:1:abc" in cleared.json()["removed"]
+    assert (await asgi_client.post("/v1/workers/clear-stale", headers=tenant)).status_code == 403
+
+
+def test_priority_scores_order_high_normal_low_and_keep_schedules() -> None:
+    now = datetime.now().astimezone()
+    high, normal, low = (queue.score_time(p, None) for p in ("high", "normal", "low"))
+    assert high < normal < low
+    later = now.replace(year=now.year + 1)
+    assert queue.score_time("high", later) == later  # scheduled jobs never start early
