@@ -122,8 +122,9 @@ async def _pump(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    if code == CLOSE_TOO_SLOW:
-        log.info("websocket_dropped_slow_client", job_id=job_id)
-        await ws.close(CLOSE_TOO_SLOW, "client too slow")
-    elif code == CLOSE_NORMAL:
-        await ws.close(CLOSE_NORMAL)
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client may be gone
+        if code == CLOSE_TOO_SLOW:
+            log.info("websocket_dropped_slow_client", job_id=job_id)
+            await ws.close(CLOSE_TOO_SLOW, "client too slow")
+        elif code == CLOSE_NORMAL:
+            await ws.close(CLOSE_NORMAL)
