@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -114,3 +115,47 @@ def test_dev_prints_its_urls_serves_and_stops_cleanly(settings: Settings, tmp_pa
             break
     else:
         raise AssertionError("the API kept running after videoq dev stopped")
+
+
+async def run_cli(*args: str, url: str, key: str) -> tuple[int, str, str]:
+    """`videoq …` as a subprocess, so the in-process API keeps serving meanwhile."""
+    env = {**os.environ, "VIDEOQ_API_URL": url, "VIDEOQ_API_KEY": key}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "videoq", *args, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_job_commands_print_tables_json_and_exit_codes(
+    live_api: Any, sessions: Any, settings: Settings
+) -> None:
+    from tests.conftest import new_key, running_worker
+
+    key = await new_key(sessions, admin=True)
+    url = live_api.url
+    code, out, _ = await run_cli("submit", "CLI Lamp", "--json", url=url, key=key)
+    assert code == 0
+    job_id = json.loads(out)["id"]
+    code, out, _ = await run_cli("status", job_id, url=url, key=key)
+    assert code == 0 and job_id in out and "queued" in out
+    code, out, _ = await run_cli("jobs", "--json", url=url, key=key)
+    assert code == 0 and [j["id"] for j in json.loads(out)] == [job_id]
+    code, out, _ = await run_cli("cancel", job_id, "--json", url=url, key=key)
+    assert code == 0 and json.loads(out)["status"] == "cancelled"
+    code, _, err = await run_cli("cancel", job_id, url=url, key=key)
+    assert code == 1 and "409" in err  # already finished
+    code, out, _ = await run_cli("retry", job_id, "--json", url=url, key=key)
+    assert code == 0 and json.loads(out)["status"] == "queued"
+    async with running_worker(settings.model_copy(update={"pipeline": "tests.fakes:quick"})):
+        code, out, _ = await run_cli("submit", "Watched", "--watch", "--json", url=url, key=key)
+        assert code == 0 and json.loads(out)["status"] == "succeeded"
+        code, out, _ = await run_cli("info", "--json", url=url, key=key)
+    assert code == 0
+    info = json.loads(out)
+    assert info["queue"]["counts"]["succeeded"] >= 1 and info["workers"]
+    code, out, _ = await run_cli("info", url=url, key=key)
+    assert code == 0 and "workers" in out
+    code, _, _ = await run_cli("status", "--nope", url=url, key=key)
+    assert code == 2  # usage error

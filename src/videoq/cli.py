@@ -7,19 +7,23 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
 
 from videoq.embedded import resolve
 from videoq.logging import configure_logging
 from videoq.settings import Settings
 
 STAGES = ("script_gen", "voice_gen", "video_gen", "compositing")
+STATUSES = ["queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"]
 err = Console(stderr=True)
+out = Console(width=140)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -237,19 +241,137 @@ def render(ctx: click.Context, /, offline: bool, out: Path, **brief: Any) -> Non
     click.echo(str(out.resolve()))
 
 
-@main.command()
-@click.argument("job_id")
-@click.option("--api-url", envvar="VIDEOQ_API_URL")
-@click.option("--api-key", envvar="VIDEOQ_API_KEY")
-@click.pass_context
-def status(ctx: click.Context, job_id: str, api_url: str | None, api_key: str | None) -> None:
-    """Print a job as JSON."""
-    from videoq.client import Client
+def _api_options(fn: Any) -> Any:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+    fn = click.option("--api-key", envvar="VIDEOQ_API_KEY")(fn)
+    return click.option("--api-url", envvar="VIDEOQ_API_URL")(fn)
+
+
+def _call(ctx: click.Context, api_url: str | None, api_key: str | None, fn: Any) -> Any:
+    """Run ``fn(client)`` against the API; API errors print and exit 1."""
+    from videoq.client import ApiError, Client
 
     url, key = _client_args(api_url, api_key, _settings(ctx))
 
     async def go() -> Any:
         async with Client(url, key) as client:
-            return await client.get(job_id)
+            return await fn(client)
 
-    click.echo(json.dumps(asyncio.run(go()).model_dump(mode="json"), indent=2))
+    try:
+        return asyncio.run(go())
+    except ApiError as exc:
+        err.print(f"[red]error[/]: {exc.message} ({exc.status} {exc.code})")
+        ctx.exit(1)
+
+
+def _job_table(jobs: list[Any]) -> Table:
+    table = Table("id", "status", "stage", "progress", "priority", "attempts", "created")
+    for job in jobs:
+        created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
+        table.add_row(
+            job.id, job.status, job.stage or "", f"{job.progress:.0f}%", job.priority,
+            str(job.attempts), created,
+        )  # fmt: skip
+    return table
+
+
+def _print_job(job: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(job.model_dump_json(indent=2))
+        return
+    out.print(_job_table([job]))
+    if job.error:
+        out.print(f"error: {job.error.code}: {job.error.message}")
+    if job.result:
+        out.print(f"video: {job.result.video_url} ({job.result.duration_s:.1f} s)")
+
+
+@main.command()
+@click.argument("job_id")
+@_api_options
+@click.pass_context
+def status(
+    ctx: click.Context, /, job_id: str, api_url: str | None, api_key: str | None, as_json: bool
+) -> None:
+    """Show one job."""
+    _print_job(_call(ctx, api_url, api_key, lambda c: c.get(job_id)), as_json)
+
+
+@main.command()
+@click.argument("job_id")
+@_api_options
+@click.pass_context
+def cancel(
+    ctx: click.Context, /, job_id: str, api_url: str | None, api_key: str | None, as_json: bool
+) -> None:
+    """Cancel a queued, scheduled or running job."""
+    _print_job(_call(ctx, api_url, api_key, lambda c: c.cancel(job_id)), as_json)
+
+
+@main.command()
+@click.argument("job_id")
+@_api_options
+@click.pass_context
+def retry(
+    ctx: click.Context, /, job_id: str, api_url: str | None, api_key: str | None, as_json: bool
+) -> None:
+    """Requeue a failed or cancelled job; it resumes from its checkpoints."""
+    _print_job(_call(ctx, api_url, api_key, lambda c: c.retry(job_id)), as_json)
+
+
+@main.command()
+@click.option("--status", "status_", type=click.Choice(STATUSES), help="Only jobs in this state.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@_api_options
+@click.pass_context
+def jobs(
+    ctx: click.Context, /, status_: str | None, limit: int, api_url: str | None,
+    api_key: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """List jobs, newest first."""
+
+    async def fetch(client: Any) -> list[Any]:
+        found = []
+        async for job in client.list(status=status_, page_size=min(limit, 100)):
+            found.append(job)
+            if len(found) >= limit:
+                break
+        return found
+
+    found = _call(ctx, api_url, api_key, fetch)
+    if as_json:
+        click.echo(json.dumps([j.model_dump(mode="json") for j in found], indent=2))
+    else:
+        out.print(_job_table(found))
+
+
+@main.command()
+@_api_options
+@click.pass_context
+def info(ctx: click.Context, /, api_url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Queue and worker summary (needs an admin key)."""
+
+    async def fetch(client: Any) -> dict[str, Any]:
+        return {"queue": await client.queue_stats(), "workers": await client.workers()}
+
+    data = _call(ctx, api_url, api_key, fetch)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    stats = data["queue"]
+    counts = Table(*stats["counts"], title=f"jobs (queue length {stats['queue_length']})")
+    counts.add_row(*(str(n) for n in stats["counts"].values()))
+    out.print(counts)
+    oldest = stats["oldest_queued_age_s"]
+    out.print(f"oldest queued job: {oldest:.0f} s" if oldest is not None else "nothing queued")
+    table = Table(
+        "worker", "alive", "jobs", "succeeded", "failed", "last heartbeat", title="workers"
+    )
+    for w in data["workers"]:
+        counts_ = w.get("counts", {})
+        seen = time.strftime("%H:%M:%S", time.localtime(w["last_heartbeat"]))
+        table.add_row(
+            w["id"], "yes" if w["alive"] else "no", str(len(w.get("jobs", []))),
+            str(counts_.get("succeeded", 0)), str(counts_.get("failed", 0)), seen,
+        )  # fmt: skip
+    out.print(table)

@@ -161,6 +161,16 @@ class Client:
         """Requeue a failed or cancelled job; it resumes after its last checkpoint."""
         return Job.model_validate(await self._request("POST", f"/v1/jobs/{job_id}/retry"))
 
+    async def workers(self) -> list[dict[str, Any]]:
+        """Registered workers (admin key)."""
+        data: list[dict[str, Any]] = (await self._request("GET", "/v1/workers"))["data"]
+        return data
+
+    async def queue_stats(self) -> dict[str, Any]:
+        """Counts per status, oldest queued age, recent throughput (admin key)."""
+        data: dict[str, Any] = await self._request("GET", "/v1/queue/stats")
+        return data
+
     async def list(self, *, status: str | None = None, page_size: int = 50) -> AsyncIterator[Job]:
         """Every job of the caller's tenant, newest first, fetched page by page."""
         cursor: str | None = None
