@@ -365,7 +365,15 @@ async def stats(session: AsyncSession, tenant: str | None) -> dict[str, Any]:
 
 
 class DbCheckpoints:
-    """:class:`videoq.pipeline.Checkpoints` kept in the ``job_stages`` table."""
+    """:class:`videoq.pipeline.Checkpoints` kept in the ``job_stages`` table.
+
+    A stage's notes (paid work in progress, e.g. Replicate prediction ids) live in a row of
+    their own, ``stage`` = ``"<stage>.notes"``, whose JSON object is merged key by key with
+    ``||`` in one upsert: concurrent notes of one stage serialise on the row lock and never
+    lose each other. Completed stages' rows are untouched by notes.
+    """
+
+    NOTES_SUFFIX = ".notes"
 
     def __init__(self, sessions: async_sessionmaker[Any], job_id: uuid.UUID, attempt: int):
         self.sessions = sessions
@@ -388,6 +396,29 @@ class DbCheckpoints:
             )
             await session.execute(stmt)
             await session.commit()
+
+    async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
+        async with self.sessions() as session:
+            patch = {key: value}
+            stmt = insert(StageCheckpoint).values(
+                job_id=self.job_id,
+                stage=stage + self.NOTES_SUFFIX,
+                attempt=self.attempt,
+                output=patch,
+            )
+            merged = StageCheckpoint.output.op("||")(stmt.excluded.output)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["job_id", "stage"],
+                set_={"output": merged, "attempt": stmt.excluded.attempt},
+            )
+            await session.execute(stmt)
+            await session.commit()
+
+    async def notes(self, stage: str) -> dict[str, dict[str, Any]]:
+        async with self.sessions() as session:
+            row = await session.get(StageCheckpoint, (self.job_id, stage + self.NOTES_SUFFIX))
+            entries = row.output if row else {}
+            return {k: v for k, v in entries.items() if isinstance(v, dict)}
 
 
 def job_view(job: Job, base_url: str = "") -> dict[str, Any]:

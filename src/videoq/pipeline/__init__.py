@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
+
 from videoq.errors import RetryableError
 
 if TYPE_CHECKING:
-    from videoq.providers import Providers
+    from videoq.providers import ProviderPool, Providers
     from videoq.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 STAGES: tuple[str, ...] = ("script_gen", "voice_gen", "video_gen", "compositing")
 STAGE_RANGES: dict[str, tuple[float, float]] = {
@@ -70,13 +74,22 @@ class Result:
 
 
 class Checkpoints(Protocol):
-    """Where each stage's outputs are recorded before the next stage starts."""
+    """Where each stage's outputs are recorded before the next stage starts, and where a stage
+    notes paid work in progress (a Replicate prediction id) before it waits for it."""
 
     async def load(self, stage: str) -> dict[str, Any] | None:
         """The recorded outputs of a completed stage, or None."""
 
     async def save(self, stage: str, output: dict[str, Any]) -> None:
         """Record a completed stage's outputs (JSON-serializable)."""
+
+    async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
+        """Durably record one piece of a stage's work in progress under ``key`` (merged with
+        the other keys; None removes it). Concurrent notes of one stage must not lose each
+        other."""
+
+    async def notes(self, stage: str) -> dict[str, dict[str, Any]]:
+        """Everything :meth:`note` recorded for ``stage`` (an empty dict when nothing)."""
 
 
 class Reporter(Protocol):
@@ -90,12 +103,23 @@ class MemoryCheckpoints:
 
     def __init__(self) -> None:
         self.outputs: dict[str, dict[str, Any]] = {}
+        self.in_progress: dict[str, dict[str, dict[str, Any]]] = {}
 
     async def load(self, stage: str) -> dict[str, Any] | None:
         return self.outputs.get(stage)
 
     async def save(self, stage: str, output: dict[str, Any]) -> None:
         self.outputs[stage] = output
+
+    async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
+        entries = self.in_progress.setdefault(stage, {})
+        if value is None:
+            entries.pop(key, None)
+        else:
+            entries[key] = dict(value)
+
+    async def notes(self, stage: str) -> dict[str, dict[str, Any]]:
+        return {key: dict(value) for key, value in self.in_progress.get(stage, {}).items()}
 
 
 class _Progress:
@@ -162,7 +186,7 @@ async def run_pipeline(
     workdir: Path,
     checkpoints: Checkpoints,
     report: Reporter,
-    providers: Providers | None = None,
+    providers: Providers | ProviderPool | None = None,
 ) -> Result:
     """Run the four stages in order and return the finished video, ``workdir/video.mp4``.
 
@@ -172,11 +196,15 @@ async def run_pipeline(
     the stage boundaries and non-decreasing progress in between. Each stage is limited to
     ``settings.stage_timeout_s`` (then :class:`RetryableError`); provider and FFmpeg errors
     propagate unchanged.
+
+    ``providers`` is a fixed :class:`Providers`, or a :class:`ProviderPool` (the worker's live
+    clients) that chooses per stage with *these* settings (a job's ``options`` may force
+    offline); None means offline. What each stage cost is in :attr:`Result.cost` and logged.
     """
     from videoq.pipeline import compositing
-    from videoq.providers import offline_providers
+    from videoq.providers import select_providers
 
-    providers = providers or offline_providers(settings)
+    chosen = select_providers(settings, providers)
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     progress = _Progress(report)
     outputs: dict[str, dict[str, Any]] = {}
@@ -196,10 +224,13 @@ async def run_pipeline(
                 outputs,
                 settings=settings,
                 workdir=workdir,
-                providers=providers,
+                providers=chosen,
+                checkpoints=checkpoints,
                 on_progress=progress.within(stage),
             )
         await checkpoints.save(stage, output)
+        if output.get("cost"):
+            log.info("stage_cost_recorded", stage=stage, cost=output["cost"])
         outputs[stage] = output
         await progress(stage, STAGE_RANGES[stage][1], "completed")
     final = compositing.from_output(outputs["compositing"])
@@ -218,6 +249,7 @@ async def _run_stage(
     settings: Settings,
     workdir: Path,
     providers: Providers,
+    checkpoints: Checkpoints,
     on_progress: Callable[[float], Awaitable[None]],
 ) -> dict[str, Any]:
     """Run one stage on the outputs of the earlier ones; return its checkpoint."""
@@ -233,7 +265,12 @@ async def _run_stage(
         return voice.to_dict()
     if stage == "video_gen":
         clips = await video_gen.run(
-            brief, script, provider=providers.video, workdir=workdir, on_progress=on_progress
+            brief,
+            script,
+            provider=providers.video,
+            workdir=workdir,
+            on_progress=on_progress,
+            checkpoints=checkpoints,
         )
         return video_gen.to_output(clips)
     result = await compositing.run(

@@ -8,6 +8,8 @@ padded or trimmed to the full length, and the CTA is drawn over the last seconds
 
 from __future__ import annotations
 
+from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,28 @@ if TYPE_CHECKING:
 
 #: The call to action is shown for the last this many seconds.
 CTA_SECONDS = 3.0
+#: Shortest scene when cuts follow the narration; shorter ones keep the script's timing.
+MIN_SCENE_S = 0.5
 OUTPUT_NAME = "video.mp4"
+
+
+def follow_narration(script: Script, voice: VoiceTrack, total_s: float) -> Script:
+    """The script with each scene cut where its narration starts in the voice track (when the
+    voice provider reported it), so picture and voice change together. The first scene starts
+    at 0 and the last ends at ``total_s``; unusable timings leave the script as it was."""
+    starts = voice.scene_starts_s
+    if starts is None or len(starts) != len(script.scenes) or len(starts) < 2:
+        return script
+    bounds = [0.0, *starts[1:], total_s]
+    lengths = [round(b - a, 3) for a, b in pairwise(bounds)]
+    if min(lengths) < MIN_SCENE_S:
+        return script
+    lengths[-1] = round(total_s - sum(lengths[:-1]), 3)
+    scenes = [
+        replace(scene, duration_s=length)
+        for scene, length in zip(script.scenes, lengths, strict=True)
+    ]
+    return replace(script, scenes=scenes)
 
 
 def cta_fontsize(brief: Brief) -> int:
@@ -92,6 +115,7 @@ async def run(
     """
     if len(clips) != len(script.scenes):
         raise PermanentError(f"{len(clips)} clips for {len(script.scenes)} scenes")
+    script = follow_narration(script, voice, float(brief.duration_s))
     cta: tuple[Path, Font] | None = None
     if brief.cta_text and brief.cta_text.strip() and font is not None:
         # The text goes through a file so that nothing the customer wrote is ever parsed as

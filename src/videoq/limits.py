@@ -1,0 +1,175 @@
+"""Concurrency limits per provider, shared by every worker process through Redis.
+
+A :class:`RedisSemaphore` is a sorted set ``videoq:limit:<name>`` of leases, scored by when
+each one expires. Taking a slot is one Lua script (drop expired leases, count, add), so two
+workers can never both take the last slot. A holder renews its lease while it works; a worker
+that dies (kill -9, lost network) stops renewing, and its slots come back by themselves once
+the lease runs out. No janitor, no shutdown hook needed.
+
+Lease times come from an injectable clock (wall-clock seconds by default), so tests can move
+time instead of sleeping. Workers' clocks need only agree to well within ``lease_s``.
+
+:class:`LocalLimiter` is the same interface on an :class:`asyncio.Semaphore`, for one process
+with no Redis (``videoq render``, tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+KEY_PREFIX = "videoq:limit:"
+
+# KEYS[1] the lease set; ARGV: now, expiry, limit, token. Returns 1 when the slot was taken.
+_ACQUIRE = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if redis.call('ZCARD', key) < tonumber(ARGV[3]) then
+  redis.call('ZADD', key, expiry, ARGV[4])
+  redis.call('PEXPIRE', key, math.ceil((expiry - now) * 1000) + 1000)
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] the lease set; ARGV: now, expiry, token. Returns 1 while the lease is still held.
+_RENEW = """
+local key = KEYS[1]
+if redis.call('ZSCORE', key, ARGV[3]) then
+  redis.call('ZADD', key, 'XX', ARGV[2], ARGV[3])
+  redis.call('PEXPIRE', key, math.ceil((tonumber(ARGV[2]) - tonumber(ARGV[1])) * 1000) + 1000)
+  return 1
+end
+return 0
+"""
+
+
+class Limiter(Protocol):
+    """At most ``limit`` holders of :meth:`slot` at once."""
+
+    limit: int
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Wait for a free slot and hold it for the ``async with`` block."""
+        ...
+
+
+class LocalLimiter:
+    """A :class:`Limiter` for one process: an :class:`asyncio.Semaphore`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._semaphore = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._semaphore:
+            yield
+
+
+class RedisSemaphore:
+    """A :class:`Limiter` shared through Redis by every process that uses the same ``name``.
+
+    ``redis`` is a ``redis.asyncio.Redis`` (arq's ``ArqRedis`` is one). Waiters poll, starting at
+    ``poll_s`` and backing off to ``poll_max_s``; a release in this process wakes its own
+    waiters at once.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        name: str,
+        limit: int,
+        *,
+        lease_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 0.02,
+        poll_max_s: float = 0.5,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.redis = redis
+        self.name = name
+        self.key = KEY_PREFIX + name
+        self.limit = limit
+        self.lease_s = lease_s
+        self._clock = clock
+        self._poll_s = poll_s
+        self._poll_max_s = poll_max_s
+        self._released = asyncio.Event()
+
+    async def try_acquire(self) -> str | None:
+        """Take a slot if one is free now: its lease token, or None."""
+        token = uuid.uuid4().hex
+        now = self._clock()
+        taken = await self.redis.eval(
+            _ACQUIRE, 1, self.key, repr(now), repr(now + self.lease_s), self.limit, token
+        )
+        return token if int(taken) == 1 else None
+
+    async def acquire(self) -> str:
+        """Wait for a slot; its lease token."""
+        delay = self._poll_s
+        while True:
+            token = await self.try_acquire()
+            if token is not None:
+                return token
+            self._released.clear()
+            # Wake on a release in this process, or poll again (a release in another one).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._released.wait()
+            delay = min(self._poll_max_s, delay * 2)
+
+    async def renew(self, token: str) -> bool:
+        """Extend the lease by ``lease_s`` from now; False if it had already been lost."""
+        now = self._clock()
+        held = await self.redis.eval(
+            _RENEW, 1, self.key, repr(now), repr(now + self.lease_s), token
+        )
+        return int(held) == 1
+
+    async def release(self, token: str) -> None:
+        """Give the slot back (a lost lease is fine: it is simply gone)."""
+        await self.redis.zrem(self.key, token)
+        self._released.set()
+
+    async def holders(self) -> int:
+        """Leases that have not expired."""
+        return int(await self.redis.zcount(self.key, f"({self._clock()!r}", "+inf"))
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        token = await self.acquire()
+        keeper = asyncio.create_task(self._keep(token), name=f"lease:{self.name}")
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            # Shielded: a cancelled holder must still give its slot back rather than wait
+            # out the lease.
+            await asyncio.shield(self.release(token))
+
+    async def _keep(self, token: str) -> None:
+        """Renew the lease every third of its length while the slot is held."""
+        interval = max(self.lease_s / 3, 0.01)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.renew(token):
+                    log.warning("limit_lease_lost", limit=self.name)
+                    return
+            except Exception as exc:  # a Redis hiccup: the next renewal may still make it
+                log.warning("limit_lease_renewal_failed", limit=self.name, error=str(exc))
