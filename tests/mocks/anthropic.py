@@ -1,0 +1,148 @@
+"""A mock of the Anthropic Messages API (``POST /v1/messages``), checked against the spec.
+
+It behaves like a model that follows the system prompt: it answers the forced tool call with
+as many scenes as the prompt asks for. ``stop_reason`` and ``scene_count`` make it misbehave.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.mocks import spec
+from tests.mocks.base import MockProvider, Reply, request_id
+
+PATH = "/v1/messages"
+
+
+def error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Reply:
+    """An error in the API's shape (``ErrorResponse``)."""
+    body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": None}
+    return Reply(status, body, {"request-id": request_id(), **(headers or {})})
+
+
+def rate_limited(*, retry_after: str | None = None, retry_after_ms: str | None = None) -> Reply:
+    headers = {}
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    if retry_after_ms is not None:
+        headers["retry-after-ms"] = retry_after_ms
+    return error(429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.",
+                 headers)  # fmt: skip
+
+
+def overloaded() -> Reply:
+    return error(529, "overloaded_error", "Overloaded")
+
+
+def server_error() -> Reply:
+    return error(500, "api_error", "Internal server error")
+
+
+def unauthorized() -> Reply:
+    return error(401, "authentication_error", "invalid x-api-key")
+
+
+def invalid_request(message: str = "messages: field required") -> Reply:
+    return error(400, "invalid_request_error", message)
+
+
+class AnthropicMock(MockProvider):
+    def __init__(self, *, key: str = "sk-ant-test", latency: float = 0.0) -> None:
+        super().__init__(key=key, latency=latency)
+        self.stop_reason: str = "tool_use"
+        self.scene_count: int | None = None
+        self.request_checker = spec.request_validator("anthropic", PATH, "post")
+        self.response_checker = spec.response_validator("anthropic", PATH, "post", "200")
+        self.app = Starlette(routes=[Route(PATH, self.messages, methods=["POST"])])
+
+    async def messages(self, request: Request) -> Response:
+        with self.tracking("messages"):
+            # anthropic 2.x sends the key as a Bearer token; 0.x and curl use x-api-key.
+            bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if self.key not in (request.headers.get("x-api-key"), bearer):
+                return unauthorized().response()
+            if not request.headers.get("anthropic-version"):
+                self.reject("anthropic-version header missing")
+                return invalid_request("anthropic-version header is required").response()
+            try:
+                body = await request.json()
+            except ValueError:
+                self.reject("body is not JSON")
+                return invalid_request("body is not JSON").response()
+            self.bodies.append(body)
+            self.headers.append(dict(request.headers))
+            problem = spec.errors(self.request_checker, body)
+            if problem is not None:
+                self.reject(problem)
+                return invalid_request(problem).response()
+            await self.delay()
+            fault = self.take_fault()
+            if fault is not None:
+                return fault
+            message = self.answer(body)
+            problem = spec.errors(self.response_checker, message)
+            if problem is not None:  # a bug in the mock, not in the client: still reported
+                self.reject(f"mock response breaks the spec: {problem}")
+            return JSONResponse(message, headers={"request-id": message["id"]})
+
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        system = body.get("system") if isinstance(body.get("system"), str) else ""
+        found = re.search(r"exactly (\d+) scenes", system or "")
+        count = self.scene_count or (int(found.group(1)) if found else 3)
+        product = "the product"
+        for message in body["messages"]:
+            content = message.get("content")
+            found_brief = re.search(
+                r"<brief>(.*)</brief>", content if isinstance(content, str) else ""
+            )
+            if found_brief:
+                product = json.loads(found_brief.group(1)).get("product_name", product)
+        scenes = [
+            {
+                "narration": f"Scene {i + 1}: {product} makes the day brighter.",
+                "visual_prompt": f"cinematic shot {i + 1} of {product} on a sunny kitchen table",
+            }
+            for i in range(count)
+        ]
+        tool = (body.get("tool_choice") or {}).get("name", "emit_script")
+        content: list[dict[str, Any]]
+        if self.stop_reason == "tool_use":
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_" + request_id("")[:20],
+                    "name": tool,
+                    "input": {"title": f"{product} in {count} scenes", "scenes": scenes},
+                    "caller": {"type": "direct"},
+                }
+            ]
+        else:
+            content = [{"type": "text", "text": "I can't help with that.", "citations": None}]
+        return {
+            "id": "msg_" + request_id("")[:24],
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": self.stop_reason,
+            "stop_sequence": None,
+            "stop_details": None,
+            "container": None,
+            "usage": {
+                "input_tokens": len(json.dumps(body)) // 4,
+                "output_tokens": 40 * count,
+                "cache_creation": None,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "inference_geo": None,
+                "server_tool_use": None,
+                "service_tier": "standard",
+            },
+        }

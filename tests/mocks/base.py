@@ -1,0 +1,79 @@
+"""What the three mocks share: scripted faults, call counts, in-flight tracking, timestamps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import Response
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A canned answer: status, JSON body, headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    media_type: str = "application/json"
+
+    def response(self) -> Response:
+        return Response(
+            json.dumps(self.body), self.status, headers=self.headers, media_type=self.media_type
+        )
+
+
+class MockProvider:
+    """Base of the mocks. ``latency`` is added to every main call (awaited, not slept on a
+    thread); ``faults`` are answered, in order, instead of the next main calls."""
+
+    def __init__(self, *, key: str, latency: float = 0.0) -> None:
+        self.key = key
+        self.latency = latency
+        self.calls: Counter[str] = Counter()
+        self.bodies: list[Any] = []
+        self.headers: list[dict[str, str]] = []
+        self.invalid: list[str] = []
+        self.faults: deque[Reply] = deque()
+        self.intervals: list[tuple[str, float, float]] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    def fail_next(self, *replies: Reply) -> None:
+        """Answer the next main calls with these replies instead."""
+        self.faults.extend(replies)
+
+    def reject(self, message: str) -> None:
+        """Record a request that broke the spec (tests assert there are none)."""
+        self.invalid.append(message)
+
+    @contextmanager
+    def tracking(self, name: str) -> Iterator[None]:
+        """Count a call as in flight and record when it started and ended (monotonic)."""
+        self.calls[name] += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.intervals.append((name, start, time.monotonic()))
+
+    async def delay(self) -> None:
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+
+    def take_fault(self) -> Response | None:
+        return self.faults.popleft().response() if self.faults else None
+
+
+def request_id(prefix: str = "req_") -> str:
+    return prefix + secrets.token_hex(12)

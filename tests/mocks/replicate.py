@@ -1,0 +1,221 @@
+"""A mock of the Replicate predictions API, checked against the spec.
+
+Each created prediction takes the next entry of ``outcomes`` (default ``succeeded``). A create
+with ``Prefer: wait`` is held for ``latency`` seconds; with ``polls == 0`` the prediction has
+then finished, otherwise it comes back ``starting`` and reaches its outcome after ``polls``
+GETs (``processing`` in between). Succeeded outputs are URLs served by the mock itself.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.mocks import media, spec
+from tests.mocks.base import MockProvider, Reply
+
+CREATE = "/predictions"
+CREATE_FOR_MODEL = "/models/{model_owner}/{model_name}/predictions"
+GET = "/predictions/{prediction_id}"
+CANCEL_AFTER = re.compile(r"^(\d+h)?(\d+m)?(\d+s?)?$")
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Reply:
+    """An RFC 7807 error, as Replicate sends them."""
+    body = {"title": title, "detail": detail, "status": status}
+    return Reply(status, body, headers or {}, media_type="application/problem+json")
+
+
+def throttled(retry_after: str | None = None) -> Reply:
+    headers = {"retry-after": retry_after} if retry_after else {}
+    return problem(429, "Request was throttled",
+                   "Request was throttled. Your rate limit resets in ~30s.", headers)  # fmt: skip
+
+
+def unauthenticated() -> Reply:
+    return problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+
+
+def invalid_input() -> Reply:
+    return problem(422, "Input validation failed", "input.prompt: Invalid type. Expected: string")
+
+
+def server_error() -> Reply:
+    return problem(500, "Internal Server Error", "Something went wrong")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Prediction:
+    id: str
+    model: str
+    version: str
+    input: dict[str, Any]
+    outcome: str
+    polls_left: int
+    status: str = "starting"
+    created_at: str = field(default_factory=_now)
+    completed_at: str | None = None
+    data_removed: bool = False
+
+
+class ReplicateMock(MockProvider):
+    def __init__(
+        self, *, key: str = "r8_test", latency: float = 0.0, polls: int = 0, wait: bool = True
+    ) -> None:
+        super().__init__(key=key, latency=latency)
+        self.polls = polls
+        self.outcomes: deque[str] = deque()
+        self.predictions: dict[str, Prediction] = {}
+        self.prefer: list[str | None] = []
+        self.checkers = {
+            CREATE: spec.request_validator("replicate", CREATE, "post"),
+            CREATE_FOR_MODEL: spec.request_validator("replicate", CREATE_FOR_MODEL, "post"),
+        }
+        self.response_checker = spec.response_validator("replicate", GET, "get", "200")
+        prefer = spec.parameter("replicate", CREATE, "post", "Prefer")
+        self.prefer_pattern = re.compile(prefer["schema"]["pattern"])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/predictions", self.create, methods=["POST"]),
+                Route("/v1/models/{owner}/{name}/predictions", self.create, methods=["POST"]),
+                Route("/v1/predictions/{prediction_id}", self.get, methods=["GET"]),
+                Route("/v1/predictions/{prediction_id}/cancel", self.cancel, methods=["POST"]),
+                Route("/files/{name}", self.download, methods=["GET"]),
+            ]
+        )
+
+    def authorised(self, request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bearer {self.key}"
+
+    async def create(self, request: Request) -> Response:
+        with self.tracking("create"):
+            if not self.authorised(request):
+                return unauthenticated().response()
+            prefer = request.headers.get("prefer")
+            self.prefer.append(prefer)
+            if prefer is not None and not self.prefer_pattern.match(prefer):
+                self.reject(f"Prefer header {prefer!r} does not match the spec's pattern")
+                return problem(400, "Invalid Prefer header", prefer).response()
+            cancel_after = request.headers.get("cancel-after")
+            if cancel_after is not None and not CANCEL_AFTER.match(cancel_after):
+                self.reject(f"Cancel-After {cancel_after!r} is not a duration")
+                return problem(400, "Invalid Cancel-After header", cancel_after).response()
+            try:
+                body: Any = await request.json()
+            except ValueError:
+                self.reject("body is not JSON")
+                return invalid_input().response()
+            self.bodies.append(body)
+            route = CREATE if "owner" not in request.path_params else CREATE_FOR_MODEL
+            error = spec.errors(self.checkers[route], body)
+            if error is not None:
+                self.reject(error)
+                return problem(422, "Invalid request body", error).response()
+            fault = self.take_fault()
+            if fault is not None:
+                return fault
+            if route == CREATE:
+                model, version = "owner/model", str(body["version"]).rpartition(":")[2]
+            else:
+                model = f"{request.path_params['owner']}/{request.path_params['name']}"
+                version = "hidden"
+            prediction = Prediction(
+                id=secrets.token_hex(13)[:26],
+                model=model,
+                version=version,
+                input=body["input"],
+                outcome=self.outcomes.popleft() if self.outcomes else "succeeded",
+                polls_left=self.polls,
+            )
+            self.predictions[prediction.id] = prediction
+            if prefer is not None:
+                await self.delay()  # the model runs while the request is held
+                if prediction.polls_left == 0:
+                    self.finish(prediction)
+            status = 201 if prediction.status in ("succeeded", "failed", "canceled") else 202
+            return self.respond(request, prediction, status)
+
+    async def get(self, request: Request) -> Response:
+        with self.tracking("get"):
+            if not self.authorised(request):
+                return unauthenticated().response()
+            prediction = self.predictions.get(request.path_params["prediction_id"])
+            if prediction is None:
+                return problem(404, "Not found", "The requested resource could not be found.",
+                               ).response()  # fmt: skip
+            fault = self.take_fault()
+            if fault is not None:
+                return fault
+            if prediction.status in ("starting", "processing"):
+                prediction.polls_left -= 1
+                if prediction.polls_left <= 0:
+                    self.finish(prediction)
+                else:
+                    prediction.status = "processing"
+            return self.respond(request, prediction, 200)
+
+    async def cancel(self, request: Request) -> Response:
+        with self.tracking("cancel"):
+            prediction = self.predictions.get(request.path_params["prediction_id"])
+            if prediction is None or not self.authorised(request):
+                return problem(404, "Not found", "no such prediction").response()
+            if prediction.status in ("starting", "processing"):
+                prediction.outcome = "canceled"
+                self.finish(prediction)
+            return self.respond(request, prediction, 200)
+
+    async def download(self, request: Request) -> Response:
+        with self.tracking("download"):
+            return Response(media.clip_mp4(), media_type="video/mp4")
+
+    def finish(self, prediction: Prediction) -> None:
+        prediction.status = prediction.outcome
+        prediction.completed_at = _now()
+
+    def body(self, request: Request, prediction: Prediction) -> dict[str, Any]:
+        base = str(request.base_url).rstrip("/")
+        done = prediction.status == "succeeded" and not prediction.data_removed
+        errors = {"failed": "CUDA out of memory", "aborted": "deadline exceeded before start"}
+        body: dict[str, Any] = {
+            "id": prediction.id,
+            "model": prediction.model,
+            "version": prediction.version,
+            "input": prediction.input,
+            "output": f"{base}/files/{prediction.id}.mp4" if done else None,
+            "data_removed": prediction.data_removed,
+            "error": errors.get(prediction.status),
+            "status": prediction.status,
+            "created_at": prediction.created_at,
+            "source": "api",
+            "logs": "",
+            "urls": {
+                "web": f"https://replicate.com/p/{prediction.id}",
+                "get": f"{base}/v1/predictions/{prediction.id}",
+                "cancel": f"{base}/v1/predictions/{prediction.id}/cancel",
+            },
+        }
+        if prediction.completed_at:
+            body["completed_at"] = prediction.completed_at
+            body["started_at"] = prediction.created_at
+            body["metrics"] = {"predict_time": 1.5, "total_time": 1.6}
+        return body
+
+    def respond(self, request: Request, prediction: Prediction, status: int) -> Response:
+        body = self.body(request, prediction)
+        error = spec.errors(self.response_checker, body)
+        if error is not None:
+            self.reject(f"mock response breaks the spec: {error}")
+        return JSONResponse(body, status)
