@@ -78,6 +78,8 @@ class ReplicateMock(MockProvider):
         super().__init__(key=key, latency=latency)
         self.polls = polls
         self.outcomes: deque[str] = deque()
+        #: Faults for GET /v1/predictions/{id} (``faults`` answers creates).
+        self.get_faults: deque[Reply] = deque()
         self.predictions: dict[str, Prediction] = {}
         self.prefer: list[str | None] = []
         self.checkers = {
@@ -156,9 +158,8 @@ class ReplicateMock(MockProvider):
             if prediction is None:
                 return problem(404, "Not found", "The requested resource could not be found.",
                                ).response()  # fmt: skip
-            fault = self.take_fault()
-            if fault is not None:
-                return fault
+            if self.get_faults:
+                return self.get_faults.popleft().response()
             if prediction.status in ("starting", "processing"):
                 prediction.polls_left -= 1
                 if prediction.polls_left <= 0:
