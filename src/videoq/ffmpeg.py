@@ -173,7 +173,7 @@ async def run_ffmpeg(
     on_progress: ProgressCallback | None = None,
     timeout_s: float | None = None,
     on_start: Callable[[int], None] | None = None,
-    grace_s: float = 3.0,
+    grace_s: float | None = None,
 ) -> None:
     """Run FFmpeg with ``args`` (everything after the global options) and wait for it.
 
@@ -244,7 +244,7 @@ async def run_ffmpeg(
                 for task in finished:
                     task.result()
         except BaseException:
-            await _stop(proc, grace_s)
+            await _stop(proc, settings.ffmpeg_stop_grace_s if grace_s is None else grace_s)
             raise
     except TimeoutError as exc:
         raise RetryableError(

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     ffmpeg_path: str | None = Field(default=None, description="Default: PATH, then imageio-ffmpeg.")
     ffmpeg_preset: str = "veryfast"
     ffmpeg_crf: int = 23
+    ffmpeg_stop_grace_s: float = Field(
+        default=0.2,
+        description="When a job is stopped, how long FFmpeg gets after 'q', then after SIGTERM, "
+        "before SIGKILL: its output is discarded then, a clean trailer is not worth waiting for.",
+    )
     fps: int = 30
     font_file: Path | None = None
 

@@ -1,0 +1,140 @@
+"""What every benchmark needs: embedded services in a temporary directory, the API served by
+uvicorn in this process, worker subprocesses, and writing figures into docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvicorn
+
+from videoq import db
+from videoq.api import create_app
+from videoq.auth import create_key
+from videoq.embedded import embedded_services
+from videoq.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    api_url: str
+    api_key: str
+    home: Path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def stack(**overrides: object) -> AsyncIterator[Stack]:
+    """Embedded PostgreSQL and Redis, migrated, and the API on a free port."""
+    home = Path(tempfile.mkdtemp(prefix="videoq-bench-"))
+    with embedded_services(home) as services:
+        settings = Settings(
+            database_url=services.database_url, redis_url=services.redis_url, home=home,
+            providers="offline", log_level="WARNING", **overrides,  # type: ignore[arg-type]
+        )  # fmt: skip
+        await asyncio.to_thread(db.migrate, services.database_url)
+        engine = db.create_engine(services.database_url)
+        async with db.sessionmaker(engine)() as session:
+            key = await create_key(session, "bench", admin=True)
+        await engine.dispose()
+        port = _free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        )
+        task = asyncio.create_task(server.serve())
+        while not server.started:  # noqa: ASYNC110  uvicorn offers no event for this
+            await asyncio.sleep(0.01)
+        try:
+            yield Stack(settings, f"http://127.0.0.1:{port}", key, home)
+        finally:
+            server.should_exit = True
+            await task
+
+
+def spawn(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(args), env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def videoq_worker(stack: Stack, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    s = stack.settings
+    base = {
+        "VIDEOQ_DATABASE_URL": s.database_url or "",
+        "VIDEOQ_REDIS_URL": s.redis_url or "",
+        "VIDEOQ_ARTIFACTS_DIR": str(s.artifacts),
+        "VIDEOQ_PROVIDERS": "offline",
+        "VIDEOQ_LOG_FORMAT": "json",
+    }
+    return spawn([sys.executable, "-m", "videoq", "worker"], {**base, **env}, log)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids
+
+
+async def wait_for(predicate: object, timeout: float, what: str) -> float:
+    """Poll ``predicate()`` (sync or async) every 5 ms; returns when it first held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()  # type: ignore[operator]
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def summary(values: Sequence[float]) -> str:
+    """``median (min–max)`` of ``values``, in the unit they came in."""
+    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or add) the ``## title`` section of docs/benchmarks.md."""
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = f"## {title}\n\nMeasured {stamp} on {machine()}.\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(section + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    BENCHMARKS_MD.parent.mkdir(parents=True, exist_ok=True)
+    BENCHMARKS_MD.write_text(text.rstrip() + "\n")
