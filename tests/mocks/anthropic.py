@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -63,6 +64,7 @@ class AnthropicMock(MockProvider):
         self.app = Starlette(routes=[Route(PATH, self.messages, methods=["POST"])])
 
     async def messages(self, request: Request) -> Response:
+        arrived = time.monotonic()
         with self.tracking("messages"):
             # anthropic 2.x sends the key as a Bearer token; 0.x and curl use x-api-key.
             bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -82,15 +84,17 @@ class AnthropicMock(MockProvider):
             if problem is not None:
                 self.reject(problem)
                 return invalid_request(problem).response()
-            await self.delay()
             fault = self.take_fault()
             if fault is not None:
+                await self.delay(arrived)
                 return fault
             message = self.answer(body)
             problem = spec.errors(self.response_checker, message)
             if problem is not None:  # a bug in the mock, not in the client: still reported
                 self.reject(f"mock response breaks the spec: {problem}")
-            return JSONResponse(message, headers={"request-id": message["id"]})
+            response = JSONResponse(message, headers={"request-id": message["id"]})
+            await self.delay(arrived)
+            return response
 
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         system = body.get("system") if isinstance(body.get("system"), str) else ""

@@ -67,9 +67,12 @@ class MockProvider:
             self.in_flight -= 1
             self.intervals.append((name, start, time.monotonic()))
 
-    async def delay(self) -> None:
-        if self.latency > 0:
-            await asyncio.sleep(self.latency)
+    async def delay(self, since: float) -> None:
+        """Wait until ``latency`` after ``since`` (the request's arrival, monotonic): the
+        mock's own work counts towards its latency, as a provider's would."""
+        remaining = since + self.latency - time.monotonic()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
 
     def take_fault(self) -> Response | None:
         return self.faults.popleft().response() if self.faults else None

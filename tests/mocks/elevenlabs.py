@@ -7,6 +7,7 @@ characters evenly over it, as the real endpoint's ``alignment`` does.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -79,6 +80,7 @@ class ElevenLabsMock(MockProvider):
         )
 
     async def speak(self, request: Request) -> Response:
+        arrived = time.monotonic()
         with self.tracking("tts"):
             key = request.headers.get("xi-api-key")
             if key is None:
@@ -106,15 +108,17 @@ class ElevenLabsMock(MockProvider):
             if problem is not None:
                 self.reject(problem)
                 return validation_error(message=problem).response()
-            await self.delay()
             fault = self.take_fault()
             if fault is not None:
+                await self.delay(arrived)
                 return fault
             answer = self.answer(body["text"])
             problem = spec.errors(self.response_checker, answer)
             if problem is not None:
                 self.reject(f"mock response breaks the spec: {problem}")
-            return JSONResponse(answer, headers={"request-id": request_id("")[:20]})
+            response = JSONResponse(answer, headers={"request-id": request_id("")[:20]})
+            await self.delay(arrived)
+            return response
 
     def answer(self, text: str) -> dict[str, Any]:
         step = media.SPEECH_SECONDS * 0.95 / max(1, len(text))

@@ -27,10 +27,11 @@ def _dir() -> Path:
 
 @functools.cache
 def clip_mp4() -> bytes:
-    """A 2 s 320×320 H.264 clip with no audio, like many text-to-video outputs."""
+    """A 1 s 192×192 H.264 clip with no audio (text-to-video outputs often have none); small,
+    so that benchmarks measure scheduling rather than loopback copying."""
     path = _dir() / "clip.mp4"
     _ffmpeg(
-        "-f", "lavfi", "-i", "testsrc2=s=320x320:r=24:d=2",
+        "-f", "lavfi", "-i", "testsrc2=s=192x192:r=12:d=1",
         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path),
     )  # fmt: skip
     return path.read_bytes()

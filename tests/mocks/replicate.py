@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -103,6 +104,7 @@ class ReplicateMock(MockProvider):
         return request.headers.get("authorization") == f"Bearer {self.key}"
 
     async def create(self, request: Request) -> Response:
+        arrived = time.monotonic()
         with self.tracking("create"):
             if not self.authorised(request):
                 return unauthenticated().response()
@@ -143,12 +145,13 @@ class ReplicateMock(MockProvider):
                 polls_left=self.polls,
             )
             self.predictions[prediction.id] = prediction
-            if prefer is not None:
-                await self.delay()  # the model runs while the request is held
-                if prediction.polls_left == 0:
-                    self.finish(prediction)
+            if prefer is not None and prediction.polls_left == 0:
+                self.finish(prediction)  # done within the wait: the model ran meanwhile
             status = 201 if prediction.status in ("succeeded", "failed", "canceled") else 202
-            return self.respond(request, prediction, status)
+            response = self.respond(request, prediction, status)
+            if prefer is not None:
+                await self.delay(arrived)  # the request is held while the model runs
+            return response
 
     async def get(self, request: Request) -> Response:
         with self.tracking("get"):
