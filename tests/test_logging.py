@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 
-import pytest
 import structlog
 
 from videoq.logging import REDACTED, configure_logging
 from videoq.settings import Settings
 
 
-def test_secrets_are_redacted_from_json_logs(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging(Settings(log_format="json"))
+def test_secrets_are_redacted_from_json_logs() -> None:
+    captured = io.StringIO()
+    configure_logging(Settings(log_format="json"), stream=captured)
     try:
         structlog.get_logger("t").info(
             "provider_called",
@@ -23,7 +24,7 @@ def test_secrets_are_redacted_from_json_logs(capsys: pytest.CaptureFixture[str])
         )
     finally:
         configure_logging(Settings())
-    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    line = json.loads(captured.getvalue().strip().splitlines()[-1])
     assert line["api_key"] == REDACTED
     assert line["headers"] == {"Authorization": REDACTED, "accept": "json"}
     assert "hunter2" not in line["url"] and line["url"].startswith("postgresql://")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
@@ -43,8 +43,9 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return {k: REDACTED if _SECRET_KEYS.search(k) else _scrub(v) for k, v in event_dict.items()}
 
 
-def configure_logging(settings: Settings) -> None:
-    """Set up structlog (and the stdlib loggers it feeds) once per process."""
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """Set up structlog (and the stdlib loggers it feeds) once per process; lines go to
+    ``stream`` (default: standard error)."""
     level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -61,7 +62,7 @@ def configure_logging(settings: Settings) -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, force=True)
