@@ -118,7 +118,9 @@ def make_client(
     if key is None:
         raise ValueError("ANTHROPIC_API_KEY is not set")
     timeout = httpx2.Timeout(settings.anthropic_timeout_s, connect=10.0)
-    limits = httpx2.Limits(max_connections=settings.anthropic_concurrency * 2)
+    connections = settings.anthropic_concurrency * 2
+    # Keep-alive as large as the pool: see keepalive_limits (httpcore2 shares the code).
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
     if transport is None:
         http_client = anthropic.DefaultAsyncHttpxClient(timeout=timeout, limits=limits)
     else:

@@ -25,7 +25,13 @@ import httpx
 from videoq.errors import PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output, probe
 from videoq.providers import Script, VoiceTrack
-from videoq.providers.http import RetryPolicy, call_with_retries, classify, transport_error
+from videoq.providers.http import (
+    RetryPolicy,
+    call_with_retries,
+    classify,
+    keepalive_limits,
+    transport_error,
+)
 
 if TYPE_CHECKING:
     from videoq.limits import Limiter
@@ -58,7 +64,7 @@ def make_client(
         base_url=settings.elevenlabs_base_url,
         headers={"xi-api-key": key.get_secret_value()},
         timeout=httpx.Timeout(settings.elevenlabs_timeout_s, connect=10.0),
-        limits=httpx.Limits(max_connections=settings.elevenlabs_concurrency * 2),
+        limits=keepalive_limits(settings.elevenlabs_concurrency * 2),
         transport=transport,
     )
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+import httpx
 import structlog
 
 from videoq.errors import PermanentError, ProviderError, RetryableError
@@ -58,6 +59,16 @@ STATUS_CODES: dict[int, str] = {
 #: Retryable codes meaning "your own concurrency is over the plan's limit": the slot frees up
 #: as soon as one of our own requests finishes, so waiting longer and longer does not help.
 STEADY_CODES = frozenset({"provider_concurrency_limit"})
+
+
+def keepalive_limits(connections: int) -> httpx.Limits:
+    """Connection limits for a provider client: keep-alive as large as the pool.
+
+    httpcore (1.0.9) closes an idle connection whenever the pool holds more connections *in
+    total* than ``max_keepalive_connections`` (default 20); with dozens of predictions in
+    flight every request then dials a fresh connection. Equal limits avoid that churn.
+    """
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
 
 
 def is_retryable_status(status: int) -> bool:

@@ -36,6 +36,7 @@ from videoq.providers.http import (
     RetryPolicy,
     call_with_retries,
     classify,
+    keepalive_limits,
     problem_message,
     transport_error,
 )
@@ -64,7 +65,7 @@ def make_client(
     return httpx.AsyncClient(
         base_url=settings.replicate_base_url,
         timeout=httpx.Timeout(settings.replicate_timeout_s, connect=10.0),
-        limits=httpx.Limits(max_connections=settings.replicate_concurrency * 2),
+        limits=keepalive_limits(settings.replicate_concurrency * 2),
         transport=transport,
     )
 
