@@ -69,6 +69,24 @@ async def quick(
     return await _stages(workdir, checkpoints, report, seconds=0.02)
 
 
+async def chatty(
+    brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
+    report: Reporter, **_: Any,
+) -> Result:  # fmt: skip
+    """Four stages of ten progress steps, 5 ms apart: many events, quickly."""
+    for stage in STAGES:
+        start, end = STAGE_RANGES[stage]
+        await report(stage, start, "started")
+        for step in range(1, 11):
+            await asyncio.sleep(0.005)
+            await report(stage, start + (end - start) * step / 10)
+        await checkpoints.save(stage, {"done": True})
+    video = workdir / "video.mp4"
+    _record(workdir, "chatty")
+    video.write_bytes(b"\0" * 64)
+    return Result(video_path=video, duration_s=0.0, size_bytes=64)
+
+
 async def slow(
     brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
     report: Reporter, **_: Any,

@@ -3,7 +3,31 @@
 ``from videoq import Client`` is the async SDK; see :class:`videoq.client.Client`.
 """
 
-from videoq.client import ApiError, Client, Event, Job
+from videoq.client import (
+    ApiError,
+    AuthenticationError,
+    Client,
+    ConflictError,
+    Event,
+    Job,
+    NotFoundError,
+    PermissionDenied,
+    RateLimitError,
+    ServerError,
+    ValidationError,
+)
 
-__all__ = ["ApiError", "Client", "Event", "Job"]
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "Client",
+    "ConflictError",
+    "Event",
+    "Job",
+    "NotFoundError",
+    "PermissionDenied",
+    "RateLimitError",
+    "ServerError",
+    "ValidationError",
+]
 __version__ = "0.1.0"

@@ -37,7 +37,7 @@ from videoq.errors import (
 )
 from videoq.schemas import JobCreate, field_errors
 from videoq.settings import Settings
-from videoq.streaming import job_events_socket
+from videoq.streaming import job_events_socket, tenant_events_socket
 
 log = structlog.get_logger(__name__)
 
@@ -320,7 +320,7 @@ def create_app(settings: Settings) -> Starlette:
             redis = await create_pool(
                 queue.redis_settings(settings, retries=1), **queue.serializers()
             )
-            async with events.Broadcaster(redis) as broadcaster:
+            async with events.Broadcaster(redis, queue_size=settings.ws_buffer_events) as broadcaster:
                 app.state.videoq = State(
                     settings, engine, db.sessionmaker(engine), redis, broadcaster
                 )
@@ -347,5 +347,6 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/workers/clear-stale", clear_stale_workers, methods=["POST"]),
         Route("/v1/queue/stats", queue_stats),
         WebSocketRoute("/v1/jobs/{job_id}/events", job_events_socket),
+        WebSocketRoute("/v1/events", tenant_events_socket),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

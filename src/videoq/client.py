@@ -11,6 +11,7 @@ async with Client("http://127.0.0.1:8000", api_key) as c:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -28,14 +29,70 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class ApiError(Exception):
-    """The API answered with an error: ``status`` (HTTP), ``code`` (stable), ``message``."""
+    """The API answered with an error: ``status`` (HTTP), ``code`` (stable), ``message``.
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    Subclasses by status: :class:`AuthenticationError` (401), :class:`PermissionDenied` (403),
+    :class:`NotFoundError` (404), :class:`ConflictError` (409), :class:`ValidationError` (422,
+    ``details`` lists the bad fields), :class:`RateLimitError` (429, ``retry_after``),
+    :class:`ServerError` (5xx).
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, details: Any = None,
+        retry_after: float | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.retry_after = retry_after
+
+
+class AuthenticationError(ApiError):
+    """Missing, unknown or revoked API key."""
+
+
+class PermissionDenied(ApiError):
+    """The key lacks the scope (e.g. admin routes)."""
+
+
+class NotFoundError(ApiError):
+    """No such job for this tenant."""
+
+
+class ConflictError(ApiError):
+    """The job's state forbids the operation (e.g. cancelling a finished job)."""
+
+
+class ValidationError(ApiError):
+    """The request was refused; ``details`` names each bad field."""
+
+
+class RateLimitError(ApiError):
+    """Too many requests or queued jobs; wait ``retry_after`` seconds."""
+
+
+class ServerError(ApiError):
+    """The service failed or is unavailable; safe to retry later."""
+
+
+_ERRORS: dict[int, type[ApiError]] = {
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFoundError,
+    409: ConflictError,
+    422: ValidationError,
+    429: RateLimitError,
+}
+
+
+def error_for(
+    status: int, code: str, message: str, details: Any = None, retry_after: float | None = None
+) -> ApiError:
+    """The :class:`ApiError` subclass for an HTTP status."""
+    cls = _ERRORS.get(status, ServerError if status >= 500 else ApiError)
+    return cls(status, code, message, details, retry_after)
 
 
 class JobError(BaseModel):
@@ -216,10 +273,10 @@ class Client:
             if code == 1000:
                 return  # the job had already ended
             if code in (4400, 4401, 4404):
-                raise ApiError(code - 4000, "websocket_refused", f"events refused ({code})")
+                raise error_for(code - 4000, "websocket_refused", f"events refused ({code})")
             failures += 1
             if failures > 10:
-                raise ApiError(503, "unavailable", "the events stream kept failing")
+                raise ServerError(503, "unavailable", "the events stream kept failing")
             await asyncio.sleep(min(0.2 * 2**failures, 5.0))
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
@@ -248,8 +305,12 @@ class Client:
 
 
 def _raise(response: httpx.Response) -> None:
+    retry_after: float | None = None
+    with contextlib.suppress(ValueError):
+        retry_after = float(response.headers.get("retry-after", ""))
     try:
         error = response.json()["error"]
-        raise ApiError(response.status_code, error["code"], error["message"], error.get("details"))
+        code, message, details = error["code"], error["message"], error.get("details")
     except (ValueError, KeyError, TypeError):
-        raise ApiError(response.status_code, "http_error", response.text[:200]) from None
+        code, message, details = "http_error", response.text[:200], None
+    raise error_for(response.status_code, code, message, details, retry_after)

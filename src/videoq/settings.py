@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 64 * 1024
+    ws_buffer_events: int = Field(
+        default=1000,
+        description="Events buffered per WebSocket; a client further behind is disconnected.",
+    )
 
     # Worker.
     queue_name: str = "videoq:queue"
@@ -173,6 +177,50 @@ class Settings(BaseSettings):
     )
     limit_lease_s: float = Field(
         default=60.0, description="A held slot expires this long after its last renewal."
+    )
+
+    # Security (docs/security.md).
+    rate_limit_per_s: float = Field(
+        default=10.0, ge=0, description="Jobs a tenant may create per second, sustained; 0: no limit."
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Jobs a tenant may create at once (token bucket size)."
+    )
+    max_queued_jobs: int = Field(
+        default=1000,
+        ge=0,
+        description="Waiting jobs (queued, scheduled, retrying) per tenant before new ones get "
+        "429; 0: no cap.",
+    )
+    webhook_max_body_bytes: int = Field(
+        default=1024 * 1024, description="Largest inbound webhook body (GitHub, Replicate)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser; empty: CORS off.",
+    )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) webhook URLs may point at although they are private, "
+        "loopback or link-local; empty: public addresses only.",
+    )
+    webhook_timeout_s: float = Field(default=10.0, description="HTTP timeout per webhook attempt.")
+    webhook_retry_delays_s: tuple[float, ...] = Field(
+        default=(5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0),
+        description="Waits between webhook attempts; one attempt more than there are delays.",
+    )
+    webhook_tolerance_s: float = Field(
+        default=300.0, description="Inbound signed webhooks older or newer than this are refused."
+    )
+    github_webhook_secret: SecretStr | None = Field(
+        default=None, description="Secret of the GitHub webhook; unset: the route answers 404."
+    )
+    github_webhook_tenant: str = Field(
+        default="github", description="Tenant owning jobs created from GitHub events."
+    )
+    replicate_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Replicate's `whsec_…` signing secret; unset: the route answers 404.",
     )
 
     @classmethod

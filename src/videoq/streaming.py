@@ -80,6 +80,57 @@ async def job_events_socket(ws: WebSocket) -> None:
         await _pump(ws, st.redis, job_id, queue, sent)
 
 
+async def tenant_events_socket(ws: WebSocket) -> None:
+    """``WS /v1/events``: every live event of the caller's tenant, for dashboards. No replay:
+    a dashboard reconnecting reads current state from ``GET /v1/jobs``."""
+    from videoq.api import principal, state_of
+
+    await ws.accept()
+    st = state_of(ws)
+    try:
+        who = await principal(ws)
+    except Unauthorized as exc:
+        await ws.close(CLOSE_UNAUTHORIZED, exc.message)
+        return
+    async with st.broadcaster.subscribe(events.tenant_channel(who.tenant)) as queue:
+
+        async def forward() -> int:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return CLOSE_TOO_SLOW
+                await ws.send_json(event)
+
+        await _until_done(ws, forward(), "tenant")
+
+
+async def _until_done(ws: WebSocket, forward: Any, label: str) -> None:
+    """Run ``forward`` until it returns a close code or the client leaves; then close."""
+
+    async def client_gone() -> int:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+        return -1
+
+    tasks = [asyncio.create_task(forward), asyncio.create_task(client_gone())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        code = done.pop().result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client may be gone
+        if code == CLOSE_TOO_SLOW:
+            log.info("websocket_dropped_slow_client", stream=label)
+            await ws.close(CLOSE_TOO_SLOW, "client too slow")
+        elif code == CLOSE_NORMAL:
+            await ws.close(CLOSE_NORMAL)
+
+
 async def _pump(
     ws: WebSocket,
     redis: Any,
@@ -106,25 +157,4 @@ async def _pump(
                 if is_terminal(item):
                     return CLOSE_NORMAL
 
-    async def client_gone() -> int:
-        with contextlib.suppress(WebSocketDisconnect):
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-        return -1
-
-    tasks = [asyncio.create_task(forward()), asyncio.create_task(client_gone())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        code = done.pop().result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client may be gone
-        if code == CLOSE_TOO_SLOW:
-            log.info("websocket_dropped_slow_client", job_id=job_id)
-            await ws.close(CLOSE_TOO_SLOW, "client too slow")
-        elif code == CLOSE_NORMAL:
-            await ws.close(CLOSE_NORMAL)
+    await _until_done(ws, forward(), job_id)

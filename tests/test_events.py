@@ -1,0 +1,160 @@
+"""Progress everyone can trust: exact replay across reconnects, history after the end, fan-out
+to many sockets, and a stalled socket dropped without slowing the others."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+
+from tests.conftest import LiveApi, _free_port, new_key, running_worker
+from videoq import events
+from videoq.api import create_app
+from videoq.auth import authenticate
+from videoq.client import Client, NotFoundError
+from videoq.settings import Settings
+
+
+def ws_url(api: LiveApi, path: str) -> str:
+    return api.url.replace("http", "ws", 1) + path
+
+
+async def read_all(url: str, key: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Messages of one connection; with ``limit``, hang up after that many."""
+    out: list[dict[str, Any]] = []
+    async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        async for raw in ws:
+            out.append(json.loads(raw))
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+async def test_reconnect_with_after_gets_exactly_the_missed_events(
+    live_api: LiveApi, client: Client, api_key: str, settings: Settings
+) -> None:
+    async with running_worker(settings.model_copy(update={"pipeline": "tests.fakes:chatty"})):
+        job = await client.submit(product_name="Reconnect")
+        first = await read_all(ws_url(live_api, f"/v1/jobs/{job.id}/events?after=0"), api_key, 8)
+        seen = [e for e in first if e["type"] != "snapshot"]
+        last = seen[-1]["seq"]
+        rest = await read_all(ws_url(live_api, f"/v1/jobs/{job.id}/events?after={last}"), api_key)
+    assert rest[0]["type"] == "snapshot"
+    union = seen + [e for e in rest if e["type"] != "snapshot"]
+    full = [e for e in await read_all(
+        ws_url(live_api, f"/v1/jobs/{job.id}/events?after=0"), api_key
+    ) if e["type"] != "snapshot"]  # fmt: skip
+    assert [e["seq"] for e in union] == [e["seq"] for e in full] == list(range(1, len(full) + 1))
+    assert union == full  # no gap, no duplicate, same content
+    assert full[-1]["status"] == "succeeded" and len(full) > 20
+
+
+async def test_connecting_after_the_end_replays_history_then_closes(
+    live_api: LiveApi, client: Client, settings: Settings
+) -> None:
+    async with running_worker(settings.model_copy(update={"pipeline": "tests.fakes:quick"})):
+        job = await client.submit(product_name="Finished")
+        await client.wait(job.id, timeout=30)
+    history = [e async for e in client.events(job.id, after=0)]
+    assert history[0].type == "snapshot" and history[0].status == "succeeded"
+    assert [e.seq for e in history[1:]] == list(range(1, len(history)))
+    assert history[-1].terminal
+    with pytest.raises(NotFoundError):
+        async for _ in client.events("00000000-0000-0000-0000-000000000000"):
+            pass
+
+
+async def stalled_socket(
+    api: LiveApi, path: str, key: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client that completes the handshake, then stops reading (small buffers, so
+    the server's sends back up quickly)."""
+    parsed = urlparse(api.url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (parsed.hostname, parsed.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {key}\r\n\r\n"
+        ).encode()
+    )
+    assert b" 101 " in await reader.readline()
+    return reader, writer
+
+
+async def test_many_sockets_get_every_event_and_a_stalled_one_is_dropped(
+    base_settings: Settings, sessions: Any, redis: Any
+) -> None:
+    # A small per-socket buffer, so the stalled socket overflows quickly.
+    settings = base_settings.model_copy(update={"ws_buffer_events": 16})
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  uvicorn offers no event for this
+        await asyncio.sleep(0.01)
+    api = LiveApi(f"http://127.0.0.1:{port}", settings)
+    key = await new_key(sessions)
+    try:
+        async with Client(api.url, key) as c:
+            watched = await c.submit(product_name="Watched by 200")
+            flooded = await c.submit(product_name="Flooded")
+        stalled, stalled_writer = await stalled_socket(api, f"/v1/jobs/{flooded.id}/events", key)
+        url = ws_url(api, f"/v1/jobs/{watched.id}/events")
+        sockets = [
+            await connect(url, additional_headers={"Authorization": f"Bearer {key}"}).__aenter__()
+            for _ in range(200)
+        ]
+        for ws in sockets:
+            assert json.loads(await ws.recv())["type"] == "snapshot"
+        async with sessions() as session:
+            tenant = (await authenticate(session, key)).tenant
+        big = "x" * 8192
+        for i in range(400):  # fill the stalled socket's TCP buffers, then its queue
+            await events.publish(redis, tenant, events.make_event(
+                flooded.id, "log", status="running", stage="video_gen", progress=60,
+                message=f"{i} {big}",
+            ))  # fmt: skip
+        for i in range(30):
+            done = i == 29
+            await events.publish(redis, tenant, events.make_event(
+                watched.id, "status" if done else "progress",
+                status="succeeded" if done else "running", stage="compositing",
+                progress=75 + i * 25 / 29,
+            ))  # fmt: skip
+        received = await asyncio.gather(*(collect(ws) for ws in sockets))
+        assert all(len(r) == 30 for r in received)
+        assert all([e["seq"] for e in r] == [e["seq"] for e in received[0]] for r in received)
+        assert received[0][-1]["status"] == "succeeded"
+        # The stalled socket was closed by the server with 4408 once its buffer overflowed.
+        tail = b""
+        while chunk := await asyncio.wait_for(stalled.read(1 << 16), 30):
+            tail = (tail + chunk)[-64:]
+            if b"client too slow" in tail:
+                break
+        assert b"client too slow" in tail
+        stalled_writer.close()
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def collect(ws: Any) -> list[dict[str, Any]]:
+    out = []
+    async for raw in ws:
+        out.append(json.loads(raw))
+    return out
