@@ -178,6 +178,8 @@ class ElevenLabsVoiceProvider:
             "model": self._settings.elevenlabs_model_id,
             "characters": len(text),
             "request_id": headers.get("request-id"),
+            # The history item holds the audio again (GET /v1/history/{id}/audio).
+            "history_item_id": headers.get("history-item-id"),
         }
         return VoiceTrack(
             path=path,
