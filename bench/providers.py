@@ -56,16 +56,18 @@ BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 SECTION = "Providers"
 
 
-def _stats_route(mock: Any) -> Route:
+def _stats_route(name: str, mock: Any) -> Route:
     async def stats(request: Request) -> JSONResponse:
         if request.method == "DELETE":
             mock.calls.clear()
             mock.intervals.clear()
             mock.peak_in_flight = 0
+            mock.peak_by.clear()
+        main_call = {"anthropic": "messages", "elevenlabs": "tts", "replicate": "create"}[name]
         return JSONResponse(
             {
                 "calls": dict(mock.calls),
-                "peak": mock.peak_in_flight,
+                "peak": mock.peak_by[main_call],
                 "busy_s": sum(e - s for name, s, e in mock.intervals if name != "download"),
                 "invalid": mock.invalid,
             }
@@ -84,7 +86,7 @@ async def serve_mocks(latency: float) -> None:
     }
     servers, ports = [], {}
     for name, mock in mocks.items():
-        mock.app.router.routes.append(_stats_route(mock))
+        mock.app.router.routes.append(_stats_route(name, mock))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports[name] = s.getsockname()[1]

@@ -45,6 +45,9 @@ class MockProvider:
         self.intervals: list[tuple[str, float, float]] = []
         self.in_flight = 0
         self.peak_in_flight = 0
+        #: In flight and peak per endpoint name ("create", "get", "download", ...).
+        self.in_flight_by: Counter[str] = Counter()
+        self.peak_by: Counter[str] = Counter()
 
     def fail_next(self, *replies: Reply) -> None:
         """Answer the next main calls with these replies instead."""
@@ -60,11 +63,14 @@ class MockProvider:
         self.calls[name] += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self.in_flight_by[name] += 1
+        self.peak_by[name] = max(self.peak_by[name], self.in_flight_by[name])
         start = time.monotonic()
         try:
             yield
         finally:
             self.in_flight -= 1
+            self.in_flight_by[name] -= 1
             self.intervals.append((name, start, time.monotonic()))
 
     async def delay(self, since: float) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import httpx2
@@ -18,7 +20,9 @@ from tests.mocks import spec
 from tests.mocks.anthropic import AnthropicMock
 from tests.mocks.elevenlabs import ElevenLabsMock
 from tests.mocks.replicate import ReplicateMock
+from videoq import jobs
 from videoq.providers import ProviderPool, Transports
+from videoq.schemas import JobCreate
 from videoq.settings import Settings
 
 
@@ -54,6 +58,17 @@ class Mocks:
             "get": self.replicate.calls["get"],
             "download": self.replicate.calls["download"],
         }
+
+
+async def parked_job(sessions: Any) -> uuid.UUID:
+    """A job row for checkpoints to hang on, cancelled at once: the test session's database is
+    shared, and a queued job would be picked up by other tests' workers and reconcilers."""
+    async with sessions() as session:
+        job, _ = await jobs.create_job(
+            session, "t-providers", JobCreate(product_name="Solar Kettle"), default_max_retries=0
+        )
+        assert await jobs.transition(session, job.id, "cancelled") is not None
+    return job.id
 
 
 @pytest.fixture(scope="session", autouse=True)

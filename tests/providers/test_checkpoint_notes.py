@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.providers.conftest import parked_job
 from videoq import jobs
 from videoq.pipeline import MemoryCheckpoints
 from videoq.pipeline.compositing import follow_narration
 from videoq.providers import Scene, Script, VoiceTrack
-from videoq.schemas import JobCreate
 
 
 @pytest.mark.parametrize("store", ["memory", "postgres"])
@@ -21,11 +21,7 @@ async def test_concurrent_notes_never_lose_each_other(sessions: Any, store: str)
     if store == "memory":
         checkpoints = MemoryCheckpoints()
     else:
-        async with sessions() as session:
-            job, _ = await jobs.create_job(
-                session, "t-notes", JobCreate(product_name="Kettle"), default_max_retries=3
-            )
-        checkpoints = jobs.DbCheckpoints(sessions, job.id, 1)
+        checkpoints = jobs.DbCheckpoints(sessions, await parked_job(sessions), 1)
     await asyncio.gather(
         *(checkpoints.note("video_gen", f"scene_{i:02d}", {"id": f"p{i}"}) for i in range(12))
     )
