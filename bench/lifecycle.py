@@ -24,6 +24,7 @@ from pathlib import Path
 
 from arq import create_pool
 from arq.connections import RedisSettings
+
 from bench.common import (
     Stack,
     processes_mentioning,
@@ -34,7 +35,6 @@ from bench.common import (
     wait_for,
     write_section,
 )
-
 from videoq.client import Client
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -20,10 +21,15 @@ async def noop(ctx: dict[str, Any]) -> None:
     return None
 
 
+async def stamp(ctx: dict[str, Any]) -> None:
+    """Record when it started, for pickup latency."""
+    await ctx["redis"].set(f"bench:started:{ctx['job_id']}", str(time.time()), ex=600)
+
+
 class _Settings(dict[str, Any]):
     def items(self) -> Any:  # read at worker start, not import
         return {
-            "functions": [sleeper, noop],
+            "functions": [sleeper, noop, stamp],
             "redis_settings": RedisSettings.from_dsn(os.environ["BENCH_REDIS_URL"]),
             "queue_name": os.environ.get("BENCH_QUEUE", "arq:queue"),
             "job_timeout": float(os.environ.get("BENCH_JOB_TIMEOUT_S", "300")),
