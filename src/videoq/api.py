@@ -6,11 +6,12 @@ errors share one JSON shape, mapped from the error tree in :data:`STATUS`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -25,7 +26,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from videoq import db, events, jobs, queue
+from videoq import db, events, jobs, openapi, queue, ratelimit, security, webhooks
 from videoq.auth import Principal, authenticate, bearer
 from videoq.errors import (
     Conflict,
@@ -48,6 +49,7 @@ STATUS: dict[type[VideoqError], int] = {
     NotFound: 404,
     Conflict: 409,
     NotMigrated: 503,
+    ratelimit.RateLimited: 429,
 }
 
 
@@ -60,6 +62,8 @@ class State:
     sessions: async_sessionmaker[Any]
     redis: ArqRedis
     broadcaster: events.Broadcaster
+    #: Webhook deliveries this process started (cancelled jobs); stopped with the app.
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 def error_response(
@@ -109,7 +113,8 @@ async def create_job(request: Request) -> Response:
             [{"field": "body", "message": "must be a JSON object", "type": "object_type"}],
         )  # fmt: skip
     try:
-        body = JobCreate.model_validate(payload)
+        context = {"webhook_allowed_networks": st.settings.webhook_allowed_networks}
+        body = JobCreate.model_validate(payload, context=context)
     except ValidationError as exc:
         errors = field_errors(exc)
         names = ", ".join(e["field"] for e in errors)
@@ -121,6 +126,7 @@ async def create_job(request: Request) -> Response:
             [{"field": "Idempotency-Key", "message": "must be 1-200 characters"}],
         )  # fmt: skip
     async with st.sessions() as session:
+        await ratelimit.admit(st.redis, session, st.settings, who.tenant)
         job, created = await jobs.create_job(
             session, who.tenant, body, default_max_retries=st.settings.max_retries,
             idempotency_key=key,
@@ -202,6 +208,7 @@ async def cancel_job(request: Request) -> Response:
         job, previous = await jobs.cancel(session, request.path_params["job_id"], who.tenant)
     log.info("job_cancel_requested", job_id=str(job.id), previous=previous)
     await _announce(st, job, f"cancelled while {previous}")
+    await webhooks.job_finished(st.sessions, st.settings, job, st.background)
     try:
         if previous == "running":
             await queue.request_cancel(st.redis, str(job.id))
@@ -289,7 +296,8 @@ async def health(request: Request) -> Response:
 
 async def _videoq_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, VideoqError)
-    return error_response(STATUS.get(type(exc), 500), exc.code, exc.message)
+    headers = getattr(exc, "headers", None)  # e.g. Retry-After of a 429
+    return error_response(STATUS.get(type(exc), 500), exc.code, exc.message, None, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -302,7 +310,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    request_id = uuid.uuid4().hex[:12]
+    request_id = security.request_id_of(request.scope) or uuid.uuid4().hex[:12]
     log.error("request_failed", request_id=request_id, path=request.url.path, exc_info=exc)
     return error_response(500, "internal_error", f"internal error (request id {request_id})")
 
@@ -320,11 +328,14 @@ def create_app(settings: Settings) -> Starlette:
             redis = await create_pool(
                 queue.redis_settings(settings, retries=1), **queue.serializers()
             )
-            async with events.Broadcaster(redis, queue_size=settings.ws_buffer_events) as broadcaster:
+            async with events.Broadcaster(
+                redis, queue_size=settings.ws_buffer_events
+            ) as broadcaster:
                 app.state.videoq = State(
                     settings, engine, db.sessionmaker(engine), redis, broadcaster
                 )
                 yield
+                await webhooks.stop(app.state.videoq.background)
             await redis.aclose()
         finally:
             await engine.dispose()
@@ -337,6 +348,8 @@ def create_app(settings: Settings) -> Starlette:
     }
     routes = [
         Route("/health", health),
+        Route("/openapi.json", openapi.route),
+        *webhooks.ROUTES,
         Route("/v1/jobs", create_job, methods=["POST"]),
         Route("/v1/jobs", list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job),
@@ -349,4 +362,6 @@ def create_app(settings: Settings) -> Starlette:
         WebSocketRoute("/v1/jobs/{job_id}/events", job_events_socket),
         WebSocketRoute("/v1/events", tenant_events_socket),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    security.install(app, settings)
+    return app

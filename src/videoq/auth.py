@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from videoq.db import ApiKey
-from videoq.errors import Unauthorized
+from videoq.errors import Conflict, NotFound, Unauthorized
 
 KEY_PREFIX = "vq_"
 # Writing last_used_at on every request would turn each read into a write; once a minute is enough.
@@ -63,3 +64,39 @@ def bearer(header: str | None) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def list_keys(session: AsyncSession, tenant: str | None = None) -> list[ApiKey]:
+    """Every key (or one tenant's), newest first: ids, prefixes and times, never a key."""
+    query = select(ApiKey).order_by(ApiKey.created_at.desc())
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return list((await session.execute(query)).scalars())
+
+
+async def revoke_key(session: AsyncSession, prefix_or_id: str) -> ApiKey:
+    """Revoke one key, named by its id or its prefix (the first 10 characters, ``vq_…``); it
+    stops working at once. :class:`NotFound` when nothing matches, :class:`Conflict` when a
+    prefix names several keys or the key is already revoked."""
+    try:
+        condition = ApiKey.id == uuid.UUID(prefix_or_id)
+    except ValueError:
+        if len(prefix_or_id) < 10:
+            raise NotFound(
+                f"give a key id or its full 10-character prefix, not {prefix_or_id!r}"
+            ) from None
+        condition = ApiKey.prefix == prefix_or_id[:10]
+    rows = list((await session.execute(select(ApiKey).where(condition))).scalars())
+    if not rows:
+        raise NotFound(f"no API key {prefix_or_id!r}")
+    if len(rows) > 1:
+        raise Conflict(f"{len(rows)} keys share the prefix {prefix_or_id!r}; revoke by id")
+    row = rows[0]
+    if row.revoked_at is not None:
+        raise Conflict(f"key {row.prefix}… was already revoked at {row.revoked_at.isoformat()}")
+    await session.execute(
+        update(ApiKey).where(ApiKey.id == row.id).values(revoked_at=datetime.now(UTC))
+    )
+    await session.commit()
+    await session.refresh(row)
+    return row

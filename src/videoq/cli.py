@@ -136,6 +136,69 @@ def keys_create(ctx: click.Context, tenant: str, admin: bool) -> None:
     click.echo(asyncio.run(_create_key(_need_urls(_settings(ctx)), tenant, admin)))
 
 
+async def _with_session(settings: Settings, fn: Any) -> Any:
+    from videoq import db
+
+    assert settings.database_url
+    engine = db.create_engine(settings.database_url)
+    try:
+        async with db.sessionmaker(engine)() as session:
+            return await fn(session)
+    finally:
+        await engine.dispose()
+
+
+def _key_view(row: Any) -> dict[str, Any]:
+    def ts(value: Any) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": str(row.id), "prefix": row.prefix, "tenant": row.tenant,
+        "scopes": ["tenant", "admin"] if row.is_admin else ["tenant"],
+        "created_at": ts(row.created_at), "last_used_at": ts(row.last_used_at),
+        "revoked_at": ts(row.revoked_at),
+    }  # fmt: skip
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def keys_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
+    """List API keys: id, prefix, tenant, scopes, created, last used, revoked (never the key)."""
+    from videoq.auth import list_keys
+
+    settings = _need_urls(_settings(ctx))
+    rows = asyncio.run(_with_session(settings, lambda s: list_keys(s, tenant)))
+    views = [_key_view(r) for r in rows]
+    if as_json:
+        click.echo(json.dumps(views, indent=2))
+        return
+    table = Table("id", "prefix", "tenant", "scopes", "created", "last used", "revoked")
+    for v in views:
+        table.add_row(
+            v["id"], v["prefix"], v["tenant"], ",".join(v["scopes"]), v["created_at"] or "",
+            v["last_used_at"] or "never", v["revoked_at"] or "",
+        )  # fmt: skip
+    out.print(table)
+
+
+@keys.command("revoke")
+@click.argument("prefix_or_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, prefix_or_id: str) -> None:
+    """Revoke a key by its id or 10-character prefix (`vq_…`); it stops working at once."""
+    from videoq.auth import revoke_key
+    from videoq.errors import Conflict, NotFound
+
+    settings = _need_urls(_settings(ctx))
+    try:
+        row = asyncio.run(_with_session(settings, lambda s: revoke_key(s, prefix_or_id)))
+    except (NotFound, Conflict) as exc:
+        raise click.ClickException(exc.message) from None
+    err.print(f"revoked key {row.prefix}… ({row.id}) of tenant {row.tenant}")
+
+
 def _brief_options(fn: Any) -> Any:
     options = [
         click.argument("product_name"),

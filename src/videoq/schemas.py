@@ -17,13 +17,16 @@ from pydantic import (
     field_validator,
 )
 
+from videoq.security import parse_networks, refusal
+
 Style = Literal["minimal", "bold", "cinematic", "playful"]
 AspectRatio = Literal["9:16", "16:9", "1:1"]
 Priority = Literal["high", "normal", "low"]
 
 
 def _has_control_chars(value: str) -> bool:
-    return any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in value)
+    # Cs: lone surrogates, which JSON can carry but UTF-8 (and so PostgreSQL) cannot store.
+    return any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t" for c in value)
 
 
 class JobOptions(BaseModel):
@@ -35,6 +38,13 @@ class JobOptions(BaseModel):
     job_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
     stage_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
     anthropic_model: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @field_validator("anthropic_model")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and _has_control_chars(value):
+            raise ValueError("must not contain control characters")
+        return value
 
 
 class JobCreate(BaseModel):
@@ -66,13 +76,31 @@ class JobCreate(BaseModel):
     @field_validator("run_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+        value = value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+        try:
+            value and value.astimezone(UTC)  # e.g. year 9999 at UTC-12 is past the calendar
+        except OverflowError:
+            raise ValueError("out of range") from None
+        return value
 
     @field_validator("delay_s")
     @classmethod
     def _one_schedule(cls, value: float | None, info: ValidationInfo) -> float | None:
         if value is not None and info.data.get("run_at") is not None:
             raise ValueError("give run_at or delay_s, not both")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _reachable(cls, value: HttpUrl | None, info: ValidationInfo) -> HttpUrl | None:
+        # Static SSRF checks (scheme, credentials, IP literals, localhost); the host is resolved
+        # and checked again at every delivery attempt (videoq.webhooks).
+        if value is not None:
+            context = info.context if isinstance(info.context, dict) else {}
+            allowed = parse_networks(context.get("webhook_allowed_networks", ()))
+            why = refusal(str(value), allowed)
+            if why:
+                raise ValueError(why)
         return value
 
     def brief(self) -> dict[str, Any]:

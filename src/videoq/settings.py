@@ -181,7 +181,7 @@ class Settings(BaseSettings):
 
     # Security (docs/security.md).
     rate_limit_per_s: float = Field(
-        default=10.0, ge=0, description="Jobs a tenant may create per second, sustained; 0: no limit."
+        default=10.0, ge=0, description="Jobs a tenant may create per second; 0: no limit."
     )
     rate_limit_burst: int = Field(
         default=100, ge=1, description="Jobs a tenant may create at once (token bucket size)."

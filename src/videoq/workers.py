@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from videoq import db, events, jobs, queue, supervisor
+from videoq import db, events, jobs, queue, supervisor, webhooks
 from videoq.embedded import resolve
 from videoq.errors import RetryableError, VideoqError
 from videoq.logging import configure_logging
@@ -245,6 +245,7 @@ async def _finish(
         return False
     reporter.status = status
     await reporter.emit("status", status, message)
+    await webhooks.job_finished(state.sessions, state.settings, updated, state.background)
     return True
 
 

@@ -1,0 +1,417 @@
+"""``GET /openapi.json``: the API described as OpenAPI 3.1.
+
+Request bodies come from the pydantic models that validate them (:class:`JobCreate`), so the
+document cannot drift from the validation; responses are described here by hand, next to the
+one error shape every route shares. WebSockets, which OpenAPI cannot describe, are listed under
+``x-websockets``. ``tests/security`` checks that every route of the app is described and fuzzes
+the API from this document.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import metadata
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from videoq.db import STATUSES
+from videoq.schemas import JobCreate
+
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+PUBLIC: list[dict[str, list[str]]] = []
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"$ref": f"#/components/responses/E{s}"} for s in statuses}
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON (`bad_request`).",
+    401: "Missing, unknown or revoked API key, or a webhook whose signature does not verify "
+    "(`unauthorized`, `invalid_signature`).",
+    403: "The key lacks the `admin` scope (`forbidden`).",
+    404: "No such job for this tenant: another tenant's job is a 404 too (`not_found`).",
+    409: "The job's state does not allow this (`conflict`), or a webhook replay.",
+    413: "The request body is over the size limit (`too_large`).",
+    422: "A field is invalid or unknown; `details` lists `{field, message, type}` "
+    "(`validation_error`).",
+    429: "The tenant's rate limit or queue cap (`rate_limited`); see `Retry-After`.",
+    500: "Internal error: a generic message naming the request id only (`internal_error`).",
+    503: "The database is not migrated (`not_migrated`).",
+}
+
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "description": "The job's id (a UUID).",
+    "schema": {"type": "string"},
+}
+
+_TS = {"type": ["string", "null"], "format": "date-time"}
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "details"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "details": {},
+                },
+            }
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "status", "stage", "progress", "priority", "attempts", "links"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "status": {"enum": list(STATUSES)},
+            "stage": {"type": ["string", "null"]},
+            "progress": {"type": "number", "minimum": 0, "maximum": 100},
+            "priority": {"enum": ["high", "normal", "low"]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "max_retries": {"type": "integer"},
+            "history": {"type": "array", "items": {"type": "object"}},
+            "brief": {"type": "object"},
+            "run_at": _TS,
+            "created_at": _TS,
+            "started_at": _TS,
+            "finished_at": _TS,
+            "worker_id": {"type": ["string", "null"]},
+            "error": {
+                "type": ["object", "null"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "retryable": {"type": "boolean"},
+                },
+            },
+            "result": {
+                "type": ["object", "null"],
+                "properties": {
+                    "video_url": {"type": "string"},
+                    "duration_s": {"type": ["number", "null"]},
+                    "size_bytes": {"type": ["integer", "null"]},
+                },
+            },
+            "links": {
+                "type": "object",
+                "properties": {k: {"type": "string"} for k in ("self", "events", "video")},
+            },
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": _ref("Job")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "redis", "database", "queue_length", "workers"],
+        "properties": {
+            "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+            "redis": {"type": "boolean"},
+            "database": {"type": "boolean"},
+            "queue_length": {"type": "integer"},
+            "workers": {"type": "integer"},
+        },
+    },
+    "QueueStats": {
+        "type": "object",
+        "required": ["counts", "oldest_queued_age_s", "finished", "queue_length", "workers"],
+        "properties": {
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "oldest_queued_age_s": {"type": ["number", "null"]},
+            "finished": {"type": "object"},
+            "queue_length": {"type": "integer"},
+            "workers": {"type": "integer"},
+        },
+    },
+    "WorkerList": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "array", "items": {"type": "object"}}},
+    },
+}
+
+
+def _operations() -> dict[str, Any]:
+    job = _json(_ref("Job"), "The job.")
+    return {
+        "/health": {
+            "get": {
+                "summary": "Health of the API, Redis, PostgreSQL and the queue",
+                "security": PUBLIC,
+                "responses": {
+                    "200": _json(_ref("Health"), "Healthy or degraded (Redis away)."),
+                    "503": _json(_ref("Health"), "Unhealthy: PostgreSQL is unreachable."),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": PUBLIC,
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")},
+            }
+        },
+        "/v1/jobs": {
+            "post": {
+                "summary": "Create a job from a brief",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "A retry with the same key returns the same job (200).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("JobCreate")}},
+                },
+                "responses": {
+                    "202": _json(_ref("Job"), "Created and queued (or scheduled)."),
+                    "200": _json(_ref("Job"), "The job an earlier request with this key made."),
+                    **_errors(400, 401, 413, 422, 429),
+                },
+            },
+            "get": {
+                "summary": "The tenant's jobs, newest first",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "`next_cursor` of the previous page.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {"200": _json(_ref("JobList"), "One page."), **_errors(401, 422)},
+            },
+        },
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "summary": "One job",
+                "parameters": [JOB_ID],
+                "responses": {"200": job, **_errors(401, 404)},
+            }
+        },
+        "/v1/jobs/{job_id}/video": {
+            "get": {
+                "summary": "The finished MP4 (`Range` requests supported)",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": {
+                        "description": "The video.",
+                        "content": {"video/mp4": {"schema": {"type": "string"}}},
+                    },
+                    "206": {
+                        "description": "Part of the video.",
+                        "content": {"video/mp4": {"schema": {"type": "string"}}},
+                    },
+                    "416": {"description": "The requested range is outside the video."},
+                    **_errors(401, 404, 409),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "Cancel a queued, scheduled or running job",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "202": _json(_ref("Job"), "Cancelled."),
+                    **_errors(401, 404, 409),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/retry": {
+            "post": {
+                "summary": "Requeue a failed or cancelled job (resumes from its checkpoints)",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "202": _json(_ref("Job"), "Requeued."),
+                    **_errors(401, 404, 409),
+                },
+            }
+        },
+        "/v1/workers": {
+            "get": {
+                "summary": "Registered workers (admin)",
+                "responses": {"200": _json(_ref("WorkerList"), "Workers."), **_errors(401, 403)},
+            }
+        },
+        "/v1/workers/clear-stale": {
+            "post": {
+                "summary": "Forget workers whose heartbeat stopped (admin)",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["removed"],
+                            "properties": {
+                                "removed": {"type": "array", "items": {"type": "string"}}
+                            },
+                        },
+                        "The ids removed.",
+                    ),
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/v1/queue/stats": {
+            "get": {
+                "summary": "Counts per status, oldest queued job, throughput (admin)",
+                "responses": {"200": _json(_ref("QueueStats"), "Statistics."), **_errors(401, 403)},
+            }
+        },
+        "/v1/webhooks/secret": {
+            "get": {
+                "summary": "The tenant's secret for verifying videoq's webhooks",
+                "description": "Outbound webhooks carry `webhook-id`, `webhook-timestamp` and "
+                "`webhook-signature` (`v1,<base64 HMAC-SHA256>`, Standard Webhooks).",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["secret"],
+                            "properties": {"secret": {"type": "string", "pattern": "^whsec_"}},
+                        },
+                        "The secret.",
+                    ),
+                    **_errors(401),
+                },
+            }
+        },
+        "/v1/webhooks/github": {
+            "post": {
+                "summary": "Create a job from a GitHub release or push to the default branch",
+                "description": "Authenticated by `X-Hub-Signature-256` (HMAC-SHA256 of the body "
+                "with the configured secret), not by an API key. One signed body makes at most "
+                "one job.",
+                "security": PUBLIC,
+                "parameters": [
+                    {"name": "X-Hub-Signature-256", "in": "header", "schema": {"type": "string"}},
+                    {"name": "X-GitHub-Event", "in": "header", "schema": {"type": "string"}},
+                    {"name": "X-GitHub-Delivery", "in": "header", "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "202": _json(_ref("Job"), "A job was created."),
+                    "200": _json({"type": "object"}, "Ping, an ignored event, or a repeat."),
+                    **_errors(400, 401, 404, 413, 422, 429),
+                },
+            }
+        },
+        "/v1/webhooks/replicate": {
+            "post": {
+                "summary": "Replicate prediction webhook",
+                "description": "Verified by Replicate's signing secret (Standard Webhooks) "
+                "within a timestamp tolerance; a repeated `webhook-id` is refused.",
+                "security": PUBLIC,
+                "parameters": [
+                    {"name": h, "in": "header", "schema": {"type": "string"}}
+                    for h in ("webhook-id", "webhook-timestamp", "webhook-signature")
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _json({"type": "object"}, "Received."),
+                    **_errors(400, 401, 404, 409, 413, 422),
+                },
+            }
+        },
+    }
+
+
+WEBSOCKETS = {
+    "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order; "
+    "`?after=SEQ` resumes. Auth: `Authorization` header or `?token=`. Close codes: 1000 done, "
+    "4400 bad `after`, 4401 bad key, 4404 unknown job (or another tenant's), 4408 too slow.",
+    "/v1/events": "Every event of the caller's tenant (dashboards). Auth as above.",
+}
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (built once per process)."""
+    schema = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {**schema.pop("$defs", {}), "JobCreate": schema, **SCHEMAS}
+    error = _ref("Error")
+    responses = {
+        f"E{status}": {
+            "description": text,
+            "content": {"application/json": {"schema": error}},
+            **(
+                {"headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+                if status == 429
+                else {}
+            ),
+        }
+        for status, text in ERROR_DESCRIPTIONS.items()
+    }
+    paths = _operations()
+    for item in paths.values():
+        for operation in item.values():
+            operation.setdefault("security", BEARER)
+            operation["responses"].setdefault("500", {"$ref": "#/components/responses/E500"})
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "videoq",
+            "version": metadata.version("videoq"),
+            "description": "Jobs that turn a brief into a finished video. Every error has the "
+            'shape `{"error": {"code", "message", "details"}}`. Keys are tenant-scoped: '
+            "another tenant's job is a 404.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (`vq_…`) from `videoq keys create`.",
+                }
+            },
+        },
+        "security": BEARER,
+        "x-websockets": WEBSOCKETS,
+    }
+
+
+async def route(request: Request) -> Response:
+    """``GET /openapi.json`` (no key needed: it holds nothing secret)."""
+    return JSONResponse(document())
