@@ -31,7 +31,7 @@ from videoq.auth import create_key
 from videoq.client import Client
 from videoq.embedded import embedded_services
 from videoq.settings import Settings
-from videoq.workers import worker_options
+from videoq.workers import create_worker
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # pgserver's platformdirs warns without it
 
@@ -139,7 +139,7 @@ async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
     """A real arq worker for ``settings`` in this event loop."""
-    worker = Worker(**{**worker_options(settings), "handle_signals": False, **overrides})
+    worker = create_worker(settings, handle_signals=False, **overrides)
     task = asyncio.create_task(worker.async_run())
     while "videoq" not in worker.ctx:  # on_startup done: connected, migrated, registered
         if task.done():

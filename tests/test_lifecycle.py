@@ -166,3 +166,18 @@ def test_priority_scores_order_high_normal_low_and_keep_schedules() -> None:
     assert high < normal < low
     later = now.replace(year=now.year + 1)
     assert queue.score_time("high", later) == later  # scheduled jobs never start early
+
+
+async def test_new_jobs_wake_an_idle_worker_instead_of_waiting_for_its_poll(
+    live_api: LiveApi, client: Client, settings: Settings
+) -> None:
+    """With a 60 s idle poll, only the enqueue wake-up can start the job within the wait."""
+    lazy = fake(settings, "quick").model_copy(update={"poll_delay_s": 60.0})
+    async with running_worker(lazy) as worker:
+        job = await client.submit(product_name="Wake Up")
+        final = await client.wait(job.id, timeout=20)
+        assert final.status == "succeeded"
+        # A finished job wakes the worker too: the next one starts without a poll.
+        second = await client.submit(product_name="Next")
+        assert (await client.wait(second.id, timeout=20)).status == "succeeded"
+        assert worker.idle_poll_s == 60.0

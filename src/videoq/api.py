@@ -129,7 +129,7 @@ async def create_job(request: Request) -> Response:
         await ratelimit.admit(st.redis, session, st.settings, who.tenant)
         job, created = await jobs.create_job(
             session, who.tenant, body, default_max_retries=st.settings.max_retries,
-            idempotency_key=key,
+            idempotency_key=key, queue=st.settings.queue_name,
         )  # fmt: skip
     if created:
         await queue.announce_created(st.redis, st.settings, job)

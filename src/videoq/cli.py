@@ -100,12 +100,11 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.option("--burst", is_flag=True, help="Stop once the queue is empty.")
 @click.pass_context
 def worker(ctx: click.Context, burst: bool) -> None:
-    """Run an arq worker (same as `arq videoq.workers.WorkerSettings`)."""
-    from arq.worker import Worker
+    """Run a worker: arq's, woken at once by new jobs (`arq videoq.workers.WorkerSettings` runs
+    the same code but polls every VIDEOQ_POLL_DELAY_S)."""
+    from videoq.workers import create_worker
 
-    from videoq.workers import worker_options
-
-    Worker(**worker_options(_need_urls(_settings(ctx))), burst=burst).run()
+    create_worker(_need_urls(_settings(ctx)), burst=burst).run()
 
 
 @main.command()

@@ -77,10 +77,18 @@ class Job(Base):
             postgresql_where=text("status = 'running'"),
         ),
         Index("jobs_finished_at", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+        Index(
+            "jobs_queue_waiting",
+            "queue",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'scheduled', 'retrying')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant: Mapped[str] = mapped_column(String(100))
+    #: The arq queue the job is enqueued on (Settings.queue_name of the API that took it).
+    queue: Mapped[str] = mapped_column(String(200), server_default=text("'videoq:queue'"))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     stage: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -45,6 +45,7 @@ async def create_job(
     *,
     default_max_retries: int,
     idempotency_key: str | None = None,
+    queue: str = "videoq:queue",
 ) -> tuple[Job, bool]:
     """Insert a job; returns ``(job, created)``. A repeated ``idempotency_key`` returns the
     tenant's original job and ``created=False``."""
@@ -53,6 +54,7 @@ async def create_job(
     job = Job(
         id=uuid.uuid4(),
         tenant=tenant,
+        queue=queue,
         status="scheduled" if run_at else "queued",
         progress=0.0,
         priority=body.priority,
@@ -269,22 +271,26 @@ async def heartbeat(
     return owned
 
 
-async def orphans(session: AsyncSession, stale_s: float, limit: int = 100) -> list[Job]:
-    """Running jobs whose worker stopped heartbeating: it died (kill -9, OOM, lost machine)."""
+async def orphans(session: AsyncSession, queue: str, stale_s: float, limit: int = 100) -> list[Job]:
+    """Running jobs of ``queue`` whose worker stopped heartbeating: it died (kill -9, OOM)."""
     cutoff = datetime.now(UTC) - timedelta(seconds=stale_s)
     query = (
         select(Job)
-        .where(Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+        .where(
+            Job.queue == queue,
+            Job.status == "running",
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+        )
         .limit(limit)
     )
     return list((await session.execute(query)).scalars())
 
 
-async def waiting(session: AsyncSession, limit: int = 1000) -> list[Job]:
-    """Jobs that should be on the arq queue: queued, scheduled, or waiting to retry."""
+async def waiting(session: AsyncSession, queue: str, limit: int = 1000) -> list[Job]:
+    """Jobs that should be on arq's ``queue``: queued, scheduled, or waiting to retry."""
     query = (
         select(Job)
-        .where(Job.status.in_(("queued", "scheduled", "retrying")))
+        .where(Job.queue == queue, Job.status.in_(("queued", "scheduled", "retrying")))
         .order_by(Job.created_at)
         .limit(limit)
     )

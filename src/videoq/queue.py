@@ -92,11 +92,18 @@ async def enqueue_job(redis: ArqRedis, settings: Settings, job: Job) -> bool:
     return await enqueue(redis, settings, str(job.id), priority=job.priority, run_at=job.run_at)
 
 
+def wake_channel(settings: Settings) -> str:
+    return f"videoq:wake:{settings.queue_name}"
+
+
 async def announce_created(redis: ArqRedis, settings: Settings, job: Job) -> None:
-    """Enqueue a job just written to PostgreSQL. If Redis is unreachable the row stays
-    ``queued``/``scheduled`` and the workers' reconciler enqueues it later: nothing is lost."""
+    """Enqueue a job just written to PostgreSQL and wake idle workers. If Redis is unreachable
+    the row stays ``queued``/``scheduled`` and the workers' reconciler enqueues it later:
+    nothing is lost."""
     try:
         await enqueue_job(redis, settings, job)
+        if job.run_at is None:
+            await redis.publish(wake_channel(settings), b"1")
     except (RedisError, OSError) as exc:
         log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
 

@@ -52,7 +52,11 @@ class Settings(BaseSettings):
     # Worker.
     queue_name: str = "videoq:queue"
     max_jobs: int = Field(default=4, description="Jobs one worker process runs at once.")
-    poll_delay_s: float = 0.05
+    poll_delay_s: float = Field(
+        default=0.5,
+        description="Idle poll interval. `videoq worker` is woken at once by new jobs and polls "
+        "only as a safety net; the plain `arq` CLI polls at this rate.",
+    )
     job_timeout_s: float = 1800.0
     stage_timeout_s: float = 900.0
     max_retries: int = Field(default=3, description="Retries after the first attempt.")

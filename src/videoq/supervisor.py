@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from videoq import db, jobs, queue
+from videoq import db, jobs, queue, webhooks
 
 if TYPE_CHECKING:
     from videoq.workers import WorkerState
@@ -94,12 +94,17 @@ async def _heartbeats(state: WorkerState) -> None:
 
 
 async def _cancel_signals(state: WorkerState) -> None:
+    """Cancel requests (any worker may run the job) and wake-ups (a job was enqueued)."""
     while True:
         pubsub = state.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(queue.CANCEL_CHANNEL)
+            await pubsub.subscribe(queue.CANCEL_CHANNEL, queue.wake_channel(state.settings))
             async for message in pubsub.listen():
                 if message.get("type") != "message":
+                    continue
+                if message["channel"] != queue.CANCEL_CHANNEL.encode():
+                    if state.wake is not None:
+                        state.wake.set()
                     continue
                 with contextlib.suppress(ValueError):
                     job_id = uuid.UUID(message["data"].decode())
@@ -118,8 +123,8 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
     """Re-enqueue waiting jobs Redis lost; release orphaned running jobs. Returns counts."""
     settings = state.settings
     async with state.sessions() as session:
-        waiting = await jobs.waiting(session)
-        orphans = await jobs.orphans(session, settings.worker_stale_s)
+        waiting = await jobs.waiting(session, settings.queue_name)
+        orphans = await jobs.orphans(session, settings.queue_name, settings.worker_stale_s)
     requeued = 0
     if waiting:
         async with state.redis.pipeline(transaction=False) as pipe:
@@ -133,7 +138,9 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
     for job in orphans:
         await queue.release_orphan(state.redis, settings, job)
         log.warning("job_orphan_released", job_id=str(job.id), dead_worker=job.worker_id)
-    return {"requeued": requeued, "orphans": len(orphans)}
+    # Webhook deliveries whose process stopped between attempts.
+    resumed = await webhooks.resume_pending(state.sessions, settings, state.background)
+    return {"requeued": requeued, "orphans": len(orphans), "webhooks": resumed}
 
 
 async def _reconcile(state: WorkerState) -> None:

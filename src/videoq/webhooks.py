@@ -477,7 +477,7 @@ async def github(request: Request) -> Response:
         await ratelimit.admit(st.redis, session, st.settings, tenant)
         job, created = await jobs.create_job(
             session, tenant, brief, default_max_retries=st.settings.max_retries,
-            idempotency_key=key,
+            idempotency_key=key, queue=st.settings.queue_name,
         )  # fmt: skip
         receipt = {
             "source": "github",

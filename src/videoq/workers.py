@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from arq import ArqRedis, Retry, func
+from arq import ArqRedis, Retry, Worker, func
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -34,6 +34,7 @@ from videoq.embedded import resolve
 from videoq.errors import RetryableError, VideoqError
 from videoq.logging import configure_logging
 from videoq.pipeline import Brief, Result
+from videoq.providers import ProviderPool
 from videoq.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -62,6 +63,10 @@ class WorkerState:
     running: dict[uuid.UUID, RunningJob] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Set to make the worker poll now (VideoqWorker); None under the plain arq CLI.
+    wake: asyncio.Event | None = None
+    #: Live provider clients, opened once per process and shared by its jobs.
+    providers: ProviderPool | None = None
 
     def stop(self, job_id: uuid.UUID, reason: str) -> bool:
         """Cancel a running attempt on purpose; False if it does not run here."""
@@ -183,6 +188,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
                     workdir=workdir,
                     checkpoints=jobs.DbCheckpoints(state.sessions, job.id, job.attempts),
                     report=reporter,
+                    providers=state.providers,
                 )
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
@@ -294,6 +300,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     await db.check_migrated(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     state = WorkerState(settings, engine, db.sessionmaker(engine), ctx["redis"], worker_id)
+    state.wake = ctx.get("wake")
+    state.providers = ProviderPool(settings, redis=ctx["redis"])
     state.background = supervisor.start(state)
     ctx["videoq"] = state
     log.info("worker_started", worker_id=worker_id, queue=settings.queue_name)
@@ -308,6 +316,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await asyncio.gather(*state.background, return_exceptions=True)
     with contextlib.suppress(RedisError, OSError):
         await queue.forget_worker(state.redis, state.worker_id)
+    if state.providers is not None:
+        await state.providers.aclose()
     await state.engine.dispose()
     log.info("worker_shutdown_complete", worker_id=state.worker_id)
 
@@ -326,13 +336,43 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "keep_result": 0,
         "max_tries": 1000,
         "retry_jobs": True,
-        "allow_abort_jobs": True,
+        # Cancellation is ours (a pub/sub signal); arq's abort would add a Redis round trip
+        # to every poll.
+        "allow_abort_jobs": False,
         "job_completion_wait": settings.shutdown_grace_s,
         "ctx": {"settings": settings},
         "on_startup": startup,
         "on_shutdown": shutdown,
         **queue.serializers(),
     }
+
+
+class VideoqWorker(Worker):
+    """arq's worker, woken the moment a job is enqueued (a pub/sub message from the API) or one
+    of its own jobs ends, instead of polling on a timer. Idle, it polls every ``poll_delay_s``
+    as a safety net (scheduled jobs coming due, a missed wake-up)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.idle_poll_s = float(kwargs.pop("poll_delay", 0.5))
+        super().__init__(**kwargs, poll_delay=0)
+        self.wake = asyncio.Event()
+        self.ctx["wake"] = self.wake
+
+    async def _poll_iteration(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.idle_poll_s):
+                await self.wake.wait()
+        self.wake.clear()
+        await super()._poll_iteration()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.wake.set()  # a slot is free: look for the next job now
+
+
+def create_worker(settings: Settings, **overrides: Any) -> VideoqWorker:
+    """The worker ``videoq worker`` runs."""
+    return VideoqWorker(**{**worker_options(settings), **overrides})
 
 
 class _LazyWorkerSettings(dict[str, Any]):
