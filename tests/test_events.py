@@ -8,11 +8,13 @@ import base64
 import json
 import os
 import socket
+import uuid
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 import uvicorn
+from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from tests.conftest import LiveApi, _free_port, new_key, running_worker
@@ -20,6 +22,7 @@ from videoq import events
 from videoq.api import create_app
 from videoq.auth import authenticate
 from videoq.client import Client, NotFoundError
+from videoq.db import JobEvent
 from videoq.settings import Settings
 
 
@@ -38,8 +41,18 @@ async def read_all(url: str, key: str, limit: int | None = None) -> list[dict[st
     return out
 
 
+async def archived(sessions: Any, job_id: str) -> list[dict[str, Any]]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(JobEvent.event)
+            .where(JobEvent.job_id == uuid.UUID(job_id))
+            .order_by(JobEvent.seq)
+        )
+        return list(rows.scalars())
+
+
 async def test_reconnect_with_after_gets_exactly_the_missed_events(
-    live_api: LiveApi, client: Client, api_key: str, settings: Settings
+    live_api: LiveApi, client: Client, api_key: str, settings: Settings, sessions: Any
 ) -> None:
     async with running_worker(settings.model_copy(update={"pipeline": "tests.fakes:chatty"})):
         job = await client.submit(product_name="Reconnect")
@@ -55,6 +68,22 @@ async def test_reconnect_with_after_gets_exactly_the_missed_events(
     assert [e["seq"] for e in union] == [e["seq"] for e in full] == list(range(1, len(full) + 1))
     assert union == full  # no gap, no duplicate, same content
     assert full[-1]["status"] == "succeeded" and len(full) > 20
+    assert await archived(sessions, job.id) == full  # the PostgreSQL history agrees
+
+
+async def test_history_outlives_redis(
+    live_api: LiveApi, client: Client, settings: Settings, redis: Any
+) -> None:
+    """A finished job's events come from PostgreSQL once Redis no longer has them."""
+    async with running_worker(settings.model_copy(update={"pipeline": "tests.fakes:quick"})):
+        job = await client.submit(product_name="Outlives Redis")
+        await client.wait(job.id, timeout=30)
+    before = [e async for e in client.events(job.id, after=0)]
+    await redis.delete(f"videoq:stream:{job.id}", f"videoq:seq:{job.id}")  # expired or lost
+    after = [e async for e in client.events(job.id, after=0)]
+    assert after[0].type == "snapshot" and after[0].seq == before[0].seq
+    assert [e.model_dump() for e in after[1:]] == [e.model_dump() for e in before[1:]]
+    assert after[-1].terminal
 
 
 async def test_connecting_after_the_end_replays_history_then_closes(

@@ -7,6 +7,7 @@ errors share one JSON shape, mapped from the error tree in :data:`STATUS`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from arq import ArqRedis, create_pool
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -208,6 +210,8 @@ async def cancel_job(request: Request) -> Response:
         job, previous = await jobs.cancel(session, request.path_params["job_id"], who.tenant)
     log.info("job_cancel_requested", job_id=str(job.id), previous=previous)
     await _announce(st, job, f"cancelled while {previous}")
+    with contextlib.suppress(RedisError, OSError, SQLAlchemyError):
+        await events.archive(st.redis, st.sessions, str(job.id))
     await webhooks.job_finished(st.sessions, st.settings, job, st.background)
     try:
         if previous == "running":

@@ -204,6 +204,18 @@ class InboundWebhook(Base):
     )
 
 
+class JobEvent(Base):
+    """A job's events, archived from its Redis stream at the end of every attempt."""
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event: Mapped[dict[str, Any]] = mapped_column(Json)
+
+
 def async_url(url: str) -> str:
     """Accept plain ``postgresql://`` URLs (as pgserver and most hosts print them)."""
     for prefix in ("postgresql://", "postgres://"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,10 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from videoq.db import JobEvent
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +114,62 @@ async def replay(
         _stream_key(job_id), f"{after + 1}-0", f"{upto}-0" if upto else "+"
     )
     return [json.loads(fields[b"e"]) for _, fields in entries]
+
+
+async def archive(redis: Redis, sessions: Any, job_id: str) -> int:
+    """Copy the job's stream into PostgreSQL (``job_events``), so its history outlives Redis.
+    Called when an attempt ends; idempotent. Returns how many events were new."""
+    key = uuid.UUID(job_id)
+    async with sessions() as session:
+        stored = (
+            await session.execute(select(func.max(JobEvent.seq)).where(JobEvent.job_id == key))
+        ).scalar() or 0
+        fresh = await replay(redis, job_id, stored)
+        if fresh:
+            rows = [{"job_id": key, "seq": e["seq"], "event": e} for e in fresh]
+            await session.execute(insert(JobEvent).values(rows).on_conflict_do_nothing())
+            await session.commit()
+    return len(fresh)
+
+
+async def history(
+    redis: Redis, sessions: Any, job_id: str, after: int, upto: int | None = None
+) -> list[dict[str, Any]]:
+    """Events with ``after < seq <= upto``: from the Redis stream, or from PostgreSQL for the
+    part Redis no longer holds (capped, expired, or lost in a restart)."""
+    live = await replay(redis, job_id, after, upto)
+    if live and live[0]["seq"] == after + 1:
+        return live
+    first_live = live[0]["seq"] if live else None
+    query = select(JobEvent.event).where(JobEvent.job_id == uuid.UUID(job_id), JobEvent.seq > after)
+    if first_live is not None:
+        query = query.where(JobEvent.seq < first_live)
+    elif upto is not None:
+        query = query.where(JobEvent.seq <= upto)
+    async with sessions() as session:
+        stored = list((await session.execute(query.order_by(JobEvent.seq))).scalars())
+    return stored + live
+
+
+async def current_seq(redis: Redis, sessions: Any, job_id: str) -> int:
+    """The job's latest ``seq``: Redis's counter, or PostgreSQL's history when Redis lost it."""
+    seq = await last_seq(redis, job_id)
+    if seq:
+        return seq
+    async with sessions() as session:
+        stored = await session.execute(
+            select(func.max(JobEvent.seq)).where(JobEvent.job_id == uuid.UUID(job_id))
+        )
+        return int(stored.scalar() or 0)
+
+
+async def restore_seq(redis: Redis, sessions: Any, job_id: str) -> None:
+    """After Redis lost a job's counter, continue numbering after its archived history."""
+    if await redis.exists(_seq_key(job_id)):
+        return
+    seq = await current_seq(redis, sessions, job_id)
+    if seq:
+        await redis.set(_seq_key(job_id), seq, ex=TTL_S, nx=True)
 
 
 class Broadcaster:

@@ -57,7 +57,7 @@ async def job_events_socket(ws: WebSocket) -> None:
         return
     job_id = str(job.id)
     async with st.broadcaster.subscribe(events.job_channel(job_id)) as queue:
-        current = await events.last_seq(st.redis, job_id)
+        current = await events.current_seq(st.redis, st.sessions, job_id)
         async with st.sessions() as session:  # read after `current`: at least that new
             job = await jobs.get_job(session, job_id, None)
         await ws.send_json(
@@ -68,7 +68,7 @@ async def job_events_socket(ws: WebSocket) -> None:
         )  # fmt: skip
         sent = current if after is None else min(after, current)
         if sent < current:
-            for event in await events.replay(st.redis, job_id, sent, current):
+            for event in await events.history(st.redis, st.sessions, job_id, sent, current):
                 await ws.send_json(event)
                 sent = event["seq"]
                 if is_terminal(event):

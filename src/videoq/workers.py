@@ -175,6 +175,9 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
     running = state.running[job.id] = RunningJob(task, job.attempts)
     structlog.contextvars.bind_contextvars(attempt=job.attempts)
     reporter = EventReporter(state, job)
+    if job.attempts > 1 or job.history:  # Redis may have lost the counter since
+        with contextlib.suppress(RedisError, OSError):
+            await events.restore_seq(state.redis, state.sessions, str(job.id))
     await reporter.emit("status", "running", f"attempt {job.attempts} started")
     log.info("job_started")
     settings = state.settings.for_job(job.options)
@@ -251,6 +254,10 @@ async def _finish(
         return False
     reporter.status = status
     await reporter.emit("status", status, message)
+    try:  # the attempt's events, kept in PostgreSQL beyond Redis's stream
+        await events.archive(state.redis, state.sessions, str(job.id))
+    except (RedisError, SQLAlchemyError, OSError) as exc:
+        log.warning("events_archive_failed", error=str(exc))
     await webhooks.job_finished(state.sessions, state.settings, updated, state.background)
     return True
 
