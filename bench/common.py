@@ -30,6 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 
 
+#: Benchmarks measure the machinery, not the per-tenant admission limits.
+NO_LIMITS = {"VIDEOQ_RATE_LIMIT_PER_S": "0", "VIDEOQ_MAX_QUEUED_JOBS": "0"}
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -53,7 +57,8 @@ async def stack(**overrides: object) -> AsyncIterator[Stack]:
     with embedded_services(home) as services:
         settings = Settings(
             database_url=services.database_url, redis_url=services.redis_url, home=home,
-            providers="offline", log_level="WARNING", **overrides,  # type: ignore[arg-type]
+            providers="offline", log_level="WARNING", rate_limit_per_s=0, max_queued_jobs=0,
+            **overrides,  # type: ignore[arg-type]
         )  # fmt: skip
         await asyncio.to_thread(db.migrate, services.database_url)
         engine = db.create_engine(services.database_url)
@@ -89,6 +94,7 @@ def videoq_worker(stack: Stack, log: Path, **env: str) -> subprocess.Popen[bytes
         "VIDEOQ_ARTIFACTS_DIR": str(s.artifacts),
         "VIDEOQ_PROVIDERS": "offline",
         "VIDEOQ_LOG_FORMAT": "json",
+        **NO_LIMITS,
     }
     return spawn([sys.executable, "-m", "videoq", "worker"], {**base, **env}, log)
 

@@ -23,7 +23,7 @@ import httpx
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from bench.common import spawn, stack, write_section
+from bench.common import NO_LIMITS, spawn, stack, write_section
 from videoq import events
 
 JOBS = 10
@@ -41,7 +41,7 @@ async def main(clients: int, rate: float, seconds: float, quick: bool) -> None:
         api = spawn(
             [sys.executable, "-m", "videoq", "api", "--port", str(port)],
             {"VIDEOQ_DATABASE_URL": s.database_url or "", "VIDEOQ_REDIS_URL": s.redis_url or "",
-             "VIDEOQ_LOG_LEVEL": "WARNING"},
+             "VIDEOQ_LOG_LEVEL": "WARNING", **NO_LIMITS},
             st.home / "api.log",
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
