@@ -70,14 +70,16 @@ async def videoq_pickup(url: str, key: str, n: int) -> list[float]:
     return [seen[j] - t for j, t in returned.items() if j in seen]
 
 
-async def arq_pickup(redis_url: str, poll: float, n: int, log: object) -> tuple[list[float], float]:
+async def arq_pickup(
+    redis_url: str, poll: float, n: int, log: object, window: float = 3.0
+) -> tuple[list[float], float]:
     queue = f"arq-bench:{uuid.uuid4().hex[:6]}"
     env = {"BENCH_REDIS_URL": redis_url, "BENCH_QUEUE": queue, "BENCH_POLL_DELAY_S": str(poll)}
     worker = spawn([sys.executable, "-m", "arq", "bench.raw_arq.Settings"], env, log)  # type: ignore[arg-type]
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     try:
         await asyncio.sleep(2)  # start-up
-        idle = await idle_rate(pool, 3)
+        idle = await idle_rate(pool, window)
         latencies = []
         for _ in range(n):
             job = await pool.enqueue_job("stamp", _queue_name=queue)
@@ -96,6 +98,7 @@ async def arq_pickup(redis_url: str, poll: float, n: int, log: object) -> tuple[
 
 
 async def main(n: int, quick: bool) -> None:
+    window = 1.0 if quick else 3.0
     async with stack() as st:
         s = st.settings
         env = {
@@ -108,18 +111,18 @@ async def main(n: int, quick: bool) -> None:
         }
         log = st.home / "pickup.log"
         redis = Redis.from_url(s.redis_url or "")
-        base = await idle_rate(redis, 3)  # the API alone
+        base = await idle_rate(redis, window)  # the API alone
         worker = spawn([sys.executable, "-m", "videoq", "worker"], env, log)
         try:
             await asyncio.sleep(3)  # start-up
-            ours_idle = await idle_rate(redis, 5) - base
+            ours_idle = await idle_rate(redis, window + 2) - base
             ours = await videoq_pickup(st.api_url, st.api_key, n)
         finally:
             worker.terminate()
             worker.wait()
-        base = await idle_rate(redis, 3)
-        arq_default, arq_default_idle = await arq_pickup(s.redis_url or "", 0.5, n, log)
-        arq_fast, arq_fast_idle = await arq_pickup(s.redis_url or "", 0.05, n, log)
+        base = await idle_rate(redis, window)
+        arq_default, arq_default_idle = await arq_pickup(s.redis_url or "", 0.5, n, log, window)
+        arq_fast, arq_fast_idle = await arq_pickup(s.redis_url or "", 0.05, n, log, window)
         await redis.aclose()
     ms = 1000.0
 

@@ -1,0 +1,27 @@
+"""Smoke runs of the benchmarks (seconds, --quick, nothing written): they keep working. No
+timing is asserted here; the figures live in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("suite", ["pickup", "events"])
+def test_benchmark_quick_run_reports_its_table(suite: str) -> None:
+    before = (ROOT / "docs" / "benchmarks.md").read_text()
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{suite}", "--quick"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "baseline" in proc.stdout or "raw arq" in proc.stdout
+    assert "| videoq" in proc.stdout
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == before  # --quick writes nothing
