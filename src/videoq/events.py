@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from videoq.db import JobEvent
@@ -126,6 +126,8 @@ async def archive(redis: Redis, sessions: Any, job_id: str) -> int:
         ).scalar() or 0
         fresh = await replay(redis, job_id, stored)
         if fresh:
+            # The stream still holds them if PostgreSQL loses the last instant: no flush needed.
+            await session.execute(text("SET LOCAL synchronous_commit = off"))
             rows = [{"job_id": key, "seq": e["seq"], "event": e} for e in fresh]
             await session.execute(insert(JobEvent).values(rows).on_conflict_do_nothing())
             await session.commit()

@@ -211,7 +211,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
     except Exception as exc:
         await _settle(state, job, reporter, exc)
         return
-    for child in workdir.iterdir():  # keep the video, drop the intermediates
+    for child in workdir.iterdir() if workdir.is_dir() else ():  # keep only the video
         if child.name != result.video_path.name:
             shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
     reporter.progress = 100.0

@@ -1,0 +1,144 @@
+"""Throughput with all bookkeeping on (job rows, transitions, checkpoints, events), one worker
+process, against raw arq on the same Redis in the same run.
+
+    python -m bench.throughput [--io-jobs 2000] [--noop-jobs 5000] [--quick]
+
+- **I/O jobs**: each job awaits 0.1 s (four stages of 25 ms), 100 at a time: the ideal is
+  1000 jobs/s; the figure is the share of it reached.
+- **No-op drain**: jobs whose stages do nothing; jobs/s, and the ratio to raw arq's no-op drain.
+
+Jobs are queued before the worker starts; the rate is counted from the first job's start to the
+last one's end (videoq: the job rows; arq: its results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from typing import Any
+
+import httpx
+from arq import create_pool
+from arq.connections import RedisSettings
+from sqlalchemy import func, select
+
+from bench.common import NO_LIMITS, ROOT, spawn, stack, write_section
+from videoq import db
+
+
+async def videoq_rate(st: Any, pipeline: str, n: int, max_jobs: int) -> float:
+    queue = f"bench:{uuid.uuid4().hex[:6]}"
+    settings = st.settings.model_copy(update={"queue_name": queue})
+    from videoq.api import create_app
+
+    app = create_app(settings)
+    headers = {"Authorization": f"Bearer {st.api_key}"}
+    ids: list[str] = []
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://videoq", headers=headers
+    ) as http:  # fmt: skip
+        sem = asyncio.Semaphore(20)
+
+        async def submit(i: int) -> None:
+            async with sem:
+                response = await http.post("/v1/jobs", json={"product_name": f"T{i}"})
+                ids.append(response.json()["id"])
+
+        await asyncio.gather(*(submit(i) for i in range(n)))
+    s = settings
+    env = {
+        "VIDEOQ_DATABASE_URL": s.database_url or "", "VIDEOQ_REDIS_URL": s.redis_url or "",
+        "VIDEOQ_QUEUE_NAME": queue, "VIDEOQ_PIPELINE": pipeline, "VIDEOQ_MAX_JOBS": str(max_jobs),
+        "VIDEOQ_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), **NO_LIMITS,
+    }  # fmt: skip
+    worker = spawn([sys.executable, "-m", "videoq", "worker"], env, st.home / "throughput.log")
+    engine = db.create_engine(s.database_url or "")
+    try:
+        keys = [uuid.UUID(i) for i in ids]
+        while True:
+            async with engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(
+                            func.count().filter(db.Job.status == "succeeded"),
+                            func.min(db.Job.started_at),
+                            func.max(db.Job.finished_at),
+                        ).where(db.Job.id.in_(keys))
+                    )
+                ).one()
+            if row[0] == n:
+                return n / (row[2] - row[1]).total_seconds()
+            await asyncio.sleep(0.2)
+    finally:
+        await engine.dispose()
+        worker.terminate()
+        worker.wait()
+
+
+async def arq_rate(st: Any, function: str, args: tuple[Any, ...], n: int, poll: float,
+                   max_jobs: int) -> float:  # fmt: skip
+    queue = f"arq-bench:{uuid.uuid4().hex[:6]}"
+    pool = await create_pool(RedisSettings.from_dsn(st.settings.redis_url or ""))
+    try:
+        job_ids = []
+        for _ in range(n):
+            job = await pool.enqueue_job(function, *args, _queue_name=queue)
+            assert job is not None
+            job_ids.append(job.job_id)
+        env = {
+            "BENCH_REDIS_URL": st.settings.redis_url or "", "BENCH_QUEUE": queue,
+            "BENCH_POLL_DELAY_S": str(poll), "BENCH_MAX_JOBS": str(max_jobs),
+        }  # fmt: skip
+        worker = spawn([sys.executable, "-m", "arq", "bench.raw_arq.Settings"], env,
+                       st.home / "throughput.log")  # fmt: skip
+        try:
+            while await pool.zcard(queue):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            results = await pool.all_job_results()
+            mine = [r for r in results if r.job_id in set(job_ids)]
+            start = min(r.start_time for r in mine)
+            end = max(r.finish_time for r in mine)
+            return len(mine) / (end - start).total_seconds()
+        finally:
+            worker.terminate()
+            worker.wait()
+    finally:
+        await pool.aclose()
+
+
+async def main(io_jobs: int, noop_jobs: int, quick: bool) -> None:
+    async with stack() as st:
+        io = await videoq_rate(st, "bench.pipelines:io", io_jobs, 100)
+        arq_io_default = await arq_rate(st, "sleeper", (0.1,), io_jobs, 0.5, 100)
+        arq_io_fast = await arq_rate(st, "sleeper", (0.1,), io_jobs, 0.05, 100)
+        noop = await videoq_rate(st, "bench.pipelines:noop", noop_jobs, 10)
+        arq_noop_default = await arq_rate(st, "noop", (), noop_jobs, 0.5, 10)
+        arq_noop_fast = await arq_rate(st, "noop", (), noop_jobs, 0.05, 10)
+    body = f"""\
+`python -m bench.throughput --io-jobs {io_jobs} --noop-jobs {noop_jobs}`: one worker process.
+
+| | videoq | raw arq, poll 0.5 s | raw arq, poll 0.05 s | videoq ÷ raw arq (0.05 s) |
+|---|---|---|---|---|
+| {io_jobs} jobs × 0.1 s I/O at concurrency 100, share of 1000 jobs/s | {io / 10:.0f} % ({io:.0f}/s) | {arq_io_default / 10:.0f} % | {arq_io_fast / 10:.0f} % | {io / arq_io_fast:.2f} |
+| {noop_jobs} no-op jobs drained, jobs/s (max_jobs 10) | {noop:.0f} | {arq_noop_default:.0f} | {arq_noop_fast:.0f} | {noop / arq_noop_fast:.2f} |
+
+videoq's jobs carry their bookkeeping: the job row claimed and finished in PostgreSQL with its
+history, a checkpoint per stage, the row's stage and progress, numbered events through Redis, the
+event history archived at the end. Goals (issue 7): ≥ 90 % of the ideal I/O rate, no-op ratio ≥ 0.5.
+"""
+    print(body)
+    if not quick:
+        write_section("Throughput", body)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--io-jobs", type=int, default=2000)
+    parser.add_argument("--noop-jobs", type=int, default=5000)
+    parser.add_argument("--quick", action="store_true")
+    a = parser.parse_args()
+    if a.quick:
+        a.io_jobs, a.noop_jobs = 200, 200
+    asyncio.run(main(a.io_jobs, a.noop_jobs, a.quick))
