@@ -145,6 +145,8 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
+    # ... and subscribed to cancel signals and wake-ups, which tests rely on.
+    await asyncio.wait_for(worker.ctx["videoq"].listening.wait(), 10)
     try:
         yield worker
     finally:

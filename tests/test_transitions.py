@@ -191,3 +191,42 @@ async def test_a_job_of_a_live_worker_is_not_taken_over(
     assert await workers._claim(worker_state, job_id) is None
     current = await row(sessions, job_id)
     assert (current.status, current.attempts, current.worker_id) == ("running", 1, live)
+
+
+async def test_a_stopping_worker_cannot_revive_a_job_cancelled_meanwhile(sessions: Any) -> None:
+    """SIGTERM's requeue is guarded like every worker outcome: still running, still its own."""
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, "w1")
+        assert await jobs.transition(session, job_id, "cancelled") is not None
+        requeued = await jobs.transition(
+            session, job_id, "queued", attempt=1, owned_by="w1", only_from=("running",)
+        )
+    assert requeued is None
+    assert (await row(sessions, job_id)).status == "cancelled"
+
+
+async def test_worker_outcomes_need_the_worker_to_still_own_the_attempt(sessions: Any) -> None:
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, "w1")
+        stranger = await jobs.transition(
+            session, job_id, "succeeded", attempt=1, owned_by="w2", only_from=("running",)
+        )
+        owner = await jobs.transition(
+            session, job_id, "succeeded", attempt=1, owned_by="w1", only_from=("running",)
+        )
+    assert stranger is None and owner is not None and owner.status == "succeeded"
+
+
+async def test_manual_retry_never_requeues_a_running_job(sessions: Any) -> None:
+    """The retry's UPDATE itself is limited to failed/cancelled, whatever was read before."""
+    job_id = await new_job(sessions)
+    async with sessions() as session:
+        await jobs.start_attempt(session, job_id, "w1")
+        moved = await jobs.transition(
+            session, job_id, "queued", only_from=("failed", "cancelled"), worker_id=None
+        )
+    assert moved is None
+    current = await row(sessions, job_id)
+    assert (current.status, current.worker_id) == ("running", "w1")

@@ -198,8 +198,10 @@ async def _announce(st: State, job: db.Job, message: str) -> None:
         worker_id=job.worker_id, message=message,
     )  # fmt: skip
     try:
+        # The job may have history already; if Redis lost its counter, continue after it.
+        await events.restore_seq(st.redis, st.sessions, str(job.id))
         await events.publish(st.redis, job.tenant, event)
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, SQLAlchemyError) as exc:
         log.warning("event_publish_failed", job_id=str(job.id), error=str(exc))
 
 
@@ -209,18 +211,18 @@ async def cancel_job(request: Request) -> Response:
     async with st.sessions() as session:
         job, previous = await jobs.cancel(session, request.path_params["job_id"], who.tenant)
     log.info("job_cancel_requested", job_id=str(job.id), previous=previous)
-    await _announce(st, job, f"cancelled while {previous}")
-    with contextlib.suppress(RedisError, OSError, SQLAlchemyError):
-        await events.archive(st.redis, st.sessions, str(job.id))
-    await webhooks.job_finished(st.sessions, st.settings, job, st.background)
     try:
-        if previous == "running":
-            await queue.request_cancel(st.redis, str(job.id))
-        else:
+        # Both, whatever the status was read as: a worker may have claimed it meanwhile.
+        await queue.request_cancel(st.redis, str(job.id))
+        if previous != "running":
             await queue.remove(st.redis, st.settings, str(job.id))
     except (RedisError, OSError) as exc:
         # The row says cancelled: workers skip it, and a running one stops at its next heartbeat.
         log.warning("cancel_signal_failed", job_id=str(job.id), error=str(exc))
+    await _announce(st, job, f"cancelled while {previous}")
+    with contextlib.suppress(RedisError, OSError, SQLAlchemyError):
+        await events.archive(st.redis, st.sessions, str(job.id))
+    await webhooks.job_finished(st.sessions, st.settings, job, st.background)
     return JSONResponse(jobs.job_view(job, base_url(request)), status_code=202)
 
 

@@ -25,7 +25,6 @@ from videoq.db import JobEvent
 
 log = structlog.get_logger(__name__)
 
-EVENT_TYPES = ("snapshot", "status", "stage", "progress", "log")
 STREAM_MAXLEN = 2000
 TTL_S = 7 * 24 * 3600
 
@@ -208,10 +207,10 @@ class Broadcaster:
             if self._pubsub is None:
                 self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             if channel not in self._subscribers:
+                await self._pubsub.subscribe(channel)  # first: a failure leaves no deaf entry
                 self._subscribers[channel] = set()
-                await self._pubsub.subscribe(channel)
             self._subscribers[channel].add(queue)
-            if self._reader is None:
+            if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read(), name="broadcaster")
         try:
             yield queue
@@ -239,7 +238,11 @@ class Broadcaster:
             if message is None or message.get("type") != "message":
                 continue
             channel = message["channel"].decode()
-            event = json.loads(message["data"])
+            try:
+                event = json.loads(message["data"])
+            except ValueError:
+                log.warning("broadcast_message_invalid", channel=channel)
+                continue
             for queue in list(self._subscribers.get(channel, ())):
                 try:
                     queue.put_nowait(event)

@@ -139,13 +139,19 @@ async def transition(
     to: str,
     *,
     attempt: int | None = None,
+    owned_by: str | None = None,
+    only_from: tuple[str, ...] | None = None,
     **values: Any,
 ) -> Job | None:
-    """Move the job to ``to`` if its current state allows it (and, when ``attempt`` is given,
-    only if it is still that attempt). Returns the updated job, or None when the guard failed."""
-    guard = [Job.id == job_id, Job.status.in_(sources(to))]
+    """Move the job to ``to`` if its current state allows it — and, when given, only from
+    ``only_from``, only if it is still ``attempt``, only if worker ``owned_by`` runs it. Returns the
+    updated job, or None when the guard failed."""
+    allowed = [s for s in sources(to) if only_from is None or s in only_from]
+    guard = [Job.id == job_id, Job.status.in_(allowed)]
     if attempt is not None:
         guard.append(Job.attempts == attempt)
+    if owned_by is not None:
+        guard.append(Job.worker_id == owned_by)
     stmt = (
         update(Job)
         .where(*guard)
@@ -158,17 +164,22 @@ async def transition(
     return job
 
 
+def _append_history(entry: dict[str, Any]) -> Any:
+    return Job.history.op("||")(cast(literal(json.dumps([entry])), JSONB))
+
+
 def history_entry(job: Job, outcome: str, error: dict[str, Any] | None = None) -> Any:
     """SQL appending one finished attempt to the job's ``history``."""
-    entry = {
-        "attempt": job.attempts,
-        "worker_id": job.worker_id,
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": datetime.now(UTC).isoformat(),
-        "outcome": outcome,
-        "error": error,
-    }
-    return Job.history.op("||")(cast(literal(json.dumps([entry])), JSONB))
+    return _append_history(
+        {
+            "attempt": job.attempts,
+            "worker_id": job.worker_id,
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+            "finished_at": datetime.now(UTC).isoformat(),
+            "outcome": outcome,
+            "error": error,
+        }
+    )
 
 
 async def start_attempt(session: AsyncSession, job_id: uuid.UUID, worker_id: str) -> Job | None:
@@ -213,22 +224,13 @@ async def take_over(
             started_at=now,
             heartbeat_at=now,
             updated_at=now,
-            history=Job.history.op("||")(
-                cast(
-                    literal(
-                        json.dumps(
-                            [
-                                {
-                                    "attempt": attempt,
-                                    "worker_id": dead_worker,
-                                    "finished_at": now.isoformat(),
-                                    "outcome": "worker_lost",
-                                }
-                            ]
-                        )
-                    ),
-                    JSONB,
-                )
+            history=_append_history(
+                {
+                    "attempt": attempt,
+                    "worker_id": dead_worker,
+                    "finished_at": now.isoformat(),
+                    "outcome": "worker_lost",
+                }
             ),
         )
         .returning(Job)
@@ -329,6 +331,7 @@ async def retry(session: AsyncSession, job_id: str, tenant: str) -> Job:
         session,
         job.id,
         "queued",
+        only_from=("failed", "cancelled"),
         retry_base=Job.attempts,
         error=None,
         finished_at=None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -237,6 +237,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _heartbeats_outrun_staleness(self) -> Settings:
+        # A worker must heartbeat well within the staleness limit, or its live jobs are taken
+        # over (and run twice) between two of its heartbeats.
+        if self.worker_stale_s < 2 * self.heartbeat_s:
+            raise ValueError(
+                f"worker_stale_s ({self.worker_stale_s}) must be at least twice heartbeat_s "
+                f"({self.heartbeat_s})"
+            )
+        return self
 
     @property
     def artifacts(self) -> Path:

@@ -77,7 +77,7 @@ async def job_events_socket(ws: WebSocket) -> None:
         if job.status in TERMINAL and sent >= current:
             await ws.close(CLOSE_NORMAL)
             return
-        await _pump(ws, st.redis, job_id, queue, sent)
+        await _pump(ws, st, job_id, queue, sent)
 
 
 async def tenant_events_socket(ws: WebSocket) -> None:
@@ -131,9 +131,14 @@ async def _until_done(ws: WebSocket, forward: Any, label: str) -> None:
             await ws.close(CLOSE_NORMAL)
 
 
+#: How long a socket waits for a live event before re-reading the job (a lost terminal event
+#: must not leave it open forever).
+IDLE_CHECK_S = 15.0
+
+
 async def _pump(
     ws: WebSocket,
-    redis: Any,
+    st: Any,
     job_id: str,
     queue: asyncio.Queue[dict[str, Any] | None],
     sent: int,
@@ -143,14 +148,27 @@ async def _pump(
     async def forward() -> int:
         nonlocal sent
         while True:
-            event = await queue.get()
+            try:
+                event = await asyncio.wait_for(queue.get(), IDLE_CHECK_S)
+            except TimeoutError:
+                async with st.sessions() as session:
+                    job = await jobs.get_job(session, job_id, None)
+                if job.status not in TERMINAL:
+                    continue
+                # Finished, but its terminal event never arrived here: send what we missed.
+                for item in await events.history(st.redis, st.sessions, job_id, sent):
+                    await ws.send_json(item)
+                    sent = item["seq"]
+                return CLOSE_NORMAL
             if event is None:
                 return CLOSE_TOO_SLOW
             if event["seq"] <= sent:
                 continue
             batch = [event]
-            if event["seq"] > sent + 1:  # missed on pub/sub: take them from the stream
-                batch = await events.replay(redis, job_id, sent, event["seq"])
+            if event["seq"] > sent + 1:  # missed on pub/sub: take them from the history
+                batch = await events.history(st.redis, st.sessions, job_id, sent, event["seq"])
+                if not batch or batch[-1]["seq"] != event["seq"]:
+                    batch.append(event)
             for item in batch:
                 await ws.send_json(item)
                 sent = item["seq"]

@@ -18,10 +18,11 @@ import contextlib
 import os
 import socket
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -76,14 +77,14 @@ async def beat(state: WorkerState) -> None:
             )
         for job_id in lost:
             reason = "cancelled" if statuses.get(job_id) == "cancelled" else "lease_lost"
-            if state.stop(job_id, reason):
+            if state.stop(job_id, reason, attempt=running[job_id]):
                 log.warning("job_stopped_by_heartbeat", job_id=str(job_id), reason=reason)
-    except _INFRA_ERRORS as exc:
+    except Exception as exc:  # the loop must outlive any one failure
         log.warning("heartbeat_failed", store="postgresql", error=str(exc))
     try:
         ttl = state.settings.worker_stale_s * 6
         await queue.heartbeat(state.redis, state.worker_id, _info(state), ttl)
-    except _INFRA_ERRORS as exc:
+    except Exception as exc:
         log.warning("heartbeat_failed", store="redis", error=str(exc))
 
 
@@ -99,6 +100,7 @@ async def _cancel_signals(state: WorkerState) -> None:
         pubsub = state.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(queue.CANCEL_CHANNEL, queue.wake_channel(state.settings))
+            state.listening.set()
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
@@ -110,7 +112,7 @@ async def _cancel_signals(state: WorkerState) -> None:
                     job_id = uuid.UUID(message["data"].decode())
                     if state.stop(job_id, "cancelled"):
                         log.info("job_cancel_signalled", job_id=str(job_id))
-        except _INFRA_ERRORS as exc:
+        except Exception as exc:
             # Missed signals are caught by the next heartbeat, which sees the cancelled row.
             log.warning("cancel_listener_failed", error=str(exc))
             await asyncio.sleep(state.settings.heartbeat_s)
@@ -131,10 +133,21 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
             for job in waiting:
                 pipe.exists(job_key_prefix + str(job.id))
             present = await pipe.execute()
+        stale = datetime.now(UTC) - timedelta(seconds=settings.worker_stale_s)
         for job, exists in zip(waiting, present, strict=True):
-            if not exists and await queue.enqueue_job(state.redis, settings, job):
-                requeued += 1
-                log.info("job_reenqueued", job_id=str(job.id), status=job.status)
+            if not exists:
+                if await queue.enqueue_job(state.redis, settings, job):
+                    requeued += 1
+                    log.info("job_reenqueued", job_id=str(job.id), status=job.status)
+            # Due for a while yet not started: a worker died between recording the outcome and
+            # arq clearing its in-progress key, which would block the job until it expires (the
+            # job timeout). No live attempt holds it: the row is not running.
+            elif (
+                job.updated_at < stale
+                and (job.run_at is None or job.run_at < stale)
+                and await state.redis.delete(in_progress_key_prefix + str(job.id))
+            ):
+                log.warning("job_in_progress_key_cleared", job_id=str(job.id))
     for job in orphans:
         await queue.release_orphan(state.redis, settings, job)
         log.warning("job_orphan_released", job_id=str(job.id), dead_worker=job.worker_id)
@@ -152,6 +165,6 @@ async def _reconcile(state: WorkerState) -> None:
             period_ms = int(state.settings.reconcile_s * 1000)
             if await state.redis.set(lock, state.worker_id, nx=True, px=max(period_ms - 50, 1)):
                 await reconcile_once(state)
-        except _INFRA_ERRORS as exc:
+        except Exception as exc:
             log.warning("reconcile_failed", error=str(exc))
         await asyncio.sleep(state.settings.reconcile_s)

@@ -65,13 +65,18 @@ class WorkerState:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     #: Set to make the worker poll now (VideoqWorker); None under the plain arq CLI.
     wake: asyncio.Event | None = None
+    #: Set once the worker listens for cancel signals and wake-ups.
+    listening: asyncio.Event = field(default_factory=asyncio.Event)
     #: Live provider clients, opened once per process and shared by its jobs.
     providers: ProviderPool | None = None
 
-    def stop(self, job_id: uuid.UUID, reason: str) -> bool:
-        """Cancel a running attempt on purpose; False if it does not run here."""
+    def stop(self, job_id: uuid.UUID, reason: str, attempt: int | None = None) -> bool:
+        """Cancel a running attempt on purpose (only ``attempt``, when given); False if it does
+        not run here."""
         running = self.running.get(job_id)
         if running is None or running.stop_reason is not None:
+            return False
+        if attempt is not None and running.attempt != attempt:
             return False
         running.stop_reason = reason
         running.task.cancel()
@@ -119,10 +124,14 @@ class EventReporter:
         await self.emit("progress", "running", message)
 
     async def _store(self) -> None:
-        async with self.state.sessions() as session:
-            await jobs.record_progress(
-                session, self.job_id, self.attempt, self.stage or "", self.progress
-            )
+        try:  # best effort, like the events: the outcome is what must be recorded
+            async with self.state.sessions() as session:
+                await jobs.record_progress(
+                    session, self.job_id, self.attempt, self.stage or "", self.progress
+                )
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("progress_store_failed", error=str(exc))
+            return
         self.stored_progress = self.progress
 
 
@@ -172,18 +181,19 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
         return
     task = asyncio.current_task()
     assert task is not None
-    running = state.running[job.id] = RunningJob(task, job.attempts)
+    running = RunningJob(task, job.attempts)
     structlog.contextvars.bind_contextvars(attempt=job.attempts)
     reporter = EventReporter(state, job)
-    if job.attempts > 1 or job.history:  # Redis may have lost the counter since
-        with contextlib.suppress(RedisError, OSError):
-            await events.restore_seq(state.redis, state.sessions, str(job.id))
-    await reporter.emit("status", "running", f"attempt {job.attempts} started")
-    log.info("job_started")
     settings = state.settings.for_job(job.options)
     workdir = settings.artifacts / str(job.id)
     try:
+        state.running[job.id] = running
         try:
+            if job.attempts > 1 or job.history:  # Redis may have lost the counter since
+                with contextlib.suppress(RedisError, SQLAlchemyError, OSError):
+                    await events.restore_seq(state.redis, state.sessions, str(job.id))
+            await reporter.emit("status", "running", f"attempt {job.attempts} started")
+            log.info("job_started")
             async with asyncio.timeout(settings.job_timeout_s):
                 result = await _pipeline(settings)(
                     Brief(**job.brief),
@@ -205,21 +215,25 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
             )  # fmt: skip
             raise
         task.uncancel()  # stopped on purpose: this attempt ends here, normally
-        _remove_partial_files(workdir)
+        if running.stop_reason == "cancelled":
+            # Lease lost: the new owner may be writing in the same directory; leave it be.
+            _remove_partial_files(workdir)
         log.info("job_stopped", reason=running.stop_reason)
         return
     except Exception as exc:
         await _settle(state, job, reporter, exc)
         return
-    for child in workdir.iterdir() if workdir.is_dir() else ():  # keep only the video
-        if child.name != result.video_path.name:
-            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
     reporter.progress = 100.0
-    await _finish(
+    succeeded = await _finish(
         state, reporter, job, "succeeded", "video ready",
         progress=100.0, finished_at=datetime.now(UTC),
         result={"duration_s": result.duration_s, "size_bytes": result.size_bytes, **result.cost},
     )  # fmt: skip
+    if not succeeded:
+        return  # cancelled or taken over meanwhile: its artifacts are not ours to clean
+    for child in workdir.iterdir() if workdir.is_dir() else ():  # keep only the video
+        if child.name != result.video_path.name:
+            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
     state.counts["succeeded"] += 1
     log.info("job_succeeded", duration_s=result.duration_s, size_bytes=result.size_bytes)
 
@@ -242,12 +256,15 @@ async def _finish(
     error: dict[str, Any] | None = None,
     **values: Any,
 ) -> bool:
-    """End the attempt in PostgreSQL (guarded by the attempt) and emit the status event."""
+    """End the attempt in PostgreSQL (guarded: still running, still this attempt, still this
+    worker's) and emit the status event."""
     outcome = {"queued": "requeued"}.get(status, status)
     async with state.sessions() as session:
+        # Only this worker's own running attempt: never revive a job cancelled meanwhile.
         updated = await jobs.transition(
-            session, job.id, status, attempt=job.attempts,
-            history=jobs.history_entry(job, outcome, error), error=error, **values,
+            session, job.id, status, attempt=job.attempts, owned_by=state.worker_id,
+            only_from=("running",), history=jobs.history_entry(job, outcome, error),
+            error=error, **values,
         )  # fmt: skip
     if updated is None:
         log.warning("job_transition_refused", to=status)
@@ -355,14 +372,16 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 
 
 class VideoqWorker(Worker):
-    """arq's worker, woken the moment a job is enqueued (a pub/sub message from the API) or one
-    of its own jobs ends, instead of polling on a timer. Idle, it polls every ``poll_delay_s``
-    as a safety net (scheduled jobs coming due, a missed wake-up)."""
+    """arq's worker, woken the moment a job is enqueued (a pub/sub message from the API)
+    instead of polling on a timer. Idle, it polls every ``poll_delay_s`` as a safety net
+    (scheduled jobs coming due, a missed wake-up). A wake-up that arrives while every slot is
+    busy stays set, so the next free slot looks at the queue at once."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.idle_poll_s = float(kwargs.pop("poll_delay", 0.5))
         super().__init__(**kwargs, poll_delay=0)
         self.wake = asyncio.Event()
+        self.wake.set()  # look at the queue as soon as it starts: there may be a backlog
         self.ctx["wake"] = self.wake
 
     async def _poll_iteration(self) -> None:
@@ -371,10 +390,6 @@ class VideoqWorker(Worker):
                 await self.wake.wait()
         self.wake.clear()
         await super()._poll_iteration()
-
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        super()._release_sem_dec_counter_on_complete()
-        self.wake.set()  # a slot is free: look for the next job now
 
 
 def create_worker(settings: Settings, **overrides: Any) -> VideoqWorker:
