@@ -149,7 +149,8 @@ async def _pump(
         nonlocal sent
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), IDLE_CHECK_S)
+                async with asyncio.timeout(IDLE_CHECK_S):  # no task per event, unlike wait_for
+                    event = await queue.get()
             except TimeoutError:
                 async with st.sessions() as session:
                     job = await jobs.get_job(session, job_id, None)
