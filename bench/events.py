@@ -176,10 +176,10 @@ Goal: p99 under 50 ms and within 2× of the bare subscriber. Publisher, clients 
 subscribers share this benchmark's process; the API is a process of its own. A single
 subscriber receives each event once; {clients} clients receive it {clients // JOBS} times each,
 in one process, so the same fan-out done with bare redis-py connections (measured after,
-not beside, videoq's clients) is the like-for-like baseline. Per second (printed above the
-table), videoq's p99 stays near 15 ms except for one stall of 150–250 ms: a generation-2
-garbage collection in the API process (measured with `gc.callbacks`: 137, 194, 236, 273 ms,
-growing from one pass to the next, so something accumulates per socket or per event).
+not beside, videoq's clients) is the like-for-like baseline. (An earlier version armed a
+timer per delivered event for its idle check; the cancelled timers piled up in the event loop
+and one generation-2 GC pause of the API process, 137–273 ms measured with `gc.callbacks`, set
+the p99 at 200 ms. A watchdog per socket replaced them.)
 """
     print(body)
     if not quick:

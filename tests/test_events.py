@@ -14,11 +14,12 @@ from urllib.parse import urlparse
 
 import pytest
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import select, update
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedOK
 
 from tests.conftest import LiveApi, _free_port, new_key, running_worker
-from videoq import events
+from videoq import db, events
 from videoq.api import create_app
 from videoq.auth import authenticate
 from videoq.client import Client, NotFoundError
@@ -187,3 +188,36 @@ async def collect(ws: Any) -> list[dict[str, Any]]:
     async for raw in ws:
         out.append(json.loads(raw))
     return out
+
+
+async def test_socket_closes_when_the_job_ended_but_its_terminal_event_was_lost(
+    settings: Settings, sessions: Any, api_key: str
+) -> None:
+    """The job finishes in PostgreSQL while Redis never carries the news: the socket's idle
+    check reads the row and closes instead of waiting forever."""
+    quick_check = settings.model_copy(update={"ws_idle_check_s": 0.2})
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(quick_check), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  uvicorn offers no event for this
+        await asyncio.sleep(0.01)
+    try:
+        api = LiveApi(f"http://127.0.0.1:{port}", quick_check)
+        async with Client(api.url, api_key) as c:
+            job = await c.submit(product_name="Silent End")
+        url = ws_url(api, f"/v1/jobs/{job.id}/events")
+        async with connect(url, additional_headers={"Authorization": f"Bearer {api_key}"}) as ws:
+            assert json.loads(await ws.recv())["type"] == "snapshot"
+            async with sessions() as session:  # finished, with no event published
+                await session.execute(
+                    update(db.Job).where(db.Job.id == uuid.UUID(job.id)).values(status="cancelled")
+                )
+                await session.commit()
+            with pytest.raises(ConnectionClosedOK):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1000
+    finally:
+        server.should_exit = True
+        await serving

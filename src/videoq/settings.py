@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 64 * 1024
+    ws_idle_check_s: float = Field(
+        default=15.0,
+        description="A job WebSocket with no event for this long re-reads the job, and closes "
+        "if it ended (its terminal event may have been lost).",
+    )
     ws_buffer_events: int = Field(
         default=1000,
         description="Events buffered per WebSocket; a client further behind is disconnected.",

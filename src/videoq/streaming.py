@@ -131,9 +131,8 @@ async def _until_done(ws: WebSocket, forward: Any, label: str) -> None:
             await ws.close(CLOSE_NORMAL)
 
 
-#: How long a socket waits for a live event before re-reading the job (a lost terminal event
-#: must not leave it open forever).
-IDLE_CHECK_S = 15.0
+#: Put in a socket's queue by its watchdog; one timer per socket per period, not per event.
+_CHECK: dict[str, Any] = {"type": "_check"}
 
 
 async def _pump(
@@ -145,13 +144,23 @@ async def _pump(
 ) -> None:
     """Forward live events until the terminal one, the client leaves, or it falls behind."""
 
+    async def watchdog() -> None:
+        while True:
+            # A socket that saw no event for this long re-reads its job: a terminal event lost
+            # on the way (Redis down when it was published) must not leave it open forever.
+            await asyncio.sleep(st.settings.ws_idle_check_s)
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(_CHECK)
+
     async def forward() -> int:
         nonlocal sent
+        quiet = False  # no event since the last watchdog tick
         while True:
-            try:
-                async with asyncio.timeout(IDLE_CHECK_S):  # no task per event, unlike wait_for
-                    event = await queue.get()
-            except TimeoutError:
+            event = await queue.get()
+            if event is _CHECK:
+                if not quiet:
+                    quiet = True
+                    continue
                 async with st.sessions() as session:
                     job = await jobs.get_job(session, job_id, None)
                 if job.status not in TERMINAL:
@@ -161,6 +170,7 @@ async def _pump(
                     await ws.send_json(item)
                     sent = item["seq"]
                 return CLOSE_NORMAL
+            quiet = False
             if event is None:
                 return CLOSE_TOO_SLOW
             if event["seq"] <= sent:
@@ -176,4 +186,8 @@ async def _pump(
                 if is_terminal(item):
                     return CLOSE_NORMAL
 
-    await _until_done(ws, forward(), job_id)
+    guard = asyncio.create_task(watchdog())
+    try:
+        await _until_done(ws, forward(), job_id)
+    finally:
+        guard.cancel()
