@@ -197,12 +197,8 @@ async def _announce(st: State, job: db.Job, message: str) -> None:
         str(job.id), "status", status=job.status, stage=job.stage, progress=job.progress,
         worker_id=job.worker_id, message=message,
     )  # fmt: skip
-    try:
-        # The job may have history already; if Redis lost its counter, continue after it.
-        await events.restore_seq(st.redis, st.sessions, str(job.id))
-        await events.publish(st.redis, job.tenant, event)
-    except (RedisError, OSError, SQLAlchemyError) as exc:
-        log.warning("event_publish_failed", job_id=str(job.id), error=str(exc))
+    # The job may have history already: if Redis lost its counter, continue after it.
+    await events.publish_best_effort(st.redis, job.tenant, event, restore_from=st.sessions)
 
 
 async def cancel_job(request: Request) -> Response:

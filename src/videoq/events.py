@@ -18,8 +18,10 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
 
 from videoq.db import JobEvent
 
@@ -100,6 +102,20 @@ async def publish(redis: Redis, tenant: str, event: dict[str, Any]) -> int:
     return int(seq)
 
 
+async def publish_best_effort(
+    redis: Redis, tenant: str, event: dict[str, Any], *, restore_from: Any = None
+) -> None:
+    """:func:`publish`, logging instead of raising: progress is best effort, PostgreSQL holds
+    the state. With ``restore_from`` (a sessionmaker), a seq counter Redis lost is first
+    restored from the archived history."""
+    try:
+        if restore_from is not None:
+            await restore_seq(redis, restore_from, event["job_id"])
+        await publish(redis, tenant, event)
+    except (RedisError, OSError, SQLAlchemyError) as exc:
+        log.warning("event_publish_failed", job_id=event["job_id"], error=str(exc))
+
+
 async def last_seq(redis: Redis, job_id: str) -> int:
     value = await redis.get(_seq_key(job_id))
     return int(value) if value else 0
@@ -115,15 +131,18 @@ async def replay(
     return [json.loads(fields[b"e"]) for _, fields in entries]
 
 
+async def _archived_seq(session: Any, job_id: uuid.UUID) -> int:
+    """The highest ``seq`` of the job kept in PostgreSQL (0 when none)."""
+    result = await session.execute(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id))
+    return int(result.scalar() or 0)
+
+
 async def archive(redis: Redis, sessions: Any, job_id: str) -> int:
     """Copy the job's stream into PostgreSQL (``job_events``), so its history outlives Redis.
     Called when an attempt ends; idempotent. Returns how many events were new."""
     key = uuid.UUID(job_id)
     async with sessions() as session:
-        stored = (
-            await session.execute(select(func.max(JobEvent.seq)).where(JobEvent.job_id == key))
-        ).scalar() or 0
-        fresh = await replay(redis, job_id, stored)
+        fresh = await replay(redis, job_id, await _archived_seq(session, key))
         if fresh:
             # The stream still holds them if PostgreSQL loses the last instant: no flush needed.
             await session.execute(text("SET LOCAL synchronous_commit = off"))
@@ -158,10 +177,7 @@ async def current_seq(redis: Redis, sessions: Any, job_id: str) -> int:
     if seq:
         return seq
     async with sessions() as session:
-        stored = await session.execute(
-            select(func.max(JobEvent.seq)).where(JobEvent.job_id == uuid.UUID(job_id))
-        )
-        return int(stored.scalar() or 0)
+        return await _archived_seq(session, uuid.UUID(job_id))
 
 
 async def restore_seq(redis: Redis, sessions: Any, job_id: str) -> None:

@@ -69,27 +69,18 @@ def score_time(priority: str, run_at: datetime | None) -> datetime:
     return now + timedelta(seconds=PRIORITY_OFFSET_S.get(priority, 0.0))
 
 
-async def enqueue(
-    redis: ArqRedis,
-    settings: Settings,
-    job_id: str,
-    *,
-    priority: str = "normal",
-    run_at: datetime | None = None,
-) -> bool:
-    """Put the job on the arq queue; False when it is already there (arq dedupes by job id)."""
-    job = await redis.enqueue_job(
+async def enqueue_job(redis: ArqRedis, settings: Settings, job: Job) -> bool:
+    """Put the job on the arq queue, its priority and schedule in the score; False when it is
+    already there (arq dedupes by job id)."""
+    job_id = str(job.id)
+    queued = await redis.enqueue_job(
         TASK,
         job_id,
         _job_id=job_id,
         _queue_name=settings.queue_name,
-        _defer_until=score_time(priority, run_at),
+        _defer_until=score_time(job.priority, job.run_at),
     )
-    return job is not None
-
-
-async def enqueue_job(redis: ArqRedis, settings: Settings, job: Job) -> bool:
-    return await enqueue(redis, settings, str(job.id), priority=job.priority, run_at=job.run_at)
+    return queued is not None
 
 
 def wake_channel(settings: Settings) -> str:

@@ -102,10 +102,7 @@ class EventReporter:
             str(self.job_id), type_, status=status, stage=self.stage, progress=self.progress,
             worker_id=self.state.worker_id, message=message,
         )  # fmt: skip
-        try:
-            await events.publish(self.state.redis, self.tenant, event)
-        except (RedisError, OSError) as exc:  # progress is best effort; PostgreSQL has the state
-            log.warning("event_publish_failed", error=str(exc))
+        await events.publish_best_effort(self.state.redis, self.tenant, event)
 
     async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
         progress = min(100.0, max(self.progress, progress))
