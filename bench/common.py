@@ -23,7 +23,7 @@ import uvicorn
 from videoq import db
 from videoq.api import create_app
 from videoq.auth import create_key
-from videoq.embedded import embedded_services
+from videoq.embedded import embedded_services, free_port
 from videoq.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +42,6 @@ class Stack:
     home: Path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def stack(**overrides: object) -> AsyncIterator[Stack]:
     """Embedded PostgreSQL and Redis, migrated, and the API on a free port."""
@@ -65,7 +57,7 @@ async def stack(**overrides: object) -> AsyncIterator[Stack]:
         async with db.sessionmaker(engine)() as session:
             key = await create_key(session, "bench", admin=True)
         await engine.dispose()
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
         )
@@ -100,6 +92,7 @@ def videoq_worker(stack: Stack, log: Path, **env: str) -> subprocess.Popen[bytes
 
 
 def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text`` (e.g. a job's work directory)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -105,7 +105,7 @@ async def main(n: int, quick: bool) -> None:
             "VIDEOQ_DATABASE_URL": s.database_url or "",
             "VIDEOQ_REDIS_URL": s.redis_url or "",
             "VIDEOQ_ARTIFACTS_DIR": str(s.artifacts),
-            "VIDEOQ_PIPELINE": "tests.fakes:quick",
+            "VIDEOQ_PIPELINE": "bench.pipelines:noop",
             "VIDEOQ_LOG_LEVEL": "WARNING",
             **NO_LIMITS,
         }

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 import warnings
@@ -21,10 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from arq.worker import Worker
 from redis.asyncio import Redis
 
+from tests.mocks.server import serve
 from videoq import db
 from videoq.api import create_app
 from videoq.auth import create_key
@@ -96,34 +95,24 @@ async def api_key(sessions: Any) -> str:
     return await new_key(sessions)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class LiveApi:
     url: str
     settings: Settings
 
 
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[LiveApi]:
+    """The real app for ``settings``, served by uvicorn on a free port in this event loop."""
+    async with serve(create_app(settings), lifespan="on") as url:
+        yield LiveApi(url, settings)
+
+
 @pytest.fixture
 async def live_api(settings: Settings) -> AsyncIterator[LiveApi]:
-    """The real app served by uvicorn on a free port (WebSockets need a real server)."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    yield LiveApi(f"http://127.0.0.1:{port}", settings)
-    server.should_exit = True
-    await task
+    """The real app served by uvicorn (WebSockets need a real server)."""
+    async with serving(settings) as api:
+        yield api
 
 
 @pytest.fixture

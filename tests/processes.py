@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import processes_mentioning  # one /proc scan for tests and benchmarks
 from redis.asyncio import Redis
 
 from videoq import queue
@@ -89,16 +90,4 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (e.g. a job's work directory)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(entry.name))
-    return pids
+__all__ = ["FAST_RECOVERY", "WorkerProcess", "processes_mentioning"]

