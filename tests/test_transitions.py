@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from arq import create_pool
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy import update
 
-from videoq import db, jobs, workers
+from videoq import db, jobs, queue, supervisor, workers
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
 
@@ -230,3 +232,41 @@ async def test_manual_retry_never_requeues_a_running_job(sessions: Any) -> None:
     assert moved is None
     current = await row(sessions, job_id)
     assert (current.status, current.worker_id) == ("running", "w1")
+
+
+async def test_reconciler_clears_only_in_progress_keys_set_long_ago(
+    sessions: Any, base_settings: Settings
+) -> None:
+    """A worker that died after recording an outcome leaves arq's in-progress key behind; it is
+    cleared. A key set moments ago is a worker starting the job out of a long backlog (the row
+    is still queued, and old): clearing it would let a second worker start the same job."""
+    assert base_settings.redis_url
+    name = f"reconcile:{uuid.uuid4().hex[:6]}"
+    settings = base_settings.model_copy(update={"queue_name": name})
+    redis = await create_pool(queue.redis_settings(settings))
+    engine = db.create_engine(settings.database_url or "")
+    state = workers.WorkerState(settings, engine, db.sessionmaker(engine), redis, "w-reconcile")
+    old = datetime.now(UTC) - timedelta(seconds=settings.worker_stale_s + 5)
+    ids = []
+    for _ in range(2):
+        async with sessions() as session:
+            job, _ = await jobs.create_job(
+                session, "t-reconcile", JobCreate(product_name="Nimbus"), default_max_retries=0,
+                queue=name,
+            )  # fmt: skip
+            await session.execute(update(db.Job).where(db.Job.id == job.id).values(updated_at=old))
+            await session.commit()
+        assert await queue.enqueue_job(redis, settings, job)
+        ids.append(str(job.id))
+    full_ttl_ms = int((queue.arq_timeout_s(settings) + 10) * 1000)
+    starting, abandoned = (in_progress_key_prefix + i for i in ids)
+    await redis.psetex(starting, full_ttl_ms - 50, b"1")
+    await redis.psetex(abandoned, full_ttl_ms - int((settings.worker_stale_s + 5) * 1000), b"1")
+    try:
+        await supervisor.reconcile_once(state)
+        assert await redis.exists(starting) == 1
+        assert await redis.exists(abandoned) == 0
+    finally:
+        await redis.delete(name, starting, *(job_key_prefix + i for i in ids))
+        await redis.aclose()
+        await engine.dispose()

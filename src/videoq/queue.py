@@ -33,6 +33,18 @@ CANCEL_CHANNEL = "videoq:cancel"
 PRIORITY_OFFSET_S = {"high": -600.0, "normal": -300.0, "low": 0.0}
 
 
+def arq_timeout_s(settings: Settings) -> float:
+    """arq's own job timeout: past ours (``job_timeout_s``), so our accounting always fires
+    first."""
+    return settings.job_timeout_s + 60
+
+
+def in_progress_age_s(settings: Settings, pttl_ms: int) -> float:
+    """How long ago a worker took a job, from the remaining TTL of arq's in-progress key (arq
+    sets it for its job timeout + 10 s)."""
+    return arq_timeout_s(settings) + 10 - pttl_ms / 1000
+
+
 def redis_settings(settings: Settings, *, retries: int = 10) -> RedisSettings:
     """arq's Redis settings. Workers' commands retry with backoff for about 30 s on connection
     errors, so a restarting Redis does not take them down; the API uses few retries so that it

@@ -132,18 +132,22 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
         async with state.redis.pipeline(transaction=False) as pipe:
             for job in waiting:
                 pipe.exists(job_key_prefix + str(job.id))
-            present = await pipe.execute()
+                pipe.pttl(in_progress_key_prefix + str(job.id))
+            replies = await pipe.execute()
         stale = datetime.now(UTC) - timedelta(seconds=settings.worker_stale_s)
-        for job, exists in zip(waiting, present, strict=True):
+        for job, exists, pttl in zip(waiting, replies[::2], replies[1::2], strict=True):
             if not exists:
                 if await queue.enqueue_job(state.redis, settings, job):
                     requeued += 1
                     log.info("job_reenqueued", job_id=str(job.id), status=job.status)
-            # Due for a while yet not started: a worker died between recording the outcome and
-            # arq clearing its in-progress key, which would block the job until it expires (the
-            # job timeout). No live attempt holds it: the row is not running.
+            # Taken by a worker long ago, yet the row never became running: the worker died
+            # between recording the outcome and arq clearing its in-progress key, which would
+            # block the job until the key expires (the job timeout). A key set moments ago is a
+            # worker starting the job from a backlog: left alone.
             elif (
-                job.updated_at < stale
+                pttl > 0
+                and queue.in_progress_age_s(settings, pttl) > settings.worker_stale_s
+                and job.updated_at < stale
                 and (job.run_at is None or job.run_at < stale)
                 and await state.redis.delete(in_progress_key_prefix + str(job.id))
             ):

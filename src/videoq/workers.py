@@ -346,7 +346,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for :class:`arq.worker.Worker`, from settings."""
     # Our own retry accounting lives in PostgreSQL; arq's limits must never fire first.
-    arq_timeout = settings.job_timeout_s + 60
+    arq_timeout = queue.arq_timeout_s(settings)
     return {
         "functions": [func(run_job, name=queue.TASK, max_tries=1000, timeout=arq_timeout)],
         "redis_settings": queue.redis_settings(settings),
@@ -372,7 +372,10 @@ class VideoqWorker(Worker):
     """arq's worker, woken the moment a job is enqueued (a pub/sub message from the API)
     instead of polling on a timer. Idle, it polls every ``poll_delay_s`` as a safety net
     (scheduled jobs coming due, a missed wake-up). A wake-up that arrives while every slot is
-    busy stays set, so the next free slot looks at the queue at once."""
+    busy stays set, so the next free slot looks at the queue at once.
+
+    While the queue has a backlog (the last look found jobs), every slot that frees up looks
+    again at once, so slots never idle waiting for a timer while jobs wait."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.idle_poll_s = float(kwargs.pop("poll_delay", 0.5))
@@ -380,6 +383,7 @@ class VideoqWorker(Worker):
         self.wake = asyncio.Event()
         self.wake.set()  # look at the queue as soon as it starts: there may be a backlog
         self.ctx["wake"] = self.wake
+        self.backlog = True
 
     async def _poll_iteration(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -387,6 +391,15 @@ class VideoqWorker(Worker):
                 await self.wake.wait()
         self.wake.clear()
         await super()._poll_iteration()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self.backlog = bool(job_ids)
+        await super().start_jobs(job_ids)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        if self.backlog:
+            self.wake.set()
 
 
 def create_worker(settings: Settings, **overrides: Any) -> VideoqWorker:
