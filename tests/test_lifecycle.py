@@ -185,10 +185,10 @@ async def test_new_jobs_wake_an_idle_worker_instead_of_waiting_for_its_poll(
 async def test_a_backlog_keeps_freed_slots_busy_without_waiting_for_the_poll(
     live_api: LiveApi, client: Client, settings: Settings
 ) -> None:
-    """Jobs queued before the worker starts, one slot, one job read per look, and a 60 s idle
-    poll: only looking again as each slot frees up gets through the backlog within the wait."""
+    """Jobs queued before the worker starts, one slot, and a 60 s idle poll: only looking
+    again as each slot frees up gets through the backlog within the wait."""
     lazy = fake(settings, "quick").model_copy(update={"poll_delay_s": 60.0})
     submitted = [await client.submit(product_name=f"Backlog {i}") for i in range(3)]
-    async with running_worker(lazy, max_jobs=1, queue_read_limit=1):
+    async with running_worker(lazy, max_jobs=1):
         for job in submitted:
             assert (await client.wait(job.id, timeout=20)).status == "succeeded"

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from sqlalchemy import update
 
 from videoq import db, jobs, queue, supervisor, workers
+from videoq.bookkeeping import Bookkeeper
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
 
@@ -37,6 +38,11 @@ async def row(sessions: Any, job_id: uuid.UUID) -> db.Job:
         return job
 
 
+async def start_attempt(sessions: Any, job_id: uuid.UUID, worker_id: str) -> db.Job | None:
+    """A worker's claim: ``queued``/``scheduled``/``retrying`` → ``running``, a new attempt."""
+    return await Bookkeeper(sessions.kw["bind"], worker_id).claim(job_id)
+
+
 async def force(sessions: Any, job_id: uuid.UUID, status: str, **values: Any) -> None:
     """Put a job in a state directly (test setup, bypassing the guards)."""
     async with sessions() as session:
@@ -48,13 +54,13 @@ async def force(sessions: Any, job_id: uuid.UUID, status: str, **values: Any) ->
 async def test_start_attempt_claims_and_counts_attempts(sessions: Any) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
-        first = await jobs.start_attempt(session, job_id, "w1")
+        first = await start_attempt(sessions, job_id, "w1")
     assert first is not None
     assert (first.status, first.attempts, first.worker_id) == ("running", 1, "w1")
     assert first.started_at is not None
     async with sessions() as session:
         assert await jobs.transition(session, job_id, "retrying", attempt=1) is not None
-        second = await jobs.start_attempt(session, job_id, "w2")
+        second = await start_attempt(sessions, job_id, "w2")
     assert second is not None and (second.attempts, second.worker_id) == (2, "w2")
     assert (await row(sessions, job_id)).attempts == 2
 
@@ -62,9 +68,8 @@ async def test_start_attempt_claims_and_counts_attempts(sessions: Any) -> None:
 async def test_start_attempt_refuses_a_job_already_running(sessions: Any) -> None:
     """A duplicate delivery of the same job does not start a second attempt."""
     job_id = await new_job(sessions)
-    async with sessions() as session:
-        assert await jobs.start_attempt(session, job_id, "w1") is not None
-        assert await jobs.start_attempt(session, job_id, "w2") is None
+    assert await start_attempt(sessions, job_id, "w1") is not None
+    assert await start_attempt(sessions, job_id, "w2") is None
     current = await row(sessions, job_id)
     assert (current.status, current.attempts, current.worker_id) == ("running", 1, "w1")
 
@@ -73,9 +78,9 @@ async def test_start_attempt_refuses_a_job_already_running(sessions: Any) -> Non
 async def test_a_stale_attempt_cannot_move_the_job(sessions: Any, to: str) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "old")
+        await start_attempt(sessions, job_id, "old")
         await jobs.transition(session, job_id, "retrying", attempt=1)
-        await jobs.start_attempt(session, job_id, "new")
+        await start_attempt(sessions, job_id, "new")
         # The first attempt's worker wakes up late and reports an outcome.
         assert await jobs.transition(session, job_id, to, attempt=1, worker_id="old") is None
     current = await row(sessions, job_id)
@@ -89,11 +94,11 @@ async def test_a_stale_attempt_cannot_move_the_job(sessions: Any, to: str) -> No
 async def test_succeeded_is_final(sessions: Any, to: str) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "w1")
+        await start_attempt(sessions, job_id, "w1")
         assert await jobs.transition(session, job_id, "succeeded", attempt=1) is not None
         assert await jobs.transition(session, job_id, to) is None
         assert await jobs.transition(session, job_id, to, attempt=1) is None
-        assert await jobs.start_attempt(session, job_id, "w2") is None
+        assert await start_attempt(sessions, job_id, "w2") is None
     current = await row(sessions, job_id)
     assert (current.status, current.attempts) == ("succeeded", 1)
 
@@ -102,7 +107,7 @@ async def test_a_cancelled_job_cannot_become_running(sessions: Any) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
         assert await jobs.transition(session, job_id, "cancelled") is not None
-        assert await jobs.start_attempt(session, job_id, "w1") is None
+        assert await start_attempt(sessions, job_id, "w1") is None
         assert await jobs.transition(session, job_id, "running", attempt=0) is None
         assert await jobs.transition(session, job_id, "succeeded") is None
     current = await row(sessions, job_id)
@@ -110,14 +115,14 @@ async def test_a_cancelled_job_cannot_become_running(sessions: Any) -> None:
     # Retrying a cancelled job requeues it; only then may it run.
     async with sessions() as session:
         assert await jobs.transition(session, job_id, "queued") is not None
-        again = await jobs.start_attempt(session, job_id, "w1")
+        again = await start_attempt(sessions, job_id, "w1")
     assert again is not None and again.attempts == 1
 
 
 async def test_cancelling_a_running_job_stops_its_attempt_from_finishing(sessions: Any) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "w1")
+        await start_attempt(sessions, job_id, "w1")
         assert await jobs.transition(session, job_id, "cancelled") is not None
         for to in ("succeeded", "retrying", "running"):
             assert await jobs.transition(session, job_id, to, attempt=1) is None
@@ -146,15 +151,17 @@ async def test_transitions_outside_the_state_machine_are_refused(
 
 async def test_progress_is_recorded_only_for_the_current_running_attempt(sessions: Any) -> None:
     job_id = await new_job(sessions)
-    async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "w1")
-        await jobs.record_progress(session, job_id, 1, "voice_gen", 40.0)
-        await jobs.record_progress(session, job_id, 0, "compositing", 90.0)  # stale attempt
+    await start_attempt(sessions, job_id, "w1")
+    books = Bookkeeper(sessions.kw["bind"], "w1")
+    books.progress(job_id, 1, "voice_gen", 40.0)
+    books.progress(job_id, 0, "compositing", 90.0)  # a stale attempt, in the same batch
+    await books.aclose()
     current = await row(sessions, job_id)
     assert (current.stage, current.progress) == ("voice_gen", 40.0)
     async with sessions() as session:
         await jobs.transition(session, job_id, "cancelled")
-        await jobs.record_progress(session, job_id, 1, "video_gen", 60.0)  # no longer running
+    books.progress(job_id, 1, "video_gen", 60.0)  # no longer running
+    await books.aclose()
     assert (await row(sessions, job_id)).progress == 40.0
 
 
@@ -171,7 +178,7 @@ async def worker_state(base_settings: Settings, redis: Redis) -> AsyncIterator[A
 async def test_a_job_of_a_dead_worker_is_taken_over(sessions: Any, worker_state: Any) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "dead-worker")
+        await start_attempt(sessions, job_id, "dead-worker")
         # Its last heartbeat is older than worker_stale_s: the worker is gone.
         stale = datetime.now(UTC) - timedelta(seconds=worker_state.settings.worker_stale_s + 1)
         await session.execute(update(db.Job).where(db.Job.id == job_id).values(heartbeat_at=stale))
@@ -188,8 +195,7 @@ async def test_a_job_of_a_live_worker_is_not_taken_over(
     """A heartbeating worker keeps its job (start_attempt records a fresh heartbeat)."""
     job_id = await new_job(sessions)
     live = f"live-{uuid.uuid4().hex[:8]}"
-    async with sessions() as session:
-        await jobs.start_attempt(session, job_id, live)
+    await start_attempt(sessions, job_id, live)
     assert await workers._claim(worker_state, job_id) is None
     current = await row(sessions, job_id)
     assert (current.status, current.attempts, current.worker_id) == ("running", 1, live)
@@ -199,7 +205,7 @@ async def test_a_stopping_worker_cannot_revive_a_job_cancelled_meanwhile(session
     """SIGTERM's requeue is guarded like every worker outcome: still running, still its own."""
     job_id = await new_job(sessions)
     async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "w1")
+        await start_attempt(sessions, job_id, "w1")
         assert await jobs.transition(session, job_id, "cancelled") is not None
         requeued = await jobs.transition(
             session, job_id, "queued", attempt=1, owned_by="w1", only_from=("running",)
@@ -211,7 +217,7 @@ async def test_a_stopping_worker_cannot_revive_a_job_cancelled_meanwhile(session
 async def test_worker_outcomes_need_the_worker_to_still_own_the_attempt(sessions: Any) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "w1")
+        await start_attempt(sessions, job_id, "w1")
         stranger = await jobs.transition(
             session, job_id, "succeeded", attempt=1, owned_by="w2", only_from=("running",)
         )
@@ -225,7 +231,7 @@ async def test_manual_retry_never_requeues_a_running_job(sessions: Any) -> None:
     """The retry's UPDATE itself is limited to failed/cancelled, whatever was read before."""
     job_id = await new_job(sessions)
     async with sessions() as session:
-        await jobs.start_attempt(session, job_id, "w1")
+        await start_attempt(sessions, job_id, "w1")
         moved = await jobs.transition(
             session, job_id, "queued", only_from=("failed", "cancelled"), worker_id=None
         )

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -30,6 +31,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from videoq import db, events, jobs, openapi, queue, ratelimit, security, webhooks
 from videoq.auth import Principal, authenticate, bearer
+from videoq.bookkeeping import store_events
 from videoq.errors import (
     Conflict,
     Forbidden,
@@ -217,7 +219,7 @@ async def cancel_job(request: Request) -> Response:
         log.warning("cancel_signal_failed", job_id=str(job.id), error=str(exc))
     await _announce(st, job, f"cancelled while {previous}")
     with contextlib.suppress(RedisError, OSError, SQLAlchemyError):
-        await events.archive(st.redis, st.sessions, str(job.id))
+        await events.archive(st.redis, partial(store_events, st.engine), str(job.id))
     await webhooks.job_finished(st.sessions, st.settings, job, st.background)
     return JSONResponse(jobs.job_view(job, base_url(request)), status_code=202)
 

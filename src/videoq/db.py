@@ -225,7 +225,8 @@ def async_url(url: str) -> str:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    return create_async_engine(async_url(url), pool_pre_ping=True, **kwargs)
+    """The async engine; connections are pinged before use unless ``pool_pre_ping=False``."""
+    return create_async_engine(async_url(url), **{"pool_pre_ping": True, **kwargs})
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:

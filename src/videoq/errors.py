@@ -6,7 +6,7 @@
     │   ├── RetryableError          timeouts, connection errors, 408/409/429/5xx/529
     │   └── PermanentError          validation, other 4xx, unsupported input, too large
     │       └── FFmpegError         FFmpeg exited non-zero (carries return code, stderr tail)
-    ├── JobCancelled                the job was cancelled while it ran
+    ├── AttemptSuperseded           this attempt no longer owns its job (cancelled, taken over)
     ├── NotFound                    no such job / key (for this tenant)
     ├── Conflict                    the job's state forbids the operation
     ├── Unauthorized                missing or unknown API key
@@ -66,10 +66,11 @@ class FFmpegError(PermanentError):
         self.stderr_tail = stderr_tail
 
 
-class JobCancelled(VideoqError):
-    """The job was cancelled while it was running."""
+class AttemptSuperseded(VideoqError):
+    """A write of an attempt that no longer owns its job: it was cancelled, or another worker
+    took it over. The attempt stops without recording anything."""
 
-    code = "cancelled"
+    code = "attempt_superseded"
 
 
 class NotFound(VideoqError):

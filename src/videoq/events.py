@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,10 +19,10 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from videoq.batching import GroupCommit
 from videoq.db import JobEvent
 
 log = structlog.get_logger(__name__)
@@ -85,21 +85,46 @@ def make_event(
     }
 
 
+def _publish_args(tenant: str, event: dict[str, Any]) -> tuple[Any, ...]:
+    job_id = event["job_id"]
+    return (
+        _PUBLISH, 4,
+        _seq_key(job_id), _stream_key(job_id), job_channel(job_id), tenant_channel(tenant),
+        json.dumps({k: v for k, v in event.items() if k != "seq"}), str(STREAM_MAXLEN), str(TTL_S),
+    )  # fmt: skip
+
+
 async def publish(redis: Redis, tenant: str, event: dict[str, Any]) -> int:
     """Number, store and publish ``event``; returns its ``seq``."""
-    job_id = event["job_id"]
-    seq = await redis.eval(  # type: ignore[misc]
-        _PUBLISH,
-        4,
-        _seq_key(job_id),
-        _stream_key(job_id),
-        job_channel(job_id),
-        tenant_channel(tenant),
-        json.dumps({k: v for k, v in event.items() if k != "seq"}),
-        str(STREAM_MAXLEN),
-        str(TTL_S),
-    )
-    return int(seq)
+    return int(await redis.eval(*_publish_args(tenant, event)))  # type: ignore[misc]
+
+
+class Publisher:
+    """:func:`publish` for a worker's many jobs, without waiting: events published while a
+    batch is in flight go together in the next, one pipeline and one round trip. Batches go
+    out in order, so each job's events keep theirs; await an event's future to know it (and
+    every event before it) went out. Best effort: the future's result is None when Redis could
+    not take it (logged)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._group = GroupCommit(self._publish)
+
+    async def _publish(self, items: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for tenant, event in items:
+                    pipe.eval(*_publish_args(tenant, event))
+                return [int(seq) for seq in await pipe.execute()]
+        except (RedisError, OSError) as exc:
+            log.warning("event_publish_failed", events=len(items), error=str(exc))
+            return [None] * len(items)
+
+    def __call__(self, tenant: str, event: dict[str, Any]) -> asyncio.Future[int | None]:
+        return self._group.submit((tenant, event))
+
+    async def aclose(self) -> None:
+        await self._group.aclose()
 
 
 async def publish_best_effort(
@@ -137,19 +162,15 @@ async def _archived_seq(session: Any, job_id: uuid.UUID) -> int:
     return int(result.scalar() or 0)
 
 
-async def archive(redis: Redis, sessions: Any, job_id: str) -> int:
-    """Copy the job's stream into PostgreSQL (``job_events``), so its history outlives Redis.
-    Called when an attempt ends; idempotent. Returns how many events were new."""
-    key = uuid.UUID(job_id)
-    async with sessions() as session:
-        fresh = await replay(redis, job_id, await _archived_seq(session, key))
-        if fresh:
-            # The stream still holds them if PostgreSQL loses the last instant: no flush needed.
-            await session.execute(text("SET LOCAL synchronous_commit = off"))
-            rows = [{"job_id": key, "seq": e["seq"], "event": e} for e in fresh]
-            await session.execute(insert(JobEvent).values(rows).on_conflict_do_nothing())
-            await session.commit()
-    return len(fresh)
+async def archive(
+    redis: Redis, store: Callable[[list[dict[str, Any]]], Awaitable[Any]], job_id: str
+) -> None:
+    """Copy the job's stream into PostgreSQL (``job_events``) with ``store``
+    (:func:`videoq.bookkeeping.store_events`, or a worker's grouped writer), so its history
+    outlives Redis. Called when an attempt ends; idempotent."""
+    stored = await replay(redis, job_id, 0)
+    if stored:
+        await store(stored)
 
 
 async def history(

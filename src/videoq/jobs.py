@@ -12,12 +12,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, cast, func, literal, or_, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import and_, cast, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from videoq.db import Job, StageCheckpoint
+from videoq.db import Job
 from videoq.errors import Conflict, NotFound
 from videoq.schemas import JobCreate
 
@@ -168,33 +168,16 @@ def _append_history(entry: dict[str, Any]) -> Any:
     return Job.history.op("||")(cast(literal(json.dumps([entry])), JSONB))
 
 
-def history_entry(job: Job, outcome: str, error: dict[str, Any] | None = None) -> Any:
-    """SQL appending one finished attempt to the job's ``history``."""
-    return _append_history(
-        {
-            "attempt": job.attempts,
-            "worker_id": job.worker_id,
-            "started_at": job.started_at.isoformat() if job.started_at else None,
-            "finished_at": datetime.now(UTC).isoformat(),
-            "outcome": outcome,
-            "error": error,
-        }
-    )
-
-
-async def start_attempt(session: AsyncSession, job_id: uuid.UUID, worker_id: str) -> Job | None:
-    """``queued``/``scheduled``/``retrying`` → ``running``, counting the attempt."""
-    now = datetime.now(UTC)
-    return await transition(
-        session,
-        job_id,
-        "running",
-        attempts=Job.attempts + 1,
-        worker_id=worker_id,
-        started_at=now,
-        heartbeat_at=now,
-        error=None,
-    )
+def attempt_record(job: Job, outcome: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One finished attempt, as the job's ``history`` keeps it."""
+    return {
+        "attempt": job.attempts,
+        "worker_id": job.worker_id,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": datetime.now(UTC).isoformat(),
+        "outcome": outcome,
+        "error": error,
+    }
 
 
 async def take_over(
@@ -239,21 +222,6 @@ async def take_over(
     job = (await session.execute(stmt)).scalar_one_or_none()
     await session.commit()
     return job
-
-
-async def record_progress(
-    session: AsyncSession, job_id: uuid.UUID, attempt: int, stage: str, progress: float
-) -> None:
-    """Store the running attempt's stage and progress (never backwards). Not worth a disk
-    flush: a crash loses at most the last fraction of a second of progress, never a state."""
-    await session.execute(text("SET LOCAL synchronous_commit = off"))
-    await session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
-        .values(stage=stage, progress=progress, updated_at=datetime.now(UTC))
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    await session.commit()
 
 
 async def heartbeat(
@@ -311,7 +279,11 @@ async def cancel(session: AsyncSession, job_id: str, tenant: str) -> tuple[Job, 
         job.id,
         "cancelled",
         finished_at=datetime.now(UTC),
-        history=history_entry(job, "cancelled") if previous == "running" else Job.history,
+        history=(
+            _append_history(attempt_record(job, "cancelled"))
+            if previous == "running"
+            else Job.history
+        ),
     )
     if updated is None:
         current = await get_job(session, job.id, tenant)
@@ -373,74 +345,6 @@ async def stats(session: AsyncSession, tenant: str | None) -> dict[str, Any]:
         "oldest_queued_age_s": (now - oldest).total_seconds() if oldest else None,
         "finished": throughput,
     }
-
-
-class DbCheckpoints:
-    """:class:`videoq.pipeline.Checkpoints` kept in the ``job_stages`` table.
-
-    A stage's notes (paid work in progress, e.g. Replicate prediction ids) live in a row of
-    their own, ``stage`` = ``"<stage>.notes"``, whose JSON object is merged key by key with
-    ``||`` in one upsert: concurrent notes of one stage serialise on the row lock and never
-    lose each other. Completed stages' rows are untouched by notes.
-    """
-
-    NOTES_SUFFIX = ".notes"
-
-    def __init__(self, sessions: async_sessionmaker[Any], job_id: uuid.UUID, attempt: int):
-        self.sessions = sessions
-        self.job_id = job_id
-        self.attempt = attempt
-        self._completed: dict[str, dict[str, Any]] | None = None
-
-    async def load(self, stage: str) -> dict[str, Any] | None:
-        # One query for every stage at the attempt's start (stages are loaded in order, and
-        # only this attempt writes them from then on).
-        if self._completed is None:
-            async with self.sessions() as session:
-                rows = await session.execute(
-                    select(StageCheckpoint.stage, StageCheckpoint.output).where(
-                        StageCheckpoint.job_id == self.job_id
-                    )
-                )
-                self._completed = {stage: output for stage, output in rows.all()}
-        return self._completed.get(stage)
-
-    async def save(self, stage: str, output: dict[str, Any]) -> None:
-        async with self.sessions() as session:
-            stmt = insert(StageCheckpoint).values(
-                job_id=self.job_id, stage=stage, attempt=self.attempt, output=output
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["job_id", "stage"],
-                set_={"output": stmt.excluded.output, "attempt": stmt.excluded.attempt},
-            )
-            await session.execute(stmt)
-            await session.commit()
-        if self._completed is not None:
-            self._completed[stage] = output
-
-    async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
-        async with self.sessions() as session:
-            patch = {key: value}
-            stmt = insert(StageCheckpoint).values(
-                job_id=self.job_id,
-                stage=stage + self.NOTES_SUFFIX,
-                attempt=self.attempt,
-                output=patch,
-            )
-            merged = StageCheckpoint.output.op("||")(stmt.excluded.output)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["job_id", "stage"],
-                set_={"output": merged, "attempt": stmt.excluded.attempt},
-            )
-            await session.execute(stmt)
-            await session.commit()
-
-    async def notes(self, stage: str) -> dict[str, dict[str, Any]]:
-        async with self.sessions() as session:
-            row = await session.get(StageCheckpoint, (self.job_id, stage + self.NOTES_SUFFIX))
-            entries = row.output if row else {}
-            return {k: v for k, v in entries.items() if isinstance(v, dict)}
 
 
 def job_view(job: Job, base_url: str = "") -> dict[str, Any]:

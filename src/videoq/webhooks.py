@@ -363,12 +363,9 @@ async def job_finished(
     """Record and start the webhook of a job that just reached a terminal state (no-op for
     other states or jobs without ``webhook_url``). Never raises: the job's outcome is already
     recorded and must not be disturbed."""
-    if job.status not in TERMINAL:
+    if job.status not in TERMINAL or not job.webhook_url:
         return
     try:
-        await resume_pending(sessions, settings, tasks)
-        if not job.webhook_url:
-            return
         async with sessions() as session:
             delivery = WebhookDelivery(
                 id=uuid.uuid4(), job_id=job.id, tenant=job.tenant, event=f"job.{job.status}",

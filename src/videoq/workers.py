@@ -25,13 +25,16 @@ from typing import Any
 
 import structlog
 from arq import ArqRedis, Retry, Worker, func
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from videoq import db, events, jobs, queue, supervisor, webhooks
+from videoq.bookkeeping import Bookkeeper, DbCheckpoints, Outcome
 from videoq.embedded import resolve
-from videoq.errors import RetryableError, VideoqError
+from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
 from videoq.logging import configure_logging
 from videoq.pipeline import Brief, Result
 from videoq.providers import ProviderPool
@@ -69,6 +72,14 @@ class WorkerState:
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     #: Live provider clients, opened once per process and shared by its jobs.
     providers: ProviderPool | None = None
+    #: The worker's grouped writes to PostgreSQL (claims, checkpoints, progress, events).
+    books: Bookkeeper = field(init=False)
+    #: The worker's grouped event publishing.
+    publish: events.Publisher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.books = Bookkeeper(self.engine, self.worker_id)
+        self.publish = events.Publisher(self.redis)
 
     def stop(self, job_id: uuid.UUID, reason: str, attempt: int | None = None) -> bool:
         """Cancel a running attempt on purpose (only ``attempt``, when given); False if it does
@@ -85,7 +96,8 @@ class WorkerState:
 
 class EventReporter:
     """The pipeline's :class:`~videoq.pipeline.Reporter` for one attempt: publishes ``stage`` and
-    ``progress`` events (never backwards) and keeps the job row's stage and progress current."""
+    ``progress`` events (never backwards) and keeps the job row's stage and progress current
+    (every stage change and every 5 points, without waiting for the write)."""
 
     def __init__(self, state: WorkerState, job: db.Job) -> None:
         self.state = state
@@ -97,38 +109,34 @@ class EventReporter:
         self.progress = 0.0
         self.stored_progress = -1.0
 
-    async def emit(self, type_: str, status: str, message: str | None = None) -> None:
+    def emit(
+        self, type_: str, status: str, message: str | None = None
+    ) -> asyncio.Future[int | None]:
+        """Publish an event without waiting; await the result to know it went out."""
         event = events.make_event(
             str(self.job_id), type_, status=status, stage=self.stage, progress=self.progress,
             worker_id=self.state.worker_id, message=message,
         )  # fmt: skip
-        await events.publish_best_effort(self.state.redis, self.tenant, event)
+        return self.state.publish(self.tenant, event)
 
     async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
         progress = min(100.0, max(self.progress, progress))
         if stage != self.stage:
             self.stage, self.progress = stage, progress
             structlog.contextvars.bind_contextvars(stage=stage)
-            await self._store()
-            await self.emit("stage", "running", message or f"{stage} started")
+            self._store()
+            self.emit("stage", "running", message or f"{stage} started")
             log.info("stage_started")
             return
         if progress - self.progress < 0.5 and message is None:
             return  # sub-percent steps are noise for every client
         self.progress = progress
         if progress - self.stored_progress >= 5.0:
-            await self._store()
-        await self.emit("progress", "running", message)
+            self._store()
+        self.emit("progress", "running", message)
 
-    async def _store(self) -> None:
-        try:  # best effort, like the events: the outcome is what must be recorded
-            async with self.state.sessions() as session:
-                await jobs.record_progress(
-                    session, self.job_id, self.attempt, self.stage or "", self.progress
-                )
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("progress_store_failed", error=str(exc))
-            return
+    def _store(self) -> None:
+        self.state.books.progress(self.job_id, self.attempt, self.stage or "", self.progress)
         self.stored_progress = self.progress
 
 
@@ -147,10 +155,10 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> None:
 
 
 async def _claim(state: WorkerState, job_id: uuid.UUID) -> db.Job | None:
+    job = await state.books.claim(job_id)
+    if job is not None:
+        return job
     async with state.sessions() as session:
-        job = await jobs.start_attempt(session, job_id, state.worker_id)
-        if job is not None:
-            return job
         current = await session.get(db.Job, job_id)
         if current is None or current.status != "running":
             return None
@@ -189,14 +197,14 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
             if job.attempts > 1 or job.history:  # Redis may have lost the counter since
                 with contextlib.suppress(RedisError, SQLAlchemyError, OSError):
                     await events.restore_seq(state.redis, state.sessions, str(job.id))
-            await reporter.emit("status", "running", f"attempt {job.attempts} started")
+            reporter.emit("status", "running", f"attempt {job.attempts} started")
             log.info("job_started")
             async with asyncio.timeout(settings.job_timeout_s):
                 result = await _pipeline(settings)(
                     Brief(**job.brief),
                     settings=settings,
                     workdir=workdir,
-                    checkpoints=jobs.DbCheckpoints(state.sessions, job.id, job.attempts),
+                    checkpoints=DbCheckpoints(state.books, job.id, job.attempts),
                     report=reporter,
                     providers=state.providers,
                 )
@@ -206,10 +214,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
     except asyncio.CancelledError:
         if running.stop_reason is None:
             # arq cancels on shutdown and requeues the job; hand it back in PostgreSQL too.
-            await _finish(
-                state, reporter, job, "queued", "worker stopped; job requeued",
-                worker_id=None, heartbeat_at=None,
-            )  # fmt: skip
+            await _finish(state, reporter, job, "queued", "worker stopped; job requeued")
             raise
         task.uncancel()  # stopped on purpose: this attempt ends here, normally
         if running.stop_reason == "cancelled":
@@ -217,13 +222,17 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
             _remove_partial_files(workdir)
         log.info("job_stopped", reason=running.stop_reason)
         return
+    except AttemptSuperseded:
+        # Cancelled or taken over before the signal arrived: the new state is not ours to touch.
+        log.info("job_stopped", reason="superseded")
+        return
     except Exception as exc:
         await _settle(state, job, reporter, exc)
         return
     reporter.progress = 100.0
     succeeded = await _finish(
         state, reporter, job, "succeeded", "video ready",
-        progress=100.0, finished_at=datetime.now(UTC),
+        progress=100.0,
         result={"duration_s": result.duration_s, "size_bytes": result.size_bytes, **result.cost},
     )  # fmt: skip
     if not succeeded:
@@ -251,25 +260,23 @@ async def _finish(
     message: str,
     *,
     error: dict[str, Any] | None = None,
-    **values: Any,
+    progress: float | None = None,
+    result: dict[str, Any] | None = None,
+    run_at: datetime | None = None,
 ) -> bool:
     """End the attempt in PostgreSQL (guarded: still running, still this attempt, still this
-    worker's) and emit the status event."""
-    outcome = {"queued": "requeued"}.get(status, status)
-    async with state.sessions() as session:
-        # Only this worker's own running attempt: never revive a job cancelled meanwhile.
-        updated = await jobs.transition(
-            session, job.id, status, attempt=job.attempts, owned_by=state.worker_id,
-            only_from=("running",), history=jobs.history_entry(job, outcome, error),
-            error=error, **values,
-        )  # fmt: skip
+    worker's, so a job cancelled meanwhile is never revived) and emit the status event."""
+    record = jobs.attempt_record(job, {"queued": "requeued"}.get(status, status), error)
+    updated = await state.books.finish(
+        Outcome(job.id, job.attempts, status, record, progress, result, error, run_at)
+    )
     if updated is None:
         log.warning("job_transition_refused", to=status)
         return False
     reporter.status = status
     await reporter.emit("status", status, message)
     try:  # the attempt's events, kept in PostgreSQL beyond Redis's stream
-        await events.archive(state.redis, state.sessions, str(job.id))
+        await events.archive(state.redis, state.books.archive, str(job.id))
     except (RedisError, SQLAlchemyError, OSError) as exc:
         log.warning("events_archive_failed", error=str(exc))
     await webhooks.job_finished(state.sessions, state.settings, updated, state.background)
@@ -305,9 +312,7 @@ async def _settle(state: WorkerState, job: db.Job, reporter: EventReporter, exc:
             log.warning("job_retry_scheduled", delay_s=round(delay, 2), error=error["code"])
             raise Retry(defer=delay) from exc
         return
-    failed = await _finish(
-        state, reporter, job, "failed", error["message"], error=error, finished_at=datetime.now(UTC)
-    )
+    failed = await _finish(state, reporter, job, "failed", error["message"], error=error)
     if failed:
         state.counts["failed"] += 1
         log.warning("job_failed", error=error["code"], message=error["message"])
@@ -317,7 +322,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     configure_logging(settings)
     assert settings.database_url
-    engine = db.create_engine(settings.database_url)
+    # Writes are grouped (bookkeeping), so a few connections serve every job; kept open, not
+    # reconnected per burst as overflow connections would be.
+    # Not pinged before each use: that would double the round trips. After a PostgreSQL restart
+    # the first write on a dead connection fails (the job retries, from its checkpoints) and
+    # SQLAlchemy then replaces every pooled connection.
+    engine = db.create_engine(
+        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=False
+    )
     await db.check_migrated(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     state = WorkerState(settings, engine, db.sessionmaker(engine), ctx["redis"], worker_id)
@@ -339,6 +351,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await queue.forget_worker(state.redis, state.worker_id)
     if state.providers is not None:
         await state.providers.aclose()
+    await state.publish.aclose()
+    await state.books.aclose()
     await state.engine.dispose()
     log.info("worker_shutdown_complete", worker_id=state.worker_id)
 
@@ -368,14 +382,39 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: Take up to ARGV[3] due jobs of the queue (KEYS[1]) in one round trip: each is taken by
+#: setting its arq in-progress key (prefix ARGV[4], for ARGV[2] ms) if no worker holds it —
+#: what arq's ``start_jobs`` does with a WATCH/MULTI per job. Running jobs stay in the queue
+#: until they finish, so up to ARGV[5] due entries are looked at. Returns id, score, id, ….
+_TAKE_JOBS = """
+local taken, offset = {}, 0
+local want, cap = tonumber(ARGV[3]) * 2, tonumber(ARGV[5])
+while #taken < want and offset < cap do
+  local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
+                          'LIMIT', offset, 200)
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    if #taken < want and redis.call('SET', ARGV[4] .. page[i], '1', 'PX', ARGV[2], 'NX') then
+      taken[#taken + 1] = page[i]
+      taken[#taken + 1] = page[i + 1]
+    end
+  end
+  offset = offset + 200
+end
+return taken
+"""
+
+
 class VideoqWorker(Worker):
     """arq's worker, woken the moment a job is enqueued (a pub/sub message from the API)
     instead of polling on a timer. Idle, it polls every ``poll_delay_s`` as a safety net
     (scheduled jobs coming due, a missed wake-up). A wake-up that arrives while every slot is
     busy stays set, so the next free slot looks at the queue at once.
 
-    While the queue has a backlog (the last look found jobs), every slot that frees up looks
-    again at once, so slots never idle waiting for a timer while jobs wait."""
+    Each look takes as many due jobs as there are free slots in one Redis round trip
+    (:data:`_TAKE_JOBS`) instead of arq's three per job. While the queue has a backlog (the
+    last look filled every free slot), every slot that frees up looks again at once, so slots
+    never idle waiting for a timer while jobs wait."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.idle_poll_s = float(kwargs.pop("poll_delay", 0.5))
@@ -390,11 +429,29 @@ class VideoqWorker(Worker):
             async with asyncio.timeout(self.idle_poll_s):
                 await self.wake.wait()
         self.wake.clear()
-        await super()._poll_iteration()
+        free = self.max_jobs - self.job_counter
+        if self.burst and self.max_burst_jobs >= 0:
+            free = min(free, self.max_burst_jobs - self._jobs_started())
+        if self.allow_pick_jobs and free > 0:
+            await self._take_jobs(free)
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # arq's way: errors of its own run_job surface here
+        await self.heart_beat()
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        self.backlog = bool(job_ids)
-        await super().start_jobs(job_ids)
+    async def _take_jobs(self, free: int) -> None:
+        args = (timestamp_ms(), int(self.in_progress_timeout_s * 1000), free,
+                in_progress_key_prefix, self.max_jobs + self.queue_read_limit)  # fmt: skip
+        taken = await self.pool.eval(_TAKE_JOBS, 1, self.queue_name, *map(str, args))  # type: ignore[misc]
+        self.backlog = len(taken) // 2 == free
+        for raw_id, score in zip(taken[::2], taken[1::2], strict=True):
+            job_id = raw_id.decode()
+            await self.sem.acquire()  # free by the count above: never waits
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

@@ -21,6 +21,7 @@ from tests.mocks.anthropic import AnthropicMock
 from tests.mocks.elevenlabs import ElevenLabsMock
 from tests.mocks.replicate import ReplicateMock
 from videoq import jobs
+from videoq.bookkeeping import Bookkeeper, DbCheckpoints
 from videoq.providers import ProviderPool, Transports
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
@@ -60,15 +61,24 @@ class Mocks:
         }
 
 
-async def parked_job(sessions: Any) -> uuid.UUID:
-    """A job row for checkpoints to hang on, cancelled at once: the test session's database is
-    shared, and a queued job would be picked up by other tests' workers and reconcilers."""
-    async with sessions() as session:
-        job, _ = await jobs.create_job(
-            session, "t-providers", JobCreate(product_name="Solar Kettle"), default_max_retries=0
-        )
-        assert await jobs.transition(session, job.id, "cancelled") is not None
-    return job.id
+async def new_attempt(sessions: Any, job_id: uuid.UUID | None = None) -> DbCheckpoints:
+    """The checkpoints of a new running attempt, as a worker claims it: of a new job, or the
+    next attempt of ``job_id`` (its worker died and it was requeued). The jobs live on a queue
+    no worker or reconciler of the shared test database looks at."""
+    if job_id is None:
+        async with sessions() as session:
+            job, _ = await jobs.create_job(
+                session, "t-providers", JobCreate(product_name="Solar Kettle"),
+                default_max_retries=0, queue="parked:providers",
+            )  # fmt: skip
+        job_id = job.id
+    else:
+        async with sessions() as session:
+            assert await jobs.transition(session, job_id, "queued") is not None
+    books = Bookkeeper(sessions.kw["bind"], "w-providers")
+    claimed = await books.claim(job_id)
+    assert claimed is not None
+    return DbCheckpoints(books, job_id, claimed.attempts)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.providers.conftest import parked_job
-from videoq import jobs
+from tests.providers.conftest import new_attempt
 from videoq.pipeline import MemoryCheckpoints
 from videoq.pipeline.compositing import follow_narration
 from videoq.providers import Scene, Script, VoiceTrack
@@ -21,7 +20,7 @@ async def test_concurrent_notes_never_lose_each_other(sessions: Any, store: str)
     if store == "memory":
         checkpoints = MemoryCheckpoints()
     else:
-        checkpoints = jobs.DbCheckpoints(sessions, await parked_job(sessions), 1)
+        checkpoints = await new_attempt(sessions)
     await asyncio.gather(
         *(checkpoints.note("video_gen", f"scene_{i:02d}", {"id": f"p{i}"}) for i in range(12))
     )

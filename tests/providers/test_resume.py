@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.providers.conftest import Mocks, Sleeps, parked_job
-from videoq import jobs
+from tests.providers.conftest import Mocks, Sleeps, new_attempt
 from videoq.pipeline import Brief, MemoryCheckpoints, run_pipeline, video_gen
 from videoq.providers import ProviderPool
 from videoq.providers.anthropic import AnthropicScriptProvider
@@ -58,16 +57,12 @@ class BlockingSleep:
         await asyncio.Event().wait()
 
 
-async def db_checkpoints(sessions: Any, attempt: int, job_id: Any = None) -> jobs.DbCheckpoints:
-    return jobs.DbCheckpoints(sessions, job_id or await parked_job(sessions), attempt)
-
-
 @pytest.mark.parametrize("store", ["memory", "postgres"])
 async def test_job_stopped_after_video_gen_resumes_without_paying_again(
     pool: ProviderPool, mocks: Mocks, live_settings: Settings, sessions: Any, tmp_path: Path,
     store: str,
 ) -> None:  # fmt: skip
-    first: Any = MemoryCheckpoints() if store == "memory" else await db_checkpoints(sessions, 1)
+    first: Any = MemoryCheckpoints() if store == "memory" else await new_attempt(sessions)
     with pytest.raises(Crash):
         await run_pipeline(
             BRIEF, settings=live_settings, workdir=tmp_path / "job", checkpoints=first,
@@ -77,7 +72,7 @@ async def test_job_stopped_after_video_gen_resumes_without_paying_again(
     assert paid["script"] == 1 and paid["voice"] == 1 and paid["create"] == 2
 
     # A new attempt (another worker, after a redeploy) with the same checkpoints.
-    second: Any = first if store == "memory" else await db_checkpoints(sessions, 2, first.job_id)
+    second: Any = first if store == "memory" else await new_attempt(sessions, first.job_id)
     result = await run_pipeline(
         BRIEF, settings=live_settings, workdir=tmp_path / "job", checkpoints=second,
         report=quiet, providers=pool,
@@ -94,7 +89,7 @@ async def test_crash_during_video_gen_re_attaches_to_the_same_predictions(
     mocks: Mocks, live_settings: Settings, sessions: Any, tmp_path: Path
 ) -> None:
     mocks.replicate.polls = 2
-    checkpoints = await db_checkpoints(sessions, 1)
+    checkpoints = await new_attempt(sessions)
     blocking = BlockingSleep(expected=2)
     async with ProviderPool(live_settings, transports=mocks.transports(), sleep=blocking) as pool:
         run = asyncio.create_task(
@@ -117,7 +112,7 @@ async def test_crash_during_video_gen_re_attaches_to_the_same_predictions(
     paid = mocks.calls()
 
     # Redeployed: a new process, a new pool, a new attempt of the same job.
-    retry = jobs.DbCheckpoints(sessions, checkpoints.job_id, 2)
+    retry = await new_attempt(sessions, checkpoints.job_id)
     async with ProviderPool(live_settings, transports=mocks.transports(), sleep=Sleeps()) as pool:
         result = await run_pipeline(
             BRIEF, settings=live_settings, workdir=tmp_path / "job", checkpoints=retry,
