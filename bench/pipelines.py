@@ -37,3 +37,11 @@ async def noop(
 ) -> Result:  # fmt: skip
     """Four stages that do nothing: pure bookkeeping."""
     return await _run(checkpoints, report, 0.0)
+
+
+async def hold(
+    brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
+    report: Reporter, **_: Any,
+) -> Result:  # fmt: skip
+    """Four stages of 2 s each: jobs that stay in flight while a benchmark looks at the worker."""
+    return await _run(checkpoints, report, 2.0)

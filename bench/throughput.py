@@ -1,7 +1,7 @@
 """Throughput with all bookkeeping on (job rows, transitions, checkpoints, events), one worker
 process, against raw arq on the same Redis in the same run.
 
-    python -m bench.throughput [--io-jobs 2000] [--noop-jobs 5000] [--quick]
+    python -m bench.throughput [--io-jobs 2000] [--noop-jobs 5000] [--reps 3] [--quick]
 
 - **I/O jobs**: each job awaits 0.1 s (four stages of 25 ms), 100 at a time: the ideal is
   1000 jobs/s; the figure is the share of it reached.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import uuid
 from typing import Any
@@ -108,21 +109,34 @@ async def arq_rate(st: Any, function: str, args: tuple[Any, ...], n: int, poll: 
         await pool.aclose()
 
 
-async def main(io_jobs: int, noop_jobs: int, quick: bool) -> None:
+async def main(io_jobs: int, noop_jobs: int, reps: int, quick: bool) -> None:
+    runs: dict[str, list[float]] = {name: [] for name in ROWS}
     async with stack() as st:
-        io = await videoq_rate(st, "bench.pipelines:io", io_jobs, 100)
-        arq_io_default = await arq_rate(st, "sleeper", (0.1,), io_jobs, 0.5, 100)
-        arq_io_fast = await arq_rate(st, "sleeper", (0.1,), io_jobs, 0.05, 100)
-        noop = await videoq_rate(st, "bench.pipelines:noop", noop_jobs, 10)
-        arq_noop_default = await arq_rate(st, "noop", (), noop_jobs, 0.5, 10)
-        arq_noop_fast = await arq_rate(st, "noop", (), noop_jobs, 0.05, 10)
-    body = f"""\
-`python -m bench.throughput --io-jobs {io_jobs} --noop-jobs {noop_jobs}`: one worker process.
+        for _ in range(reps):
+            runs["io"].append(await videoq_rate(st, "bench.pipelines:io", io_jobs, 100))
+            runs["arq_io_default"].append(await arq_rate(st, "sleeper", (0.1,), io_jobs, 0.5, 100))
+            runs["arq_io_fast"].append(await arq_rate(st, "sleeper", (0.1,), io_jobs, 0.05, 100))
+            runs["noop"].append(await videoq_rate(st, "bench.pipelines:noop", noop_jobs, 10))
+            runs["arq_noop_default"].append(await arq_rate(st, "noop", (), noop_jobs, 0.5, 10))
+            runs["arq_noop_fast"].append(await arq_rate(st, "noop", (), noop_jobs, 0.05, 10))
+    m = {name: statistics.median(values) for name, values in runs.items()}
 
-| | videoq | raw arq, poll 0.5 s | raw arq, poll 0.05 s | videoq ÷ raw arq (0.05 s) |
+    def share(name: str) -> str:  # of the ideal 1000 jobs/s
+        values = [v / 10 for v in runs[name]]
+        return f"{statistics.median(values):.0f} % ({min(values):.0f}–{max(values):.0f})"
+
+    def rate(name: str) -> str:
+        values = runs[name]
+        return f"{statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
+
+    body = f"""\
+`python -m bench.throughput --io-jobs {io_jobs} --noop-jobs {noop_jobs} --reps {reps}`: one worker
+process; median (min–max) of {reps} repetitions, all in the same run on the same Redis.
+
+| | videoq | raw arq, poll 0.5 s | raw arq, poll 0.05 s | videoq ÷ raw arq (0.5 s / 0.05 s) |
 |---|---|---|---|---|
-| {io_jobs} jobs × 0.1 s I/O at concurrency 100, share of 1000 jobs/s | {io / 10:.0f} % ({io:.0f}/s) | {arq_io_default / 10:.0f} % | {arq_io_fast / 10:.0f} % | {io / arq_io_fast:.2f} |
-| {noop_jobs} no-op jobs drained, jobs/s (max_jobs 10) | {noop:.0f} | {arq_noop_default:.0f} | {arq_noop_fast:.0f} | {noop / arq_noop_fast:.2f} |
+| {io_jobs} jobs × 0.1 s I/O at concurrency 100, share of the ideal 1000 jobs/s | {share("io")} | {share("arq_io_default")} | {share("arq_io_fast")} | {m["io"] / m["arq_io_default"]:.2f} / {m["io"] / m["arq_io_fast"]:.2f} |
+| {noop_jobs} no-op jobs drained, jobs/s (max_jobs 10) | {rate("noop")} | {rate("arq_noop_default")} | {rate("arq_noop_fast")} | {m["noop"] / m["arq_noop_default"]:.2f} / {m["noop"] / m["arq_noop_fast"]:.2f} |
 
 videoq's jobs carry their bookkeeping: the job row claimed and finished in PostgreSQL with its
 history, a checkpoint per stage, the row's stage and progress, numbered events through Redis, the
@@ -133,12 +147,16 @@ event history archived at the end. Goals (issue 7): ≥ 90 % of the ideal I/O ra
         write_section("Throughput", body)
 
 
+ROWS = ("io", "arq_io_default", "arq_io_fast", "noop", "arq_noop_default", "arq_noop_fast")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--io-jobs", type=int, default=2000)
     parser.add_argument("--noop-jobs", type=int, default=5000)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     a = parser.parse_args()
     if a.quick:
-        a.io_jobs, a.noop_jobs = 200, 200
-    asyncio.run(main(a.io_jobs, a.noop_jobs, a.quick))
+        a.io_jobs, a.noop_jobs, a.reps = 200, 200, 1
+    asyncio.run(main(a.io_jobs, a.noop_jobs, a.reps, a.quick))

@@ -19,16 +19,23 @@ R = TypeVar("R")
 class GroupCommit(Generic[T, R]):
     """Calls made while a write is in flight are written together by the next one.
 
-    ``write`` takes the items of a batch and returns one result per item, in order. A failed
+    ``write`` takes the items of a batch and returns one result per item, in order. With
+    ``linger_s``, each write first waits that long for more items: for writes nobody waits
+    for, where fewer round trips matter more than latency. A failed
     write fails every call of its batch. A caller that is cancelled stops waiting, but its item
     is written with the others (make the writes safe to land late, e.g. guarded statements).
     """
 
     def __init__(
-        self, write: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int = 500
+        self,
+        write: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 500,
+        linger_s: float = 0.0,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -44,6 +51,8 @@ class GroupCommit(Generic[T, R]):
 
     async def _drain(self) -> None:
         while self._pending:
+            if self._linger_s:  # writes nobody waits for: gather more per round trip
+                await asyncio.sleep(self._linger_s)
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             try:

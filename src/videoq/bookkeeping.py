@@ -104,6 +104,9 @@ _NOTE = text(
     """
 )
 
+#: How long writes nobody waits for (progress, event archives) gather before they go.
+LINGER_S = 0.05
+
 Checkpoint = tuple[uuid.UUID, int, str, dict[str, Any]]
 Progress = tuple[uuid.UUID, int, str, float]
 
@@ -133,8 +136,9 @@ class Bookkeeper:
         self.claim = GroupCommit(self._claim)
         self.finish = GroupCommit(self._finish)
         self.save = GroupCommit(self._save)
-        self.archive = GroupCommit(self._archive)
-        self._progress = GroupCommit(self._write_progress)
+        # Nobody waits for these two: they gather for a moment.
+        self.archive = GroupCommit(self._archive, linger_s=LINGER_S)
+        self._progress = GroupCommit(self._write_progress, linger_s=LINGER_S)
 
     async def _claim(self, job_ids: list[uuid.UUID]) -> list[Job | None]:
         """``queued``/``scheduled``/``retrying`` → ``running``, counting the attempt."""

@@ -66,6 +66,9 @@ class WorkerState:
     running: dict[uuid.UUID, RunningJob] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: What finished attempts still do after their job's task ends (archiving its events);
+    #: waited for at shutdown.
+    wrapping_up: set[asyncio.Task[None]] = field(default_factory=set)
     #: Set to make the worker poll now (VideoqWorker); None under the plain arq CLI.
     wake: asyncio.Event | None = None
     #: Set once the worker listens for cancel signals and wake-ups.
@@ -80,6 +83,11 @@ class WorkerState:
     def __post_init__(self) -> None:
         self.books = Bookkeeper(self.engine, self.worker_id)
         self.publish = events.Publisher(self.redis)
+
+    def wrap_up(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.wrapping_up.add(task)
+        task.add_done_callback(self.wrapping_up.discard)
 
     def stop(self, job_id: uuid.UUID, reason: str, attempt: int | None = None) -> bool:
         """Cancel a running attempt on purpose (only ``attempt``, when given); False if it does
@@ -274,13 +282,19 @@ async def _finish(
         log.warning("job_transition_refused", to=status)
         return False
     reporter.status = status
-    await reporter.emit("status", status, message)
-    try:  # the attempt's events, kept in PostgreSQL beyond Redis's stream
-        await events.archive(state.redis, state.books.archive, str(job.id))
-    except (RedisError, SQLAlchemyError, OSError) as exc:
-        log.warning("events_archive_failed", error=str(exc))
+    state.wrap_up(_archive(state, job.id, reporter.emit("status", status, message)))
     await webhooks.job_finished(state.sessions, state.settings, updated, state.background)
     return True
+
+
+async def _archive(state: WorkerState, job_id: uuid.UUID, last: Awaitable[Any]) -> None:
+    """Once the attempt's last event is out, keep its events in PostgreSQL beyond Redis's
+    stream. Off the job's path: nothing waits for it but shutdown."""
+    await last
+    try:
+        await events.archive(state.redis, state.books.archive, str(job_id))
+    except (RedisError, SQLAlchemyError, OSError) as exc:
+        log.warning("events_archive_failed", job_id=str(job_id), error=str(exc))
 
 
 def _error(exc: Exception) -> dict[str, Any]:
@@ -344,6 +358,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState | None = ctx.get("videoq")
     if state is None:
         return
+    if state.wrapping_up:
+        await asyncio.wait(state.wrapping_up, timeout=state.settings.shutdown_grace_s)
     for task in state.background:
         task.cancel()
     await asyncio.gather(*state.background, return_exceptions=True)
