@@ -197,3 +197,25 @@ async def test_socket_closes_when_the_job_ended_but_its_terminal_event_was_lost(
             with pytest.raises(ConnectionClosedOK):
                 await asyncio.wait_for(ws.recv(), 10)
             assert ws.close_code == 1000
+
+
+async def test_a_workers_publisher_numbers_events_in_order_even_after_redis_forgot_its_script(
+    redis: Any,
+) -> None:
+    """Events go by the script's hash; a Redis that lost its script cache (restarted) gets the
+    script again, and no event of the batch is lost or doubled."""
+    publisher = events.Publisher(redis)
+    job_id = str(uuid.uuid4())
+    await redis.script_flush()
+    sent = [
+        publisher("t-publisher", events.make_event(job_id, "progress", status="running",
+                                                    stage="script_gen", progress=float(i)))
+        for i in range(5)
+    ]  # fmt: skip
+    assert await asyncio.gather(*sent) == [1, 2, 3, 4, 5]
+    await redis.script_flush()  # and the API's single publish, the same
+    one = events.make_event(job_id, "progress", status="running", stage="voice_gen", progress=5.0)
+    assert await events.publish(redis, "t-publisher", one) == 6
+    stored = await events.replay(redis, job_id, 0)
+    assert [(e["seq"], e["progress"]) for e in stored] == [(i + 1, float(i)) for i in range(6)]
+    await publisher.aclose()

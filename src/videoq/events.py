@@ -18,12 +18,13 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from videoq.batching import GroupCommit
 from videoq.db import JobEvent
+from videoq.queue import LuaScript
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +48,7 @@ def _stream_key(job_id: str) -> str:
     return f"videoq:stream:{job_id}"
 
 
-_PUBLISH = """
+_PUBLISH = LuaScript("""
 local seq = redis.call('INCR', KEYS[1])
 local event = cjson.decode(ARGV[1])
 event['seq'] = seq
@@ -58,7 +59,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', KEYS[3], data)
 redis.call('PUBLISH', KEYS[4], data)
 return seq
-"""
+""")
 
 
 def make_event(
@@ -85,18 +86,19 @@ def make_event(
     }
 
 
-def _publish_args(tenant: str, event: dict[str, Any]) -> tuple[Any, ...]:
+def _publish_keys(tenant: str, event: dict[str, Any]) -> list[str]:
     job_id = event["job_id"]
-    return (
-        _PUBLISH, 4,
-        _seq_key(job_id), _stream_key(job_id), job_channel(job_id), tenant_channel(tenant),
-        json.dumps({k: v for k, v in event.items() if k != "seq"}), str(STREAM_MAXLEN), str(TTL_S),
-    )  # fmt: skip
+    return [_seq_key(job_id), _stream_key(job_id), job_channel(job_id), tenant_channel(tenant)]
+
+
+def _publish_args(event: dict[str, Any]) -> list[str]:
+    body = json.dumps({k: v for k, v in event.items() if k != "seq"})
+    return [body, str(STREAM_MAXLEN), str(TTL_S)]
 
 
 async def publish(redis: Redis, tenant: str, event: dict[str, Any]) -> int:
     """Number, store and publish ``event``; returns its ``seq``."""
-    return int(await redis.eval(*_publish_args(tenant, event)))  # type: ignore[misc]
+    return int(await _PUBLISH(redis, _publish_keys(tenant, event), _publish_args(event)))
 
 
 class Publisher:
@@ -111,14 +113,22 @@ class Publisher:
         self._group = GroupCommit(self._publish)
 
     async def _publish(self, items: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
+        # By the script's hash (EVALSHA): the script itself is sent once, not with each event.
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for tenant, event in items:
-                    pipe.eval(*_publish_args(tenant, event))
-                return [int(seq) for seq in await pipe.execute()]
+            for first_try in (True, False):
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for tenant, event in items:
+                            keys = _publish_keys(tenant, event)
+                            pipe.evalsha(_PUBLISH.sha, len(keys), *keys, *_publish_args(event))
+                        return [int(seq) for seq in await pipe.execute()]
+                except NoScriptError:  # a new or restarted Redis: nothing ran
+                    if not first_try:
+                        raise
+                    await self.redis.script_load(_PUBLISH.source)
         except (RedisError, OSError) as exc:
             log.warning("event_publish_failed", events=len(items), error=str(exc))
-            return [None] * len(items)
+        return [None] * len(items)
 
     def __call__(self, tenant: str, event: dict[str, Any]) -> asyncio.Future[int | None]:
         return self._group.submit((tenant, event))

@@ -9,8 +9,10 @@ and a ``low`` job waits at most 10 minutes behind fresh ``high`` work: nothing s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,9 +20,10 @@ import structlog
 from arq import ArqRedis
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
 
 from videoq.db import Job
 from videoq.settings import Settings
@@ -43,6 +46,21 @@ def in_progress_age_s(settings: Settings, pttl_ms: int) -> float:
     """How long ago a worker took a job, from the remaining TTL of arq's in-progress key (arq
     sets it for its job timeout + 10 s)."""
     return arq_timeout_s(settings) + 10 - pttl_ms / 1000
+
+
+class LuaScript:
+    """A Lua script run by its hash (EVALSHA): its text crosses the wire only when Redis does
+    not have it yet (new, or restarted)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            return await redis.eval(self.source, len(keys), *keys, *args)  # type: ignore[misc]
 
 
 def redis_settings(settings: Settings, *, retries: int = 10) -> RedisSettings:

@@ -402,7 +402,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 #: setting its arq in-progress key (prefix ARGV[4], for ARGV[2] ms) if no worker holds it —
 #: what arq's ``start_jobs`` does with a WATCH/MULTI per job. Running jobs stay in the queue
 #: until they finish, so up to ARGV[5] due entries are looked at. Returns id, score, id, ….
-_TAKE_JOBS = """
+_TAKE_JOBS = queue.LuaScript("""
 local taken, offset = {}, 0
 local want, cap = tonumber(ARGV[3]) * 2, tonumber(ARGV[5])
 while #taken < want and offset < cap do
@@ -418,7 +418,7 @@ while #taken < want and offset < cap do
   offset = offset + 200
 end
 return taken
-"""
+""")
 
 
 class VideoqWorker(Worker):
@@ -459,7 +459,7 @@ class VideoqWorker(Worker):
     async def _take_jobs(self, free: int) -> None:
         args = (timestamp_ms(), int(self.in_progress_timeout_s * 1000), free,
                 in_progress_key_prefix, self.max_jobs + self.queue_read_limit)  # fmt: skip
-        taken = await self.pool.eval(_TAKE_JOBS, 1, self.queue_name, *map(str, args))  # type: ignore[misc]
+        taken = await _TAKE_JOBS(self.pool, [self.queue_name], args)
         self.backlog = len(taken) // 2 == free
         for raw_id, score in zip(taken[::2], taken[1::2], strict=True):
             job_id = raw_id.decode()
