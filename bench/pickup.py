@@ -2,7 +2,7 @@
 against raw arq (enqueue returning → the job function starting) at its default 0.5 s poll and at
 0.05 s, measured in the same run on the same Redis.
 
-    python -m bench.pickup [--jobs 100] [--quick]
+    python -m bench.pickup [--jobs 100] [--reps 3] [--quick]
 
 The API and one worker run as processes of their own (`videoq api`, `videoq worker`), the worker
 with no-op stages; jobs are submitted one at a time, 50 ms apart (low load). Idle cost: Redis
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 import uuid
@@ -97,7 +98,7 @@ async def arq_pickup(
         worker.wait()
 
 
-async def main(n: int, quick: bool) -> None:
+async def main(n: int, reps: int, quick: bool) -> None:
     window = 1.0 if quick else 3.0
     async with stack() as st:
         s = st.settings
@@ -116,29 +117,38 @@ async def main(n: int, quick: bool) -> None:
         try:
             await asyncio.sleep(3)  # start-up
             ours_idle = await idle_rate(redis, window + 2) - base
-            ours = await videoq_pickup(st.api_url, st.api_key, n)
+            ours = [await videoq_pickup(st.api_url, st.api_key, n) for _ in range(reps)]
         finally:
             worker.terminate()
             worker.wait()
         base = await idle_rate(redis, window)
-        arq_default, arq_default_idle = await arq_pickup(s.redis_url or "", 0.5, n, log, window)
-        arq_fast, arq_fast_idle = await arq_pickup(s.redis_url or "", 0.05, n, log, window)
+        arq_default = [
+            await arq_pickup(s.redis_url or "", 0.5, n, log, window) for _ in range(reps)
+        ]
+        arq_fast = [await arq_pickup(s.redis_url or "", 0.05, n, log, window) for _ in range(reps)]
         await redis.aclose()
     ms = 1000.0
 
-    def row(name: str, values: list[float], idle: float) -> str:
-        return (
-            f"| {name} | {pct(values, 0.5) * ms:.1f} | {pct(values, 0.99) * ms:.1f} | {idle:.1f} |"
-        )
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+    def row(name: str, runs: list[list[float]], idle: float) -> str:
+        p50 = spread([pct(values, 0.5) * ms for values in runs])
+        p99 = spread([pct(values, 0.99) * ms for values in runs])
+        return f"| {name} | {p50} | {p99} | {idle:.1f} |"
+
+    def idle_of(runs: list[tuple[list[float], float]]) -> float:
+        return statistics.median(idle for _, idle in runs) - base
 
     body = f"""\
-`python -m bench.pickup --jobs {n}`: one job at a time, 50 ms apart, one worker process.
+`python -m bench.pickup --jobs {n} --reps {reps}`: one job at a time, 50 ms apart, one worker
+process; each percentile is the median (min–max) over {reps} repetitions of {n} jobs.
 
 | | pickup p50 ms | pickup p99 ms | idle worker, Redis commands/s |
 |---|---|---|---|
 {row("videoq: `POST /v1/jobs` returned → `running` event received", ours, ours_idle)}
-{row("raw arq, poll 0.5 s (default): enqueue returned → job started", arq_default, arq_default_idle - base)}
-{row("raw arq, poll 0.05 s", arq_fast, arq_fast_idle - base)}
+{row("raw arq, poll 0.5 s (default): enqueue returned → job started", [v for v, _ in arq_default], idle_of(arq_default))}
+{row("raw arq, poll 0.05 s", [v for v, _ in arq_fast], idle_of(arq_fast))}
 
 videoq's figure includes its bookkeeping (the job row claimed in PostgreSQL, the `running`
 event through Redis and the API's WebSocket); arq's is the bare start of a function. videoq
@@ -156,6 +166,7 @@ Goal: p50 ≤ 10 ms, p99 ≤ 50 ms.
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     a = parser.parse_args()
-    asyncio.run(main(10 if a.quick else a.jobs, a.quick))
+    asyncio.run(main(10 if a.quick else a.jobs, 1 if a.quick else a.reps, a.quick))
