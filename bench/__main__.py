@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SUITES = ("providers", "pickup", "events", "lifecycle")
+SUITES = ("providers", "compositing", "pickup", "throughput", "events", "lifecycle", "memory")
 
 
 def main() -> int:

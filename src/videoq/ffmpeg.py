@@ -165,6 +165,24 @@ async def _spawn(argv: Sequence[str], *, stdin: int) -> asyncio.subprocess.Proce
         raise FFmpegError(f"cannot start {argv[0]}", returncode=None, stderr_tail=str(exc)) from exc
 
 
+def ffmpeg_command(args: Sequence[str], settings: Settings) -> list[str]:
+    """The whole command :func:`run_ffmpeg` runs for ``args``: the binary, the global options
+    (quiet, overwrite, ``-progress`` blocks on stdout), then ``args``."""
+    return [
+        ffmpeg_exe(settings),
+        "-hide_banner",
+        "-nostats",
+        "-loglevel",
+        "warning",
+        # -y: outputs are fresh temporary names; without it an existing file would make
+        # FFmpeg ask on stdin, which is a pipe here, and hang.
+        "-y",
+        "-progress",
+        "pipe:1",
+        *args,
+    ]
+
+
 async def run_ffmpeg(
     args: Sequence[str],
     *,
@@ -183,19 +201,7 @@ async def run_ffmpeg(
     :class:`RetryableError` when ``timeout_s`` expires. On cancellation, timeout or any error
     the child is stopped ('q', then terminate, then kill, ``grace_s`` apart) before re-raising.
     """
-    argv = [
-        ffmpeg_exe(settings),
-        "-hide_banner",
-        "-nostats",
-        "-loglevel",
-        "warning",
-        # -y: outputs are fresh temporary names; without it an existing file would make
-        # FFmpeg ask on stdin, which is a pipe here, and hang.
-        "-y",
-        "-progress",
-        "pipe:1",
-        *args,
-    ]
+    argv = ffmpeg_command(args, settings)
     # stdin is a pipe (not -nostdin) so that 'q' can ask FFmpeg to finish the file and exit.
     proc = await _spawn(argv, stdin=asyncio.subprocess.PIPE)
     if on_start is not None:

@@ -97,7 +97,18 @@ def build_filtergraph(
     return ";".join(chains)
 
 
-async def run(
+def encoder_args(settings: Settings) -> list[str]:
+    """Output options: H.264 (libx264, ``settings.ffmpeg_preset``, CRF ``settings.ffmpeg_crf``,
+    yuv420p) and AAC at 128 kb/s in an MP4 with its index first (faststart): a file every
+    browser and phone plays, encoded for speed at good quality (docs/decisions.md, Media)."""
+    return [
+        *("-c:v", "libx264", "-preset", settings.ffmpeg_preset),
+        *("-crf", str(settings.ffmpeg_crf), "-pix_fmt", "yuv420p"),
+        *("-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"),
+    ]
+
+
+def command(
     brief: Brief,
     script: Script,
     voice: VoiceTrack,
@@ -106,12 +117,12 @@ async def run(
     settings: Settings,
     workdir: Path,
     font: Font | None,
-    on_progress: ProgressCallback,
-) -> Result:
-    """Write ``workdir/video.mp4`` (H.264 + AAC, faststart) and describe it.
+    output: Path,
+) -> list[str]:
+    """FFmpeg's arguments (after the global options :func:`ffmpeg_command` adds) that
+    composite ``clips`` and ``voice`` into ``output``.
 
-    ``font`` draws the CTA; with None (no usable font on this machine) the CTA is left out
-    rather than failing the job.
+    Writes ``workdir/cta.txt``, the text the graph draws, when there is a CTA and a font.
     """
     if len(clips) != len(script.scenes):
         raise PermanentError(f"{len(clips)} clips for {len(script.scenes)} scenes")
@@ -125,22 +136,39 @@ async def run(
         textfile.write_text(text, encoding="utf-8")
         cta = (textfile, font)
     graph = build_filtergraph(brief, script, len(clips), fps=settings.fps, cta=cta)
-    inputs = [arg for clip in clips for arg in ("-i", str(clip))]
+    return [
+        *(arg for clip in clips for arg in ("-i", str(clip))),
+        *("-i", str(voice.path)),
+        *("-filter_complex", graph, "-map", "[v]", "-map", "[a]"),
+        *("-t", f"{brief.duration_s:.3f}", "-r", str(settings.fps)),
+        *encoder_args(settings),
+        str(output),
+    ]
+
+
+async def run(
+    brief: Brief,
+    script: Script,
+    voice: VoiceTrack,
+    clips: list[Path],
+    *,
+    settings: Settings,
+    workdir: Path,
+    font: Font | None,
+    on_progress: ProgressCallback,
+) -> Result:
+    """Write ``workdir/video.mp4`` (:func:`command`) and describe it.
+
+    ``font`` draws the CTA; with None (no usable font on this machine) the CTA is left out
+    rather than failing the job.
+    """
     path = workdir / OUTPUT_NAME
     with atomic_output(path) as tmp:
+        args = command(
+            brief, script, voice, clips, settings=settings, workdir=workdir, font=font, output=tmp
+        )
         await run_ffmpeg(
-            [
-                *inputs,
-                *("-i", str(voice.path)),
-                *("-filter_complex", graph, "-map", "[v]", "-map", "[a]"),
-                *("-t", f"{brief.duration_s:.3f}", "-r", str(settings.fps)),
-                *("-c:v", "libx264", "-preset", settings.ffmpeg_preset),
-                *("-crf", str(settings.ffmpeg_crf), "-pix_fmt", "yuv420p"),
-                *("-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(tmp)),
-            ],
-            settings=settings,
-            duration_s=float(brief.duration_s),
-            on_progress=on_progress,
+            args, settings=settings, duration_s=float(brief.duration_s), on_progress=on_progress
         )
     info = await probe(path, settings)
     return Result(video_path=path, duration_s=info.duration_s, size_bytes=path.stat().st_size)
