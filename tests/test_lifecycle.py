@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
 from tests.conftest import LiveApi, new_key, running_worker
@@ -192,3 +193,22 @@ async def test_a_backlog_keeps_freed_slots_busy_without_waiting_for_the_poll(
     async with running_worker(lazy, max_jobs=1):
         for job in submitted:
             assert (await client.wait(job.id, timeout=20)).status == "succeeded"
+
+
+async def test_a_job_behind_more_running_jobs_than_one_read_still_starts(
+    live_api: LiveApi, client: Client, settings: Settings, redis: Redis
+) -> None:
+    """Running jobs stay at the head of arq's queue until they finish. A worker must look past
+    all of them (other workers' too), not only past ``queue_read_limit`` entries, or it idles
+    while a job waits."""
+    ahead = [f"elsewhere-{i}" for i in range(300)]
+    await redis.zadd(settings.queue_name, {job_id: 1000 + i for i, job_id in enumerate(ahead)})
+    for job_id in ahead:  # each held by some other worker
+        await redis.set(in_progress_key_prefix + job_id, b"1", ex=120)
+    try:
+        async with running_worker(fake(settings, "quick"), max_jobs=1, queue_read_limit=10):
+            job = await client.submit(product_name="Behind The Crowd")
+            assert (await client.wait(job.id, timeout=20)).status == "succeeded"
+    finally:
+        await redis.zrem(settings.queue_name, *ahead)
+        await redis.delete(*(in_progress_key_prefix + job_id for job_id in ahead))

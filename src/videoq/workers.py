@@ -401,7 +401,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 #: Take up to ARGV[3] due jobs of the queue (KEYS[1]) in one round trip: each is taken by
 #: setting its arq in-progress key (prefix ARGV[4], for ARGV[2] ms) if no worker holds it —
 #: what arq's ``start_jobs`` does with a WATCH/MULTI per job. Running jobs stay in the queue
-#: until they finish, so up to ARGV[5] due entries are looked at. Returns id, score, id, ….
+#: until they finish, so up to ARGV[5] due entries are looked at (:data:`TAKE_SCAN_LIMIT`).
+#: Returns id, score, id, ….
 _TAKE_JOBS = queue.LuaScript("""
 local taken, offset = {}, 0
 local want, cap = tonumber(ARGV[3]) * 2, tonumber(ARGV[5])
@@ -419,6 +420,12 @@ while #taken < want and offset < cap do
 end
 return taken
 """)
+
+
+#: Due entries one look may pass over: every worker's running jobs sit at the head of the
+#: queue until they finish, so this must exceed the jobs all workers run at once (arq itself
+#: looks at only ``queue_read_limit`` entries, and starves behind that many running jobs).
+TAKE_SCAN_LIMIT = 10_000
 
 
 class VideoqWorker(Worker):
@@ -458,7 +465,7 @@ class VideoqWorker(Worker):
 
     async def _take_jobs(self, free: int) -> None:
         args = (timestamp_ms(), int(self.in_progress_timeout_s * 1000), free,
-                in_progress_key_prefix, self.max_jobs + self.queue_read_limit)  # fmt: skip
+                in_progress_key_prefix, max(TAKE_SCAN_LIMIT, self.queue_read_limit))  # fmt: skip
         taken = await _TAKE_JOBS(self.pool, [self.queue_name], args)
         self.backlog = len(taken) // 2 == free
         for raw_id, score in zip(taken[::2], taken[1::2], strict=True):
