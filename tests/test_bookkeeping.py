@@ -12,26 +12,27 @@ from sqlalchemy import select
 from tests.providers.conftest import new_attempt
 from videoq import db, jobs
 from videoq.batching import GroupCommit
+from videoq.bookkeeping import Outcome
 from videoq.errors import AttemptSuperseded
 
 
 class Recorder:
-    """A write that doubles its items and remembers each batch; it can be held in flight."""
+    """A write that doubles its items and remembers each batch; it can be held in flight, and
+    any batch holding a ``poison`` item fails."""
 
-    def __init__(self) -> None:
+    def __init__(self, poison: frozenset[int] = frozenset()) -> None:
         self.batches: list[list[int]] = []
         self.release = asyncio.Event()
         self.release.set()
         self.in_flight = asyncio.Event()
-        self.fail_next = False
+        self.poison = poison
 
     async def __call__(self, items: list[int]) -> list[int]:
         self.batches.append(items)
         self.in_flight.set()
         await self.release.wait()
-        if self.fail_next:
-            self.fail_next = False
-            raise OSError("connection lost")
+        if self.poison & set(items):
+            raise OSError("invalid input")
         return [i * 2 for i in items]
 
 
@@ -56,16 +57,31 @@ async def test_calls_made_during_a_write_go_together_in_the_next() -> None:
     assert write.batches == [[0], list(range(1, 11))]
 
 
-async def test_a_failed_write_fails_its_batch_only_and_a_cancelled_caller_harms_nobody() -> None:
-    write = Recorder()
-    write.fail_next = True
-    group = GroupCommit(write, max_batch=3)
-    outcomes = await asyncio.gather(*(group(i) for i in range(6)), return_exceptions=True)
-    assert [type(o) for o in outcomes[:3]] == [OSError] * 3
-    assert outcomes[3:] == [6, 8, 10]
+async def test_a_bad_item_fails_alone_and_its_batch_mates_are_written_one_by_one() -> None:
+    """One item PostgreSQL rejects (or a deadlock, or a dead pooled connection) must not fail
+    the other jobs' writes that happened to share its batch."""
+    write = Recorder(poison=frozenset({13}))
+    group = GroupCommit(write)
+    outcomes = await asyncio.gather(*(group(i) for i in (1, 2, 13, 4)), return_exceptions=True)
+    assert outcomes[:2] == [2, 4] and outcomes[3] == 8
+    assert isinstance(outcomes[2], OSError)
+    assert write.batches == [[1, 2, 13, 4], [1], [2], [13], [4]]
 
+
+async def test_a_write_that_hangs_fails_instead_of_blocking_every_job() -> None:
+    write = Recorder()
+    write.release.clear()  # the connection hangs: no reply, ever
+    group = GroupCommit(write, timeout_s=0.05)
+    with pytest.raises(TimeoutError):
+        await group(1)
+    write.release.set()
+    assert await group(2) == 4  # the next writes go through
+
+
+async def test_a_cancelled_caller_harms_nobody_and_its_item_is_written() -> None:
+    write = Recorder()
+    group = GroupCommit(write)
     write.release.clear()
-    write.in_flight.clear()
     gone = asyncio.ensure_future(group(1))
     stays = asyncio.ensure_future(group(2))
     await write.in_flight.wait()
@@ -73,7 +89,7 @@ async def test_a_failed_write_fails_its_batch_only_and_a_cancelled_caller_harms_
     write.release.set()
     assert await stays == 4
     await group.aclose()
-    assert write.batches[-1] == [1, 2]  # the cancelled caller's item was written all the same
+    assert write.batches[-1] == [1, 2]
 
 
 async def stages(sessions: Any, job_id: Any) -> dict[str, int]:
@@ -97,9 +113,18 @@ async def test_checkpoints_of_a_superseded_attempt_are_refused(sessions: Any) ->
     await new.save("voice_gen", {"voice": "second"})
     with pytest.raises(AttemptSuperseded):
         await old.save("voice_gen", {"voice": "stale"})
-    with pytest.raises(AttemptSuperseded):
-        await old.note("video_gen", "scene_00", {"id": "stale"})
     assert await stages(sessions, old.job_id) == {"script_gen": 1, "voice_gen": 2}
+
+
+async def test_notes_of_a_superseded_attempt_still_land(sessions: Any) -> None:
+    """A note records provider work already paid for (a prediction created just before the job
+    was cancelled or taken over): whoever runs the job next must find it and reuse it."""
+    old = await new_attempt(sessions)
+    async with sessions() as session:
+        assert await jobs.transition(session, old.job_id, "cancelled") is not None
+    await old.note("video_gen", "scene_00", {"id": "paid-for"})
+    new = await new_attempt(sessions, old.job_id)  # retried
+    assert await new.notes("video_gen") == {"scene_00": {"id": "paid-for"}}
 
 
 async def test_checkpoints_of_a_cancelled_job_are_refused(sessions: Any) -> None:
@@ -109,3 +134,27 @@ async def test_checkpoints_of_a_cancelled_job_are_refused(sessions: Any) -> None
     with pytest.raises(AttemptSuperseded):
         await attempt.save("script_gen", {"script": "late"})
     assert await stages(sessions, attempt.job_id) == {}
+
+
+async def test_in_one_batch_only_the_current_attempt_is_told_it_ended_the_job(
+    sessions: Any,
+) -> None:
+    """A stale attempt's outcome sharing a batch with the current one's must not be answered
+    with the current attempt's row (it would emit a second terminal event and webhook)."""
+    stale = await new_attempt(sessions)
+    current = await new_attempt(sessions, stale.job_id)
+    books = current.books
+    ended = await asyncio.gather(
+        books.finish(Outcome(stale.job_id, stale.attempt, "succeeded", {"attempt": 1})),
+        books.finish(Outcome(current.job_id, current.attempt, "succeeded", {"attempt": 2})),
+    )
+    assert ended[0] is None
+    assert ended[1] is not None and (ended[1].status, ended[1].attempts) == ("succeeded", 2)
+
+
+async def test_a_job_claimed_twice_in_one_batch_runs_once(sessions: Any) -> None:
+    attempt = await new_attempt(sessions)
+    async with sessions() as session:
+        assert await jobs.transition(session, attempt.job_id, "queued") is not None
+    claims = await asyncio.gather(*(attempt.books.claim(attempt.job_id) for _ in range(2)))
+    assert [c is not None for c in claims] == [True, False]

@@ -111,6 +111,7 @@ async def test_retries_then_dead_letter_then_manual_retry_resumes_from_checkpoin
         statuses = [e.status async for e in client.events(job.id, after=0) if e.type == "status"]
         failed = await client.get(job.id)
         assert failed.status == "failed" and failed.attempts == 3
+        assert failed.stage == "voice_gen"  # where it failed (the row's own writes lag behind)
         assert failed.error is not None and failed.error.code == "provider_unavailable"
         assert statuses.count("retrying") == 2 and statuses[-1] == "failed"
         outcomes = [h["outcome"] for h in failed.model_extra["history"]]

@@ -9,6 +9,7 @@ Redis (:class:`videoq.events.Publisher`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -21,9 +22,13 @@ class GroupCommit(Generic[T, R]):
 
     ``write`` takes the items of a batch and returns one result per item, in order. With
     ``linger_s``, each write first waits that long for more items: for writes nobody waits
-    for, where fewer round trips matter more than latency. A failed
-    write fails every call of its batch. A caller that is cancelled stops waiting, but its item
-    is written with the others (make the writes safe to land late, e.g. guarded statements).
+    for, where fewer round trips matter more than latency.
+
+    A write that fails (or takes longer than ``timeout_s``) is tried again item by item, so one
+    bad item, a deadlock or a connection that died in the pool fails only the calls whose own
+    write fails again. So ``write`` must be safe to repeat for items whose first try may have
+    landed (guarded statements). A caller that is cancelled stops waiting, but its item is
+    written with the others.
     """
 
     def __init__(
@@ -32,10 +37,12 @@ class GroupCommit(Generic[T, R]):
         *,
         max_batch: int = 500,
         linger_s: float = 0.0,
+        timeout_s: float = 30.0,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
         self._linger_s = linger_s
+        self._timeout_s = timeout_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -43,7 +50,10 @@ class GroupCommit(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name="videoq-group-commit")
+            # No caller's context: the writer serves every job alike.
+            self._task = asyncio.create_task(
+                self._drain(), name="videoq-group-commit", context=contextvars.Context()
+            )
         return future
 
     async def __call__(self, item: T) -> R:
@@ -56,17 +66,26 @@ class GroupCommit(Generic[T, R]):
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             try:
-                results = await self._write([item for item, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+                self._settle(batch, await self._write_within([item for item, _ in batch]))
+            except Exception:
+                for one in batch:  # again, alone: only what fails by itself fails
+                    try:
+                        self._settle([one], await self._write_within([one[0]]))
+                    except Exception as exc:
+                        if not one[1].done():
+                            one[1].set_exception(exc)
 
-    async def aclose(self) -> None:
-        """Wait for the writes already submitted."""
+    async def _write_within(self, items: list[T]) -> Sequence[R]:
+        async with asyncio.timeout(self._timeout_s):
+            return await self._write(items)
+
+    @staticmethod
+    def _settle(batch: list[tuple[T, asyncio.Future[R]]], results: Sequence[R]) -> None:
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def aclose(self, timeout_s: float = 30.0) -> None:
+        """Wait (at most ``timeout_s``) for the writes already submitted."""
         if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=timeout_s)

@@ -74,6 +74,7 @@ _ARCHIVE = text(
 _FINISH = text(
     """
     UPDATE jobs SET status = u.status, updated_at = :now,
+        stage = COALESCE(u.stage, jobs.stage),
         progress = COALESCE(u.progress, jobs.progress),
         result = COALESCE(u.result, jobs.result),
         error = u.error,
@@ -84,9 +85,10 @@ _FINISH = text(
         heartbeat_at = CASE WHEN u.status = 'queued' THEN NULL ELSE jobs.heartbeat_at END,
         history = jobs.history || jsonb_build_array(u.entry)
     FROM unnest(CAST(:job_ids AS uuid[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
-                CAST(:progress AS float8[]), CAST(:results AS jsonb[]), CAST(:errors AS jsonb[]),
-                CAST(:run_ats AS timestamptz[]), CAST(:entries AS jsonb[]))
-        AS u(job_id, attempt, status, progress, result, error, run_at, entry)
+                CAST(:stages AS text[]), CAST(:progress AS float8[]), CAST(:results AS jsonb[]),
+                CAST(:errors AS jsonb[]), CAST(:run_ats AS timestamptz[]),
+                CAST(:entries AS jsonb[]))
+        AS u(job_id, attempt, status, stage, progress, result, error, run_at, entry)
     WHERE jobs.id = u.job_id AND jobs.status = 'running' AND jobs.attempts = u.attempt
         AND jobs.worker_id = :worker_id
     RETURNING jobs.*
@@ -95,12 +97,9 @@ _FINISH = text(
 _NOTE = text(
     """
     INSERT INTO job_stages (job_id, stage, attempt, output)
-    SELECT jobs.id, :stage, jobs.attempts, CAST(:patch AS jsonb) FROM jobs
-    WHERE jobs.id = :job_id AND jobs.status = 'running' AND jobs.attempts = :attempt
-    FOR SHARE
+    VALUES (:job_id, :stage, :attempt, CAST(:patch AS jsonb))
     ON CONFLICT (job_id, stage) DO UPDATE
     SET output = job_stages.output || EXCLUDED.output, attempt = EXCLUDED.attempt
-    RETURNING job_id
     """
 )
 
@@ -114,12 +113,14 @@ Progress = tuple[uuid.UUID, int, str, float]
 @dataclass(frozen=True)
 class Outcome:
     """How a running attempt ended: ``succeeded``, ``failed``, ``retrying`` (at ``run_at``) or
-    ``queued`` (handed back: the worker stopped). ``entry`` is its record in the history."""
+    ``queued`` (handed back: the worker stopped). ``entry`` is its record in the history;
+    ``stage`` and ``progress`` where it got to (the row's own may lag behind)."""
 
     job_id: uuid.UUID
     attempt: int
     status: str
     entry: dict[str, Any]
+    stage: str | None = None
     progress: float | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
@@ -142,11 +143,12 @@ class Bookkeeper:
 
     async def _claim(self, job_ids: list[uuid.UUID]) -> list[Job | None]:
         """``queued``/``scheduled``/``retrying`` → ``running``, counting the attempt."""
-        params = {"job_ids": job_ids, "worker_id": self.worker_id, "now": datetime.now(UTC)}
+        params = {"job_ids": sorted(job_ids), "worker_id": self.worker_id, "now": datetime.now(UTC)}
         async with self.sessions() as session:
             claimed = await session.scalars(select(Job).from_statement(_CLAIM), params)
             by_id = {job.id: job for job in claimed}
-        return [by_id.get(job_id) for job_id in job_ids]
+        # A job asked for twice in one batch is claimed once: only the first caller runs it.
+        return [by_id.pop(job_id, None) for job_id in job_ids]
 
     async def _finish(self, items: list[Outcome]) -> list[Job | None]:
         """End running attempts: only this worker's, only the attempt still current."""
@@ -154,27 +156,30 @@ class Bookkeeper:
         def jsonb(value: dict[str, Any] | None) -> str | None:
             return None if value is None else json.dumps(value)
 
+        rows = sorted(items, key=lambda o: o.job_id)  # rows locked in one order: no deadlock
         params = {
             "worker_id": self.worker_id,
             "now": datetime.now(UTC),
-            "job_ids": [o.job_id for o in items],
-            "attempts": [o.attempt for o in items],
-            "statuses": [o.status for o in items],
-            "progress": [o.progress for o in items],
-            "results": [jsonb(o.result) for o in items],
-            "errors": [jsonb(o.error) for o in items],
-            "run_ats": [o.run_at for o in items],
-            "entries": [json.dumps(o.entry) for o in items],
+            "job_ids": [o.job_id for o in rows],
+            "attempts": [o.attempt for o in rows],
+            "statuses": [o.status for o in rows],
+            "stages": [o.stage for o in rows],
+            "progress": [o.progress for o in rows],
+            "results": [jsonb(o.result) for o in rows],
+            "errors": [jsonb(o.error) for o in rows],
+            "run_ats": [o.run_at for o in rows],
+            "entries": [json.dumps(o.entry) for o in rows],
         }
         async with self.sessions() as session:
             ended = await session.scalars(select(Job).from_statement(_FINISH), params)
-            by_id = {job.id: job for job in ended}
-        return [by_id.get(o.job_id) for o in items]
+            by_attempt = {(job.id, job.attempts): job for job in ended}
+        # Matched by attempt too: a stale attempt's outcome in the same batch was refused.
+        return [by_attempt.get((o.job_id, o.attempt)) for o in items]
 
     async def _save(self, items: list[Checkpoint]) -> list[bool]:
         # Two saves of one attempt's stage cannot share an upsert: the last one wins. (Two
         # attempts' saves can: only the running attempt's passes the guard.)
-        rows = list({item[:3]: item for item in items}.values())
+        rows = sorted({item[:3]: item for item in items}.values(), key=lambda r: r[0])
         params = {
             "job_ids": [r[0] for r in rows],
             "attempts": [r[1] for r in rows],
@@ -186,7 +191,8 @@ class Bookkeeper:
         return [item[:3] in saved for item in items]
 
     async def _write_progress(self, items: list[Progress]) -> list[None]:
-        rows = list({item[:2]: item for item in items}.values())  # an attempt's last word wins
+        # An attempt's last word wins; rows in one order (job id), as every writer locks them.
+        rows = sorted({item[:2]: item for item in items}.values(), key=lambda r: r[0])
         params = {
             "now": datetime.now(UTC),
             "job_ids": [r[0] for r in rows],
@@ -211,14 +217,13 @@ class Bookkeeper:
         self, job_id: uuid.UUID, attempt: int, stage: str, patch: dict[str, Any]
     ) -> None:
         """Merge ``patch`` into the notes row ``stage`` (concurrent notes serialise on its row
-        lock; one statement each, as two of one row cannot share an upsert)."""
+        lock; one statement each, as two of one row cannot share an upsert).
+
+        Not guarded by the attempt, unlike checkpoints: a note records work already paid for
+        (a prediction just created), which whoever runs the job next must find and reuse."""
+        params = {"job_id": job_id, "attempt": attempt, "stage": stage, "patch": json.dumps(patch)}
         async with self.engine.connect() as conn:
-            noted = await conn.execute(
-                _NOTE,
-                {"job_id": job_id, "attempt": attempt, "stage": stage, "patch": json.dumps(patch)},
-            )
-            if noted.first() is None:
-                raise AttemptSuperseded(f"attempt {attempt} of job {job_id} no longer runs")
+            await conn.execute(_NOTE, params)
 
     async def aclose(self) -> None:
         for group in (self.claim, self.finish, self.save, self.archive, self._progress):

@@ -273,16 +273,27 @@ async def _finish(
     run_at: datetime | None = None,
 ) -> bool:
     """End the attempt in PostgreSQL (guarded: still running, still this attempt, still this
-    worker's, so a job cancelled meanwhile is never revived) and emit the status event."""
+    worker's, so a job cancelled meanwhile is never revived), then emit the status event and
+    start the webhook. Shielded: an outcome being written is followed by its event, archive
+    and webhook even if the job's task is cancelled meanwhile (arq's shutdown)."""
     record = jobs.attempt_record(job, {"queued": "requeued"}.get(status, status), error)
-    updated = await state.books.finish(
-        Outcome(job.id, job.attempts, status, record, progress, result, error, run_at)
-    )
+    outcome = Outcome(
+        job.id, job.attempts, status, record, stage=reporter.stage,
+        progress=reporter.progress if progress is None else progress,
+        result=result, error=error, run_at=run_at,
+    )  # fmt: skip
+    return await asyncio.shield(_record(state, reporter, outcome, message))
+
+
+async def _record(
+    state: WorkerState, reporter: EventReporter, outcome: Outcome, message: str
+) -> bool:
+    updated = await state.books.finish(outcome)
     if updated is None:
-        log.warning("job_transition_refused", to=status)
+        log.warning("job_transition_refused", to=outcome.status)
         return False
-    reporter.status = status
-    state.wrap_up(_archive(state, job.id, reporter.emit("status", status, message)))
+    reporter.status = outcome.status
+    state.wrap_up(_archive(state, outcome.job_id, reporter.emit("status", outcome.status, message)))
     await webhooks.job_finished(state.sessions, state.settings, updated, state.background)
     return True
 
@@ -342,8 +353,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     # the first write on a dead connection fails (the job retries, from its checkpoints) and
     # SQLAlchemy then replaces every pooled connection.
     engine = db.create_engine(
-        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=False
-    )
+        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=False,
+        pool_recycle=1800,  # before idle-connection timeouts of proxies and poolers
+    )  # fmt: skip
     await db.check_migrated(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     state = WorkerState(settings, engine, db.sessionmaker(engine), ctx["redis"], worker_id)
