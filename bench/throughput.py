@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 from arq import create_pool
 from arq.connections import RedisSettings
+from arq.jobs import Job
 from sqlalchemy import func, select
 
 from bench.common import NO_LIMITS, ROOT, spawn, stack, write_section
@@ -98,10 +99,14 @@ async def arq_rate(st: Any, function: str, args: tuple[Any, ...], n: int, poll: 
         try:
             while await pool.zcard(queue):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
-            results = await pool.all_job_results()
-            mine = [r for r in results if r.job_id in set(job_ids)]
-            start = min(r.start_time for r in mine)
-            end = max(r.finish_time for r in mine)
+            while True:  # this run's own results (arq writes each as its job ends)
+                jobs = [Job(job_id, pool, _queue_name=queue) for job_id in job_ids]
+                mine = await asyncio.gather(*(job.result_info() for job in jobs))
+                if all(mine):
+                    break
+                await asyncio.sleep(0.2)
+            start = min(r.start_time for r in mine if r)
+            end = max(r.finish_time for r in mine if r)
             return len(mine) / (end - start).total_seconds()
         finally:
             worker.terminate()
