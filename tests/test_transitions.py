@@ -276,3 +276,19 @@ async def test_reconciler_clears_only_in_progress_keys_set_long_ago(
         await redis.delete(name, starting, *(job_key_prefix + i for i in ids))
         await redis.aclose()
         await engine.dispose()
+
+
+async def test_a_stale_in_progress_key_is_checked_and_cleared_in_one_step(
+    base_settings: Settings, redis: Redis
+) -> None:
+    """The reconciler read the key's age a while ago; if a worker took the job again since,
+    the fresh key must survive the clearing."""
+    job_id = f"retaken-{uuid.uuid4().hex[:8]}"
+    full_ttl_ms = int((queue.arq_timeout_s(base_settings) + 10) * 1000)
+    key = in_progress_key_prefix + job_id
+    await redis.psetex(key, full_ttl_ms - 100, b"1")  # set again just now
+    assert not await queue.clear_stale_in_progress(redis, base_settings, job_id)
+    assert await redis.exists(key) == 1
+    await redis.psetex(key, full_ttl_ms - int((base_settings.worker_stale_s + 1) * 1000), b"1")
+    assert await queue.clear_stale_in_progress(redis, base_settings, job_id)
+    assert await redis.exists(key) == 0

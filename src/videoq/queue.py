@@ -63,6 +63,20 @@ class LuaScript:
             return await redis.eval(self.source, len(keys), *keys, *args)  # type: ignore[misc]
 
 
+_CLEAR_IF_OLD = LuaScript("""
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 and left <= tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
+
+async def clear_stale_in_progress(redis: Redis, settings: Settings, job_id: str) -> bool:
+    """Delete the job's arq in-progress key if a worker set it more than ``worker_stale_s``
+    ago; checked and deleted in one step, so a key another worker sets meanwhile stays."""
+    most_left_ms = int((arq_timeout_s(settings) + 10 - settings.worker_stale_s) * 1000)
+    return bool(await _CLEAR_IF_OLD(redis, [in_progress_key_prefix + job_id], [most_left_ms]))
+
+
 def redis_settings(settings: Settings, *, retries: int = 10) -> RedisSettings:
     """arq's Redis settings. Workers' commands retry with backoff for about 30 s on connection
     errors, so a restarting Redis does not take them down; the API uses few retries so that it

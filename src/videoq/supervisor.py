@@ -149,7 +149,7 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
                 and queue.in_progress_age_s(settings, pttl) > settings.worker_stale_s
                 and job.updated_at < stale
                 and (job.run_at is None or job.run_at < stale)
-                and await state.redis.delete(in_progress_key_prefix + str(job.id))
+                and await queue.clear_stale_in_progress(state.redis, settings, str(job.id))
             ):
                 log.warning("job_in_progress_key_cleared", job_id=str(job.id))
     for job in orphans:
