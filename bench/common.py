@@ -79,16 +79,26 @@ def spawn(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 def videoq_worker(stack: Stack, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`videoq worker` on the stack's services; ``env`` adds or overrides VIDEOQ_* settings
+    (e.g. ``VIDEOQ_PIPELINE="bench.pipelines:noop"``: bench/ is on its path)."""
     s = stack.settings
     base = {
         "VIDEOQ_DATABASE_URL": s.database_url or "",
         "VIDEOQ_REDIS_URL": s.redis_url or "",
+        "VIDEOQ_QUEUE_NAME": s.queue_name,
         "VIDEOQ_ARTIFACTS_DIR": str(s.artifacts),
         "VIDEOQ_PROVIDERS": "offline",
         "VIDEOQ_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
         **NO_LIMITS,
     }
     return spawn([sys.executable, "-m", "videoq", "worker"], {**base, **env}, log)
+
+
+def raw_arq_worker(redis_url: str, queue: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """The baseline, `arq bench.raw_arq.Settings`, on ``queue``; ``env`` adds BENCH_* settings."""
+    base = {"BENCH_REDIS_URL": redis_url, "BENCH_QUEUE": queue, "PYTHONPATH": str(ROOT)}
+    return spawn([sys.executable, "-m", "arq", "bench.raw_arq.Settings"], {**base, **env}, log)
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +27,7 @@ from arq.connections import RedisSettings
 from bench.common import (
     Stack,
     processes_mentioning,
-    spawn,
+    raw_arq_worker,
     stack,
     summary,
     videoq_worker,
@@ -65,8 +64,7 @@ async def videoq_cancel(st: Stack, log: Path) -> float:
 async def arq_cancel(st: Stack, log: Path) -> float:
     rs = RedisSettings.from_dsn(st.settings.redis_url or "")
     queue = f"arq-bench:{uuid.uuid4().hex[:6]}"
-    env = {"BENCH_REDIS_URL": st.settings.redis_url or "", "BENCH_QUEUE": queue}
-    worker = spawn([sys.executable, "-m", "arq", "bench.raw_arq.Settings"], env, log)
+    worker = raw_arq_worker(st.settings.redis_url or "", queue, log)
     pool = await create_pool(rs)
     try:
         job = await pool.enqueue_job("sleeper", 30, _queue_name=queue)
@@ -109,13 +107,8 @@ async def videoq_recovery(st: Stack, log: Path) -> float:
 async def arq_recovery(st: Stack, log: Path, job_timeout_s: float) -> float:
     rs = RedisSettings.from_dsn(st.settings.redis_url or "")
     queue = f"arq-bench:{uuid.uuid4().hex[:6]}"
-    env = {
-        "BENCH_REDIS_URL": st.settings.redis_url or "",
-        "BENCH_QUEUE": queue,
-        "BENCH_JOB_TIMEOUT_S": str(job_timeout_s),
-    }
-    args = [sys.executable, "-m", "arq", "bench.raw_arq.Settings"]
-    first = spawn(args, env, log)
+    timeout = str(job_timeout_s)
+    first = raw_arq_worker(st.settings.redis_url or "", queue, log, BENCH_JOB_TIMEOUT_S=timeout)
     second = None
     pool = await create_pool(rs)
     try:
@@ -125,7 +118,9 @@ async def arq_recovery(st: Stack, log: Path, job_timeout_s: float) -> float:
         first.send_signal(signal.SIGKILL)
         first.wait()
         killed = time.monotonic()
-        second = spawn(args, env, log)
+        second = raw_arq_worker(
+            st.settings.redis_url or "", queue, log, BENCH_JOB_TIMEOUT_S=timeout
+        )
 
         async def restarted() -> bool:
             tries = await pool.get(f"arq:retry:{job.job_id}")

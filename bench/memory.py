@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import statistics
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from sqlalchemy import func, select
 
-from bench.common import NO_LIMITS, ROOT, Stack, spawn, stack, summary, write_section
+from bench.common import Stack, raw_arq_worker, stack, summary, videoq_worker, write_section
 from videoq import db
 
 
@@ -56,15 +55,11 @@ async def videoq_peak(st: Stack, n: int) -> float:
             uuid.UUID((await http.post("/v1/jobs", json={"product_name": f"M{i}"})).json()["id"])
             for i in range(n)
         ]
-    s = st.settings
-    env = {
-        "VIDEOQ_DATABASE_URL": s.database_url or "", "VIDEOQ_REDIS_URL": s.redis_url or "",
-        "VIDEOQ_QUEUE_NAME": s.queue_name, "VIDEOQ_PIPELINE": "bench.pipelines:hold",
-        "VIDEOQ_MAX_JOBS": str(n), "VIDEOQ_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
-        **NO_LIMITS,
-    }  # fmt: skip
-    worker = spawn([sys.executable, "-m", "videoq", "worker"], env, st.home / "memory.log")
-    engine = db.create_engine(s.database_url or "")
+    worker = videoq_worker(
+        st, st.home / "memory.log", VIDEOQ_PIPELINE="bench.pipelines:hold",
+        VIDEOQ_MAX_JOBS=str(n), VIDEOQ_LOG_LEVEL="WARNING",
+    )  # fmt: skip
+    engine = db.create_engine(st.settings.database_url or "")
 
     async def all_running() -> bool:
         async with engine.connect() as conn:
@@ -87,12 +82,10 @@ async def arq_peak(st: Stack, n: int) -> float:
     try:
         for _ in range(n):
             await pool.enqueue_job("sleeper", 8.0, _queue_name=queue)
-        env = {
-            "BENCH_REDIS_URL": st.settings.redis_url or "", "BENCH_QUEUE": queue,
-            "BENCH_POLL_DELAY_S": "0.05", "BENCH_MAX_JOBS": str(n),
-        }  # fmt: skip
-        worker = spawn([sys.executable, "-m", "arq", "bench.raw_arq.Settings"], env,
-                       st.home / "memory.log")  # fmt: skip
+        worker = raw_arq_worker(
+            st.settings.redis_url or "", queue, st.home / "memory.log",
+            BENCH_POLL_DELAY_S="0.05", BENCH_MAX_JOBS=str(n),
+        )  # fmt: skip
 
         async def all_running() -> bool:
             running = await pool.keys("arq:in-progress:*")

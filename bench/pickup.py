@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 import uuid
 
@@ -25,7 +24,7 @@ from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from bench.common import NO_LIMITS, spawn, stack, write_section
+from bench.common import raw_arq_worker, stack, videoq_worker, write_section
 
 
 def pct(values: list[float], q: float) -> float:
@@ -75,8 +74,7 @@ async def arq_pickup(
     redis_url: str, poll: float, n: int, log: object, window: float = 3.0
 ) -> tuple[list[float], float]:
     queue = f"arq-bench:{uuid.uuid4().hex[:6]}"
-    env = {"BENCH_REDIS_URL": redis_url, "BENCH_QUEUE": queue, "BENCH_POLL_DELAY_S": str(poll)}
-    worker = spawn([sys.executable, "-m", "arq", "bench.raw_arq.Settings"], env, log)  # type: ignore[arg-type]
+    worker = raw_arq_worker(redis_url, queue, log, BENCH_POLL_DELAY_S=str(poll))
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     try:
         await asyncio.sleep(2)  # start-up
@@ -102,18 +100,12 @@ async def main(n: int, reps: int, quick: bool) -> None:
     window = 1.0 if quick else 3.0
     async with stack() as st:
         s = st.settings
-        env = {
-            "VIDEOQ_DATABASE_URL": s.database_url or "",
-            "VIDEOQ_REDIS_URL": s.redis_url or "",
-            "VIDEOQ_ARTIFACTS_DIR": str(s.artifacts),
-            "VIDEOQ_PIPELINE": "bench.pipelines:noop",
-            "VIDEOQ_LOG_LEVEL": "WARNING",
-            **NO_LIMITS,
-        }
         log = st.home / "pickup.log"
         redis = Redis.from_url(s.redis_url or "")
         base = await idle_rate(redis, window)  # the API alone
-        worker = spawn([sys.executable, "-m", "videoq", "worker"], env, log)
+        worker = videoq_worker(
+            st, log, VIDEOQ_PIPELINE="bench.pipelines:noop", VIDEOQ_LOG_LEVEL="WARNING"
+        )
         try:
             await asyncio.sleep(3)  # start-up
             ours_idle = await idle_rate(redis, window + 2) - base

@@ -27,7 +27,7 @@ from arq.connections import RedisSettings
 from arq.jobs import Job
 from sqlalchemy import func, select
 
-from bench.common import NO_LIMITS, ROOT, spawn, stack, write_section
+from bench.common import ROOT, raw_arq_worker, spawn, stack, videoq_worker, write_section
 from videoq import db
 
 
@@ -50,14 +50,11 @@ async def videoq_rate(st: Any, pipeline: str, n: int, max_jobs: int) -> float:
                 ids.append(response.json()["id"])
 
         await asyncio.gather(*(submit(i) for i in range(n)))
-    s = settings
-    env = {
-        "VIDEOQ_DATABASE_URL": s.database_url or "", "VIDEOQ_REDIS_URL": s.redis_url or "",
-        "VIDEOQ_QUEUE_NAME": queue, "VIDEOQ_PIPELINE": pipeline, "VIDEOQ_MAX_JOBS": str(max_jobs),
-        "VIDEOQ_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), **NO_LIMITS,
-    }  # fmt: skip
-    worker = spawn([sys.executable, "-m", "videoq", "worker"], env, st.home / "throughput.log")
-    engine = db.create_engine(s.database_url or "")
+    worker = videoq_worker(
+        st, st.home / "throughput.log", VIDEOQ_QUEUE_NAME=queue, VIDEOQ_PIPELINE=pipeline,
+        VIDEOQ_MAX_JOBS=str(max_jobs), VIDEOQ_LOG_LEVEL="WARNING",
+    )  # fmt: skip
+    engine = db.create_engine(settings.database_url or "")
     try:
         keys = [uuid.UUID(i) for i in ids]
         while True:
@@ -90,12 +87,10 @@ async def arq_rate(st: Any, function: str, args: tuple[Any, ...], n: int, poll: 
             job = await pool.enqueue_job(function, *args, _queue_name=queue)
             assert job is not None
             job_ids.append(job.job_id)
-        env = {
-            "BENCH_REDIS_URL": st.settings.redis_url or "", "BENCH_QUEUE": queue,
-            "BENCH_POLL_DELAY_S": str(poll), "BENCH_MAX_JOBS": str(max_jobs),
-        }  # fmt: skip
-        worker = spawn([sys.executable, "-m", "arq", "bench.raw_arq.Settings"], env,
-                       st.home / "throughput.log")  # fmt: skip
+        worker = raw_arq_worker(
+            st.settings.redis_url or "", queue, st.home / "throughput.log",
+            BENCH_POLL_DELAY_S=str(poll), BENCH_MAX_JOBS=str(max_jobs),
+        )  # fmt: skip
         try:
             while await pool.zcard(queue):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
