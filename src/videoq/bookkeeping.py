@@ -23,7 +23,6 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select, text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from videoq.batching import GroupCommit
@@ -248,9 +247,8 @@ async def store_events(engine: AsyncEngine, events: list[dict[str, Any]]) -> Non
 
 
 def _logged(future: asyncio.Future[None]) -> None:
+    """Nobody awaits a progress write: its failure (best effort, like the events) is logged."""
     if not future.cancelled() and (exc := future.exception()) is not None:
-        if not isinstance(exc, SQLAlchemyError | OSError):
-            raise exc
         log.warning("progress_store_failed", error=str(exc))
 
 
