@@ -287,8 +287,8 @@ async def test_a_stale_in_progress_key_is_checked_and_cleared_in_one_step(
     full_ttl_ms = int((queue.arq_timeout_s(base_settings) + 10) * 1000)
     key = in_progress_key_prefix + job_id
     await redis.psetex(key, full_ttl_ms - 100, b"1")  # set again just now
-    assert not await queue.clear_stale_in_progress(redis, base_settings, job_id)
+    assert not await queue.clear_stale_in_progress(redis, base_settings, [job_id])
     assert await redis.exists(key) == 1
     await redis.psetex(key, full_ttl_ms - int((base_settings.worker_stale_s + 1) * 1000), b"1")
-    assert await queue.clear_stale_in_progress(redis, base_settings, job_id)
+    assert await queue.clear_stale_in_progress(redis, base_settings, [job_id])
     assert await redis.exists(key) == 0

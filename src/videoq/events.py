@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -113,22 +113,12 @@ class Publisher:
         self._group = GroupCommit(self._publish)
 
     async def _publish(self, items: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
-        # By the script's hash (EVALSHA): the script itself is sent once, not with each event.
+        calls = [(_publish_keys(tenant, event), _publish_args(event)) for tenant, event in items]
         try:
-            for first_try in (True, False):
-                try:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for tenant, event in items:
-                            keys = _publish_keys(tenant, event)
-                            pipe.evalsha(_PUBLISH.sha, len(keys), *keys, *_publish_args(event))
-                        return [int(seq) for seq in await pipe.execute()]
-                except NoScriptError:  # a new or restarted Redis: nothing ran
-                    if not first_try:
-                        raise
-                    await self.redis.script_load(_PUBLISH.source)
+            return [int(seq) for seq in await _PUBLISH.many(self.redis, calls)]
         except (RedisError, OSError) as exc:
             log.warning("event_publish_failed", events=len(items), error=str(exc))
-        return [None] * len(items)
+            return [None] * len(items)
 
     def __call__(self, tenant: str, event: dict[str, Any]) -> asyncio.Future[int | None]:
         return self._group.submit((tenant, event))

@@ -42,12 +42,6 @@ def arq_timeout_s(settings: Settings) -> float:
     return settings.job_timeout_s + 60
 
 
-def in_progress_age_s(settings: Settings, pttl_ms: int) -> float:
-    """How long ago a worker took a job, from the remaining TTL of arq's in-progress key (arq
-    sets it for its job timeout + 10 s)."""
-    return arq_timeout_s(settings) + 10 - pttl_ms / 1000
-
-
 class LuaScript:
     """A Lua script run by its hash (EVALSHA): its text crosses the wire only when Redis does
     not have it yet (new, or restarted)."""
@@ -62,19 +56,48 @@ class LuaScript:
         except NoScriptError:
             return await redis.eval(self.source, len(keys), *keys, *args)  # type: ignore[misc]
 
+    async def many(
+        self, redis: Redis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """One call per ``(keys, args)``, in one pipeline (one round trip), in order."""
+        for first_try in (True, False):
+            try:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(self.sha, len(keys), *keys, *args)
+                    return list(await pipe.execute())
+            except NoScriptError:  # a new or restarted Redis: none of them ran
+                if not first_try:
+                    raise
+                await redis.script_load(self.source)
+        raise AssertionError("unreachable")
+
 
 _CLEAR_IF_OLD = LuaScript("""
-local left = redis.call('PTTL', KEYS[1])
-if left > 0 and left <= tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
-return 0
+local cleared = {}
+for _, key in ipairs(KEYS) do
+  local left = redis.call('PTTL', key)
+  if left > 0 and left <= tonumber(ARGV[1]) then
+    redis.call('DEL', key)
+    cleared[#cleared + 1] = key
+  end
+end
+return cleared
 """)
 
 
-async def clear_stale_in_progress(redis: Redis, settings: Settings, job_id: str) -> bool:
-    """Delete the job's arq in-progress key if a worker set it more than ``worker_stale_s``
-    ago; checked and deleted in one step, so a key another worker sets meanwhile stays."""
+async def clear_stale_in_progress(
+    redis: Redis, settings: Settings, job_ids: Sequence[str]
+) -> set[str]:
+    """Delete the arq in-progress keys of ``job_ids`` that a worker set more than
+    ``worker_stale_s`` ago; returns those jobs. Each key is checked and deleted in one step, so
+    a key another worker sets meanwhile stays."""
+    if not job_ids:
+        return set()
     most_left_ms = int((arq_timeout_s(settings) + 10 - settings.worker_stale_s) * 1000)
-    return bool(await _CLEAR_IF_OLD(redis, [in_progress_key_prefix + job_id], [most_left_ms]))
+    keys = [in_progress_key_prefix + job_id for job_id in job_ids]
+    cleared = await _CLEAR_IF_OLD(redis, keys, [most_left_ms])
+    return {key.decode().removeprefix(in_progress_key_prefix) for key in cleared}
 
 
 def redis_settings(settings: Settings, *, retries: int = 10) -> RedisSettings:

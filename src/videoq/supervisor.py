@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -132,26 +132,22 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
         async with state.redis.pipeline(transaction=False) as pipe:
             for job in waiting:
                 pipe.exists(job_key_prefix + str(job.id))
-                pipe.pttl(in_progress_key_prefix + str(job.id))
-            replies = await pipe.execute()
+            present = await pipe.execute()
         stale = datetime.now(UTC) - timedelta(seconds=settings.worker_stale_s)
-        for job, exists, pttl in zip(waiting, replies[::2], replies[1::2], strict=True):
+        held = []
+        for job, exists in zip(waiting, present, strict=True):
             if not exists:
                 if await queue.enqueue_job(state.redis, settings, job):
                     requeued += 1
                     log.info("job_reenqueued", job_id=str(job.id), status=job.status)
-            # Taken by a worker long ago, yet the row never became running: the worker died
-            # between recording the outcome and arq clearing its in-progress key, which would
-            # block the job until the key expires (the job timeout). A key set moments ago is a
-            # worker starting the job from a backlog: left alone.
-            elif (
-                pttl > 0
-                and queue.in_progress_age_s(settings, pttl) > settings.worker_stale_s
-                and job.updated_at < stale
-                and (job.run_at is None or job.run_at < stale)
-                and await queue.clear_stale_in_progress(state.redis, settings, str(job.id))
-            ):
-                log.warning("job_in_progress_key_cleared", job_id=str(job.id))
+            elif job.updated_at < stale and (job.run_at is None or job.run_at < stale):
+                held.append(str(job.id))
+        # Taken by a worker long ago, yet the row never became running: the worker died between
+        # recording the outcome and arq clearing its in-progress key, which would block the job
+        # until the key expires (the job timeout). A key set moments ago is a worker starting
+        # the job from a backlog: left alone.
+        for job_id in await queue.clear_stale_in_progress(state.redis, settings, held):
+            log.warning("job_in_progress_key_cleared", job_id=job_id)
     for job in orphans:
         await queue.release_orphan(state.redis, settings, job)
         log.warning("job_orphan_released", job_id=str(job.id), dead_worker=job.worker_id)
