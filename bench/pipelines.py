@@ -5,43 +5,31 @@ that only wait, so what is measured is videoq's own bookkeeping."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from videoq.pipeline import STAGE_RANGES, STAGES, Brief, Checkpoints, Reporter, Result
-from videoq.settings import Settings
+from videoq.pipeline import STAGE_RANGES, STAGES, Checkpoints, Reporter, Result
 
 
-async def _run(checkpoints: Checkpoints, report: Reporter, stage_s: float) -> Result:
-    for stage in STAGES:
-        if await checkpoints.load(stage) is not None:
-            continue
-        await report(stage, STAGE_RANGES[stage][0], "started")
-        if stage_s:
-            await asyncio.sleep(stage_s)
-        await checkpoints.save(stage, {"done": True})
-    return Result(video_path=Path("/dev/null"), duration_s=0.0, size_bytes=0)
+def _stages_of(stage_s: float, doc: str) -> Callable[..., Awaitable[Result]]:
+    """A pipeline whose four stages each await ``stage_s``, with the real contract around
+    them: skipped when checkpointed, reported when started, checkpointed when done."""
+
+    async def pipeline(*_: Any, checkpoints: Checkpoints, report: Reporter, **__: Any) -> Result:
+        for stage in STAGES:
+            if await checkpoints.load(stage) is not None:
+                continue
+            await report(stage, STAGE_RANGES[stage][0], "started")
+            if stage_s:
+                await asyncio.sleep(stage_s)
+            await checkpoints.save(stage, {"done": True})
+        return Result(video_path=Path("/dev/null"), duration_s=0.0, size_bytes=0)
+
+    pipeline.__doc__ = doc
+    return pipeline
 
 
-async def io(
-    brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
-    report: Reporter, **_: Any,
-) -> Result:  # fmt: skip
-    """Four stages awaiting 25 ms each: 0.1 s of provider I/O per job."""
-    return await _run(checkpoints, report, 0.025)
-
-
-async def noop(
-    brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
-    report: Reporter, **_: Any,
-) -> Result:  # fmt: skip
-    """Four stages that do nothing: pure bookkeeping."""
-    return await _run(checkpoints, report, 0.0)
-
-
-async def hold(
-    brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
-    report: Reporter, **_: Any,
-) -> Result:  # fmt: skip
-    """Four stages of 2 s each: jobs that stay in flight while a benchmark looks at the worker."""
-    return await _run(checkpoints, report, 2.0)
+io = _stages_of(0.025, "Four stages awaiting 25 ms each: 0.1 s of provider I/O per job.")
+noop = _stages_of(0.0, "Four stages that do nothing: pure bookkeeping.")
+hold = _stages_of(2.0, "Four stages of 2 s each: jobs that stay in flight while a benchmark looks.")
