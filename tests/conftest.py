@@ -27,6 +27,7 @@ from tests.mocks.server import serve
 from videoq import db
 from videoq.api import create_app
 from videoq.auth import create_key
+from videoq.bookkeeping import Bookkeeper
 from videoq.client import Client
 from videoq.embedded import embedded_services
 from videoq.settings import Settings
@@ -74,6 +75,23 @@ async def sessions(base_settings: Settings) -> AsyncIterator[Any]:
     engine = db.create_engine(base_settings.database_url)
     yield db.sessionmaker(engine)
     await engine.dispose()
+
+
+_bookkeepers: list[Bookkeeper] = []
+
+
+def bookkeeper(sessions: Any, worker_id: str) -> Bookkeeper:
+    """A worker's :class:`Bookkeeper` on the test database, closed when the test ends."""
+    books = Bookkeeper(sessions.kw["bind"].url.render_as_string(hide_password=False), worker_id)
+    _bookkeepers.append(books)
+    return books
+
+
+@pytest.fixture(autouse=True)
+async def _close_bookkeepers() -> AsyncIterator[None]:
+    yield
+    while _bookkeepers:
+        await _bookkeepers.pop().aclose()
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy import update
 
+from tests.conftest import bookkeeper
 from videoq import db, jobs, queue, supervisor, workers
-from videoq.bookkeeping import Bookkeeper
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
 
@@ -40,7 +40,7 @@ async def row(sessions: Any, job_id: uuid.UUID) -> db.Job:
 
 async def start_attempt(sessions: Any, job_id: uuid.UUID, worker_id: str) -> db.Job | None:
     """A worker's claim: ``queued``/``scheduled``/``retrying`` → ``running``, a new attempt."""
-    return await Bookkeeper(sessions.kw["bind"], worker_id).claim(job_id)
+    return await bookkeeper(sessions, worker_id).claim(job_id)
 
 
 async def force(sessions: Any, job_id: uuid.UUID, status: str, **values: Any) -> None:
@@ -152,7 +152,7 @@ async def test_transitions_outside_the_state_machine_are_refused(
 async def test_progress_is_recorded_only_for_the_current_running_attempt(sessions: Any) -> None:
     job_id = await new_job(sessions)
     await start_attempt(sessions, job_id, "w1")
-    books = Bookkeeper(sessions.kw["bind"], "w1")
+    books = bookkeeper(sessions, "w1")
     books.progress(job_id, 1, "voice_gen", 40.0)
     books.progress(job_id, 0, "compositing", 90.0)  # a stale attempt, in the same batch
     await books.aclose()

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -26,6 +27,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -222,6 +225,16 @@ def async_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
+
+
+def driver_dsn(url: str) -> str:
+    """The URL as asyncpg takes it (``postgresql://``), for code that talks to asyncpg directly."""
+    return make_url(async_url(url)).set(drivername="postgresql").render_as_string(False)
+
+
+#: What a database call raises when PostgreSQL fails or is out of reach, through SQLAlchemy or
+#: through asyncpg directly (the worker's bookkeeping).
+DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:

@@ -80,7 +80,7 @@ class WorkerState:
     publish: events.Publisher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.books = Bookkeeper(self.engine, self.worker_id)
+        self.books = Bookkeeper(self.settings.database_url or "", self.worker_id)
         self.publish = events.Publisher(self.redis)
 
     def wrap_up(self, work: Awaitable[None]) -> None:
@@ -154,7 +154,7 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> None:
     structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=state.worker_id)
     try:
         await execute(state, uuid.UUID(job_id))
-    except (SQLAlchemyError, OSError) as exc:
+    except db.DATABASE_ERRORS as exc:
         # PostgreSQL is unreachable: nothing could be recorded, so let arq try again later.
         delay = state.settings.retry_delays_s[-1]
         log.warning("job_deferred_database_unavailable", error=str(exc), delay_s=delay)
@@ -303,7 +303,7 @@ async def _archive(state: WorkerState, job_id: uuid.UUID, last: Awaitable[Any]) 
     await last
     try:
         await events.archive(state.redis, state.books.archive, str(job_id))
-    except (RedisError, SQLAlchemyError, OSError) as exc:
+    except (RedisError, *db.DATABASE_ERRORS) as exc:
         log.warning("events_archive_failed", job_id=str(job_id), error=str(exc))
 
 
@@ -314,7 +314,7 @@ def _error(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, TimeoutError):
         message = "the job ran past its timeout"
         return {"code": "job_timeout", "message": message, "retryable": False}
-    if isinstance(exc, SQLAlchemyError | RedisError | OSError):
+    if isinstance(exc, (RedisError, *db.DATABASE_ERRORS)):
         return {"code": "infrastructure_error", "message": type(exc).__name__, "retryable": True}
     return {"code": "internal_error", "message": "unexpected worker error", "retryable": False}
 
@@ -346,15 +346,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     configure_logging(settings)
     assert settings.database_url
-    # Writes are grouped (bookkeeping), so a few connections serve every job; kept open, not
-    # reconnected per burst as overflow connections would be.
-    # Not pinged before each use: that would double the round trips. After a PostgreSQL restart
-    # the first write on a dead connection fails (the job retries, from its checkpoints) and
-    # SQLAlchemy then replaces every pooled connection.
-    engine = db.create_engine(
-        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=False,
-        pool_recycle=1800,  # before idle-connection timeouts of proxies and poolers
-    )  # fmt: skip
+    # The jobs' own writes go through the bookkeeper's asyncpg pool (WorkerState.books); this
+    # engine serves the rest (take-overs, webhooks, the supervisor), pinged before each use.
+    engine = db.create_engine(settings.database_url, pool_size=5, max_overflow=5)
     await db.check_migrated(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     state = WorkerState(settings, engine, db.sessionmaker(engine), ctx["redis"], worker_id)

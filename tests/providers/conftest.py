@@ -16,12 +16,13 @@ import httpx2
 import imageio_ffmpeg
 import pytest
 
+from tests.conftest import bookkeeper
 from tests.mocks import spec
 from tests.mocks.anthropic import AnthropicMock
 from tests.mocks.elevenlabs import ElevenLabsMock
 from tests.mocks.replicate import ReplicateMock
 from videoq import jobs
-from videoq.bookkeeping import Bookkeeper, DbCheckpoints
+from videoq.bookkeeping import DbCheckpoints
 from videoq.providers import ProviderPool, Transports
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
@@ -75,7 +76,7 @@ async def new_attempt(sessions: Any, job_id: uuid.UUID | None = None) -> DbCheck
     else:
         async with sessions() as session:
             assert await jobs.transition(session, job_id, "queued") is not None
-    books = Bookkeeper(sessions.kw["bind"], "w-providers")
+    books = bookkeeper(sessions, "w-providers")
     claimed = await books.claim(job_id)
     assert claimed is not None
     return DbCheckpoints(books, job_id, claimed.attempts)
