@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import select
 
 from tests.providers.conftest import new_attempt
 from videoq import db, jobs
 from videoq.batching import GroupCommit
-from videoq.bookkeeping import Outcome
+from videoq.bookkeeping import Bookkeeper, Outcome
 from videoq.errors import AttemptSuperseded
 
 
@@ -158,3 +159,41 @@ async def test_a_job_claimed_twice_in_one_batch_runs_once(sessions: Any) -> None
         assert await jobs.transition(session, attempt.job_id, "queued") is not None
     claims = await asyncio.gather(*(attempt.books.claim(attempt.job_id) for _ in range(2)))
     assert [c is not None for c in claims] == [True, False]
+
+
+async def test_a_batch_locks_its_jobs_in_id_order_whatever_the_plan(sessions: Any) -> None:
+    """Two batches sharing jobs must take their row locks in one order, or each can hold what
+    the other waits for (PostgreSQL breaks such a cycle only after its 1 s deadlock timeout,
+    failing a batch). Here the planner is made to join by hash over a table scan, which meets
+    the rows in their physical order, the reverse of their ids: the batch must still lock the
+    lower id first, and hold nothing else while it waits for it."""
+    one, two = await new_attempt(sessions), await new_attempt(sessions)
+    low, high = sorted((one, two), key=lambda a: a.job_id)
+    url = sessions.kw["bind"].url.render_as_string(hide_password=False)
+    holder = await asyncpg.connect(db.driver_dsn(url))
+    watcher = await asyncpg.connect(db.driver_dsn(url))  # outside the holder's snapshot
+    # A fresh row version of the lower id, stored after the higher one's.
+    await holder.execute("UPDATE jobs SET updated_at = now() WHERE id = $1", low.job_id)
+    hash_join_over_scan = {"enable_nestloop": "off", "enable_mergejoin": "off",
+                           "enable_indexscan": "off", "enable_bitmapscan": "off"}  # fmt: skip
+    books = Bookkeeper(url, "w-lock-order", server_settings=hash_join_over_scan)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", low.job_id)
+            saves = [
+                books.save.submit((a.job_id, a.attempt, "script_gen", {"n": i}))
+                for i, a in enumerate((high, low))
+            ]
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'videoq w-lock-order' AND wait_event_type = 'Lock'"
+            )
+            while not await watcher.fetchval(waiting):  # noqa: ASYNC110  PostgreSQL's state
+                await asyncio.sleep(0.01)
+            # The batch waits for the lower id; the higher one is not held yet.
+            await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE NOWAIT", high.job_id)
+        assert await asyncio.gather(*saves) == [True, True]
+    finally:
+        await holder.close()
+        await watcher.close()
+        await books.aclose()

@@ -196,6 +196,37 @@ async def test_a_backlog_keeps_freed_slots_busy_without_waiting_for_the_poll(
             assert (await client.wait(job.id, timeout=20)).status == "succeeded"
 
 
+async def test_jobs_are_taken_and_ended_without_arqs_per_job_transactions(
+    live_api: LiveApi, client: Client, settings: Settings, redis: Redis
+) -> None:
+    """arq takes, starts and ends each job with WATCH/MULTI/EXEC round trips of its own; the
+    worker takes due jobs with one Lua call and ends finished ones with another, shared."""
+    submitted = [await client.submit(product_name=f"Grouped {i}") for i in range(6)]
+
+    async def transactions() -> int:
+        stats = await redis.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("watch", "multi"))
+
+    before = await transactions()
+    async with running_worker(fake(settings, "quick"), max_jobs=3):
+        for job in submitted:
+            assert (await client.wait(job.id, timeout=20)).status == "succeeded"
+    assert await transactions() == before
+    assert not await redis.zcard(settings.queue_name)  # every job ended off the queue
+
+
+async def test_a_queue_entry_whose_job_data_expired_is_dropped(
+    live_api: LiveApi, client: Client, settings: Settings, redis: Redis
+) -> None:
+    """As arq does: an entry it cannot run leaves the queue, and the jobs behind it run."""
+    await redis.zadd(settings.queue_name, {"expired-entry": 1})
+    async with running_worker(fake(settings, "quick"), max_jobs=1):
+        job = await client.submit(product_name="After The Expired One")
+        assert (await client.wait(job.id, timeout=20)).status == "succeeded"
+    assert await redis.zscore(settings.queue_name, "expired-entry") is None
+    assert not await redis.exists(in_progress_key_prefix + "expired-entry")
+
+
 async def test_a_job_behind_more_running_jobs_than_one_read_still_starts(
     live_api: LiveApi, client: Client, settings: Settings, redis: Redis
 ) -> None:

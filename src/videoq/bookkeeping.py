@@ -32,34 +32,52 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from videoq.batching import GroupCommit
 from videoq.db import Job, driver_dsn
 from videoq.errors import AttemptSuperseded
+from videoq.events import StoredEvent
 from videoq.jobs import sources
 
 log = structlog.get_logger(__name__)
 
 _JOB_COLUMNS = tuple(column.name for column in Job.__table__.columns)
 
+
+def _locking(mode: str) -> str:
+    """The row locks of the jobs in $1, taken in id order, as every multi-row statement on
+    ``jobs`` here and in the supervisor takes them: whatever plan PostgreSQL picks for the
+    statement itself (a hash join locks in the table's physical order), two batches that share
+    rows never wait on each other in a cycle. (They did: PostgreSQL's deadlock check then broke
+    the cycle after its 1 s ``deadlock_timeout``, failing one batch.)"""
+    return f"""WITH locked AS MATERIALIZED (
+        SELECT id, status, attempts FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR {mode}
+    )"""
+
+
 _CLAIM = f"""
-    UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = $2,
+    {_locking("NO KEY UPDATE")}
+    UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker_id = $2,
         started_at = $3, heartbeat_at = $3, updated_at = $3, error = NULL
-    WHERE id = ANY($1::uuid[])
-        AND status IN ({", ".join(f"'{s}'" for s in sources("running"))})
-    RETURNING {", ".join(_JOB_COLUMNS)}
+    FROM locked
+    WHERE jobs.id = locked.id
+        AND jobs.status IN ({", ".join(f"'{s}'" for s in sources("running"))})
+    RETURNING {", ".join(f"jobs.{c}" for c in _JOB_COLUMNS)}
 """
-_SAVE = """
+_SAVE = f"""
+    {_locking("SHARE")}
     INSERT INTO job_stages (job_id, stage, attempt, output)
     SELECT u.job_id, u.stage, u.attempt, u.output
     FROM unnest($1::uuid[], $2::text[], $3::int[], $4::jsonb[]) AS u(job_id, stage, attempt, output)
-    JOIN jobs ON jobs.id = u.job_id AND jobs.status = 'running' AND jobs.attempts = u.attempt
-    FOR SHARE OF jobs
+    JOIN locked ON locked.id = u.job_id AND locked.status = 'running'
+        AND locked.attempts = u.attempt
     ON CONFLICT (job_id, stage) DO UPDATE
     SET output = EXCLUDED.output, attempt = EXCLUDED.attempt, completed_at = now()
     RETURNING job_id, attempt, stage
 """
-_PROGRESS = """
+_PROGRESS = f"""
+    {_locking("NO KEY UPDATE")}
     UPDATE jobs SET stage = u.stage, progress = u.progress, updated_at = $5
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[])
-        AS u(job_id, attempt, stage, progress)
-    WHERE jobs.id = u.job_id AND jobs.status = 'running' AND jobs.attempts = u.attempt
+        AS u(job_id, attempt, stage, progress), locked
+    WHERE jobs.id = u.job_id AND locked.id = u.job_id
+        AND jobs.status = 'running' AND jobs.attempts = u.attempt
 """
 #: Also run by the API (:func:`store_events`), through SQLAlchemy's connection.
 ARCHIVE_SQL = """
@@ -68,6 +86,7 @@ ARCHIVE_SQL = """
     ON CONFLICT DO NOTHING
 """
 _FINISH = f"""
+    {_locking("NO KEY UPDATE")}
     UPDATE jobs SET status = u.status, updated_at = $11::timestamptz,
         stage = COALESCE(u.stage, jobs.stage),
         progress = COALESCE(u.progress, jobs.progress),
@@ -80,9 +99,9 @@ _FINISH = f"""
         history = jobs.history || jsonb_build_array(u.entry)
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::float8[], $6::jsonb[],
                 $7::jsonb[], $8::timestamptz[], $9::jsonb[])
-        AS u(job_id, attempt, status, stage, progress, result, error, run_at, entry)
-    WHERE jobs.id = u.job_id AND jobs.status = 'running' AND jobs.attempts = u.attempt
-        AND jobs.worker_id = $10
+        AS u(job_id, attempt, status, stage, progress, result, error, run_at, entry), locked
+    WHERE jobs.id = u.job_id AND locked.id = u.job_id
+        AND jobs.status = 'running' AND jobs.attempts = u.attempt AND jobs.worker_id = $10
     RETURNING {", ".join(f"jobs.{c}" for c in _JOB_COLUMNS)}
 """
 _NOTE = """
@@ -124,10 +143,20 @@ class Bookkeeper:
     Opens its connections (at most ``max_connections``) on first use; :meth:`aclose` closes
     them once the writes already submitted are done (and they open again if it is used again)."""
 
-    def __init__(self, database_url: str, worker_id: str, *, max_connections: int = 10) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        worker_id: str,
+        *,
+        max_connections: int = 10,
+        server_settings: dict[str, str] | None = None,
+    ) -> None:
         self.dsn = driver_dsn(database_url)
         self.worker_id = worker_id
         self.max_connections = max_connections
+        # Named in pg_stat_activity (and so in lock waits) after the worker.
+        self.server_settings = {"application_name": f"videoq {worker_id}"[:63],
+                                **(server_settings or {})}  # fmt: skip
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.claim = GroupCommit(self._claim)
@@ -144,6 +173,7 @@ class Bookkeeper:
                     self._pool = await asyncpg.create_pool(
                         self.dsn, min_size=1, max_size=self.max_connections,
                         init=_codecs, reset=_autocommit_only,
+                        server_settings=self.server_settings,
                     )  # fmt: skip
         return self._pool
 
@@ -206,7 +236,7 @@ class Bookkeeper:
         )
         return [None] * len(items)
 
-    async def _archive(self, batches: list[list[dict[str, Any]]]) -> list[None]:
+    async def _archive(self, batches: list[list[StoredEvent]]) -> list[None]:
         pool = await self.pool()
         await pool.execute(ARCHIVE_SQL, *_archive_args([e for events in batches for e in events]))
         return [None] * len(batches)
@@ -265,15 +295,11 @@ def _job(row: asyncpg.Record) -> Job:
     return Job(**dict(row.items()))
 
 
-def _archive_args(events: list[dict[str, Any]]) -> tuple[list[Any], ...]:
-    return (
-        [uuid.UUID(e["job_id"]) for e in events],
-        [e["seq"] for e in events],
-        [json.dumps(e) for e in events],
-    )
+def _archive_args(events: list[StoredEvent]) -> tuple[list[Any], ...]:
+    return ([uuid.UUID(e[0]) for e in events], [e[1] for e in events], [e[2] for e in events])
 
 
-async def store_events(engine: AsyncEngine, events: list[dict[str, Any]]) -> None:
+async def store_events(engine: AsyncEngine, events: list[StoredEvent]) -> None:
     """Keep events (numbered, from a job's Redis stream) in ``job_events``; ones already kept
     are skipped. The API's way in (through its SQLAlchemy engine); a worker's goes through its
     :class:`Bookkeeper`."""

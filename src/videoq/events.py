@@ -48,17 +48,24 @@ def _stream_key(job_id: str) -> str:
     return f"videoq:stream:{job_id}"
 
 
+#: Number, store and publish events, in order, in one call: event i (from 0) has the keys
+#: KEYS[4i+1..4i+4] (seq counter, stream, job channel, tenant channel) and its JSON object,
+#: without ``seq``, in ARGV[i+3]; ARGV[1] is the stream's cap and ARGV[2] the keys' TTL. The
+#: seq goes in front of the object's other fields. Returns the seqs.
 _PUBLISH = LuaScript("""
-local seq = redis.call('INCR', KEYS[1])
-local event = cjson.decode(ARGV[1])
-event['seq'] = seq
-local data = cjson.encode(event)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', data)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', KEYS[3], data)
-redis.call('PUBLISH', KEYS[4], data)
-return seq
+local seqs = {}
+for i = 3, #ARGV do
+  local k = (i - 3) * 4
+  local seq = redis.call('INCR', KEYS[k + 1])
+  local data = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i], 2)
+  redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', data)
+  redis.call('EXPIRE', KEYS[k + 1], ARGV[2])
+  redis.call('EXPIRE', KEYS[k + 2], ARGV[2])
+  redis.call('PUBLISH', KEYS[k + 3], data)
+  redis.call('PUBLISH', KEYS[k + 4], data)
+  seqs[#seqs + 1] = seq
+end
+return seqs
 """)
 
 
@@ -86,24 +93,26 @@ def make_event(
     }
 
 
-def _publish_keys(tenant: str, event: dict[str, Any]) -> list[str]:
-    job_id = event["job_id"]
-    return [_seq_key(job_id), _stream_key(job_id), job_channel(job_id), tenant_channel(tenant)]
-
-
-def _publish_args(event: dict[str, Any]) -> list[str]:
-    body = json.dumps({k: v for k, v in event.items() if k != "seq"})
-    return [body, str(STREAM_MAXLEN), str(TTL_S)]
+async def publish_many(redis: Redis, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
+    """Number, store and publish ``(tenant, event)`` pairs, in order, in one round trip;
+    returns their ``seq``."""
+    keys: list[str] = []
+    args = [str(STREAM_MAXLEN), str(TTL_S)]
+    for tenant, event in items:
+        job_id = event["job_id"]
+        keys += (_seq_key(job_id), _stream_key(job_id), job_channel(job_id), tenant_channel(tenant))
+        args.append(json.dumps({k: v for k, v in event.items() if k != "seq"}))
+    return [int(seq) for seq in await _PUBLISH(redis, keys, args)]
 
 
 async def publish(redis: Redis, tenant: str, event: dict[str, Any]) -> int:
     """Number, store and publish ``event``; returns its ``seq``."""
-    return int(await _PUBLISH(redis, _publish_keys(tenant, event), _publish_args(event)))
+    return (await publish_many(redis, [(tenant, event)]))[0]
 
 
 class Publisher:
     """:func:`publish` for a worker's many jobs, without waiting: events published while a
-    batch is in flight go together in the next, one pipeline and one round trip. Batches go
+    batch is in flight go together in the next, one script call and one round trip. Batches go
     out in order, so each job's events keep theirs; await an event's future to know it (and
     every event before it) went out. Best effort: the future's result is None when Redis could
     not take it (logged)."""
@@ -113,9 +122,8 @@ class Publisher:
         self._group = GroupCommit(self._publish)
 
     async def _publish(self, items: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
-        calls = [(_publish_keys(tenant, event), _publish_args(event)) for tenant, event in items]
         try:
-            return [int(seq) for seq in await _PUBLISH.many(self.redis, calls)]
+            return list(await publish_many(self.redis, items))
         except (RedisError, OSError) as exc:
             log.warning("event_publish_failed", events=len(items), error=str(exc))
             return [None] * len(items)
@@ -162,15 +170,20 @@ async def _archived_seq(session: Any, job_id: uuid.UUID) -> int:
     return int(result.scalar() or 0)
 
 
+#: An event as kept in PostgreSQL: job id, seq, and its JSON text as Redis holds it.
+StoredEvent = tuple[str, int, str]
+
+
 async def archive(
-    redis: Redis, store: Callable[[list[dict[str, Any]]], Awaitable[Any]], job_id: str
+    redis: Redis, store: Callable[[list[StoredEvent]], Awaitable[Any]], job_id: str
 ) -> None:
     """Copy the job's stream into PostgreSQL (``job_events``) with ``store``
     (:func:`videoq.bookkeeping.store_events`, or a worker's grouped writer), so its history
-    outlives Redis. Called when an attempt ends; idempotent."""
-    stored = await replay(redis, job_id, 0)
-    if stored:
-        await store(stored)
+    outlives Redis. Called when an attempt ends; idempotent. The events' text goes as it is,
+    never parsed: each entry's id is its seq."""
+    entries = await redis.xrange(_stream_key(job_id))
+    if entries:
+        await store([(job_id, int(id_.split(b"-")[0]), f[b"e"].decode()) for id_, f in entries])
 
 
 async def history(

@@ -231,9 +231,18 @@ async def heartbeat(
     were cancelled or taken over, and must stop)."""
     if not running:
         return set()
+    # Rows locked in id order, as the worker's grouped writes lock them (bookkeeping._locking).
+    locked = (
+        select(Job.id)
+        .where(Job.id.in_(list(running)))
+        .order_by(Job.id)
+        .with_for_update(key_share=True)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
     rows = await session.execute(
         update(Job)
-        .where(Job.id.in_(list(running)), Job.status == "running", Job.worker_id == worker_id)
+        .where(Job.id.in_(select(locked.c.id)), Job.status == "running", Job.worker_id == worker_id)
         .values(heartbeat_at=datetime.now(UTC))
         .returning(Job.id, Job.attempts)
         .execution_options(synchronize_session=False)

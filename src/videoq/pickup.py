@@ -1,41 +1,80 @@
-"""How a worker picks jobs up: ``VideoqWorker``, arq's worker with its poll timer replaced by
-a wake-up (enqueue, a freed slot while there is a backlog) and its per-job start replaced by
-one Lua call that takes as many due jobs as there are free slots. Everything after the start
-(running the job, its retries, timeouts and results) is arq's own."""
+"""How a worker picks jobs up and hands them back: ``VideoqWorker``, arq's worker with its poll
+timer replaced by a wake-up (enqueue, a freed slot while there is a backlog), and its per-job
+Redis round trips replaced by grouped ones.
+
+arq starts a job with a WATCH/MULTI to take it and a MULTI to read it and count the try, and
+ends it with another MULTI: four round trips per job, each paid by the worker's one core. Here
+one Lua call takes as many due jobs as there are free slots, reading each one's data and
+counting its try (:data:`_TAKE_JOBS`); job ends go out together, one Lua call per batch
+(:data:`_END_JOBS`). The keys, and what each outcome does to them, are arq's own, so arq's
+``Job`` API, ``enqueue_job`` and its plain worker (``arq videoq.workers.WorkerSettings``) keep
+working on the same queue.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
-from arq import Worker
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
+import structlog
+from arq import Retry, Worker
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import deserialize_job_raw
+from arq.utils import ms_to_datetime, timestamp_ms
 
+from videoq.batching import GroupCommit
 from videoq.queue import LuaScript
+
+log = structlog.get_logger(__name__)
 
 #: Take up to ARGV[3] due jobs of the queue (KEYS[1]) in one round trip: each is taken by
 #: setting its arq in-progress key (prefix ARGV[4], for ARGV[2] ms) if no worker holds it —
-#: what arq's ``start_jobs`` does with a WATCH/MULTI per job. Running jobs stay in the queue
-#: until they finish, so up to ARGV[5] due entries are looked at (:data:`TAKE_SCAN_LIMIT`).
-#: Returns id, score, id, ….
+#: what arq's ``start_jobs`` does with a WATCH/MULTI per job — and then, as arq's ``run_job``
+#: does, its data (prefix ARGV[6]) is read and its try counted (prefix ARGV[7]). Running jobs
+#: stay in the queue until they finish, so up to ARGV[5] due entries are looked at
+#: (:data:`TAKE_SCAN_LIMIT`). Returns id, score, data (nil: expired), try, id, ….
 _TAKE_JOBS = LuaScript("""
 local taken, offset = {}, 0
-local want, cap = tonumber(ARGV[3]) * 2, tonumber(ARGV[5])
+local want, cap = tonumber(ARGV[3]) * 4, tonumber(ARGV[5])
 while #taken < want and offset < cap do
   local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
                           'LIMIT', offset, 200)
   if #page == 0 then break end
   for i = 1, #page, 2 do
-    if #taken < want and redis.call('SET', ARGV[4] .. page[i], '1', 'PX', ARGV[2], 'NX') then
-      taken[#taken + 1] = page[i]
+    local id = page[i]
+    if #taken < want and redis.call('SET', ARGV[4] .. id, '1', 'PX', ARGV[2], 'NX') then
+      local try = redis.call('INCR', ARGV[7] .. id)
+      redis.call('EXPIRE', ARGV[7] .. id, 88400)
+      taken[#taken + 1] = id
       taken[#taken + 1] = page[i + 1]
+      taken[#taken + 1] = redis.call('GET', ARGV[6] .. id)
+      taken[#taken + 1] = try
     end
   end
   offset = offset + 200
 end
 return taken
+""")
+
+#: End jobs of the queue (KEYS[1]), each given as id, how, score increment (ARGV[4…]):
+#: ``done`` removes it and its data and try count (arq's finish); ``later`` moves its score by
+#: the increment (arq's ``Retry(defer=…)``); ``again`` only lets go of it, to run again (arq's
+#: cancelled job). Every job's in-progress key (prefix ARGV[1]) goes last, so no worker can take
+#: a job that is still being ended. ARGV[2] and ARGV[3] are the data and try prefixes.
+_END_JOBS = LuaScript("""
+for i = 4, #ARGV, 3 do
+  local id, how = ARGV[i], ARGV[i + 1]
+  if how == 'done' then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
+  elseif how == 'later' then
+    redis.call('ZINCRBY', KEYS[1], ARGV[i + 2], id)
+  end
+  redis.call('DEL', ARGV[1] .. id)
+end
+return #ARGV
 """)
 
 
@@ -45,16 +84,26 @@ return taken
 TAKE_SCAN_LIMIT = 10_000
 
 
+@dataclass(frozen=True)
+class _End:
+    job_id: str
+    how: str  # done | later | again
+    incr_ms: int = 0
+
+
 class VideoqWorker(Worker):
     """arq's worker, woken the moment a job is enqueued (a pub/sub message from the API)
     instead of polling on a timer. Idle, it polls every ``poll_delay_s`` as a safety net
     (scheduled jobs coming due, a missed wake-up). A wake-up that arrives while every slot is
     busy stays set, so the next free slot looks at the queue at once.
 
-    Each look takes as many due jobs as there are free slots in one Redis round trip
-    (:data:`_TAKE_JOBS`) instead of arq's three per job. While the queue has a backlog (the
-    last look filled every free slot), every slot that frees up looks again at once, so slots
-    never idle waiting for a timer while jobs wait."""
+    Each look takes as many due jobs as there are free slots in one Redis round trip, with
+    their data (:data:`_TAKE_JOBS`). While the queue has a backlog (the last look filled every
+    free slot), every slot that frees up looks again at once, so slots never idle waiting for a
+    timer while jobs wait. Jobs run as arq runs them (its tries, timeout, ``Retry``, and a
+    cancelled job run again), and their ends are written together (:data:`_END_JOBS`). arq's
+    per-job hooks (``on_job_start``, ``on_job_end``, ``after_job_end``), results
+    (``keep_result``) and aborts are not used by videoq and not supported here."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.idle_poll_s = float(kwargs.pop("poll_delay", 0.5))
@@ -63,6 +112,17 @@ class VideoqWorker(Worker):
         self.wake.set()  # look at the queue as soon as it starts: there may be a backlog
         self.ctx["wake"] = self.wake
         self.backlog = True
+        self._ends: GroupCommit[_End, None] = GroupCommit(self._end_jobs)
+        # arq's close() runs on_shutdown after its jobs' tasks end and before Redis closes:
+        # the ends still in flight are written there.
+        shutdown = self.on_shutdown
+
+        async def on_shutdown(ctx: dict[str, Any]) -> None:
+            await self._ends.aclose()
+            if shutdown is not None:
+                await shutdown(ctx)
+
+        self.on_shutdown = on_shutdown
 
     async def _poll_iteration(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -82,14 +142,16 @@ class VideoqWorker(Worker):
 
     async def _take_jobs(self, free: int) -> None:
         args = (timestamp_ms(), int(self.in_progress_timeout_s * 1000), free,
-                in_progress_key_prefix, max(TAKE_SCAN_LIMIT, self.queue_read_limit))  # fmt: skip
+                in_progress_key_prefix, max(TAKE_SCAN_LIMIT, self.queue_read_limit),
+                job_key_prefix, retry_key_prefix)  # fmt: skip
         taken = await _TAKE_JOBS(self.pool, [self.queue_name], args)
-        self.backlog = len(taken) // 2 == free
-        for raw_id, score in zip(taken[::2], taken[1::2], strict=True):
+        self.backlog = len(taken) // 4 == free
+        for i in range(0, len(taken), 4):
+            raw_id, score, data, job_try = taken[i : i + 4]
             job_id = raw_id.decode()
             await self.sem.acquire()  # free by the count above: never waits
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task = self.loop.create_task(self._run(job_id, int(float(score)), data, job_try))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
@@ -97,3 +159,59 @@ class VideoqWorker(Worker):
         super()._release_sem_dec_counter_on_complete()
         if self.backlog:
             self.wake.set()
+
+    async def _run(self, job_id: str, score: int, data: bytes | None, job_try: int) -> None:
+        """Run one taken job as arq's ``run_job`` does, and end it (in a shared write)."""
+        end = await self._outcome(job_id, score, data, job_try)
+        # Written even if this task is cancelled meanwhile (the write is shared, and goes).
+        await asyncio.shield(self._ends.submit(end))
+
+    async def _outcome(self, job_id: str, score: int, data: bytes | None, job_try: int) -> _End:
+        if data is None:
+            log.warning("arq_job_expired", job_id=job_id)
+            self.jobs_failed += 1
+            return _End(job_id, "done")
+        try:
+            name, args, kwargs, enqueue_try, enqueue_ms = deserialize_job_raw(
+                data, deserializer=self.job_deserializer
+            )
+            function = self.functions[name]
+        except Exception as exc:  # arq's way: a job it cannot run is failed and dropped
+            log.error("arq_job_unrunnable", job_id=job_id, error=repr(exc))
+            self.jobs_failed += 1
+            return _End(job_id, "done")
+        if enqueue_try and enqueue_try > job_try:
+            job_try = enqueue_try
+            await self.pool.setex(retry_key_prefix + job_id, 88400, str(job_try))
+        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        if job_try > max_tries:
+            log.warning("arq_job_max_tries", job_id=job_id, max_tries=max_tries)
+            self.jobs_failed += 1
+            return _End(job_id, "done")
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "score": score,
+               "enqueue_time": ms_to_datetime(enqueue_ms)}  # fmt: skip
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await function.coroutine(ctx, *args, **kwargs)
+        except Retry as retry:
+            self.jobs_retried += 1
+            if not retry.defer_score:
+                return _End(job_id, "again")
+            return _End(job_id, "later", retry.defer_score + timestamp_ms() - score)
+        except asyncio.CancelledError:
+            self.jobs_retried += 1  # the worker is stopping: the job runs again elsewhere
+            return _End(job_id, "again")
+        except Exception:
+            log.exception("arq_job_failed", job_id=job_id, function=name)
+            self.jobs_failed += 1
+            return _End(job_id, "done")
+        self.jobs_complete += 1
+        return _End(job_id, "done")
+
+    async def _end_jobs(self, ends: list[_End]) -> list[None]:
+        args: list[Any] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix]
+        for end in ends:
+            args += (end.job_id, end.how, end.incr_ms)
+        await _END_JOBS(self.pool, [self.queue_name], args)
+        return [None] * len(ends)

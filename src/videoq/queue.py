@@ -56,22 +56,6 @@ class LuaScript:
         except NoScriptError:
             return await redis.eval(self.source, len(keys), *keys, *args)  # type: ignore[misc]
 
-    async def many(
-        self, redis: Redis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
-        """One call per ``(keys, args)``, in one pipeline (one round trip), in order."""
-        for first_try in (True, False):
-            try:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        pipe.evalsha(self.sha, len(keys), *keys, *args)
-                    return list(await pipe.execute())
-            except NoScriptError:  # a new or restarted Redis: none of them ran
-                if not first_try:
-                    raise
-                await redis.script_load(self.source)
-        raise AssertionError("unreachable")
-
 
 _CLEAR_IF_OLD = LuaScript("""
 local cleared = {}
