@@ -219,7 +219,7 @@ async def cancel_job(request: Request) -> Response:
         log.warning("cancel_signal_failed", job_id=str(job.id), error=str(exc))
     await _announce(st, job, f"cancelled while {previous}")
     with contextlib.suppress(RedisError, OSError, SQLAlchemyError):
-        await events.archive(st.redis, partial(store_events, st.engine), str(job.id))
+        await events.archive(st.redis, partial(store_events, st.engine), [str(job.id)])
     await webhooks.job_finished(st.sessions, st.settings, job, st.background)
     return JSONResponse(jobs.job_view(job, base_url(request)), status_code=202)
 

@@ -162,8 +162,7 @@ class Bookkeeper:
         self.claim = GroupCommit(self._claim)
         self.finish = GroupCommit(self._finish)
         self.save = GroupCommit(self._save)
-        # Nobody waits for these two: they gather for a moment.
-        self.archive = GroupCommit(self._archive, linger_s=LINGER_S)
+        # Nobody waits for these: they gather for a moment.
         self._progress = GroupCommit(self._write_progress, linger_s=LINGER_S)
 
     async def pool(self) -> asyncpg.Pool:
@@ -236,10 +235,11 @@ class Bookkeeper:
         )
         return [None] * len(items)
 
-    async def _archive(self, batches: list[list[StoredEvent]]) -> list[None]:
+    async def store_events(self, events: list[StoredEvent]) -> None:
+        """Keep events in ``job_events`` (ones already kept are skipped); the worker's
+        archives come here grouped already (:class:`videoq.workers.WorkerState`)."""
         pool = await self.pool()
-        await pool.execute(ARCHIVE_SQL, *_archive_args([e for events in batches for e in events]))
-        return [None] * len(batches)
+        await pool.execute(ARCHIVE_SQL, *_archive_args(events))
 
     def progress(self, job_id: uuid.UUID, attempt: int, stage: str, progress: float) -> None:
         """Keep the job row's stage and progress current, without waiting: the events carry
@@ -268,7 +268,7 @@ class Bookkeeper:
         return value
 
     async def aclose(self) -> None:
-        for group in (self.claim, self.finish, self.save, self.archive, self._progress):
+        for group in (self.claim, self.finish, self.save, self._progress):
             await group.aclose()
         if self._pool is not None:
             pool, self._pool = self._pool, None  # reopened if used again

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -175,15 +175,24 @@ StoredEvent = tuple[str, int, str]
 
 
 async def archive(
-    redis: Redis, store: Callable[[list[StoredEvent]], Awaitable[Any]], job_id: str
+    redis: Redis, store: Callable[[list[StoredEvent]], Awaitable[Any]], job_ids: Sequence[str]
 ) -> None:
-    """Copy the job's stream into PostgreSQL (``job_events``) with ``store``
-    (:func:`videoq.bookkeeping.store_events`, or a worker's grouped writer), so its history
-    outlives Redis. Called when an attempt ends; idempotent. The events' text goes as it is,
-    never parsed: each entry's id is its seq."""
-    entries = await redis.xrange(_stream_key(job_id))
-    if entries:
-        await store([(job_id, int(id_.split(b"-")[0]), f[b"e"].decode()) for id_, f in entries])
+    """Copy the jobs' streams into PostgreSQL (``job_events``) with ``store``
+    (:func:`videoq.bookkeeping.store_events`, or a worker's :class:`Bookkeeper`), so their
+    history outlives Redis: one round trip to read them all, one to store. Called when an
+    attempt ends; idempotent. The events' text goes as it is, never parsed: each entry's id is
+    its seq."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.xrange(_stream_key(job_id))
+        streams = await pipe.execute()
+    stored = [
+        (job_id, int(id_.split(b"-")[0]), fields[b"e"].decode())
+        for job_id, entries in zip(job_ids, streams, strict=True)
+        for id_, fields in entries
+    ]
+    if stored:
+        await store(stored)
 
 
 async def history(

@@ -163,8 +163,9 @@ class VideoqWorker(Worker):
     async def _run(self, job_id: str, score: int, data: bytes | None, job_try: int) -> None:
         """Run one taken job as arq's ``run_job`` does, and end it (in a shared write)."""
         end = await self._outcome(job_id, score, data, job_try)
-        # Written even if this task is cancelled meanwhile (the write is shared, and goes).
-        await asyncio.shield(self._ends.submit(end))
+        # The slot frees now, and the end goes out with others'. Until it lands, the job's
+        # in-progress key keeps any worker from taking it again; shutdown waits for it.
+        self._ends.submit(end).add_done_callback(_logged)
 
     async def _outcome(self, job_id: str, score: int, data: bytes | None, job_try: int) -> _End:
         if data is None:
@@ -215,3 +216,10 @@ class VideoqWorker(Worker):
             args += (end.job_id, end.how, end.incr_ms)
         await _END_JOBS(self.pool, [self.queue_name], args)
         return [None] * len(ends)
+
+
+def _logged(future: asyncio.Future[None]) -> None:
+    """Nobody waits for a job's end: a failure to write it is logged. (The job stays in the
+    queue; once its in-progress key expires it is taken again and found finished.)"""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("arq_job_end_failed", error=str(exc))

@@ -30,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from videoq import db, events, jobs, queue, supervisor, webhooks
-from videoq.bookkeeping import Bookkeeper, DbCheckpoints, Outcome
+from videoq.batching import GroupCommit
+from videoq.bookkeeping import LINGER_S, Bookkeeper, DbCheckpoints, Outcome
 from videoq.embedded import resolve
 from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
 from videoq.logging import configure_logging
@@ -78,10 +79,17 @@ class WorkerState:
     books: Bookkeeper = field(init=False)
     #: The worker's grouped event publishing.
     publish: events.Publisher = field(init=False)
+    #: Finished attempts' events, copied to PostgreSQL together (job ids).
+    archive: GroupCommit[str, None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.books = Bookkeeper(self.settings.database_url or "", self.worker_id)
         self.publish = events.Publisher(self.redis)
+        self.archive = GroupCommit(self._archive_batch, linger_s=LINGER_S)
+
+    async def _archive_batch(self, job_ids: list[str]) -> list[None]:
+        await events.archive(self.redis, self.books.store_events, job_ids)
+        return [None] * len(job_ids)
 
     def wrap_up(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -302,7 +310,7 @@ async def _archive(state: WorkerState, job_id: uuid.UUID, last: Awaitable[Any]) 
     stream. Off the job's path: nothing waits for it but shutdown."""
     await last
     try:
-        await events.archive(state.redis, state.books.archive, str(job_id))
+        await state.archive(str(job_id))
     except (RedisError, *db.DATABASE_ERRORS) as exc:
         log.warning("events_archive_failed", job_id=str(job_id), error=str(exc))
 
@@ -373,6 +381,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if state.providers is not None:
         await state.providers.aclose()
     await state.publish.aclose()
+    await state.archive.aclose()
     await state.books.aclose()
     await state.engine.dispose()
     log.info("worker_shutdown_complete", worker_id=state.worker_id)
