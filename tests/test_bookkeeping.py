@@ -108,12 +108,17 @@ async def test_checkpoints_of_a_superseded_attempt_are_refused(sessions: Any) ->
     afterwards must not overwrite the new attempt's checkpoints."""
     old = await new_attempt(sessions)
     await old.save("script_gen", {"script": "first"})
+    await old.landed()
     new = await new_attempt(sessions, old.job_id)
     assert new.attempt == old.attempt + 1
     assert await new.load("script_gen") == {"script": "first"}  # resumes from it
     await new.save("voice_gen", {"voice": "second"})
+    await new.landed()
+    await old.save("voice_gen", {"voice": "stale"})
     with pytest.raises(AttemptSuperseded):
-        await old.save("voice_gen", {"voice": "stale"})
+        await old.landed()
+    with pytest.raises(AttemptSuperseded):  # and told again at its next save
+        await old.save("video_gen", {"video": "stale"})
     assert await stages(sessions, old.job_id) == {"script_gen": 1, "voice_gen": 2}
 
 
@@ -132,8 +137,9 @@ async def test_checkpoints_of_a_cancelled_job_are_refused(sessions: Any) -> None
     attempt = await new_attempt(sessions)
     async with sessions() as session:
         assert await jobs.transition(session, attempt.job_id, "cancelled") is not None
+    await attempt.save("script_gen", {"script": "late"})
     with pytest.raises(AttemptSuperseded):
-        await attempt.save("script_gen", {"script": "late"})
+        await attempt.landed()
     assert await stages(sessions, attempt.job_id) == {}
 
 

@@ -335,6 +335,8 @@ class DbCheckpoints:
         self.attempt = attempt
         # The first attempt ever has nothing to resume from: no query needed.
         self._completed: dict[str, dict[str, Any]] | None = {} if attempt == 1 else None
+        self._saving: list[asyncio.Future[bool]] = []
+        self._superseded = False
 
     async def load(self, stage: str) -> dict[str, Any] | None:
         # One query for every stage at the attempt's start (stages are loaded in order, and
@@ -344,10 +346,32 @@ class DbCheckpoints:
         return self._completed.get(stage)
 
     async def save(self, stage: str, output: dict[str, Any]) -> None:
-        if not await self.books.save((self.job_id, self.attempt, stage, output)):
-            raise AttemptSuperseded(f"attempt {self.attempt} of job {self.job_id} no longer runs")
+        """Write the checkpoint while the next stage starts; raises if an earlier save of this
+        attempt was refused or failed. What a crash can lose is the same as if the save were
+        waited for (a stage whose save has not landed yet); events that follow wait for it
+        (:meth:`pending`), and the attempt waits for every save before its outcome
+        (:meth:`landed`)."""
+        self._check()
+        self._saving.append(self.books.save.submit((self.job_id, self.attempt, stage, output)))
         if self._completed is not None:
             self._completed[stage] = output
+
+    def pending(self) -> asyncio.Future[bool] | None:
+        """The last save not yet in PostgreSQL, if any."""
+        return self._saving[-1] if self._saving and not self._saving[-1].done() else None
+
+    async def landed(self) -> None:
+        """Wait until every save so far is in PostgreSQL; raises as :meth:`save` does."""
+        if self._saving:
+            await asyncio.wait(self._saving)
+        self._check()
+
+    def _check(self) -> None:
+        while self._saving and self._saving[0].done():
+            if not self._saving.pop(0).result():  # a failed write raises here
+                self._superseded = True
+        if self._superseded:
+            raise AttemptSuperseded(f"attempt {self.attempt} of job {self.job_id} no longer runs")
 
     async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
         await self.books.note(self.job_id, self.attempt, stage + self.NOTES_SUFFIX, {key: value})

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,20 +110,35 @@ class WorkerState:
         return True
 
 
+_Held = tuple["asyncio.Future[bool] | None", dict[str, Any], "asyncio.Future[int | None]"]
+
+
+def _pass_on(into: asyncio.Future[int | None], done: asyncio.Future[int | None]) -> None:
+    into.set_result(done.result())
+
+
 class EventReporter:
     """The pipeline's :class:`~videoq.pipeline.Reporter` for one attempt: publishes ``stage`` and
     ``progress`` events (never backwards) and keeps the job row's stage and progress current
-    (every stage change and every 5 points, without waiting for the write)."""
+    (every stage change and every 5 points, without waiting for the write).
 
-    def __init__(self, state: WorkerState, job: db.Job) -> None:
+    An event goes out only once the checkpoints saved before it are in PostgreSQL (they are
+    written while the next stage starts, :meth:`DbCheckpoints.save`): a client that sees
+    ``video_gen`` started can count on ``voice_gen``'s output being kept. Events keep their
+    order; those that follow a refused save (the attempt lost its job) are dropped."""
+
+    def __init__(self, state: WorkerState, job: db.Job, checkpoints: DbCheckpoints) -> None:
         self.state = state
         self.job_id = job.id
         self.tenant = job.tenant
         self.attempt = job.attempts
+        self.checkpoints = checkpoints
         self.status = "running"
         self.stage: str | None = None
         self.progress = 0.0
         self.stored_progress = -1.0
+        #: Events waiting for a save, in order: (the save, the event, its future).
+        self._held: list[_Held] = []
 
     def emit(
         self, type_: str, status: str, message: str | None = None
@@ -132,7 +148,28 @@ class EventReporter:
             str(self.job_id), type_, status=status, stage=self.stage, progress=self.progress,
             worker_id=self.state.worker_id, message=message,
         )  # fmt: skip
-        return self.state.publish(self.tenant, event)
+        saving = self.checkpoints.pending()
+        if saving is None and not self._held:
+            return self.state.publish(self.tenant, event)
+        published: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._held.append((saving, event, published))
+        if len(self._held) == 1:
+            self._release()
+        return published
+
+    def _release(self, _: object = None) -> None:
+        while self._held:
+            saving, event, published = self._held[0]
+            if saving is not None and not saving.done():
+                saving.add_done_callback(self._release)
+                return
+            del self._held[0]
+            if saving is not None and (
+                saving.cancelled() or saving.exception() or not saving.result()
+            ):
+                published.set_result(None)
+                continue
+            self.state.publish(self.tenant, event).add_done_callback(partial(_pass_on, published))
 
     async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
         progress = min(100.0, max(self.progress, progress))
@@ -203,7 +240,8 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
     assert task is not None
     running = RunningJob(task, job.attempts)
     structlog.contextvars.bind_contextvars(attempt=job.attempts)
-    reporter = EventReporter(state, job)
+    checkpoints = DbCheckpoints(state.books, job.id, job.attempts)
+    reporter = EventReporter(state, job, checkpoints)
     settings = state.settings.for_job(job.options)
     workdir = settings.artifacts / str(job.id)
     try:
@@ -219,10 +257,11 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
                     Brief(**job.brief),
                     settings=settings,
                     workdir=workdir,
-                    checkpoints=DbCheckpoints(state.books, job.id, job.attempts),
+                    checkpoints=checkpoints,
                     report=reporter,
                     providers=state.providers,
                 )
+                await checkpoints.landed()  # refused: superseded, and nothing is recorded
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
             state.running.pop(job.id, None)
@@ -283,6 +322,10 @@ async def _finish(
     worker's, so a job cancelled meanwhile is never revived), then emit the status event and
     start the webhook. Shielded: an outcome being written is followed by its event, archive
     and webhook even if the job's task is cancelled meanwhile (arq's shutdown)."""
+    # Checkpoints still in flight land first (or are refused): once the outcome is written,
+    # the guard would refuse them, and the next attempt would redo their stages.
+    with contextlib.suppress(AttemptSuperseded, *db.DATABASE_ERRORS):
+        await reporter.checkpoints.landed()
     record = jobs.attempt_record(job, {"queued": "requeued"}.get(status, status), error)
     outcome = Outcome(
         job.id, job.attempts, status, record, stage=reporter.stage,

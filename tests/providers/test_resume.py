@@ -70,6 +70,8 @@ async def test_job_stopped_after_video_gen_resumes_without_paying_again(
         )  # fmt: skip
     paid = mocks.calls()
     assert paid["script"] == 1 and paid["voice"] == 1 and paid["create"] == 2
+    if store == "postgres":  # as the worker does before it records the crashed attempt
+        await first.landed()
 
     # A new attempt (another worker, after a redeploy) with the same checkpoints.
     second: Any = first if store == "memory" else await new_attempt(sessions, first.job_id)
@@ -106,6 +108,8 @@ async def test_crash_during_video_gen_re_attaches_to_the_same_predictions(
         run.cancel()  # the worker dies while both predictions run
         with pytest.raises(asyncio.CancelledError):
             await run
+    # Stages finished seconds before a real crash; here, milliseconds: let their saves land.
+    await checkpoints.landed()
     created = set(mocks.replicate.predictions)
     noted = await checkpoints.notes("video_gen")
     assert {note["id"] for note in noted.values()} == created and len(created) == 2

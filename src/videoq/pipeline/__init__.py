@@ -74,14 +74,16 @@ class Result:
 
 
 class Checkpoints(Protocol):
-    """Where each stage's outputs are recorded before the next stage starts, and where a stage
+    """Where each stage's outputs are recorded as the next stage starts, and where a stage
     notes paid work in progress (a Replicate prediction id) before it waits for it."""
 
     async def load(self, stage: str) -> dict[str, Any] | None:
         """The recorded outputs of a completed stage, or None."""
 
     async def save(self, stage: str, output: dict[str, Any]) -> None:
-        """Record a completed stage's outputs (JSON-serializable)."""
+        """Record a completed stage's outputs (JSON-serializable). May return before they are
+        stored (the worker's checkpoints land while the next stage runs, and are all waited for
+        before the job's outcome); raises if an earlier save of this attempt was refused."""
 
     async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
         """Durably record one piece of a stage's work in progress under ``key`` (merged with
