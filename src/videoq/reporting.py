@@ -1,0 +1,100 @@
+"""The pipeline's progress reporter on a worker: events (numbered, through Redis) and the job
+row's stage and progress, ordered behind the attempt's checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from videoq import db, events
+from videoq.bookkeeping import DbCheckpoints
+
+if TYPE_CHECKING:
+    from videoq.workers import WorkerState
+
+log = structlog.get_logger(__name__)
+
+
+_Held = tuple["asyncio.Future[bool] | None", dict[str, Any], "asyncio.Future[int | None]"]
+
+
+def _pass_on(into: asyncio.Future[int | None], done: asyncio.Future[int | None]) -> None:
+    into.set_result(done.result())
+
+
+class EventReporter:
+    """The pipeline's :class:`~videoq.pipeline.Reporter` for one attempt: publishes ``stage`` and
+    ``progress`` events (never backwards) and keeps the job row's stage and progress current
+    (every stage change and every 5 points, without waiting for the write).
+
+    An event goes out only once the checkpoints saved before it are in PostgreSQL (they are
+    written while the next stage starts, :meth:`DbCheckpoints.save`): a client that sees
+    ``video_gen`` started can count on ``voice_gen``'s output being kept. Events keep their
+    order; those that follow a refused save (the attempt lost its job) are dropped."""
+
+    def __init__(self, state: WorkerState, job: db.Job, checkpoints: DbCheckpoints) -> None:
+        self.state = state
+        self.job_id = job.id
+        self.tenant = job.tenant
+        self.attempt = job.attempts
+        self.checkpoints = checkpoints
+        self.status = "running"
+        self.stage: str | None = None
+        self.progress = 0.0
+        self.stored_progress = -1.0
+        #: Events waiting for a save, in order: (the save, the event, its future).
+        self._held: list[_Held] = []
+
+    def emit(
+        self, type_: str, status: str, message: str | None = None
+    ) -> asyncio.Future[int | None]:
+        """Publish an event without waiting; await the result to know it went out."""
+        event = events.make_event(
+            str(self.job_id), type_, status=status, stage=self.stage, progress=self.progress,
+            worker_id=self.state.worker_id, message=message,
+        )  # fmt: skip
+        saving = self.checkpoints.pending()
+        if saving is None and not self._held:
+            return self.state.publish(self.tenant, event)
+        published: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._held.append((saving, event, published))
+        if len(self._held) == 1:
+            self._release()
+        return published
+
+    def _release(self, _: object = None) -> None:
+        while self._held:
+            saving, event, published = self._held[0]
+            if saving is not None and not saving.done():
+                saving.add_done_callback(self._release)
+                return
+            del self._held[0]
+            if saving is not None and (
+                saving.cancelled() or saving.exception() or not saving.result()
+            ):
+                published.set_result(None)
+                continue
+            self.state.publish(self.tenant, event).add_done_callback(partial(_pass_on, published))
+
+    async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
+        progress = min(100.0, max(self.progress, progress))
+        if stage != self.stage:
+            self.stage, self.progress = stage, progress
+            structlog.contextvars.bind_contextvars(stage=stage)
+            self._store()
+            self.emit("stage", "running", message or f"{stage} started")
+            log.info("stage_started")
+            return
+        if progress - self.progress < 0.5 and message is None:
+            return  # sub-percent steps are noise for every client
+        self.progress = progress
+        if progress - self.stored_progress >= 5.0:
+            self._store()
+        self.emit("progress", "running", message)
+
+    def _store(self) -> None:
+        self.state.books.progress(self.job_id, self.attempt, self.stage or "", self.progress)
+        self.stored_progress = self.progress
