@@ -337,6 +337,7 @@ class DbCheckpoints:
         self._completed: dict[str, dict[str, Any]] | None = {} if attempt == 1 else None
         self._saving: list[asyncio.Future[bool]] = []
         self._superseded = False
+        self._failed: BaseException | None = None
 
     async def load(self, stage: str) -> dict[str, Any] | None:
         # One query for every stage at the attempt's start (stages are loaded in order, and
@@ -368,8 +369,13 @@ class DbCheckpoints:
 
     def _check(self) -> None:
         while self._saving and self._saving[0].done():
-            if not self._saving.pop(0).result():  # a failed write raises here
+            saved = self._saving.pop(0)
+            if saved.exception() is not None:  # kept: raised again at every later check
+                self._failed = saved.exception()
+            elif not saved.result():
                 self._superseded = True
+        if self._failed is not None:
+            raise self._failed
         if self._superseded:
             raise AttemptSuperseded(f"attempt {self.attempt} of job {self.job_id} no longer runs")
 

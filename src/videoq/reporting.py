@@ -22,7 +22,9 @@ _Held = tuple["asyncio.Future[bool] | None", dict[str, Any], "asyncio.Future[int
 
 
 def _pass_on(into: asyncio.Future[int | None], done: asyncio.Future[int | None]) -> None:
-    into.set_result(done.result())
+    """Best effort, as the Publisher's own futures: a publish that failed resolves to None."""
+    failed = done.cancelled() or done.exception() is not None
+    into.set_result(None if failed else done.result())
 
 
 class EventReporter:

@@ -240,10 +240,6 @@ async def _finish(
     worker's, so a job cancelled meanwhile is never revived), then emit the status event and
     start the webhook. Shielded: an outcome being written is followed by its event, archive
     and webhook even if the job's task is cancelled meanwhile (arq's shutdown)."""
-    # Checkpoints still in flight land first (or are refused): once the outcome is written,
-    # the guard would refuse them, and the next attempt would redo their stages.
-    with contextlib.suppress(AttemptSuperseded, *db.DATABASE_ERRORS):
-        await reporter.checkpoints.landed()
     record = jobs.attempt_record(job, {"queued": "requeued"}.get(status, status), error)
     outcome = Outcome(
         job.id, job.attempts, status, record, stage=reporter.stage,
@@ -256,6 +252,11 @@ async def _finish(
 async def _record(
     state: WorkerState, reporter: EventReporter, outcome: Outcome, message: str
 ) -> bool:
+    # Checkpoints still in flight land first (or are refused): once the outcome is written,
+    # the guard would refuse them, and the next attempt would redo their stages. (Here, in
+    # the shielded part: a shutdown's cancel must not skip the outcome.)
+    with contextlib.suppress(AttemptSuperseded, *db.DATABASE_ERRORS):
+        await reporter.checkpoints.landed()
     updated = await state.books.finish(outcome)
     if updated is None:
         log.warning("job_transition_refused", to=outcome.status)
