@@ -336,7 +336,7 @@ class DbCheckpoints:
         # The first attempt ever has nothing to resume from: no query needed.
         self._completed: dict[str, dict[str, Any]] | None = {} if attempt == 1 else None
         self._saving: list[asyncio.Future[bool]] = []
-        self._superseded = False
+        #: Why an earlier save did not land (refused, or failed): raised at every later check.
         self._failed: BaseException | None = None
 
     async def load(self, stage: str) -> dict[str, Any] | None:
@@ -370,14 +370,12 @@ class DbCheckpoints:
     def _check(self) -> None:
         while self._saving and self._saving[0].done():
             saved = self._saving.pop(0)
-            if saved.exception() is not None:  # kept: raised again at every later check
-                self._failed = saved.exception()
-            elif not saved.result():
-                self._superseded = True
+            if self._failed is None and (saved.exception() is not None or not saved.result()):
+                self._failed = saved.exception() or AttemptSuperseded(
+                    f"attempt {self.attempt} of job {self.job_id} no longer runs"
+                )
         if self._failed is not None:
             raise self._failed
-        if self._superseded:
-            raise AttemptSuperseded(f"attempt {self.attempt} of job {self.job_id} no longer runs")
 
     async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
         await self.books.note(self.job_id, self.attempt, stage + self.NOTES_SUFFIX, {key: value})
