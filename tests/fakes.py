@@ -104,3 +104,14 @@ async def flaky(
     return await _stages(
         workdir, checkpoints, report, seconds=0.01, fail_at="voice_gen" if failing else None
     )
+
+
+async def held(
+    brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
+    report: Reporter, **_: Any,
+) -> Result:  # fmt: skip
+    """Four quick stages, then waits while ``<artifacts>/<product name>.hold`` exists."""
+    result = await _stages(workdir, checkpoints, report, seconds=0.0)
+    while (workdir.parent / f"{brief.product_name}.hold").exists():  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    return result

@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from arq.constants import in_progress_key_prefix
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 
 from tests.conftest import LiveApi, new_key, running_worker
 from tests.fakes import runs
-from videoq import queue, supervisor
+from videoq import db, queue, supervisor
 from videoq.client import ApiError, Client, Event
 from videoq.settings import Settings
 
@@ -244,3 +245,46 @@ async def test_a_job_behind_more_running_jobs_than_one_read_still_starts(
     finally:
         await redis.zrem(settings.queue_name, *ahead)
         await redis.delete(*(in_progress_key_prefix + job_id for job_id in ahead))
+
+
+async def test_a_finished_jobs_slot_frees_while_its_outcome_is_still_written(
+    live_api: LiveApi, client: Client, settings: Settings, sessions: Any, redis: Redis
+) -> None:
+    """Write-behind: once a job's pipeline returns, its slot takes the next job while the job's
+    checkpoints and outcome are still on their way to PostgreSQL; the job leaves arq's queue
+    only once they are in."""
+    held = fake(settings, "held")
+    (held.artifacts / "Written Behind.hold").parent.mkdir(parents=True, exist_ok=True)
+    (held.artifacts / "Written Behind.hold").touch()
+    first = await client.submit(product_name="Written Behind")
+    second = await client.submit(product_name="Next In Line")
+    dsn = db.driver_dsn(settings.database_url or "")
+    locker = await asyncpg.connect(dsn)
+    try:
+        async with running_worker(held, max_jobs=1):
+            await until_status(sessions, first.id, "running")
+            async with locker.transaction():  # the first job's last writes wait on its row
+                await locker.execute(
+                    "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", uuid.UUID(first.id)
+                )
+                (held.artifacts / "Written Behind.hold").unlink()
+                await until_status(sessions, second.id, "running")  # in the one slot
+                assert await status_of(sessions, first.id) == "running"
+                assert await redis.zscore(settings.queue_name, first.id) is not None
+            for job in (first, second):
+                assert (await client.wait(job.id, timeout=20)).status == "succeeded"
+    finally:
+        await locker.close()
+    assert not await redis.zcard(settings.queue_name)
+
+
+async def status_of(sessions: Any, job_id: str) -> str:
+    async with sessions() as session:
+        job = await session.get(db.Job, uuid.UUID(job_id), populate_existing=True)
+        return str(job.status)
+
+
+async def until_status(sessions: Any, job_id: str, status: str, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while await status_of(sessions, job_id) != status:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import structlog
@@ -101,7 +102,12 @@ class VideoqWorker(Worker):
     their data (:data:`_TAKE_JOBS`). While the queue has a backlog (the last look filled every
     free slot), every slot that frees up looks again at once, so slots never idle waiting for a
     timer while jobs wait. Jobs run as arq runs them (its tries, timeout, ``Retry``, and a
-    cancelled job run again), and their ends are written together (:data:`_END_JOBS`). arq's
+    cancelled job run again), and their ends are written together (:data:`_END_JOBS`).
+
+    Write-behind: a job function may return an :class:`asyncio.Future`, the writing of its
+    record still in flight. Its slot frees at once for the next job; the job ends in Redis
+    when the future is done (an exception it raises counts as the function's own), and
+    shutdown waits for it. (videoq's ``run_job`` does so once a pipeline succeeded.) arq's
     per-job hooks (``on_job_start``, ``on_job_end``, ``after_job_end``), results
     (``keep_result``) and aborts are not used by videoq and not supported here."""
 
@@ -113,11 +119,16 @@ class VideoqWorker(Worker):
         self.ctx["wake"] = self.wake
         self.backlog = True
         self._ends: GroupCommit[_End, None] = GroupCommit(self._end_jobs)
+        #: Jobs whose work is done and whose record is still being written (write-behind).
+        self._behind: set[asyncio.Future[Any]] = set()
+        self.ctx["write_behind"] = True
         # arq's close() runs on_shutdown after its jobs' tasks end and before Redis closes:
-        # the ends still in flight are written there.
+        # the records and ends still in flight are written there.
         shutdown = self.on_shutdown
 
         async def on_shutdown(ctx: dict[str, Any]) -> None:
+            if self._behind:
+                await asyncio.wait(self._behind)
             await self._ends.aclose()
             if shutdown is not None:
                 await shutdown(ctx)
@@ -162,12 +173,31 @@ class VideoqWorker(Worker):
 
     async def _run(self, job_id: str, score: int, data: bytes | None, job_try: int) -> None:
         """Run one taken job as arq's ``run_job`` does, and end it (in a shared write)."""
-        end = await self._outcome(job_id, score, data, job_try)
-        # The slot frees now, and the end goes out with others'. Until it lands, the job's
-        # in-progress key keeps any worker from taking it again; shutdown waits for it.
+        outcome = await self._outcome(job_id, score, data, job_try)
+        if isinstance(outcome, _End):
+            self._end(outcome)
+            return
+        # The job's work is done and its record is still being written (the future it
+        # returned): the slot frees now, and the job ends in Redis once the record is in.
+        self._behind.add(outcome)
+        outcome.add_done_callback(partial(self._ended_behind, job_id, score))
+
+    def _ended_behind(self, job_id: str, score: int, behind: asyncio.Future[Any]) -> None:
+        self._behind.discard(behind)
+        error = None if behind.cancelled() else behind.exception()
+        if behind.cancelled() or isinstance(error, asyncio.CancelledError):
+            self._end(self._end_of(job_id, score, asyncio.CancelledError()))
+        else:
+            self._end(self._end_of(job_id, score, error))
+
+    def _end(self, end: _End) -> None:
+        # Until the end lands, the job's in-progress key keeps any worker from taking it
+        # again; shutdown waits for it.
         self._ends.submit(end).add_done_callback(_logged)
 
-    async def _outcome(self, job_id: str, score: int, data: bytes | None, job_try: int) -> _End:
+    async def _outcome(
+        self, job_id: str, score: int, data: bytes | None, job_try: int
+    ) -> _End | asyncio.Future[Any]:
         if data is None:
             log.warning("arq_job_expired", job_id=job_id)
             self.jobs_failed += 1
@@ -194,20 +224,28 @@ class VideoqWorker(Worker):
         timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                await function.coroutine(ctx, *args, **kwargs)
-        except Retry as retry:
+                result = await function.coroutine(ctx, *args, **kwargs)
+        except (Exception, asyncio.CancelledError) as exc:
+            return self._end_of(job_id, score, exc)
+        if isinstance(result, asyncio.Future):
+            return result
+        return self._end_of(job_id, score, None)
+
+    def _end_of(self, job_id: str, score: int, error: BaseException | None) -> _End:
+        """How a job that ran ends, as arq's ``run_job`` decides it."""
+        if error is None:
+            self.jobs_complete += 1
+            return _End(job_id, "done")
+        if isinstance(error, Retry):
             self.jobs_retried += 1
-            if not retry.defer_score:
+            if not error.defer_score:
                 return _End(job_id, "again")
-            return _End(job_id, "later", retry.defer_score + timestamp_ms() - score)
-        except asyncio.CancelledError:
+            return _End(job_id, "later", error.defer_score + timestamp_ms() - score)
+        if isinstance(error, asyncio.CancelledError):
             self.jobs_retried += 1  # the worker is stopping: the job runs again elsewhere
             return _End(job_id, "again")
-        except Exception:
-            log.exception("arq_job_failed", job_id=job_id, function=name)
-            self.jobs_failed += 1
-            return _End(job_id, "done")
-        self.jobs_complete += 1
+        log.error("arq_job_failed", job_id=job_id, exc_info=error)
+        self.jobs_failed += 1
         return _End(job_id, "done")
 
     async def _end_jobs(self, ends: list[_End]) -> list[None]:

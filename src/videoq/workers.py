@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import os
 import random
@@ -110,18 +111,29 @@ class WorkerState:
         return True
 
 
-async def run_job(ctx: dict[str, Any], job_id: str) -> None:
-    """The arq task: run one videoq job by id."""
+async def run_job(ctx: dict[str, Any], job_id: str) -> asyncio.Future[None] | None:
+    """The arq task: run one videoq job by id. A job that succeeded returns the writing of its
+    outcome, still in flight, to a worker that ends jobs behind their records
+    (``ctx["write_behind"]``, :class:`~videoq.pickup.VideoqWorker`): its slot frees for the next
+    job meanwhile. arq's own worker ends a job as its task returns, so there it is awaited."""
     state: WorkerState = ctx["videoq"]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=state.worker_id)
     try:
-        await execute(state, uuid.UUID(job_id))
+        behind = await execute(state, uuid.UUID(job_id))
+        if behind is not None and not ctx.get("write_behind"):
+            await behind
+            return None
     except db.DATABASE_ERRORS as exc:
-        # PostgreSQL is unreachable: nothing could be recorded, so let arq try again later.
-        delay = state.settings.retry_delays_s[-1]
-        log.warning("job_deferred_database_unavailable", error=str(exc), delay_s=delay)
-        raise Retry(defer=delay) from exc
+        raise _deferred(state, exc) from exc
+    return behind
+
+
+def _deferred(state: WorkerState, exc: BaseException) -> Retry:
+    """PostgreSQL is unreachable: nothing could be recorded, so arq tries again later."""
+    delay = state.settings.retry_delays_s[-1]
+    log.warning("job_deferred_database_unavailable", error=str(exc), delay_s=delay)
+    return Retry(defer=delay)
 
 
 async def _claim(state: WorkerState, job_id: uuid.UUID) -> db.Job | None:
@@ -148,12 +160,13 @@ def _pipeline(settings: Settings) -> Callable[..., Awaitable[Result]]:
     return fn
 
 
-async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
-    """Claim the job and run it to an outcome recorded in PostgreSQL."""
+async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None] | None:
+    """Claim the job and run it to an outcome recorded in PostgreSQL: recorded on return, or,
+    when it succeeded, being recorded by the future returned."""
     job = await _claim(state, job_id)
     if job is None:
         log.info("job_skipped", reason="not runnable")
-        return
+        return None
     task = asyncio.current_task()
     assert task is not None
     running = RunningJob(task, job.attempts)
@@ -179,7 +192,6 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
                     report=reporter,
                     providers=state.providers,
                 )
-                await checkpoints.landed()  # refused: superseded, and nothing is recorded
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
             state.running.pop(job.id, None)
@@ -193,27 +205,52 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> None:
             # Lease lost: the new owner may be writing in the same directory; leave it be.
             _remove_partial_files(workdir)
         log.info("job_stopped", reason=running.stop_reason)
-        return
+        return None
+    except AttemptSuperseded:
+        # Cancelled or taken over before the signal arrived: the new state is not ours to touch.
+        log.info("job_stopped", reason="superseded")
+        return None
+    except Exception as exc:
+        await _settle(state, job, reporter, exc)
+        return None
+    reporter.progress = 100.0
+    return asyncio.ensure_future(_succeeded(state, reporter, job, result, workdir))
+
+
+async def _succeeded(
+    state: WorkerState, reporter: EventReporter, job: db.Job, result: Result, workdir: Path
+) -> None:
+    """What is left of a job whose pipeline finished: its checkpoints landed, its outcome, then
+    only its video kept."""
+    try:
+        await reporter.checkpoints.landed()
     except AttemptSuperseded:
         # Cancelled or taken over before the signal arrived: the new state is not ours to touch.
         log.info("job_stopped", reason="superseded")
         return
-    except Exception as exc:
-        await _settle(state, job, reporter, exc)
-        return
-    reporter.progress = 100.0
-    succeeded = await _finish(
-        state, reporter, job, "succeeded", "video ready",
-        progress=100.0,
-        result={"duration_s": result.duration_s, "size_bytes": result.size_bytes, **result.cost},
-    )  # fmt: skip
+    except db.DATABASE_ERRORS:
+        pass  # the outcome's own write finds out whether PostgreSQL is back
+    try:
+        succeeded = await _finish(
+            state, reporter, job, "succeeded", "video ready",
+            progress=100.0,
+            result={"duration_s": result.duration_s, "size_bytes": result.size_bytes,
+                    **result.cost},
+        )  # fmt: skip
+    except db.DATABASE_ERRORS as exc:
+        raise _deferred(state, exc) from exc
     if not succeeded:
         return  # cancelled or taken over meanwhile: its artifacts are not ours to clean
-    for child in workdir.iterdir() if workdir.is_dir() else ():  # keep only the video
-        if child.name != result.video_path.name:
-            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+    _keep_only(workdir, result.video_path.name)
     state.counts["succeeded"] += 1
     log.info("job_succeeded", duration_s=result.duration_s, size_bytes=result.size_bytes)
+
+
+def _keep_only(workdir: Path, video: str) -> None:
+    """A finished job's work directory keeps only its video."""
+    for child in workdir.iterdir() if workdir.is_dir() else ():
+        if child.name != video:
+            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
 
 
 def _remove_partial_files(workdir: Path) -> None:
@@ -326,7 +363,19 @@ async def startup(ctx: dict[str, Any]) -> None:
     state.providers = ProviderPool(settings, redis=ctx["redis"])
     state.background = supervisor.start(state)
     ctx["videoq"] = state
+    _settle_heap()
     log.info("worker_started", worker_id=worker_id, queue=settings.queue_name)
+
+
+def _settle_heap() -> None:
+    """What start-up built (modules, settings, pools: hundreds of thousands of objects) lives
+    as long as the process: kept out of the garbage collector's passes, which would otherwise
+    walk all of it every few thousand jobs and stall every job in flight (p90 of a 0.1 s job:
+    150 ms against 123 ms; docs/decisions.md "Workers"). Young objects are collected less often
+    too: a job makes a few hundred, mostly freed by reference counting."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
