@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from tests.conftest import LiveApi, new_key, running_worker
@@ -288,3 +288,34 @@ async def until_status(sessions: Any, job_id: str, status: str, timeout: float =
     async with asyncio.timeout(timeout):
         while await status_of(sessions, job_id) != status:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+async def test_a_job_taken_ahead_of_a_free_slot_goes_back_to_the_queue_at_shutdown(
+    live_api: LiveApi, client: Client, settings: Settings, sessions: Any, redis: Redis
+) -> None:
+    """A busy worker takes a job ahead of its next free slot (here: whenever a slot freed in
+    the last hour); at shutdown that job, never started, goes back untouched: not claimed,
+    its try uncounted, and the next worker runs it."""
+    held = fake(settings, "held")
+    held.artifacts.mkdir(parents=True, exist_ok=True)
+    (held.artifacts / "Holding The Slot.hold").touch()
+    ahead = dict(max_jobs=1, prefetch=1, ahead_window_s=3600, ahead_hold_s=3600)
+    async with running_worker(held, **ahead):
+        warm = await client.submit(product_name="Frees A Slot")
+        assert (await client.wait(warm.id, timeout=20)).status == "succeeded"
+        holding = await client.submit(product_name="Holding The Slot")
+        await until_status(sessions, holding.id, "running")
+        waiting = await client.submit(product_name="Taken Ahead")
+        async with asyncio.timeout(10):  # taken at the worker's next look
+            while not await redis.exists(in_progress_key_prefix + waiting.id):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert await status_of(sessions, waiting.id) == "queued"
+        tries = await redis.get(retry_key_prefix + waiting.id)
+        assert tries == b"1"
+    assert not await redis.exists(in_progress_key_prefix + waiting.id)
+    assert await redis.get(retry_key_prefix + waiting.id) == b"0"
+    assert await redis.zscore(settings.queue_name, waiting.id) is not None
+    (held.artifacts / "Holding The Slot.hold").unlink()
+    async with running_worker(held):
+        assert (await client.wait(waiting.id, timeout=20)).status == "succeeded"
+        assert (await client.wait(holding.id, timeout=20)).status == "succeeded"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -62,8 +63,9 @@ return taken
 #: End jobs of the queue (KEYS[1]), each given as id, how, score increment (ARGV[4…]):
 #: ``done`` removes it and its data and try count (arq's finish); ``later`` moves its score by
 #: the increment (arq's ``Retry(defer=…)``); ``again`` only lets go of it, to run again (arq's
-#: cancelled job). Every job's in-progress key (prefix ARGV[1]) goes last, so no worker can take
-#: a job that is still being ended. ARGV[2] and ARGV[3] are the data and try prefixes.
+#: cancelled job); ``back`` lets go of a job taken ahead that never started, uncounting its
+#: try. Every job's in-progress key (prefix ARGV[1]) goes last, so no worker can take a job
+#: that is still being ended. ARGV[2] and ARGV[3] are the data and try prefixes.
 _END_JOBS = LuaScript("""
 for i = 4, #ARGV, 3 do
   local id, how = ARGV[i], ARGV[i + 1]
@@ -72,6 +74,8 @@ for i = 4, #ARGV, 3 do
     redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
   elseif how == 'later' then
     redis.call('ZINCRBY', KEYS[1], ARGV[i + 2], id)
+  elseif how == 'back' then
+    redis.call('DECR', ARGV[3] .. id)
   end
   redis.call('DEL', ARGV[1] .. id)
 end
@@ -84,11 +88,27 @@ return #ARGV
 #: looks at only ``queue_read_limit`` entries, and starves behind that many running jobs).
 TAKE_SCAN_LIMIT = 10_000
 
+#: Jobs are taken ahead of free slots only as many as slots freed in this window (at most
+#: ``prefetch``): about what frees while a look is on its way, so a job taken ahead waits
+#: milliseconds for its slot, and workers whose jobs run for minutes take nothing ahead.
+AHEAD_WINDOW_S = 0.02
+#: A job taken ahead that found no slot in this long goes back to the queue, for any worker.
+AHEAD_HOLD_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Taken:
+    job_id: str
+    score: int
+    data: bytes | None
+    job_try: int
+    at: float  # loop time
+
 
 @dataclass(frozen=True)
 class _End:
     job_id: str
-    how: str  # done | later | again
+    how: str  # done | later | again | back
     incr_ms: int = 0
 
 
@@ -101,7 +121,11 @@ class VideoqWorker(Worker):
     Each look takes as many due jobs as there are free slots in one Redis round trip, with
     their data (:data:`_TAKE_JOBS`). While the queue has a backlog (the last look filled every
     free slot), every slot that frees up looks again at once, so slots never idle waiting for a
-    timer while jobs wait. Jobs run as arq runs them (its tries, timeout, ``Retry``, and a
+    timer while jobs wait. While jobs finish quickly, a look also takes a few jobs ahead of
+    free slots (as many as slots freed in the last ``ahead_window_s``, at most ``prefetch``),
+    and a slot that frees starts one of them at once instead of waiting for a look's round
+    trip; one that finds no slot within ``ahead_hold_s`` goes back to the queue, as do all at
+    shutdown. Jobs run as arq runs them (its tries, timeout, ``Retry``, and a
     cancelled job run again), and their ends are written together (:data:`_END_JOBS`).
 
     Write-behind: a job function may return an :class:`asyncio.Future`, the writing of its
@@ -111,13 +135,27 @@ class VideoqWorker(Worker):
     per-job hooks (``on_job_start``, ``on_job_end``, ``after_job_end``), results
     (``keep_result``) and aborts are not used by videoq and not supported here."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        prefetch: int | None = None,
+        ahead_window_s: float = AHEAD_WINDOW_S,
+        ahead_hold_s: float = AHEAD_HOLD_S,
+        **kwargs: Any,
+    ) -> None:
         self.idle_poll_s = float(kwargs.pop("poll_delay", 0.5))
         super().__init__(**kwargs, poll_delay=0)
         self.wake = asyncio.Event()
         self.wake.set()  # look at the queue as soon as it starts: there may be a backlog
         self.ctx["wake"] = self.wake
         self.backlog = True
+        #: At most this many jobs taken ahead of free slots (default: a tenth of ``max_jobs``).
+        self.prefetch = self.max_jobs // 10 if prefetch is None else prefetch
+        self.ahead: deque[_Taken] = deque()
+        self.ahead_window_s = ahead_window_s
+        self.ahead_hold_s = ahead_hold_s
+        self._freed: deque[float] = deque()  # when slots freed, within ahead_window_s
+        self._stopping = False
         self._ends: GroupCommit[_End, None] = GroupCommit(self._end_jobs)
         #: Jobs whose work is done and whose record is still being written (write-behind).
         self._behind: set[asyncio.Future[Any]] = set()
@@ -127,6 +165,7 @@ class VideoqWorker(Worker):
         shutdown = self.on_shutdown
 
         async def on_shutdown(ctx: dict[str, Any]) -> None:
+            self._hand_back(len(self.ahead))
             if self._behind:
                 await asyncio.wait(self._behind)
             await self._ends.aclose()
@@ -135,41 +174,91 @@ class VideoqWorker(Worker):
 
         self.on_shutdown = on_shutdown
 
+    def handle_sig(self, signum: Any) -> None:
+        self._stop_taking()
+        super().handle_sig(signum)
+
+    def handle_sig_wait_for_completion(self, signum: Any) -> None:
+        self._stop_taking()
+        super().handle_sig_wait_for_completion(signum)
+
+    def _stop_taking(self) -> None:
+        self._stopping = True
+        self._hand_back(len(self.ahead))
+
     async def _poll_iteration(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.idle_poll_s):
                 await self.wake.wait()
         self.wake.clear()
+        now = self.loop.time()
+        self._hand_back(sum(now - taken.at > self.ahead_hold_s for taken in self.ahead))
         free = self.max_jobs - self.job_counter
+        while free > 0 and self.ahead and self._taking():
+            self._start(self.ahead.popleft())
+            free -= 1
+        want = free
         if self.burst and self.max_burst_jobs >= 0:
-            free = min(free, self.max_burst_jobs - self._jobs_started())
-        if self.allow_pick_jobs and free > 0:
-            await self._take_jobs(free)
+            want = min(free, self.max_burst_jobs - self._jobs_started())
+        elif self.backlog:
+            want += max(0, self._ahead_wanted() - len(self.ahead))
+        if self._taking() and want > 0:
+            await self._take_jobs(want)
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
                 task.result()  # arq's way: errors of its own run_job surface here
         await self.heart_beat()
 
-    async def _take_jobs(self, free: int) -> None:
-        args = (timestamp_ms(), int(self.in_progress_timeout_s * 1000), free,
+    def _taking(self) -> bool:
+        return self.allow_pick_jobs and not self._stopping
+
+    def _ahead_wanted(self) -> int:
+        self._forget_freed()
+        return min(self.prefetch, len(self._freed))
+
+    def _forget_freed(self) -> None:
+        cutoff = self.loop.time() - self.ahead_window_s
+        while self._freed and self._freed[0] < cutoff:
+            self._freed.popleft()
+
+    async def _take_jobs(self, want: int) -> None:
+        args = (timestamp_ms(), int(self.in_progress_timeout_s * 1000), want,
                 in_progress_key_prefix, max(TAKE_SCAN_LIMIT, self.queue_read_limit),
                 job_key_prefix, retry_key_prefix)  # fmt: skip
         taken = await _TAKE_JOBS(self.pool, [self.queue_name], args)
-        self.backlog = len(taken) // 4 == free
+        self.backlog = len(taken) // 4 == want
+        now = self.loop.time()
         for i in range(0, len(taken), 4):
             raw_id, score, data, job_try = taken[i : i + 4]
-            job_id = raw_id.decode()
-            await self.sem.acquire()  # free by the count above: never waits
-            self.job_counter += 1
-            task = self.loop.create_task(self._run(job_id, int(float(score)), data, job_try))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            job = _Taken(raw_id.decode(), int(float(score)), data, job_try, now)
+            if self.job_counter < self.max_jobs and self._taking():
+                self._start(job)
+            else:  # slots filled while the look was on its way, or the worker is stopping
+                self.ahead.append(job)
+        if not self._taking():
+            self._hand_back(len(self.ahead))
 
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        super()._release_sem_dec_counter_on_complete()
+    def _start(self, job: _Taken) -> None:
+        self.job_counter += 1
+        task = self.loop.create_task(self._run(job.job_id, job.score, job.data, job.job_try))
+        task.add_done_callback(self._slot_freed)
+        self.tasks[job.job_id] = task
+
+    def _slot_freed(self, _: object = None) -> None:
+        # arq's semaphore is not used: the count of jobs started is the slot count.
+        self.job_counter -= 1
+        self._freed.append(self.loop.time())
+        self._forget_freed()
+        if self.ahead and self._taking():
+            self._start(self.ahead.popleft())
         if self.backlog:
             self.wake.set()
+
+    def _hand_back(self, count: int) -> None:
+        """Let go of the ``count`` oldest jobs taken ahead, for any worker to take."""
+        for _ in range(min(count, len(self.ahead))):
+            self._end(_End(self.ahead.popleft().job_id, "back"))
 
     async def _run(self, job_id: str, score: int, data: bytes | None, job_try: int) -> None:
         """Run one taken job as arq's ``run_job`` does, and end it (in a shared write)."""
