@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import class_mapper
 
 from videoq.batching import GroupCommit
 from videoq.db import Job, driver_dsn
@@ -290,9 +291,16 @@ def _jsonb(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+_JOBS = class_mapper(Job).class_manager
+
+
 def _job(row: asyncpg.Record) -> Job:
-    """A detached :class:`~videoq.db.Job` from a ``RETURNING`` row."""
-    return Job(**dict(row.items()))
+    """A :class:`~videoq.db.Job` from a ``RETURNING`` row, for reading only (never added to a
+    session). Filled in place, as SQLAlchemy's own loading does: its constructor's attribute
+    events cost 21 µs a row against 1 µs, and a job makes two (claim and outcome)."""
+    job = _JOBS.new_instance()
+    job.__dict__.update(row.items())
+    return job
 
 
 def _archive_args(events: list[StoredEvent]) -> tuple[list[Any], ...]:

@@ -102,9 +102,11 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
 def worker(ctx: click.Context, burst: bool) -> None:
     """Run a worker: arq's, woken at once by new jobs (`arq videoq.workers.WorkerSettings` runs
     the same code but polls every VIDEOQ_POLL_DELAY_S)."""
-    from videoq.workers import create_worker
+    from videoq.workers import create_worker, new_event_loop
 
-    create_worker(_need_urls(_settings(ctx)), burst=burst).run()
+    settings = _need_urls(_settings(ctx))
+    asyncio.set_event_loop(new_event_loop())  # arq's worker runs on the current loop
+    create_worker(settings, burst=burst).run()
 
 
 @main.command()
