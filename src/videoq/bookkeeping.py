@@ -48,7 +48,8 @@ def _locking(mode: str) -> str:
     rows never wait on each other in a cycle. (They did: PostgreSQL's deadlock check then broke
     the cycle after its 1 s ``deadlock_timeout``, failing one batch.)"""
     return f"""WITH locked AS MATERIALIZED (
-        SELECT id, status, attempts FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR {mode}
+        SELECT id, status, attempts, worker_id FROM jobs WHERE id = ANY($1::uuid[])
+        ORDER BY id FOR {mode}
     )"""
 
 
@@ -58,7 +59,7 @@ _CLAIM = f"""
         started_at = $3, heartbeat_at = $3, updated_at = $3, error = NULL
     FROM locked
     WHERE jobs.id = locked.id
-        AND jobs.status IN ({", ".join(f"'{s}'" for s in sources("running"))})
+        AND locked.status IN ({", ".join(f"'{s}'" for s in sources("running"))})
     RETURNING {", ".join(f"jobs.{c}" for c in _JOB_COLUMNS)}
 """
 _SAVE = f"""
@@ -77,8 +78,8 @@ _PROGRESS = f"""
     UPDATE jobs SET stage = u.stage, progress = u.progress, updated_at = $5
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[])
         AS u(job_id, attempt, stage, progress), locked
-    WHERE jobs.id = u.job_id AND locked.id = u.job_id
-        AND jobs.status = 'running' AND jobs.attempts = u.attempt
+    WHERE jobs.id = locked.id AND locked.id = u.job_id
+        AND locked.status = 'running' AND locked.attempts = u.attempt
 """
 #: Also run by the API (:func:`store_events`), through SQLAlchemy's connection.
 ARCHIVE_SQL = """
@@ -101,8 +102,8 @@ _FINISH = f"""
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::float8[], $6::jsonb[],
                 $7::jsonb[], $8::timestamptz[], $9::jsonb[])
         AS u(job_id, attempt, status, stage, progress, result, error, run_at, entry), locked
-    WHERE jobs.id = u.job_id AND locked.id = u.job_id
-        AND jobs.status = 'running' AND jobs.attempts = u.attempt AND jobs.worker_id = $10
+    WHERE jobs.id = locked.id AND locked.id = u.job_id
+        AND locked.status = 'running' AND locked.attempts = u.attempt AND locked.worker_id = $10
     RETURNING {", ".join(f"jobs.{c}" for c in _JOB_COLUMNS)}
 """
 _NOTE = """
