@@ -219,3 +219,24 @@ async def test_a_workers_publisher_numbers_events_in_order_even_after_redis_forg
     stored = await events.replay(redis, job_id, 0)
     assert [(e["seq"], e["progress"]) for e in stored] == [(i + 1, float(i)) for i in range(6)]
     await publisher.aclose()
+
+
+async def test_an_event_redis_refuses_fails_alone_and_leaves_no_gap(redis: Any) -> None:
+    """One script call carries many jobs' events: one that Redis refuses (here its stream's
+    key holds a string) is reported as not sent, its number is given back, and the other
+    events of the batch go out."""
+    publisher = events.Publisher(redis)
+    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    await redis.set(f"videoq:stream:{bad}", "not a stream")
+
+    def event(job_id: str, progress: float) -> dict[str, Any]:
+        return events.make_event(job_id, "progress", status="running", stage="script_gen",
+                                 progress=progress)  # fmt: skip
+
+    sent = [publisher("t-refused", event(job_id, i)) for i, job_id in enumerate((good, bad, good))]
+    assert await asyncio.gather(*sent) == [1, None, 2]
+    assert [e["seq"] for e in await events.replay(redis, good, 0)] == [1, 2]
+    assert await redis.get(f"videoq:seq:{bad}") == b"0"
+    await redis.delete(f"videoq:stream:{bad}")
+    assert await events.publish(redis, "t-refused", event(bad, 3.0)) == 1
+    await publisher.aclose()

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from arq import Retry, create_pool, func
 from arq.constants import in_progress_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
@@ -19,6 +20,7 @@ from tests.conftest import LiveApi, new_key, running_worker
 from tests.fakes import runs
 from videoq import db, queue, supervisor
 from videoq.client import ApiError, Client, Event
+from videoq.pickup import VideoqWorker
 from videoq.settings import Settings
 
 
@@ -319,3 +321,32 @@ async def test_a_job_taken_ahead_of_a_free_slot_goes_back_to_the_queue_at_shutdo
     async with running_worker(held):
         assert (await client.wait(waiting.id, timeout=20)).status == "succeeded"
         assert (await client.wait(holding.id, timeout=20)).status == "succeeded"
+
+
+async def _asks_to_run_later(ctx: dict[str, Any]) -> None:
+    raise Retry(defer=60)
+
+
+@pytest.mark.parametrize("retry_jobs", [True, False])
+async def test_arqs_retry_jobs_setting_is_honoured(
+    settings: Settings, redis: Redis, retry_jobs: bool
+) -> None:
+    """As arq's own worker: a job that asks to run later is deferred, unless ``retry_jobs`` is
+    off, when it fails and leaves the queue."""
+    pool = await create_pool(queue.redis_settings(settings), **queue.serializers())
+    try:
+        job = await pool.enqueue_job("later", _queue_name=settings.queue_name)
+        assert job is not None
+        worker = VideoqWorker(
+            functions=[func(_asks_to_run_later, name="later")],
+            redis_settings=queue.redis_settings(settings), queue_name=settings.queue_name,
+            burst=True, max_burst_jobs=1, retry_jobs=retry_jobs, handle_signals=False,
+            **queue.serializers(),
+        )  # fmt: skip
+        await worker.async_run()
+        await worker.close()
+        waiting = await redis.zscore(settings.queue_name, job.job_id)
+        assert (waiting is not None) == retry_jobs
+        assert (worker.jobs_retried, worker.jobs_failed) == ((1, 0) if retry_jobs else (0, 1))
+    finally:
+        await pool.aclose()

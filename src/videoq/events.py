@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -51,21 +51,33 @@ def _stream_key(job_id: str) -> str:
 #: Number, store and publish events, in order, in one call: event i (from 0) has the keys
 #: KEYS[4i+1..4i+4] (seq counter, stream, job channel, tenant channel) and its JSON object,
 #: without ``seq``, in ARGV[i+3]; ARGV[1] is the stream's cap and ARGV[2] the keys' TTL. The
-#: seq goes in front of the object's other fields. Returns the seqs.
+#: seq goes in front of the object's other fields. Returns each event's seq, or the error that
+#: kept it out (a key of the wrong type, say): that event's seq is given back, so a job's
+#: numbers keep no gap, and the batch's other events go on.
 _PUBLISH = LuaScript("""
-local seqs = {}
+local out = {}
 for i = 3, #ARGV do
   local k = (i - 3) * 4
-  local seq = redis.call('INCR', KEYS[k + 1])
-  local data = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i], 2)
-  redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', data)
-  redis.call('EXPIRE', KEYS[k + 1], ARGV[2])
-  redis.call('EXPIRE', KEYS[k + 2], ARGV[2])
-  redis.call('PUBLISH', KEYS[k + 3], data)
-  redis.call('PUBLISH', KEYS[k + 4], data)
-  seqs[#seqs + 1] = seq
+  local seq = redis.pcall('INCR', KEYS[k + 1])
+  if type(seq) == 'table' then
+    out[#out + 1] = seq.err
+  else
+    local data = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i], 2)
+    local added = redis.pcall('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0',
+                              'e', data)
+    if type(added) == 'table' then
+      redis.call('DECR', KEYS[k + 1])
+      out[#out + 1] = added.err
+    else
+      redis.call('EXPIRE', KEYS[k + 1], ARGV[2])
+      redis.call('EXPIRE', KEYS[k + 2], ARGV[2])
+      redis.call('PUBLISH', KEYS[k + 3], data)
+      redis.call('PUBLISH', KEYS[k + 4], data)
+      out[#out + 1] = seq
+    end
+  end
 end
-return seqs
+return out
 """)
 
 
@@ -93,21 +105,31 @@ def make_event(
     }
 
 
-async def publish_many(redis: Redis, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
+async def publish_many(redis: Redis, items: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
     """Number, store and publish ``(tenant, event)`` pairs, in order, in one round trip;
-    returns their ``seq``."""
+    returns their ``seq``, None for an event Redis refused (logged; the others go on)."""
     keys: list[str] = []
     args = [str(STREAM_MAXLEN), str(TTL_S)]
     for tenant, event in items:
         job_id = event["job_id"]
         keys += (_seq_key(job_id), _stream_key(job_id), job_channel(job_id), tenant_channel(tenant))
         args.append(json.dumps({k: v for k, v in event.items() if k != "seq"}))
-    return [int(seq) for seq in await _PUBLISH(redis, keys, args)]
+    seqs: list[int | None] = []
+    for (_, event), seq in zip(items, await _PUBLISH(redis, keys, args), strict=True):
+        if isinstance(seq, int):
+            seqs.append(seq)
+        else:
+            log.warning("event_refused", job_id=event["job_id"], error=seq.decode(errors="replace"))
+            seqs.append(None)
+    return seqs
 
 
 async def publish(redis: Redis, tenant: str, event: dict[str, Any]) -> int:
     """Number, store and publish ``event``; returns its ``seq``."""
-    return (await publish_many(redis, [(tenant, event)]))[0]
+    seq = (await publish_many(redis, [(tenant, event)]))[0]
+    if seq is None:
+        raise ResponseError(f"event of job {event['job_id']} refused by Redis")
+    return seq
 
 
 class Publisher:

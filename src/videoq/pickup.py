@@ -273,11 +273,8 @@ class VideoqWorker(Worker):
 
     def _ended_behind(self, job_id: str, score: int, behind: asyncio.Future[Any]) -> None:
         self._behind.discard(behind)
-        error = None if behind.cancelled() else behind.exception()
-        if behind.cancelled() or isinstance(error, asyncio.CancelledError):
-            self._end(self._end_of(job_id, score, asyncio.CancelledError()))
-        else:
-            self._end(self._end_of(job_id, score, error))
+        error = asyncio.CancelledError() if behind.cancelled() else behind.exception()
+        self._end(self._end_of(job_id, score, error))
 
     def _end(self, end: _End) -> None:
         # Until the end lands, the job's in-progress key keeps any worker from taking it
@@ -324,6 +321,10 @@ class VideoqWorker(Worker):
         """How a job that ran ends, as arq's ``run_job`` decides it."""
         if error is None:
             self.jobs_complete += 1
+            return _End(job_id, "done")
+        if isinstance(error, Retry | asyncio.CancelledError) and not self.retry_jobs:
+            log.warning("arq_job_not_retried", job_id=job_id, error=repr(error))
+            self.jobs_failed += 1  # arq's retry_jobs=False: what would run again fails instead
             return _End(job_id, "done")
         if isinstance(error, Retry):
             self.jobs_retried += 1
