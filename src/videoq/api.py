@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from arq import ArqRedis, create_pool
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -26,10 +27,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from videoq import db, events, jobs, openapi, queue, ratelimit, security, webhooks
+from videoq import (
+    dashboard,
+    db,
+    events,
+    jobs,
+    metrics,
+    openapi,
+    queue,
+    ratelimit,
+    security,
+    webhooks,
+)
 from videoq.auth import Principal, authenticate, bearer
 from videoq.bookkeeping import store_events
 from videoq.errors import (
@@ -82,9 +94,10 @@ def state_of(conn: HTTPConnection) -> State:
     return st
 
 
-async def principal(conn: HTTPConnection) -> Principal:
+async def principal(conn: HTTPConnection, *, token_in_query: bool = False) -> Principal:
     key = bearer(conn.headers.get("authorization"))
-    if key is None and conn.scope["type"] == "websocket":  # browsers cannot set WS headers
+    # Browsers cannot set headers on a WebSocket, nor on a page they navigate to.
+    if key is None and (token_in_query or conn.scope["type"] == "websocket"):
         key = conn.query_params.get("token")
     async with state_of(conn).sessions() as session:
         return await authenticate(session, key)
@@ -270,6 +283,23 @@ async def queue_stats(request: Request) -> Response:
     return JSONResponse(body)
 
 
+async def metrics_text(request: Request) -> Response:
+    await admin(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        stats = await jobs.stats(session, None)
+    length = await st.redis.zcard(st.settings.queue_name)
+    workers = await queue.list_workers(st.redis, st.settings.worker_stale_s)
+    families = metrics.service_families(stats, length, workers)
+    body = metrics.render(request.app.state.metrics, families)
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+async def dashboard_page(request: Request) -> Response:
+    who = await principal(request, token_in_query=True)
+    return HTMLResponse(dashboard.render(request.state.csp_nonce, who.tenant))
+
+
 async def health(request: Request) -> Response:
     st = state_of(request)
     redis_ok = database_ok = False
@@ -363,9 +393,13 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/workers", list_workers),
         Route("/v1/workers/clear-stale", clear_stale_workers, methods=["POST"]),
         Route("/v1/queue/stats", queue_stats),
+        Route("/metrics", metrics_text),
+        Route("/dashboard", dashboard_page),
         WebSocketRoute("/v1/jobs/{job_id}/events", job_events_socket),
         WebSocketRoute("/v1/events", tenant_events_socket),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     security.install(app, settings)
+    app.state.metrics = CollectorRegistry()  # this process's own: its requests
+    app.add_middleware(metrics.RequestMetrics, registry=app.state.metrics)  # outermost
     return app

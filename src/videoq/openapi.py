@@ -291,6 +291,34 @@ def _operations() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("QueueStats"), "Statistics."), **_errors(401, 403)},
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics: jobs, queue, workers, this process's requests "
+                "(admin)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/dashboard": {
+            "get": {
+                "summary": "A live web page of jobs, and of workers and the queue for admin keys",
+                "description": "Browsers send no `Authorization` header when they navigate: the "
+                "key may come as `?token=`.",
+                "security": [{"bearer": []}, {"token": []}],
+                "responses": {
+                    "200": {
+                        "description": "The page (HTML).",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401),
+                },
+            }
+        },
         "/v1/webhooks/secret": {
             "get": {
                 "summary": "The tenant's secret for verifying videoq's webhooks",
@@ -404,7 +432,13 @@ def document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key (`vq_…`) from `videoq keys create`.",
-                }
+                },
+                "token": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "token",
+                    "description": "The same key, where a browser cannot send a header.",
+                },
             },
         },
         "security": BEARER,

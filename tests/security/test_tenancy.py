@@ -37,6 +37,8 @@ HTTP = {
     ("GET", "/v1/workers"): "admin",
     ("POST", "/v1/workers/clear-stale"): "admin",
     ("GET", "/v1/queue/stats"): "admin",
+    ("GET", "/metrics"): "admin",
+    ("GET", "/dashboard"): "tenant",  # a page with no data: its script reads the routes above
     ("GET", "/v1/webhooks/secret"): "tenant",
     ("POST", "/v1/webhooks/github"): "signed",  # HMAC of the body: tests/security/test_inputs.py
     ("POST", "/v1/webhooks/replicate"): "signed",

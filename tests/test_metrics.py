@@ -1,0 +1,81 @@
+"""``GET /metrics`` (Prometheus text, admin keys) and ``GET /dashboard`` (a live page)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import new_key, running_worker
+from tests.test_lifecycle import fake
+from videoq import supervisor
+from videoq.settings import Settings
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, by name and sorted labels (the parser checks the format)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_need_an_admin_key(
+    asgi_client: httpx.AsyncClient, sessions: Any, api_key: str
+) -> None:
+    assert (await asgi_client.get("/metrics")).status_code == 401
+    tenant = {"Authorization": f"Bearer {api_key}"}
+    assert (await asgi_client.get("/metrics", headers=tenant)).status_code == 403
+
+
+async def test_metrics_show_jobs_queue_workers_and_requests(
+    asgi_client: httpx.AsyncClient, settings: Settings, sessions: Any, api_key: str
+) -> None:
+    admin = {"Authorization": f"Bearer {await new_key(sessions, admin=True)}"}
+    tenant = {"Authorization": f"Bearer {api_key}"}
+    async with running_worker(fake(settings, "quick")) as worker:
+        state = worker.ctx["videoq"]
+        job = await asgi_client.post("/v1/jobs", json={"product_name": "Lamp"}, headers=tenant)
+        job_id = job.json()["id"]
+        async with asyncio.timeout(20):
+            while not state.counts["succeeded"]:  # noqa: ASYNC110  counted as the job ends
+                await asyncio.sleep(0.02)
+        assert (await asgi_client.get(f"/v1/jobs/{job_id}", headers=tenant)).status_code == 200
+        await supervisor.beat(state)  # publishes the worker's counts now
+        assert (await asgi_client.get("/metrics", headers=tenant)).status_code == 403
+        response = await asgi_client.get("/metrics", headers=admin)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    got = samples(response.text)
+    assert got[("videoq_jobs", (("status", "succeeded"),))] >= 1
+    assert ("videoq_queue_length", ()) in got and got[("videoq_workers", ())] >= 1
+    me = (("worker_id", state.worker_id),)
+    assert got[("videoq_worker_max_jobs", me)] == settings.max_jobs
+    assert got[("videoq_worker_jobs_total", (("outcome", "succeeded"), *me))] == 1
+    # Requests count by route template: one series for every job, not one per job.
+    by_template = (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "200"))
+    assert got[("videoq_http_requests_total", by_template)] >= 1
+    assert not any(job_id in str(labels) for _, labels in got)
+    refused = (("method", "GET"), ("route", "/metrics"), ("status", "403"))
+    assert got[("videoq_http_requests_total", refused)] >= 1
+
+
+async def test_the_dashboard_needs_a_key_and_runs_only_its_own_script(
+    asgi_client: httpx.AsyncClient, api_key: str
+) -> None:
+    assert (await asgi_client.get("/dashboard")).status_code == 401
+    assert (await asgi_client.get("/dashboard?token=vq_not_a_key")).status_code == 401
+    page = await asgi_client.get(f"/dashboard?token={api_key}")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    nonce = re.search(r"'nonce-([^']+)'", csp)
+    assert nonce and "unsafe-inline" not in csp
+    # Its one script and one style carry this response's nonce; no handler attributes.
+    assert page.text.count(f'nonce="{nonce.group(1)}"') == 2
+    assert not re.search(r"\son[a-z]+=", page.text)
+    # It holds no data of its own: the script reads the API with the key, as any client.
+    assert "/v1/jobs?limit=50" in page.text and "/v1/events?token=" in page.text
