@@ -20,7 +20,7 @@ from tests.conftest import LiveApi, new_key, running_worker
 from tests.fakes import runs
 from videoq import db, queue, supervisor
 from videoq.client import ApiError, Client, Event
-from videoq.pickup import VideoqWorker
+from videoq.pickup import VideoqWorker, _End
 from videoq.settings import Settings
 
 
@@ -348,5 +348,36 @@ async def test_arqs_retry_jobs_setting_is_honoured(
         waiting = await redis.zscore(settings.queue_name, job.job_id)
         assert (waiting is not None) == retry_jobs
         assert (worker.jobs_retried, worker.jobs_failed) == ((1, 0) if retry_jobs else (0, 1))
+    finally:
+        await pool.aclose()
+
+
+async def test_a_job_is_ended_only_by_the_worker_that_holds_it_and_only_once(
+    settings: Settings, redis: Redis
+) -> None:
+    """Ends are written in batches, and a batch whose reply was lost is written again, one end
+    at a time; a job's in-progress key may also have expired and another worker taken it.
+    Either way an end whose worker no longer holds the job changes nothing."""
+    pool = await create_pool(queue.redis_settings(settings), **queue.serializers())
+    worker = VideoqWorker(
+        functions=[func(_asks_to_run_later, name="later")],
+        redis_settings=queue.redis_settings(settings), queue_name=settings.queue_name,
+        handle_signals=False, **queue.serializers(),
+    )  # fmt: skip
+    worker._pool = pool
+    try:
+        job = await pool.enqueue_job("later", _queue_name=settings.queue_name)
+        assert job is not None
+        held, tries = in_progress_key_prefix + job.job_id, retry_key_prefix + job.job_id
+        await redis.set(held, "another-worker")
+        await worker._end_jobs([_End(job.job_id, "done")])
+        assert await redis.zscore(settings.queue_name, job.job_id) is not None
+        assert await redis.get(held) == b"another-worker"
+        await redis.set(held, worker.token)
+        await redis.set(tries, 1)
+        for _ in range(2):  # the second time as a batch written again
+            await worker._end_jobs([_End(job.job_id, "back")])
+        assert await redis.get(tries) == b"0" and not await redis.exists(held)
+        assert await redis.zscore(settings.queue_name, job.job_id) is not None
     finally:
         await pool.aclose()

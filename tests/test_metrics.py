@@ -47,6 +47,7 @@ async def test_metrics_show_jobs_queue_workers_and_requests(
         assert (await asgi_client.get(f"/v1/jobs/{job_id}", headers=tenant)).status_code == 200
         await supervisor.beat(state)  # publishes the worker's counts now
         assert (await asgi_client.get("/metrics", headers=tenant)).status_code == 403
+        await asgi_client.request("BREW", "/v1/jobs", headers=tenant)  # any method a client likes
         response = await asgi_client.get("/metrics", headers=admin)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -60,8 +61,11 @@ async def test_metrics_show_jobs_queue_workers_and_requests(
     by_template = (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "200"))
     assert got[("videoq_http_requests_total", by_template)] >= 1
     assert not any(job_id in str(labels) for _, labels in got)
+    assert not any("BREW" in str(labels) for _, labels in got)
     refused = (("method", "GET"), ("route", "/metrics"), ("status", "403"))
     assert got[("videoq_http_requests_total", refused)] >= 1
+    brewed = (("method", "OTHER"), ("route", "/v1/jobs"), ("status", "405"))
+    assert got[("videoq_http_requests_total", brewed)] == 1
 
 
 async def test_the_dashboard_needs_a_key_and_runs_only_its_own_script(

@@ -5,7 +5,9 @@ The page is one HTML document with its script and style inline, allowed by the r
 nonce (:mod:`videoq.security`). It holds no data itself: its script reads the same routes any
 client does (``GET /v1/jobs``, ``/v1/queue/stats``, ``/v1/workers``) with the key from its own
 address, and follows ``WS /v1/events`` for live updates. Every value is written as text, never
-as markup.
+as markup. The key stays in the page's address (so a reload works): like a WebSocket's
+``?token=``, it can reach browser history and a proxy's access log, so a dashboard is best given
+a key of its own, revoked when no longer needed.
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ async function refresh() {{
     cell(row, new Date(w.last_heartbeat * 1000).toLocaleTimeString());
   }}
 }}
+let pending = null;
+function later() {{  // at most one refresh a second, however many unknown jobs send events
+  if (pending === null) pending = setTimeout(() => {{ pending = null; refresh(); }}, 1000);
+}}
 function follow() {{
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const url = scheme + location.host + "/v1/events?token=" + encodeURIComponent(token);
@@ -119,7 +125,7 @@ function follow() {{
       Object.assign(job, {{ status: event.status, stage: event.stage, progress: event.progress }});
       drawJobs();
     }} else {{
-      refresh();
+      later();
     }}
     const live = document.getElementById("live");
     const line = document.createElement("div");

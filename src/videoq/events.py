@@ -51,30 +51,44 @@ def _stream_key(job_id: str) -> str:
 #: Number, store and publish events, in order, in one call: event i (from 0) has the keys
 #: KEYS[4i+1..4i+4] (seq counter, stream, job channel, tenant channel) and its JSON object,
 #: without ``seq``, in ARGV[i+3]; ARGV[1] is the stream's cap and ARGV[2] the keys' TTL. The
-#: seq goes in front of the object's other fields. Returns each event's seq, or the error that
-#: kept it out (a key of the wrong type, say): that event's seq is given back, so a job's
-#: numbers keep no gap, and the batch's other events go on.
+#: seq goes in front of the object's other fields. A counter that fell behind its stream
+#: (Redis lost the counter and kept the stream) catches up with the stream's last entry.
+#: Returns each event's seq, or the error that kept it out (a key of the wrong type, say):
+#: that event's number is given back, so a job's numbers keep no gap, and the batch's other
+#: events go on.
 _PUBLISH = LuaScript("""
+local function add(k, body)
+  local seq = redis.pcall('INCR', KEYS[k + 1])
+  if type(seq) == 'table' then return nil, seq.err end
+  local data = '{"seq":' .. seq .. ',' .. body
+  local added = redis.pcall('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0',
+                            'e', data)
+  if type(added) == 'table' then
+    if seq == 1 then redis.call('DEL', KEYS[k + 1]) else redis.call('DECR', KEYS[k + 1]) end
+    return nil, added.err
+  end
+  return seq, data
+end
 local out = {}
 for i = 3, #ARGV do
   local k = (i - 3) * 4
-  local seq = redis.pcall('INCR', KEYS[k + 1])
-  if type(seq) == 'table' then
-    out[#out + 1] = seq.err
-  else
-    local data = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i], 2)
-    local added = redis.pcall('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0',
-                              'e', data)
-    if type(added) == 'table' then
-      redis.call('DECR', KEYS[k + 1])
-      out[#out + 1] = added.err
-    else
-      redis.call('EXPIRE', KEYS[k + 1], ARGV[2])
-      redis.call('EXPIRE', KEYS[k + 2], ARGV[2])
-      redis.call('PUBLISH', KEYS[k + 3], data)
-      redis.call('PUBLISH', KEYS[k + 4], data)
-      out[#out + 1] = seq
+  local body = string.sub(ARGV[i], 2)
+  local seq, data = add(k, body)
+  if seq == nil then
+    local last = redis.pcall('XREVRANGE', KEYS[k + 2], '+', '-', 'COUNT', 1)
+    if type(last) == 'table' and last[1] then
+      redis.call('SET', KEYS[k + 1], string.match(last[1][1], '^%d+'))
+      seq, data = add(k, body)
     end
+  end
+  if seq == nil then
+    out[#out + 1] = data
+  else
+    redis.call('EXPIRE', KEYS[k + 1], ARGV[2])
+    redis.call('EXPIRE', KEYS[k + 2], ARGV[2])
+    redis.call('PUBLISH', KEYS[k + 3], data)
+    redis.call('PUBLISH', KEYS[k + 4], data)
+    out[#out + 1] = seq
   end
 end
 return out

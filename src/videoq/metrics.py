@@ -31,6 +31,11 @@ from videoq.jobs import TRANSITIONS
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+#: Methods counted by name; any other (the server takes whatever a client sends) is ``OTHER``,
+#: so no client can make a series per request.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestMetrics:
     """Counts and times every HTTP request by its route template (``/v1/jobs/{job_id}``, never
     the raw path: ids would make a series per job). Requests no route matched count under
@@ -67,7 +72,8 @@ class RequestMetrics:
             await self.app(scope, receive, sending)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(scope["method"], route, str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            self.requests.labels(method, route, str(status)).inc()
             self.latency.labels(route).observe(time.perf_counter() - started)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -33,10 +34,11 @@ log = structlog.get_logger(__name__)
 
 #: Take up to ARGV[3] due jobs of the queue (KEYS[1]) in one round trip: each is taken by
 #: setting its arq in-progress key (prefix ARGV[4], for ARGV[2] ms) if no worker holds it —
-#: what arq's ``start_jobs`` does with a WATCH/MULTI per job — and then, as arq's ``run_job``
-#: does, its data (prefix ARGV[6]) is read and its try counted (prefix ARGV[7]). Running jobs
-#: stay in the queue until they finish, so up to ARGV[5] due entries are looked at
-#: (:data:`TAKE_SCAN_LIMIT`). Returns id, score, data (nil: expired), try, id, ….
+#: what arq's ``start_jobs`` does with a WATCH/MULTI per job — to this worker's token
+#: (ARGV[8]; arq writes ``1``, and only the key's presence means anything to arq), and then,
+#: as arq's ``run_job`` does, its data (prefix ARGV[6]) is read and its try counted (prefix
+#: ARGV[7]). Running jobs stay in the queue until they finish, so up to ARGV[5] due entries are
+#: looked at (:data:`TAKE_SCAN_LIMIT`). Returns id, score, data (nil: expired), try, id, ….
 _TAKE_JOBS = LuaScript("""
 local taken, offset = {}, 0
 local want, cap = tonumber(ARGV[3]) * 4, tonumber(ARGV[5])
@@ -46,7 +48,7 @@ while #taken < want and offset < cap do
   if #page == 0 then break end
   for i = 1, #page, 2 do
     local id = page[i]
-    if #taken < want and redis.call('SET', ARGV[4] .. id, '1', 'PX', ARGV[2], 'NX') then
+    if #taken < want and redis.call('SET', ARGV[4] .. id, ARGV[8], 'PX', ARGV[2], 'NX') then
       local try = redis.call('INCR', ARGV[7] .. id)
       redis.call('EXPIRE', ARGV[7] .. id, 88400)
       taken[#taken + 1] = id
@@ -60,24 +62,29 @@ end
 return taken
 """)
 
-#: End jobs of the queue (KEYS[1]), each given as id, how, score increment (ARGV[4…]):
+#: End jobs of the queue (KEYS[1]), each given as id, how, score increment (ARGV[5…]):
 #: ``done`` removes it and its data and try count (arq's finish); ``later`` moves its score by
 #: the increment (arq's ``Retry(defer=…)``); ``again`` only lets go of it, to run again (arq's
 #: cancelled job); ``back`` lets go of a job taken ahead that never started, uncounting its
 #: try. Every job's in-progress key (prefix ARGV[1]) goes last, so no worker can take a job
-#: that is still being ended. ARGV[2] and ARGV[3] are the data and try prefixes.
+#: that is still being ended. ARGV[2] and ARGV[3] are the data and try prefixes. A job whose
+#: in-progress key no longer holds this worker's token (ARGV[4]) is left alone: its key
+#: expired and another worker took it, or this end was already written (a batch whose reply
+#: was lost is written again, one end at a time).
 _END_JOBS = LuaScript("""
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local id, how = ARGV[i], ARGV[i + 1]
-  if how == 'done' then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
-  elseif how == 'later' then
-    redis.call('ZINCRBY', KEYS[1], ARGV[i + 2], id)
-  elseif how == 'back' then
-    redis.call('DECR', ARGV[3] .. id)
+  if redis.call('GET', ARGV[1] .. id) == ARGV[4] then
+    if how == 'done' then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
+    elseif how == 'later' then
+      redis.call('ZINCRBY', KEYS[1], ARGV[i + 2], id)
+    elseif how == 'back' then
+      redis.call('DECR', ARGV[3] .. id)
+    end
+    redis.call('DEL', ARGV[1] .. id)
   end
-  redis.call('DEL', ARGV[1] .. id)
 end
 return #ARGV
 """)
@@ -149,6 +156,8 @@ class VideoqWorker(Worker):
         self.wake.set()  # look at the queue as soon as it starts: there may be a backlog
         self.ctx["wake"] = self.wake
         self.backlog = True
+        #: What this worker writes in the in-progress keys of the jobs it takes.
+        self.token = f"videoq:{uuid.uuid4().hex}"
         #: At most this many jobs taken ahead of free slots (default: a tenth of ``max_jobs``).
         self.prefetch = self.max_jobs // 10 if prefetch is None else prefetch
         self.ahead: deque[_Taken] = deque()
@@ -173,6 +182,14 @@ class VideoqWorker(Worker):
                 await shutdown(ctx)
 
         self.on_shutdown = on_shutdown
+
+    async def close(self) -> None:
+        self._stop_taking()  # also when the main task ended without a signal (an error)
+        await super().close()
+
+    def _jobs_started(self) -> int:
+        # Jobs whose record is still being written have left ``tasks`` but are not counted yet.
+        return super()._jobs_started() + len(self._behind)
 
     def handle_sig(self, signum: Any) -> None:
         self._stop_taking()
@@ -225,7 +242,7 @@ class VideoqWorker(Worker):
     async def _take_jobs(self, want: int) -> None:
         args = (timestamp_ms(), int(self.in_progress_timeout_s * 1000), want,
                 in_progress_key_prefix, max(TAKE_SCAN_LIMIT, self.queue_read_limit),
-                job_key_prefix, retry_key_prefix)  # fmt: skip
+                job_key_prefix, retry_key_prefix, self.token)  # fmt: skip
         taken = await _TAKE_JOBS(self.pool, [self.queue_name], args)
         self.backlog = len(taken) // 4 == want
         now = self.loop.time()
@@ -339,7 +356,7 @@ class VideoqWorker(Worker):
         return _End(job_id, "done")
 
     async def _end_jobs(self, ends: list[_End]) -> list[None]:
-        args: list[Any] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix]
+        args: list[Any] = [in_progress_key_prefix, job_key_prefix, retry_key_prefix, self.token]
         for end in ends:
             args += (end.job_id, end.how, end.incr_ms)
         await _END_JOBS(self.pool, [self.queue_name], args)

@@ -68,8 +68,8 @@ class WorkerState:
     running: dict[uuid.UUID, RunningJob] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     background: list[asyncio.Task[None]] = field(default_factory=list)
-    #: What finished attempts still do after their job's task ends (archiving its events);
-    #: waited for at shutdown.
+    #: What finished attempts still do after their job's task ends (recording a success,
+    #: archiving its events); waited for at shutdown.
     wrapping_up: set[asyncio.Task[None]] = field(default_factory=set)
     #: Set to make the worker poll now (VideoqWorker); None under the plain arq CLI.
     wake: asyncio.Event | None = None
@@ -93,10 +93,11 @@ class WorkerState:
         await events.archive(self.redis, self.books.store_events, job_ids)
         return [None] * len(job_ids)
 
-    def wrap_up(self, work: Awaitable[None]) -> None:
+    def wrap_up(self, work: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)
         self.wrapping_up.add(task)
         task.add_done_callback(self.wrapping_up.discard)
+        return task
 
     def stop(self, job_id: uuid.UUID, reason: str, attempt: int | None = None) -> bool:
         """Cancel a running attempt on purpose (only ``attempt``, when given); False if it does
@@ -122,7 +123,9 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> asyncio.Future[None] | No
     try:
         behind = await execute(state, uuid.UUID(job_id))
         if behind is not None and not ctx.get("write_behind"):
-            await behind
+            # Shielded: arq cancelling the task (its shutdown) must not cut the outcome short;
+            # the worker's shutdown waits for it (WorkerState.wrapping_up).
+            await asyncio.shield(behind)
             return None
     except db.DATABASE_ERRORS as exc:
         raise _deferred(state, exc) from exc
@@ -214,7 +217,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
         await _settle(state, job, reporter, exc)
         return None
     reporter.progress = 100.0
-    return asyncio.ensure_future(_succeeded(state, reporter, job, result, workdir))
+    return state.wrap_up(_succeeded(state, reporter, job, result, workdir))
 
 
 async def _succeeded(
