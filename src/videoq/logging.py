@@ -44,8 +44,9 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
-    """Set up structlog (and the stdlib loggers it feeds) once per process; lines go to
-    ``stream`` (default: standard error)."""
+    """Set up structlog once per process, and the standard library's loggers (arq, uvicorn,
+    httpx, asyncpg) to render through the same processors: one format, secrets redacted
+    everywhere. Lines go to ``stream`` (default: standard error)."""
     level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -65,4 +66,13 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(level, logging.WARNING))
