@@ -21,6 +21,7 @@ from tests.fakes import runs
 from videoq import db, queue, supervisor
 from videoq.client import ApiError, Client, Event
 from videoq.pickup import VideoqWorker, _End
+from videoq.pipeline import STAGES
 from videoq.settings import Settings
 
 
@@ -381,3 +382,47 @@ async def test_a_job_is_ended_only_by_the_worker_that_holds_it_and_only_once(
         assert await redis.zscore(settings.queue_name, job.job_id) is not None
     finally:
         await pool.aclose()
+
+
+async def test_a_job_survives_its_workers_database_connections_dying_mid_run(
+    live_api: LiveApi, client: Client, settings: Settings, sessions: Any
+) -> None:
+    """PostgreSQL restarted under a running job: the connection writing the job's outcome is
+    ended by the server while the statement runs (held on the job's row lock meanwhile). The
+    write is tried again on a new connection, and the job succeeds, each stage run once."""
+    held = fake(settings, "held")
+    held.artifacts.mkdir(parents=True, exist_ok=True)
+    (held.artifacts / "Outlives A Restart.hold").touch()
+    job = await client.submit(product_name="Outlives A Restart")
+    dsn = db.driver_dsn(settings.database_url or "")
+    locker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        async with running_worker(held) as worker:
+            await until_status(sessions, job.id, "running")
+            name = f"videoq {worker.ctx['videoq'].worker_id}"[:63]
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = $1 AND wait_event_type = 'Lock'"
+            )
+            async with locker.transaction():
+                await locker.execute(
+                    "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", uuid.UUID(job.id)
+                )
+                (held.artifacts / "Outlives A Restart.hold").unlink()
+                async with asyncio.timeout(10):
+                    while not await admin.fetchval(waiting, name):  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                ended = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = $1",
+                    name,
+                )
+                assert ended >= 1
+            done = await client.wait(job.id, timeout=20)
+            # Recorded by the attempt that ran it, not recovered later by another attempt.
+            assert (done.status, done.attempts) == ("succeeded", 1)
+    finally:
+        await locker.close()
+        await admin.close()
+    stages = Counter(stage for job_id, stage, _, _ in runs(held.artifacts) if job_id == job.id)
+    assert stages == {stage: 1 for stage in STAGES}
