@@ -426,3 +426,25 @@ async def test_a_job_survives_its_workers_database_connections_dying_mid_run(
         await admin.close()
     stages = Counter(stage for job_id, stage, _, _ in runs(held.artifacts) if job_id == job.id)
     assert stages == {stage: 1 for stage in STAGES}
+
+
+async def test_a_job_cancelled_before_its_first_step_is_let_go_at_shutdown(
+    settings: Settings, redis: Redis
+) -> None:
+    """A stop signal right after a look took a job cancels its task before it ever ran: the
+    worker still shuts down cleanly, and the job is let go, to run again at once."""
+    pool = await create_pool(queue.redis_settings(settings), **queue.serializers())
+    worker = VideoqWorker(
+        functions=[func(_asks_to_run_later, name="later")],
+        redis_settings=queue.redis_settings(settings), queue_name=settings.queue_name,
+        handle_signals=False, **queue.serializers(),
+    )  # fmt: skip
+    worker._pool = pool
+    job = await pool.enqueue_job("later", _queue_name=settings.queue_name)
+    assert job is not None
+    await worker._take_jobs(1)
+    assert list(worker.tasks) == [job.job_id]
+    worker.tasks[job.job_id].cancel()  # before the loop ever ran it
+    await worker.close()  # closes the pool too
+    assert not await redis.exists(in_progress_key_prefix + job.job_id)
+    assert await redis.zscore(settings.queue_name, job.job_id) is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -185,6 +186,20 @@ class VideoqWorker(Worker):
 
     async def close(self) -> None:
         self._stop_taking()  # also when the main task ended without a signal (an error)
+        if not self._handle_signals:
+            # What arq's close() does first (stop what runs), done here so that the tasks it
+            # cancels can be sorted out before it gathers them; then it does not do it twice.
+            self.handle_sig(signal.SIGUSR1)
+            self._handle_signals = True
+        if self.tasks:
+            await asyncio.wait(self.tasks.values())
+        for job_id, task in list(self.tasks.items()):
+            if task.cancelled():
+                # Cancelled before its first step (a signal right after the look that took
+                # it): it never ran, so it is let go to run again. (arq's close() would raise
+                # on it, and skip writing every other end.)
+                del self.tasks[job_id]
+                self._end(_End(job_id, "again"))
         await super().close()
 
     def _jobs_started(self) -> int:
