@@ -4,8 +4,10 @@ retries and dead letters, manual retry from checkpoints, timeouts, operations ro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -328,29 +330,40 @@ async def _asks_to_run_later(ctx: dict[str, Any]) -> None:
     raise Retry(defer=60)
 
 
+@contextlib.asynccontextmanager
+async def bare_worker(
+    settings: Settings, **options: Any
+) -> AsyncIterator[tuple[VideoqWorker, str]]:
+    """A VideoqWorker, not started, of one plain arq function (``later``: asks to run again in
+    a minute) on a Redis pool of its own, and the id of one such job queued."""
+    pool = await create_pool(queue.redis_settings(settings), **queue.serializers())
+    worker = VideoqWorker(
+        functions=[func(_asks_to_run_later, name="later")],
+        redis_settings=queue.redis_settings(settings), queue_name=settings.queue_name,
+        handle_signals=False, **queue.serializers(), **options,
+    )  # fmt: skip
+    worker._pool = pool
+    try:
+        job = await pool.enqueue_job("later", _queue_name=settings.queue_name)
+        assert job is not None
+        yield worker, job.job_id
+    finally:
+        await pool.aclose()
+
+
 @pytest.mark.parametrize("retry_jobs", [True, False])
 async def test_arqs_retry_jobs_setting_is_honoured(
     settings: Settings, redis: Redis, retry_jobs: bool
 ) -> None:
     """As arq's own worker: a job that asks to run later is deferred, unless ``retry_jobs`` is
     off, when it fails and leaves the queue."""
-    pool = await create_pool(queue.redis_settings(settings), **queue.serializers())
-    try:
-        job = await pool.enqueue_job("later", _queue_name=settings.queue_name)
-        assert job is not None
-        worker = VideoqWorker(
-            functions=[func(_asks_to_run_later, name="later")],
-            redis_settings=queue.redis_settings(settings), queue_name=settings.queue_name,
-            burst=True, max_burst_jobs=1, retry_jobs=retry_jobs, handle_signals=False,
-            **queue.serializers(),
-        )  # fmt: skip
+    options = {"burst": True, "max_burst_jobs": 1, "retry_jobs": retry_jobs}
+    async with bare_worker(settings, **options) as (worker, job_id):
         await worker.async_run()
         await worker.close()
-        waiting = await redis.zscore(settings.queue_name, job.job_id)
-        assert (waiting is not None) == retry_jobs
-        assert (worker.jobs_retried, worker.jobs_failed) == ((1, 0) if retry_jobs else (0, 1))
-    finally:
-        await pool.aclose()
+    waiting = await redis.zscore(settings.queue_name, job_id)
+    assert (waiting is not None) == retry_jobs
+    assert (worker.jobs_retried, worker.jobs_failed) == ((1, 0) if retry_jobs else (0, 1))
 
 
 async def test_a_job_is_ended_only_by_the_worker_that_holds_it_and_only_once(
@@ -359,29 +372,18 @@ async def test_a_job_is_ended_only_by_the_worker_that_holds_it_and_only_once(
     """Ends are written in batches, and a batch whose reply was lost is written again, one end
     at a time; a job's in-progress key may also have expired and another worker taken it.
     Either way an end whose worker no longer holds the job changes nothing."""
-    pool = await create_pool(queue.redis_settings(settings), **queue.serializers())
-    worker = VideoqWorker(
-        functions=[func(_asks_to_run_later, name="later")],
-        redis_settings=queue.redis_settings(settings), queue_name=settings.queue_name,
-        handle_signals=False, **queue.serializers(),
-    )  # fmt: skip
-    worker._pool = pool
-    try:
-        job = await pool.enqueue_job("later", _queue_name=settings.queue_name)
-        assert job is not None
-        held, tries = in_progress_key_prefix + job.job_id, retry_key_prefix + job.job_id
+    async with bare_worker(settings) as (worker, job_id):
+        held, tries = in_progress_key_prefix + job_id, retry_key_prefix + job_id
         await redis.set(held, "another-worker")
-        await worker._end_jobs([_End(job.job_id, "done")])
-        assert await redis.zscore(settings.queue_name, job.job_id) is not None
+        await worker._end_jobs([_End(job_id, "done")])
+        assert await redis.zscore(settings.queue_name, job_id) is not None
         assert await redis.get(held) == b"another-worker"
         await redis.set(held, worker.token)
         await redis.set(tries, 1)
         for _ in range(2):  # the second time as a batch written again
-            await worker._end_jobs([_End(job.job_id, "back")])
+            await worker._end_jobs([_End(job_id, "back")])
         assert await redis.get(tries) == b"0" and not await redis.exists(held)
-        assert await redis.zscore(settings.queue_name, job.job_id) is not None
-    finally:
-        await pool.aclose()
+        assert await redis.zscore(settings.queue_name, job_id) is not None
 
 
 async def test_a_job_survives_its_workers_database_connections_dying_mid_run(
@@ -433,18 +435,10 @@ async def test_a_job_cancelled_before_its_first_step_is_let_go_at_shutdown(
 ) -> None:
     """A stop signal right after a look took a job cancels its task before it ever ran: the
     worker still shuts down cleanly, and the job is let go, to run again at once."""
-    pool = await create_pool(queue.redis_settings(settings), **queue.serializers())
-    worker = VideoqWorker(
-        functions=[func(_asks_to_run_later, name="later")],
-        redis_settings=queue.redis_settings(settings), queue_name=settings.queue_name,
-        handle_signals=False, **queue.serializers(),
-    )  # fmt: skip
-    worker._pool = pool
-    job = await pool.enqueue_job("later", _queue_name=settings.queue_name)
-    assert job is not None
-    await worker._take_jobs(1)
-    assert list(worker.tasks) == [job.job_id]
-    worker.tasks[job.job_id].cancel()  # before the loop ever ran it
-    await worker.close()  # closes the pool too
-    assert not await redis.exists(in_progress_key_prefix + job.job_id)
-    assert await redis.zscore(settings.queue_name, job.job_id) is not None
+    async with bare_worker(settings) as (worker, job_id):
+        await worker._take_jobs(1)
+        assert list(worker.tasks) == [job_id]
+        worker.tasks[job_id].cancel()  # before the loop ever ran it
+        await worker.close()
+    assert not await redis.exists(in_progress_key_prefix + job_id)
+    assert await redis.zscore(settings.queue_name, job_id) is not None
