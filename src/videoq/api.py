@@ -273,12 +273,19 @@ async def clear_stale_workers(request: Request) -> Response:
     return JSONResponse({"removed": removed})
 
 
+async def _queue_figures(st: State) -> dict[str, Any]:
+    """What ``/v1/queue/stats`` and ``/metrics`` both report: the jobs' counts and ages
+    (:func:`videoq.jobs.stats`) and the arq queue's length."""
+    async with st.sessions() as session:
+        figures = await jobs.stats(session, None)
+    figures["queue_length"] = await st.redis.zcard(st.settings.queue_name)
+    return figures
+
+
 async def queue_stats(request: Request) -> Response:
     await admin(request)
     st = state_of(request)
-    async with st.sessions() as session:
-        body = await jobs.stats(session, None)
-    body["queue_length"] = await st.redis.zcard(st.settings.queue_name)
+    body = await _queue_figures(st)
     body["workers"] = await queue.count_workers(st.redis, st.settings.worker_stale_s)
     return JSONResponse(body)
 
@@ -286,11 +293,9 @@ async def queue_stats(request: Request) -> Response:
 async def metrics_text(request: Request) -> Response:
     await admin(request)
     st = state_of(request)
-    async with st.sessions() as session:
-        stats = await jobs.stats(session, None)
-    length = await st.redis.zcard(st.settings.queue_name)
+    figures = await _queue_figures(st)
     workers = await queue.list_workers(st.redis, st.settings.worker_stale_s)
-    families = metrics.service_families(stats, length, workers)
+    families = metrics.service_families(figures, workers)
     body = metrics.render(request.app.state.metrics, families)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 

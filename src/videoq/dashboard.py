@@ -34,7 +34,7 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </style>
 </head>
 <body>
-<h1>videoq <span id="tenant"></span></h1>
+<h1>videoq · {tenant}</h1>
 <p id="state">connecting…</p>
 <section id="ops" class="hidden">
 <h2>Queue</h2><table><tbody id="queue"></tbody></table>
@@ -151,6 +151,4 @@ setInterval(() => refresh().catch(() => {{}}), 5000);
 
 def render(nonce: str, tenant: str) -> str:
     """The page, its script and style allowed by ``nonce``; ``tenant`` is shown in its title."""
-    return PAGE.format(nonce=escape(nonce)).replace(
-        '<span id="tenant"></span>', f'<span id="tenant">· {escape(tenant)}</span>'
-    )
+    return PAGE.format(nonce=escape(nonce), tenant=escape(tenant))

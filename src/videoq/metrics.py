@@ -88,11 +88,10 @@ class _Families:
         yield from self.families
 
 
-def service_families(
-    stats: dict[str, Any], queue_length: int, workers: list[dict[str, Any]]
-) -> list[Metric]:
-    """The service-wide figures: ``stats`` as :func:`videoq.jobs.stats` gives them, the arq
-    queue's length, and the registered workers as :func:`videoq.queue.list_workers` does."""
+def service_families(stats: dict[str, Any], workers: list[dict[str, Any]]) -> list[Metric]:
+    """The service-wide figures: ``stats`` as ``GET /v1/queue/stats`` has them (with the arq
+    queue's length), and the registered workers as :func:`videoq.queue.list_workers` gives
+    them."""
     jobs = GaugeMetricFamily("videoq_jobs", "Jobs per status, now.", labels=["status"])
     for status in TRANSITIONS:
         jobs.add_metric([status], stats["counts"].get(status, 0))
@@ -101,7 +100,7 @@ def service_families(
     )
     oldest.add_metric([], stats["oldest_queued_age_s"] or 0.0)
     length = GaugeMetricFamily("videoq_queue_length", "Entries in the arq queue (due or not).")
-    length.add_metric([], queue_length)
+    length.add_metric([], stats["queue_length"])
     alive = [w for w in workers if w.get("alive")]
     live = GaugeMetricFamily("videoq_workers", "Workers whose heartbeat is recent.")
     live.add_metric([], len(alive))
@@ -127,6 +126,4 @@ def service_families(
 
 def render(own: CollectorRegistry, families: list[Metric]) -> bytes:
     """The text exposition of this process's registry and the service-wide families."""
-    scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(_Families(families))
-    return generate_latest(own) + generate_latest(scrape)
+    return generate_latest(own) + generate_latest(_Families(families))

@@ -225,11 +225,8 @@ class VideoqWorker(Worker):
         self.wake.clear()
         now = self.loop.time()
         self._hand_back(sum(now - taken.at > self.ahead_hold_s for taken in self.ahead))
-        free = self.max_jobs - self.job_counter
-        while free > 0 and self.ahead and self._taking():
-            self._start(self.ahead.popleft())
-            free -= 1
-        want = free
+        # (Jobs taken ahead need no start here: a freed slot starts one at once.)
+        free = want = self.max_jobs - self.job_counter
         if self.burst and self.max_burst_jobs >= 0:
             want = min(free, self.max_burst_jobs - self._jobs_started())
         elif self.backlog:

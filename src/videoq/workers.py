@@ -374,7 +374,7 @@ def _settle_heap() -> None:
     """What start-up built (modules, settings, pools: hundreds of thousands of objects) lives
     as long as the process: kept out of the garbage collector's passes, which would otherwise
     walk all of it every few thousand jobs and stall every job in flight (p90 of a 0.1 s job:
-    150 ms against 123 ms; docs/decisions.md "Workers"). Young objects are collected less often
+    150 ms against 113 ms; docs/decisions.md "Workers"). Young objects are collected less often
     too: a job makes a few hundred, mostly freed by reference counting."""
     gc.collect()
     gc.freeze()
