@@ -102,6 +102,11 @@ async def redis(base_settings: Settings) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+def auth(key: str) -> dict[str, str]:
+    """The headers of a request made with ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
 async def new_key(sessions: Any, tenant: str | None = None, admin: bool = False) -> str:
     async with sessions() as session:
         return await create_key(session, tenant or f"t-{uuid.uuid4().hex[:8]}", admin=admin)

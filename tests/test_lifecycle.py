@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,7 +19,7 @@ from arq import Retry, create_pool, func
 from arq.constants import in_progress_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
-from tests.conftest import LiveApi, new_key, running_worker
+from tests.conftest import LiveApi, auth, new_key, running_worker
 from tests.fakes import runs
 from videoq import db, queue, supervisor
 from videoq.client import ApiError, Client, Event
@@ -29,6 +30,16 @@ from videoq.settings import Settings
 
 def fake(settings: Settings, name: str) -> Settings:
     return settings.model_copy(update={"pipeline": f"tests.fakes:{name}"})
+
+
+def holding(settings: Settings, product_name: str) -> tuple[Settings, Path]:
+    """Settings running the ``held`` fake, and the file that holds ``product_name``'s job at
+    the end of its pipeline until it is removed (created here)."""
+    held = fake(settings, "held")
+    hold = held.artifacts / f"{product_name}.hold"
+    hold.parent.mkdir(parents=True, exist_ok=True)
+    hold.touch()
+    return held, hold
 
 
 async def until(event_stream: Any, predicate: Any) -> Event:
@@ -149,8 +160,7 @@ async def test_job_timeout_from_options_fails_the_job(
 async def test_operations_routes_show_workers_and_queue(
     asgi_client: httpx.AsyncClient, settings: Settings, sessions: Any, api_key: str
 ) -> None:
-    admin = {"Authorization": f"Bearer {await new_key(sessions, admin=True)}"}
-    tenant = {"Authorization": f"Bearer {api_key}"}
+    admin, tenant = auth(await new_key(sessions, admin=True)), auth(api_key)
     async with running_worker(fake(settings, "quick")) as worker:
         state = worker.ctx["videoq"]
         await supervisor.beat(state)  # registers now rather than at the next interval
@@ -258,9 +268,7 @@ async def test_a_finished_jobs_slot_frees_while_its_outcome_is_still_written(
     """Write-behind: once a job's pipeline returns, its slot takes the next job while the job's
     checkpoints and outcome are still on their way to PostgreSQL; the job leaves arq's queue
     only once they are in."""
-    held = fake(settings, "held")
-    (held.artifacts / "Written Behind.hold").parent.mkdir(parents=True, exist_ok=True)
-    (held.artifacts / "Written Behind.hold").touch()
+    held, hold = holding(settings, "Written Behind")
     first = await client.submit(product_name="Written Behind")
     second = await client.submit(product_name="Next In Line")
     dsn = db.driver_dsn(settings.database_url or "")
@@ -272,7 +280,7 @@ async def test_a_finished_jobs_slot_frees_while_its_outcome_is_still_written(
                 await locker.execute(
                     "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", uuid.UUID(first.id)
                 )
-                (held.artifacts / "Written Behind.hold").unlink()
+                hold.unlink()
                 await until_status(sessions, second.id, "running")  # in the one slot
                 assert await status_of(sessions, first.id) == "running"
                 assert await redis.zscore(settings.queue_name, first.id) is not None
@@ -301,29 +309,26 @@ async def test_a_job_taken_ahead_of_a_free_slot_goes_back_to_the_queue_at_shutdo
     """A busy worker takes a job ahead of its next free slot (here: whenever a slot freed in
     the last hour); at shutdown that job, never started, goes back untouched: not claimed,
     its try uncounted, and the next worker runs it."""
-    held = fake(settings, "held")
-    held.artifacts.mkdir(parents=True, exist_ok=True)
-    (held.artifacts / "Holding The Slot.hold").touch()
+    held, hold = holding(settings, "Holding The Slot")
     ahead = dict(max_jobs=1, prefetch=1, ahead_window_s=3600, ahead_hold_s=3600)
     async with running_worker(held, **ahead):
         warm = await client.submit(product_name="Frees A Slot")
         assert (await client.wait(warm.id, timeout=20)).status == "succeeded"
-        holding = await client.submit(product_name="Holding The Slot")
-        await until_status(sessions, holding.id, "running")
+        busy = await client.submit(product_name="Holding The Slot")
+        await until_status(sessions, busy.id, "running")
         waiting = await client.submit(product_name="Taken Ahead")
         async with asyncio.timeout(10):  # taken at the worker's next look
             while not await redis.exists(in_progress_key_prefix + waiting.id):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         assert await status_of(sessions, waiting.id) == "queued"
-        tries = await redis.get(retry_key_prefix + waiting.id)
-        assert tries == b"1"
+        assert await redis.get(retry_key_prefix + waiting.id) == b"1"
     assert not await redis.exists(in_progress_key_prefix + waiting.id)
     assert await redis.get(retry_key_prefix + waiting.id) == b"0"
     assert await redis.zscore(settings.queue_name, waiting.id) is not None
-    (held.artifacts / "Holding The Slot.hold").unlink()
+    hold.unlink()
     async with running_worker(held):
         assert (await client.wait(waiting.id, timeout=20)).status == "succeeded"
-        assert (await client.wait(holding.id, timeout=20)).status == "succeeded"
+        assert (await client.wait(busy.id, timeout=20)).status == "succeeded"
 
 
 async def _asks_to_run_later(ctx: dict[str, Any]) -> None:
@@ -392,9 +397,7 @@ async def test_a_job_survives_its_workers_database_connections_dying_mid_run(
     """PostgreSQL restarted under a running job: the connection writing the job's outcome is
     ended by the server while the statement runs (held on the job's row lock meanwhile). The
     write is tried again on a new connection, and the job succeeds, each stage run once."""
-    held = fake(settings, "held")
-    held.artifacts.mkdir(parents=True, exist_ok=True)
-    (held.artifacts / "Outlives A Restart.hold").touch()
+    held, hold = holding(settings, "Outlives A Restart")
     job = await client.submit(product_name="Outlives A Restart")
     dsn = db.driver_dsn(settings.database_url or "")
     locker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
@@ -410,7 +413,7 @@ async def test_a_job_survives_its_workers_database_connections_dying_mid_run(
                 await locker.execute(
                     "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", uuid.UUID(job.id)
                 )
-                (held.artifacts / "Outlives A Restart.hold").unlink()
+                hold.unlink()
                 async with asyncio.timeout(10):
                     while not await admin.fetchval(waiting, name):  # noqa: ASYNC110
                         await asyncio.sleep(0.01)

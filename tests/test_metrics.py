@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import new_key, running_worker
+from tests.conftest import auth, new_key, running_worker
 from tests.test_lifecycle import fake
 from videoq import supervisor
 from videoq.settings import Settings
@@ -28,15 +28,13 @@ async def test_metrics_need_an_admin_key(
     asgi_client: httpx.AsyncClient, sessions: Any, api_key: str
 ) -> None:
     assert (await asgi_client.get("/metrics")).status_code == 401
-    tenant = {"Authorization": f"Bearer {api_key}"}
-    assert (await asgi_client.get("/metrics", headers=tenant)).status_code == 403
+    assert (await asgi_client.get("/metrics", headers=auth(api_key))).status_code == 403
 
 
 async def test_metrics_show_jobs_queue_workers_and_requests(
     asgi_client: httpx.AsyncClient, settings: Settings, sessions: Any, api_key: str
 ) -> None:
-    admin = {"Authorization": f"Bearer {await new_key(sessions, admin=True)}"}
-    tenant = {"Authorization": f"Bearer {api_key}"}
+    admin, tenant = auth(await new_key(sessions, admin=True)), auth(api_key)
     async with running_worker(fake(settings, "quick")) as worker:
         state = worker.ctx["videoq"]
         job = await asgi_client.post("/v1/jobs", json={"product_name": "Lamp"}, headers=tenant)

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select, update
 from starlette.applications import Starlette
 
+from tests.conftest import auth as auth  # re-exported: the tests here import it from here
 from videoq import db
 from videoq.api import create_app
 from videoq.settings import Settings
@@ -26,10 +27,6 @@ from videoq.webhooks import sign
 
 GITHUB_SECRET = "gh-secret-for-tests"
 REPLICATE_SECRET = "whsec_" + base64.b64encode(b"replicate-signing-key-32-bytes!!").decode()
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(autouse=True)
