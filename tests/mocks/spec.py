@@ -1,6 +1,8 @@
 """The providers' OpenAPI specs as JSON Schema validators (jsonschema, draft 2020-12).
 
-The specs live in ``../shared/specs`` beside the repository (CI checks it out there). Two
+The specs are the repository's own trimmed copies in ``tests/specs`` (the operations the mocks
+use and the components they reach, written by ``python -m tests.specs.extract`` from the
+published documents, whose names and sha256 each file's ``info.x-videoq-source`` records). Two
 relaxations make Replicate's 3.1 document valid JSON Schema: OpenAPI 3.0's ``nullable: true``
 becomes ``type: [T, "null"]``, and the prediction's ``version`` (a string, or the string
 ``hidden``, so ``hidden`` matches both branches of its ``oneOf``) becomes an ``anyOf``.
@@ -18,16 +20,16 @@ from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPECS_DIR = (Path(__file__).resolve().parents[2] / "../shared/specs").resolve()
+SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
 SPEC_FILES = {
-    "anthropic": "anthropic-openapi.json",
-    "elevenlabs": "elevenlabs-openapi-2026-08.json",
-    "replicate": "replicate-openapi.json",
+    "anthropic": "anthropic.json",
+    "elevenlabs": "elevenlabs.json",
+    "replicate": "replicate.json",
 }
 
 
 class SpecsMissing(RuntimeError):
-    """The provider specs are not where the tests expect them."""
+    """A provider's trimmed spec is not in ``tests/specs``."""
 
 
 def spec_path(provider: str, directory: Path = SPECS_DIR) -> Path:
@@ -36,7 +38,8 @@ def spec_path(provider: str, directory: Path = SPECS_DIR) -> Path:
     if not path.is_file():
         raise SpecsMissing(
             f"provider spec {path} is missing: the mocks validate requests against the "
-            "OpenAPI specs in ../shared/specs beside the repository (check out shared/ there)"
+            "trimmed OpenAPI specs in tests/specs (regenerate them from the published "
+            "documents with python -m tests.specs.extract /path/to/full/specs)"
         )
     return path
 

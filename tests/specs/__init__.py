@@ -1,0 +1,1 @@
+"""The trimmed provider OpenAPI documents the mocks validate against, and their extractor."""
