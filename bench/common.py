@@ -20,11 +20,11 @@ from pathlib import Path
 
 import uvicorn
 
-from videoq import db
+from videoq import store
 from videoq.api import create_app
-from videoq.auth import create_key
 from videoq.embedded import embedded_services, free_port
 from videoq.settings import Settings
+from videoq.store.apikeys import create_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -52,9 +52,9 @@ async def stack(**overrides: object) -> AsyncIterator[Stack]:
             providers="offline", log_level="WARNING", rate_limit_per_s=0, max_queued_jobs=0,
             **overrides,  # type: ignore[arg-type]
         )  # fmt: skip
-        await asyncio.to_thread(db.migrate, services.database_url)
-        engine = db.create_engine(services.database_url)
-        async with db.sessionmaker(engine)() as session:
+        await asyncio.to_thread(store.migrate, services.database_url)
+        engine = store.create_engine(services.database_url)
+        async with store.sessionmaker(engine)() as session:
             key = await create_key(session, "bench", admin=True)
         await engine.dispose()
         port = free_port()

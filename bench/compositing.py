@@ -32,9 +32,10 @@ from typing import Any
 
 from bench.common import summary, write_section
 from videoq.ffmpeg import ffmpeg_command, find_font
-from videoq.pipeline import Brief, MemoryCheckpoints, compositing, run_pipeline, video_gen
-from videoq.providers import Script, VoiceTrack
+from videoq.pipeline import MemoryCheckpoints, compositing, run_pipeline, video_gen
+from videoq.providers import offline_providers
 from videoq.settings import Settings
+from videoq.types import Brief, Script, VoiceTrack
 
 SECTION = "Compositing"
 #: Why each encoder option is what it is; the values themselves come from the code.
@@ -80,7 +81,7 @@ async def make_inputs(brief: Brief, settings: Settings, workdir: Path) -> Memory
     try:
         await run_pipeline(
             brief, settings=settings, workdir=workdir, checkpoints=checkpoints,
-            report=stop_at_compositing,
+            report=stop_at_compositing, providers=offline_providers(settings),
         )  # fmt: skip
     except _InputsReady:
         return checkpoints
@@ -110,7 +111,12 @@ async def ours(
     recorder = Recorder()
     clock = Clock()
     await run_pipeline(
-        brief, settings=settings, workdir=workdir, checkpoints=checkpoints, report=recorder
+        brief,
+        settings=settings,
+        workdir=workdir,
+        checkpoints=checkpoints,
+        report=recorder,
+        providers=offline_providers(settings),
     )
     return *clock.read(), recorder.calls
 

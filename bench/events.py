@@ -29,8 +29,9 @@ from redis.asyncio.client import PubSub
 from websockets.asyncio.client import connect
 
 from bench.common import NO_LIMITS, Stack, spawn, stack, write_section
-from videoq import events
+from videoq.broker import events, keys
 from videoq.embedded import free_port
+from videoq.types import make_event
 
 JOBS = 10
 MS = 1000.0
@@ -93,7 +94,7 @@ async def publish_all(redis: Redis, job_ids: list[str], rate: float, total: int)
     started = time.monotonic()
     for n in range(total):
         await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-        event = events.make_event(
+        event = make_event(
             job_ids[n % JOBS], "progress", status="running", stage="video_gen",
             progress=50 + 25 * n / total, message=f"t={time.time()}",
         )  # fmt: skip
@@ -133,7 +134,7 @@ async def videoq_phase(
             await ws.recv()  # the snapshot
             sockets.append(ws)
         pubsub = await opened.enter_async_context(redis.pubsub(ignore_subscribe_messages=True))
-        await pubsub.subscribe(*(events.job_channel(j) for j in job_ids))
+        await pubsub.subscribe(*(keys.job_channel(j) for j in job_ids))
 
         async def receive(ws: Any) -> None:
             async for raw in ws:
@@ -156,7 +157,7 @@ async def fanout_phase(
         readers = []
         for i in range(clients):
             sub = await opened.enter_async_context(redis.pubsub(ignore_subscribe_messages=True))
-            await sub.subscribe(events.job_channel(job_ids[i % JOBS]))
+            await sub.subscribe(keys.job_channel(job_ids[i % JOBS]))
             readers.append(asyncio.create_task(listen(sub, rep.fanout)))
         await publish_all(redis, job_ids, rate, total)
         await collect(readers, lambda: len(rep.fanout) >= expected)

@@ -25,7 +25,7 @@ from arq.connections import RedisSettings
 from sqlalchemy import func, select
 
 from bench.common import Stack, raw_arq_worker, stack, summary, videoq_worker, write_section
-from videoq import db
+from videoq import store
 
 
 def rss_mb(pid: int) -> float:
@@ -59,12 +59,12 @@ async def videoq_peak(st: Stack, n: int) -> float:
         st, st.home / "memory.log", VIDEOQ_PIPELINE="bench.pipelines:hold",
         VIDEOQ_MAX_JOBS=str(n), VIDEOQ_LOG_LEVEL="WARNING",
     )  # fmt: skip
-    engine = db.create_engine(st.settings.database_url or "")
+    engine = store.create_engine(st.settings.database_url or "")
 
     async def all_running() -> bool:
         async with engine.connect() as conn:
             running = await conn.scalar(
-                select(func.count()).where(db.Job.id.in_(ids), db.Job.status == "running")
+                select(func.count()).where(store.Job.id.in_(ids), store.Job.status == "running")
             )
         return running == n
 

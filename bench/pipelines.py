@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from videoq.pipeline import STAGE_RANGES, STAGES, Checkpoints, Reporter, Result
+from videoq.pipeline import STAGE_RANGES, STAGES, Checkpoints, Reporter
+from videoq.types import Result
 
 
 def _stages_of(stage_s: float, doc: str) -> Callable[..., Awaitable[Result]]:

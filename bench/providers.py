@@ -49,10 +49,12 @@ from tests.mocks.anthropic import AnthropicMock
 from tests.mocks.elevenlabs import ElevenLabsMock
 from tests.mocks.replicate import ReplicateMock
 
-from videoq.logging import configure_logging
-from videoq.pipeline import Brief, MemoryCheckpoints, run_pipeline
+from videoq.broker import limits
+from videoq.logs import configure_logging
+from videoq.pipeline import MemoryCheckpoints, run_pipeline
 from videoq.providers import ProviderPool
 from videoq.settings import Settings
+from videoq.types import Brief
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -253,12 +255,13 @@ async def _measure(
             try:
                 await run_pipeline(
                     brief, settings=settings, workdir=work / f"job-{number}",
-                    checkpoints=MemoryCheckpoints(), report=stop_at_compositing, providers=pool,
+                    checkpoints=MemoryCheckpoints(), report=stop_at_compositing,
+                    providers=pool.for_settings(settings),
                 )  # fmt: skip
             except _ProvidersDone:
                 durations.append(time.monotonic() - started)
 
-    async with ProviderPool(settings, redis=redis) as pool:
+    async with ProviderPool(settings, limiters=limits.shared(settings, redis)) as pool:
         # Warm-up, not measured: the mocks build media and validators on first use, the
         # clients their connection pools.
         await asyncio.gather(*(job(-1 - n, pool) for n in range(max_jobs)))

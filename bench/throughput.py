@@ -28,7 +28,7 @@ from arq.jobs import Job
 from sqlalchemy import func, select
 
 from bench.common import ROOT, raw_arq_worker, spawn, stack, videoq_worker, write_section
-from videoq import db
+from videoq import store
 
 
 async def videoq_rate(st: Any, pipeline: str, n: int, max_jobs: int) -> float:
@@ -54,7 +54,7 @@ async def videoq_rate(st: Any, pipeline: str, n: int, max_jobs: int) -> float:
         st, st.home / "throughput.log", VIDEOQ_QUEUE_NAME=queue, VIDEOQ_PIPELINE=pipeline,
         VIDEOQ_MAX_JOBS=str(max_jobs), VIDEOQ_LOG_LEVEL="WARNING",
     )  # fmt: skip
-    engine = db.create_engine(settings.database_url or "")
+    engine = store.create_engine(settings.database_url or "")
     try:
         keys = [uuid.UUID(i) for i in ids]
         while True:
@@ -62,10 +62,10 @@ async def videoq_rate(st: Any, pipeline: str, n: int, max_jobs: int) -> float:
                 row = (
                     await conn.execute(
                         select(
-                            func.count().filter(db.Job.status == "succeeded"),
-                            func.min(db.Job.started_at),
-                            func.max(db.Job.finished_at),
-                        ).where(db.Job.id.in_(keys))
+                            func.count().filter(store.Job.status == "succeeded"),
+                            func.min(store.Job.started_at),
+                            func.max(store.Job.finished_at),
+                        ).where(store.Job.id.in_(keys))
                     )
                 ).one()
             if row[0] == n:

@@ -9,7 +9,8 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from videoq.db import Base, async_url, create_engine
+from videoq.store.engine import async_url, create_engine
+from videoq.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

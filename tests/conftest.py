@@ -24,13 +24,13 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from tests.mocks.server import serve
-from videoq import db
+from videoq import store
 from videoq.api import create_app
-from videoq.auth import create_key
-from videoq.bookkeeping import Bookkeeper
 from videoq.client import Client
 from videoq.embedded import embedded_services
 from videoq.settings import Settings
+from videoq.store.apikeys import create_key
+from videoq.store.grouped import GroupedWriter
 from videoq.workers import create_worker
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # pgserver's platformdirs warns without it
@@ -47,7 +47,7 @@ def base_settings() -> Iterator[Settings]:
         services = embedded_services(home)
         urls = services.__enter__()
     try:
-        db.migrate(urls.database_url)
+        store.migrate(urls.database_url)
         yield Settings(
             database_url=urls.database_url,
             redis_url=urls.redis_url,
@@ -72,17 +72,17 @@ def settings(base_settings: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def sessions(base_settings: Settings) -> AsyncIterator[Any]:
     assert base_settings.database_url
-    engine = db.create_engine(base_settings.database_url)
-    yield db.sessionmaker(engine)
+    engine = store.create_engine(base_settings.database_url)
+    yield store.sessionmaker(engine)
     await engine.dispose()
 
 
-_bookkeepers: list[Bookkeeper] = []
+_bookkeepers: list[GroupedWriter] = []
 
 
-def bookkeeper(sessions: Any, worker_id: str) -> Bookkeeper:
-    """A worker's :class:`Bookkeeper` on the test database, closed when the test ends."""
-    books = Bookkeeper(sessions.kw["bind"].url.render_as_string(hide_password=False), worker_id)
+def bookkeeper(sessions: Any, worker_id: str) -> GroupedWriter:
+    """A worker's :class:`GroupedWriter` on the test database, closed when the test ends."""
+    books = GroupedWriter(sessions.kw["bind"].url.render_as_string(hide_password=False), worker_id)
     _bookkeepers.append(books)
     return books
 

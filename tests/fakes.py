@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from videoq.errors import RetryableError
-from videoq.pipeline import STAGE_RANGES, STAGES, Brief, Checkpoints, Reporter, Result
+from videoq.pipeline import STAGE_RANGES, STAGES, Checkpoints, Reporter
 from videoq.settings import Settings
+from videoq.types import Brief, Result
 
 
 def runs(artifacts: Path) -> list[tuple[str, str, int, float]]:

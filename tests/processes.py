@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.common import processes_mentioning  # one /proc scan for tests and benchmarks
 from redis.asyncio import Redis
 
-from videoq import queue
+from videoq.broker import keys
 from videoq.settings import Settings
 
 FAST_RECOVERY = {
@@ -63,7 +63,7 @@ class WorkerProcess:
         marker = f":{self.pid}:"
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, self.output()
-            for member in await redis.zrange(queue.WORKERS_KEY, 0, -1):
+            for member in await redis.zrange(keys.WORKERS, 0, -1):
                 if marker in member.decode():
                     return str(member.decode())
             await asyncio.sleep(0.05)

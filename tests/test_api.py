@@ -26,11 +26,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import LiveApi, new_key
-from videoq import db, jobs, queue
+from videoq import store
 from videoq.api import create_app
-from videoq.auth import hash_key
+from videoq.broker import keys
 from videoq.errors import NotMigrated
 from videoq.settings import Settings
+from videoq.store import jobs
+from videoq.store.apikeys import hash_key
 
 VALID: dict[str, Any] = {"product_name": "Nimbus Headphones"}
 TOO_LARGE = object()  # a body one byte over settings.max_body_bytes, built in the test
@@ -42,21 +44,21 @@ def auth(key: str) -> dict[str, str]:
 
 async def tenant_of(sessions: Any, key: str) -> str:
     async with sessions() as session:
-        query = select(db.ApiKey.tenant).where(db.ApiKey.key_hash == hash_key(key))
+        query = select(store.ApiKey.tenant).where(store.ApiKey.key_hash == hash_key(key))
         tenant: str = (await session.execute(query)).scalar_one()
         return tenant
 
 
 async def count_jobs(sessions: Any, tenant: str) -> int:
     async with sessions() as session:
-        query = select(func.count()).select_from(db.Job).where(db.Job.tenant == tenant)
+        query = select(func.count()).select_from(store.Job).where(store.Job.tenant == tenant)
         return int((await session.execute(query)).scalar_one())
 
 
 async def set_status(sessions: Any, job_id: str, status: str, **values: Any) -> None:
     """Put a job in a state directly (test setup, bypassing the transition guards)."""
     async with sessions() as session:
-        stmt = update(db.Job).where(db.Job.id == uuid.UUID(job_id))
+        stmt = update(store.Job).where(store.Job.id == uuid.UUID(job_id))
         await session.execute(stmt.values(status=status, **values))
         await session.commit()
 
@@ -348,7 +350,7 @@ async def test_every_route_needs_a_valid_key(
     }[credentials]
     if credentials == "revoked-key":
         async with sessions() as session:
-            stmt = update(db.ApiKey).where(db.ApiKey.key_hash == hash_key(api_key))
+            stmt = update(store.ApiKey).where(store.ApiKey.key_hash == hash_key(api_key))
             await session.execute(stmt.values(revoked_at=datetime.now(UTC)))
             await session.commit()
     response = await asgi_client.request(
@@ -402,7 +404,7 @@ async def test_events_socket_closes_4401_without_a_valid_key(
     elif headers == "revoked":
         sent = auth(api_key)
         async with sessions() as session:
-            stmt = update(db.ApiKey).where(db.ApiKey.key_hash == hash_key(api_key))
+            stmt = update(store.ApiKey).where(store.ApiKey.key_hash == hash_key(api_key))
             await session.execute(stmt.values(revoked_at=datetime.now(UTC)))
             await session.commit()
     assert await close_code(ws_url(live_api, job["id"], query), sent) == 4401
@@ -563,7 +565,7 @@ async def test_cursor_walks_every_job_exactly_once(
     ids = [(await create(asgi_client, api_key))["id"] for _ in range(7)]
     if same_instant:  # ties on created_at must be broken by id, across page boundaries too
         async with sessions() as session:
-            stmt = update(db.Job).where(db.Job.id.in_([uuid.UUID(i) for i in ids]))
+            stmt = update(store.Job).where(store.Job.id.in_([uuid.UUID(i) for i in ids]))
             await session.execute(stmt.values(created_at=datetime(2030, 1, 1, tzinfo=UTC)))
             await session.commit()
     everything = await list_ids(asgi_client, api_key, "?limit=100")
@@ -678,11 +680,11 @@ async def test_health_reports_stores_queue_and_workers(
 
     await create(asgi_client, api_key)
     fake_worker = f"test-worker-{uuid.uuid4().hex}"
-    await redis.zadd(queue.WORKERS_KEY, {fake_worker: time.time()})
+    await redis.zadd(keys.WORKERS, {fake_worker: time.time()})
     try:
         response = await asgi_client.get("/health")
     finally:
-        await redis.zrem(queue.WORKERS_KEY, fake_worker)
+        await redis.zrem(keys.WORKERS, fake_worker)
     after = response.json()
     assert response.status_code == 200
     assert after["queue_length"] == 1
@@ -694,7 +696,7 @@ async def test_health_reports_stores_queue_and_workers(
 
 async def test_api_refuses_to_start_on_an_unmigrated_database(settings: Settings) -> None:
     assert settings.database_url
-    server_url = make_url(db.async_url(settings.database_url))
+    server_url = make_url(store.async_url(settings.database_url))
     name = f"videoq_empty_{uuid.uuid4().hex[:10]}"
     admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
     try:

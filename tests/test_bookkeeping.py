@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import select
 
 from tests.providers.conftest import new_attempt
-from videoq import bookkeeping, db, jobs
-from videoq.batching import GroupCommit
-from videoq.bookkeeping import Bookkeeper, Outcome
+from videoq import store
 from videoq.errors import AttemptSuperseded
+from videoq.groupcommit import GroupCommit
 from videoq.schemas import JobCreate
+from videoq.store import grouped, jobs
+from videoq.store.grouped import AttemptOutcome, GroupedWriter
 
 
 class Recorder:
@@ -99,8 +100,8 @@ async def test_a_cancelled_caller_harms_nobody_and_its_item_is_written() -> None
 async def stages(sessions: Any, job_id: Any) -> dict[str, int]:
     async with sessions() as session:
         rows = await session.execute(
-            select(db.StageCheckpoint.stage, db.StageCheckpoint.attempt).where(
-                db.StageCheckpoint.job_id == job_id
+            select(store.StageCheckpoint.stage, store.StageCheckpoint.attempt).where(
+                store.StageCheckpoint.job_id == job_id
             )
         )
         return dict(rows.all())
@@ -155,8 +156,8 @@ async def test_in_one_batch_only_the_current_attempt_is_told_it_ended_the_job(
     current = await new_attempt(sessions, stale.job_id)
     books = current.books
     ended = await asyncio.gather(
-        books.finish(Outcome(stale.job_id, stale.attempt, "succeeded", {"attempt": 1})),
-        books.finish(Outcome(current.job_id, current.attempt, "succeeded", {"attempt": 2})),
+        books.finish(AttemptOutcome(stale.job_id, stale.attempt, "succeeded", {"attempt": 1})),
+        books.finish(AttemptOutcome(current.job_id, current.attempt, "succeeded", {"attempt": 2})),
     )
     assert ended[0] is None
     assert ended[1] is not None and (ended[1].status, ended[1].attempts) == ("succeeded", 2)
@@ -179,13 +180,13 @@ async def test_a_batch_locks_its_jobs_in_id_order_whatever_the_plan(sessions: An
     one, two = await new_attempt(sessions), await new_attempt(sessions)
     low, high = sorted((one, two), key=lambda a: a.job_id)
     url = sessions.kw["bind"].url.render_as_string(hide_password=False)
-    holder = await asyncpg.connect(db.driver_dsn(url))
-    watcher = await asyncpg.connect(db.driver_dsn(url))  # outside the holder's snapshot
+    holder = await asyncpg.connect(store.driver_dsn(url))
+    watcher = await asyncpg.connect(store.driver_dsn(url))  # outside the holder's snapshot
     # A fresh row version of the lower id, stored after the higher one's.
     await holder.execute("UPDATE jobs SET updated_at = now() WHERE id = $1", low.job_id)
     hash_join_over_scan = {"enable_nestloop": "off", "enable_mergejoin": "off",
                            "enable_indexscan": "off", "enable_bitmapscan": "off"}  # fmt: skip
-    books = Bookkeeper(url, "w-lock-order", server_settings=hash_join_over_scan)
+    books = GroupedWriter(url, "w-lock-order", server_settings=hash_join_over_scan)
     try:
         async with holder.transaction():
             await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", low.job_id)
@@ -216,7 +217,7 @@ async def test_a_claim_reads_only_the_rows_it_claims_however_long_the_backlog(
     index of waiting jobs instead: every claim read the whole backlog (3000 rows for 5 jobs,
     0.3 ms → 1 ms a statement, growing with the queue)."""
     url = sessions.kw["bind"].url.render_as_string(hide_password=False)
-    conn = await asyncpg.connect(db.driver_dsn(url))
+    conn = await asyncpg.connect(store.driver_dsn(url))
     try:
         await conn.execute("ANALYZE jobs")  # statistics from before the burst
         async with sessions() as session:
@@ -231,7 +232,7 @@ async def test_a_claim_reads_only_the_rows_it_claims_however_long_the_backlog(
         # As on a table of a production's size, where reading it whole is never the cheap way.
         await conn.execute("SET enable_seqscan = off")
         plan = await conn.fetchval(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + bookkeeping._CLAIM,
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + grouped._CLAIM,
             mine, "w-backlog", datetime.now(UTC),
         )  # fmt: skip
     finally:

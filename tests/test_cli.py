@@ -16,10 +16,10 @@ import av
 import httpx
 from click.testing import CliRunner
 
-from videoq.auth import hash_key
 from videoq.cli import main
-from videoq.db import ApiKey, create_engine
 from videoq.settings import Settings
+from videoq.store import ApiKey, create_engine
+from videoq.store.apikeys import hash_key
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:

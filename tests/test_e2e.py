@@ -14,7 +14,7 @@ from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from tests.conftest import LiveApi
-from videoq import db
+from videoq import store
 from videoq.client import Client
 
 STAGES = ["script_gen", "voice_gen", "video_gen", "compositing"]
@@ -66,10 +66,10 @@ async def test_job_runs_end_to_end(
     assert final.status == "succeeded" and final.progress == 100 and final.attempts == 1
     assert final.result is not None and final.result.video_url.endswith(f"/v1/jobs/{job.id}/video")
     async with sessions() as session:
-        row = await session.get(db.Job, uuid.UUID(job.id))
+        row = await session.get(store.Job, uuid.UUID(job.id))
         stages = (
             await session.execute(
-                select(db.StageCheckpoint.stage).where(db.StageCheckpoint.job_id == row.id)
+                select(store.StageCheckpoint.stage).where(store.StageCheckpoint.job_id == row.id)
             )
         ).scalars()
         assert sorted(stages) == sorted(STAGES)

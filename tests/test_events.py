@@ -18,11 +18,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 
 from tests.conftest import LiveApi, new_key, running_worker, serving
-from videoq import db, events
-from videoq.auth import authenticate
+from videoq import store
+from videoq.broker import events
 from videoq.client import Client, NotFoundError
-from videoq.db import JobEvent
 from videoq.settings import Settings
+from videoq.store import JobEvent
+from videoq.store.apikeys import authenticate
+from videoq.types import make_event
 
 
 def ws_url(api: LiveApi, path: str) -> str:
@@ -145,13 +147,13 @@ async def test_many_sockets_get_every_event_and_a_stalled_one_is_dropped(
             tenant = (await authenticate(session, key)).tenant
         big = "x" * 8192
         for i in range(400):  # fill the stalled socket's TCP buffers, then its queue
-            await events.publish(redis, tenant, events.make_event(
+            await events.publish(redis, tenant, make_event(
                 flooded.id, "log", status="running", stage="video_gen", progress=60,
                 message=f"{i} {big}",
             ))  # fmt: skip
         for i in range(30):
             done = i == 29
-            await events.publish(redis, tenant, events.make_event(
+            await events.publish(redis, tenant, make_event(
                 watched.id, "status" if done else "progress",
                 status="succeeded" if done else "running", stage="compositing",
                 progress=75 + i * 25 / 29,
@@ -191,7 +193,9 @@ async def test_socket_closes_when_the_job_ended_but_its_terminal_event_was_lost(
             assert json.loads(await ws.recv())["type"] == "snapshot"
             async with sessions() as session:  # finished, with no event published
                 await session.execute(
-                    update(db.Job).where(db.Job.id == uuid.UUID(job.id)).values(status="cancelled")
+                    update(store.Job)
+                    .where(store.Job.id == uuid.UUID(job.id))
+                    .values(status="cancelled")
                 )
                 await session.commit()
             with pytest.raises(ConnectionClosedOK):
@@ -208,13 +212,13 @@ async def test_a_workers_publisher_numbers_events_in_order_even_after_redis_forg
     job_id = str(uuid.uuid4())
     await redis.script_flush()
     sent = [
-        publisher("t-publisher", events.make_event(job_id, "progress", status="running",
+        publisher("t-publisher", make_event(job_id, "progress", status="running",
                                                     stage="script_gen", progress=float(i)))
         for i in range(5)
     ]  # fmt: skip
     assert await asyncio.gather(*sent) == [1, 2, 3, 4, 5]
     await redis.script_flush()  # and the API's single publish, the same
-    one = events.make_event(job_id, "progress", status="running", stage="voice_gen", progress=5.0)
+    one = make_event(job_id, "progress", status="running", stage="voice_gen", progress=5.0)
     assert await events.publish(redis, "t-publisher", one) == 6
     stored = await events.replay(redis, job_id, 0)
     assert [(e["seq"], e["progress"]) for e in stored] == [(i + 1, float(i)) for i in range(6)]
@@ -230,7 +234,7 @@ async def test_an_event_redis_refuses_fails_alone_and_leaves_no_gap(redis: Any) 
     await redis.set(f"videoq:stream:{bad}", "not a stream")
 
     def event(job_id: str, progress: float) -> dict[str, Any]:
-        return events.make_event(job_id, "progress", status="running", stage="script_gen",
+        return make_event(job_id, "progress", status="running", stage="script_gen",
                                  progress=progress)  # fmt: skip
 
     sent = [publisher("t-refused", event(job_id, i)) for i, job_id in enumerate((good, bad, good))]

@@ -21,11 +21,13 @@ from redis.asyncio import Redis
 
 from tests.conftest import LiveApi, auth, new_key, running_worker
 from tests.fakes import runs
-from videoq import db, queue, supervisor
+from videoq import store
+from videoq.broker import keys, queue, registry
 from videoq.client import ApiError, Client, Event
-from videoq.pickup import VideoqWorker, _End
 from videoq.pipeline import STAGES
 from videoq.settings import Settings
+from videoq.workers import supervisor
+from videoq.workers.worker import VideoqWorker, _End
 
 
 def fake(settings: Settings, name: str) -> Settings:
@@ -173,8 +175,8 @@ async def test_operations_routes_show_workers_and_queue(
         body = stats.json()
         assert set(body["counts"]) >= {"queued", "running", "succeeded", "failed"}
         assert body["workers"] >= 1 and "last_5m" in body["finished"]
-    await queue.heartbeat(state.redis, "ghost:1:abc", {"id": "ghost:1:abc"}, ttl_s=60)
-    await state.redis.zadd(queue.WORKERS_KEY, {"ghost:1:abc": 1.0})  # heartbeat long ago
+    await registry.heartbeat(state.redis, "ghost:1:abc", {"id": "ghost:1:abc"}, ttl_s=60)
+    await state.redis.zadd(keys.WORKERS, {"ghost:1:abc": 1.0})  # heartbeat long ago
     cleared = await asgi_client.post("/v1/workers/clear-stale", headers=admin)
     assert "ghost:1:abc" in cleared.json()["removed"]
     assert (await asgi_client.post("/v1/workers/clear-stale", headers=tenant)).status_code == 403
@@ -271,7 +273,7 @@ async def test_a_finished_jobs_slot_frees_while_its_outcome_is_still_written(
     held, hold = holding(settings, "Written Behind")
     first = await client.submit(product_name="Written Behind")
     second = await client.submit(product_name="Next In Line")
-    dsn = db.driver_dsn(settings.database_url or "")
+    dsn = store.driver_dsn(settings.database_url or "")
     locker = await asyncpg.connect(dsn)
     try:
         async with running_worker(held, max_jobs=1):
@@ -293,7 +295,7 @@ async def test_a_finished_jobs_slot_frees_while_its_outcome_is_still_written(
 
 async def status_of(sessions: Any, job_id: str) -> str:
     async with sessions() as session:
-        job = await session.get(db.Job, uuid.UUID(job_id), populate_existing=True)
+        job = await session.get(store.Job, uuid.UUID(job_id), populate_existing=True)
         return str(job.status)
 
 
@@ -399,7 +401,7 @@ async def test_a_job_survives_its_workers_database_connections_dying_mid_run(
     write is tried again on a new connection, and the job succeeds, each stage run once."""
     held, hold = holding(settings, "Outlives A Restart")
     job = await client.submit(product_name="Outlives A Restart")
-    dsn = db.driver_dsn(settings.database_url or "")
+    dsn = store.driver_dsn(settings.database_url or "")
     locker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
     try:
         async with running_worker(held) as worker:

@@ -8,7 +8,7 @@ import logging
 
 import structlog
 
-from videoq.logging import REDACTED, configure_logging
+from videoq.logs import REDACTED, configure_logging
 from videoq.settings import Settings
 
 

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import auth, new_key, running_worker
 from tests.test_lifecycle import fake
-from videoq import supervisor
 from videoq.settings import Settings
+from videoq.workers import supervisor
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,24 +16,11 @@ import imageio_ffmpeg
 import pytest
 
 from videoq.errors import FFmpegError, RetryableError
-from videoq.pipeline import (
-    RESOLUTIONS,
-    STAGES,
-    Brief,
-    MemoryCheckpoints,
-    Result,
-    compositing,
-    run_pipeline,
-)
-from videoq.providers import (
-    Providers,
-    Scene,
-    Script,
-    VoiceTrack,
-    offline_providers,
-)
+from videoq.pipeline import STAGES, MemoryCheckpoints, compositing, run_pipeline
+from videoq.providers import Providers, offline_providers
 from videoq.providers.offline import OfflineScriptProvider, OfflineVideoProvider
 from videoq.settings import Settings
+from videoq.types import RESOLUTIONS, Brief, Result, Scene, Script, VoiceTrack
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -137,6 +124,7 @@ async def test_renders_h264_aac_at_the_right_size_and_length(
         workdir=tmp_path,
         checkpoints=MemoryCheckpoints(),
         report=recorder,
+        providers=offline_providers(settings),
     )
     assert result.video_path == tmp_path / "video.mp4"
     assert result.size_bytes == result.video_path.stat().st_size > 0
@@ -164,7 +152,12 @@ async def test_fifteen_seconds_has_three_scenes_and_the_right_length(
     checkpoints = MemoryCheckpoints()
     brief = Brief("Acme", duration_s=15, aspect_ratio="1:1", prompt="Lighter than air")
     result = await run_pipeline(
-        brief, settings=settings, workdir=tmp_path, checkpoints=checkpoints, report=Recorder()
+        brief,
+        settings=settings,
+        workdir=tmp_path,
+        checkpoints=checkpoints,
+        report=Recorder(),
+        providers=offline_providers(settings),
     )
     script = Script.from_dict(checkpoints.outputs["script_gen"])
     assert [s.duration_s for s in script.scenes] == [5.0, 5.0, 5.0]
@@ -246,6 +239,7 @@ async def test_ffmpeg_failure_surfaces_with_returncode(tmp_path: Path) -> None:
             workdir=tmp_path / "work",
             checkpoints=checkpoints,
             report=recorder,
+            providers=offline_providers(Settings(ffmpeg_path=str(broken))),
         )
     assert caught.value.returncode == 1
     assert "synthetic ffmpeg failure" in caught.value.stderr_tail
@@ -280,6 +274,7 @@ async def test_hostile_cta_is_drawn_as_text(settings: Settings, tmp_path: Path) 
         workdir=workdir,
         checkpoints=MemoryCheckpoints(),
         report=Recorder(),
+        providers=offline_providers(settings),
     )
     vcodec, acodec, width, height, duration = inspect(result.video_path)
     assert (vcodec, acodec, width, height) == ("h264", "aac", 1080, 1920)
@@ -300,6 +295,9 @@ async def test_missing_fonts_never_break_rendering(
         workdir=tmp_path / "a",
         checkpoints=MemoryCheckpoints(),
         report=Recorder(),
+        providers=offline_providers(
+            Settings(ffmpeg_path=FFMPEG, font_file=tmp_path / "missing.ttf")
+        ),
     )
     assert inspect(result.video_path)[:2] == ("h264", "aac")
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from tests.conftest import LiveApi
 from tests.fakes import runs
 from tests.processes import WorkerProcess, processes_mentioning
-from videoq import db
+from videoq import store
 from videoq.api import create_app
 from videoq.client import Client, Event
 from videoq.embedded import start_redis
@@ -38,8 +38,8 @@ async def until(client: Client, job_id: str, stage: str) -> Event:
 async def checkpoint_attempts(sessions: Any, job_id: str) -> dict[str, int]:
     async with sessions() as session:
         rows = await session.execute(
-            select(db.StageCheckpoint.stage, db.StageCheckpoint.attempt).where(
-                db.StageCheckpoint.job_id == uuid.UUID(job_id)
+            select(store.StageCheckpoint.stage, store.StageCheckpoint.attempt).where(
+                store.StageCheckpoint.job_id == uuid.UUID(job_id)
             )
         )
         return {stage: attempt for stage, attempt in rows.all() if stage in STAGES}

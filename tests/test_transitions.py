@@ -16,9 +16,14 @@ from redis.asyncio import Redis
 from sqlalchemy import update
 
 from tests.conftest import bookkeeper
-from videoq import db, jobs, queue, supervisor, workers
+from videoq import store
+from videoq.broker import queue
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
+from videoq.store import jobs
+from videoq.types import JobStatus
+from videoq.workers import supervisor, task
+from videoq.workers.state import WorkerState
 
 
 async def new_job(sessions: Any) -> uuid.UUID:
@@ -31,14 +36,14 @@ async def new_job(sessions: Any) -> uuid.UUID:
     return job.id
 
 
-async def row(sessions: Any, job_id: uuid.UUID) -> db.Job:
+async def row(sessions: Any, job_id: uuid.UUID) -> store.Job:
     async with sessions() as session:
-        job = await session.get(db.Job, job_id)
+        job = await session.get(store.Job, job_id)
         assert job is not None
         return job
 
 
-async def start_attempt(sessions: Any, job_id: uuid.UUID, worker_id: str) -> db.Job | None:
+async def start_attempt(sessions: Any, job_id: uuid.UUID, worker_id: str) -> store.Job | None:
     """A worker's claim: ``queued``/``scheduled``/``retrying`` → ``running``, a new attempt."""
     return await bookkeeper(sessions, worker_id).claim(job_id)
 
@@ -46,7 +51,7 @@ async def start_attempt(sessions: Any, job_id: uuid.UUID, worker_id: str) -> db.
 async def force(sessions: Any, job_id: uuid.UUID, status: str, **values: Any) -> None:
     """Put a job in a state directly (test setup, bypassing the guards)."""
     async with sessions() as session:
-        stmt = update(db.Job).where(db.Job.id == job_id).values(status=status, **values)
+        stmt = update(store.Job).where(store.Job.id == job_id).values(status=status, **values)
         await session.execute(stmt)
         await session.commit()
 
@@ -90,7 +95,7 @@ async def test_a_stale_attempt_cannot_move_the_job(sessions: Any, to: str) -> No
     assert moved is not None and moved.status == to
 
 
-@pytest.mark.parametrize("to", db.STATUSES)
+@pytest.mark.parametrize("to", list(JobStatus))
 async def test_succeeded_is_final(sessions: Any, to: str) -> None:
     job_id = await new_job(sessions)
     async with sessions() as session:
@@ -168,9 +173,9 @@ async def test_progress_is_recorded_only_for_the_current_running_attempt(session
 @pytest.fixture
 async def worker_state(base_settings: Settings, redis: Redis) -> AsyncIterator[Any]:
     assert base_settings.database_url
-    engine = db.create_engine(base_settings.database_url)
-    yield workers.WorkerState(
-        base_settings, engine, db.sessionmaker(engine), redis, f"w-{uuid.uuid4().hex[:8]}"
+    engine = store.create_engine(base_settings.database_url)
+    yield WorkerState(
+        base_settings, engine, store.sessionmaker(engine), redis, f"w-{uuid.uuid4().hex[:8]}"
     )  # type: ignore[arg-type]
     await engine.dispose()
 
@@ -181,9 +186,11 @@ async def test_a_job_of_a_dead_worker_is_taken_over(sessions: Any, worker_state:
         await start_attempt(sessions, job_id, "dead-worker")
         # Its last heartbeat is older than worker_stale_s: the worker is gone.
         stale = datetime.now(UTC) - timedelta(seconds=worker_state.settings.worker_stale_s + 1)
-        await session.execute(update(db.Job).where(db.Job.id == job_id).values(heartbeat_at=stale))
+        await session.execute(
+            update(store.Job).where(store.Job.id == job_id).values(heartbeat_at=stale)
+        )
         await session.commit()
-    claimed = await workers._claim(worker_state, job_id)
+    claimed = await task._claim(worker_state, job_id)
     assert claimed is not None
     assert (claimed.status, claimed.attempts) == ("running", 2)
     assert claimed.worker_id == worker_state.worker_id
@@ -196,7 +203,7 @@ async def test_a_job_of_a_live_worker_is_not_taken_over(
     job_id = await new_job(sessions)
     live = f"live-{uuid.uuid4().hex[:8]}"
     await start_attempt(sessions, job_id, live)
-    assert await workers._claim(worker_state, job_id) is None
+    assert await task._claim(worker_state, job_id) is None
     current = await row(sessions, job_id)
     assert (current.status, current.attempts, current.worker_id) == ("running", 1, live)
 
@@ -250,8 +257,8 @@ async def test_reconciler_clears_only_in_progress_keys_set_long_ago(
     name = f"reconcile:{uuid.uuid4().hex[:6]}"
     settings = base_settings.model_copy(update={"queue_name": name})
     redis = await create_pool(queue.redis_settings(settings))
-    engine = db.create_engine(settings.database_url or "")
-    state = workers.WorkerState(settings, engine, db.sessionmaker(engine), redis, "w-reconcile")
+    engine = store.create_engine(settings.database_url or "")
+    state = WorkerState(settings, engine, store.sessionmaker(engine), redis, "w-reconcile")
     old = datetime.now(UTC) - timedelta(seconds=settings.worker_stale_s + 5)
     ids = []
     for _ in range(2):
@@ -260,7 +267,9 @@ async def test_reconciler_clears_only_in_progress_keys_set_long_ago(
                 session, "t-reconcile", JobCreate(product_name="Nimbus"), default_max_retries=0,
                 queue=name,
             )  # fmt: skip
-            await session.execute(update(db.Job).where(db.Job.id == job.id).values(updated_at=old))
+            await session.execute(
+                update(store.Job).where(store.Job.id == job.id).values(updated_at=old)
+            )
             await session.commit()
         assert await queue.enqueue_job(redis, settings, job)
         ids.append(str(job.id))

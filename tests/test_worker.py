@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import LiveApi, running_worker
-from videoq import db
+from videoq import store
 from videoq.client import Client
 from videoq.settings import Settings
 
@@ -68,6 +68,6 @@ async def test_arq_cli_runs_worker_settings_as_is(
     output, _ = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, output.decode()[-2000:]
     async with sessions() as session:
-        row = await session.get(db.Job, uuid.UUID(job_id))
+        row = await session.get(store.Job, uuid.UUID(job_id))
     assert row.status == "succeeded", (row.error, output.decode()[-2000:])
     assert (settings.artifacts / job_id / "video.mp4").is_file()

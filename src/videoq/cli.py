@@ -17,11 +17,12 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from videoq.embedded import resolve
-from videoq.logging import configure_logging
+from videoq.logs import configure_logging
 from videoq.settings import Settings
+from videoq.types import JobStatus
 
 STAGES = ("script_gen", "voice_gen", "video_gen", "compositing")
-STATUSES = ["queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"]
+STATUSES = [str(status) for status in JobStatus]
 err = Console(stderr=True)
 out = Console(width=140)
 
@@ -113,12 +114,12 @@ def worker(ctx: click.Context, burst: bool) -> None:
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Bring the database schema up to date."""
-    from videoq import db
+    from videoq import store
 
     settings = _need_urls(_settings(ctx))
     assert settings.database_url
-    db.migrate(settings.database_url)
-    err.print("database migrated to", db.head_revision())
+    store.migrate(settings.database_url)
+    err.print("database migrated to", store.head_revision())
 
 
 @main.group()
@@ -138,12 +139,12 @@ def keys_create(ctx: click.Context, tenant: str, admin: bool) -> None:
 
 
 async def _with_session(settings: Settings, fn: Any) -> Any:
-    from videoq import db
+    from videoq import store
 
     assert settings.database_url
-    engine = db.create_engine(settings.database_url)
+    engine = store.create_engine(settings.database_url)
     try:
-        async with db.sessionmaker(engine)() as session:
+        async with store.sessionmaker(engine)() as session:
             return await fn(session)
     finally:
         await engine.dispose()
@@ -167,7 +168,7 @@ def _key_view(row: Any) -> dict[str, Any]:
 @click.pass_context
 def keys_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
     """List API keys: id, prefix, tenant, scopes, created, last used, revoked (never the key)."""
-    from videoq.auth import list_keys
+    from videoq.store.apikeys import list_keys
 
     settings = _need_urls(_settings(ctx))
     rows = asyncio.run(_with_session(settings, lambda s: list_keys(s, tenant)))
@@ -189,8 +190,8 @@ def keys_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
 @click.pass_context
 def keys_revoke(ctx: click.Context, prefix_or_id: str) -> None:
     """Revoke a key by its id or 10-character prefix (`vq_…`); it stops working at once."""
-    from videoq.auth import revoke_key
     from videoq.errors import Conflict, NotFound
+    from videoq.store.apikeys import revoke_key
 
     settings = _need_urls(_settings(ctx))
     try:
@@ -285,7 +286,9 @@ def render(ctx: click.Context, /, offline: bool, out: Path, **brief: Any) -> Non
     import shutil
     import tempfile
 
-    from videoq.pipeline import Brief, MemoryCheckpoints, run_pipeline
+    from videoq.pipeline import MemoryCheckpoints, run_pipeline
+    from videoq.providers import offline_providers
+    from videoq.types import Brief
 
     settings = _settings(ctx).model_copy(update={"providers": "offline"})
 
@@ -297,7 +300,7 @@ def render(ctx: click.Context, /, offline: bool, out: Path, **brief: Any) -> Non
             result = await run_pipeline(
                 Brief(**{k: v for k, v in brief.items() if v is not None}),
                 settings=settings, workdir=Path(work), checkpoints=MemoryCheckpoints(),
-                report=report,
+                report=report, providers=offline_providers(settings),
             )  # fmt: skip
             shutil.move(result.video_path, out)
 

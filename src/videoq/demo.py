@@ -15,7 +15,7 @@ from videoq.cli import watch_progress
 from videoq.client import Client
 from videoq.dev import Stack, running_stack
 from videoq.ffmpeg import probe
-from videoq.logging import configure_logging
+from videoq.logs import configure_logging
 from videoq.settings import Settings
 
 BRIEF: dict[str, Any] = {

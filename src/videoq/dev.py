@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 
-from videoq import db
-from videoq.auth import create_key
+from videoq import store
 from videoq.embedded import free_port, services_for
 from videoq.settings import Settings
+from videoq.store.apikeys import create_key
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,9 @@ class Stack:
 
 async def _create_key(settings: Settings, tenant: str, admin: bool) -> str:
     assert settings.database_url
-    engine = db.create_engine(settings.database_url)
+    engine = store.create_engine(settings.database_url)
     try:
-        async with db.sessionmaker(engine)() as session:
+        async with store.sessionmaker(engine)() as session:
             return await create_key(session, tenant, admin=admin)
     finally:
         await engine.dispose()
@@ -87,7 +87,7 @@ def running_stack(
     """Everything ``videoq dev`` runs, for the duration of the ``with`` block."""
     with services_for(settings) as live:
         assert live.database_url
-        db.migrate(live.database_url)
+        store.migrate(live.database_url)
         api_key = asyncio.run(_create_key(live, "dev", admin=True))
         port = port or free_port()
         api_url = f"http://{host}:{port}"

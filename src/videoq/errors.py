@@ -1,5 +1,7 @@
-"""The videoq error tree. Callers catch by level; the API maps classes to statuses in one table
-(:mod:`videoq.api`), the worker maps them to retry-or-fail in one place (:mod:`videoq.workers`).
+"""The videoq error tree: every error class videoq raises on purpose. Callers catch by level;
+the API maps classes to HTTP statuses in one table (:mod:`videoq.api.errors`, walking the class
+hierarchy, so a subclass keeps its parent's status), the worker maps them to retry-or-fail in
+one place (:mod:`videoq.workers.task`).
 
     VideoqError
     ├── ProviderError               an AI provider or a tool it drives failed
@@ -11,10 +13,14 @@
     ├── Conflict                    the job's state forbids the operation
     ├── Unauthorized                missing or unknown API key
     ├── Forbidden                   the key lacks the scope
+    ├── RateLimited                 the tenant creates jobs too fast, or has too many waiting
+    ├── UnsafeUrl                   a URL videoq must not call (SSRF guard; also a ValueError)
     └── NotMigrated                 the database schema is behind the code
 """
 
 from __future__ import annotations
+
+import math
 
 
 class VideoqError(Exception):
@@ -101,3 +107,25 @@ class NotMigrated(VideoqError):
     """The database is missing migrations; run ``videoq migrate``."""
 
     code = "not_migrated"
+
+
+class RateLimited(VideoqError):
+    """Too many requests: the tenant's bucket is empty or its queue is full. The API answers
+    429 with ``Retry-After: retry_after_s`` (rounded up)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class UnsafeUrl(VideoqError, ValueError):
+    """A URL videoq must not call (wrong scheme, or a host on a non-public address). A
+    ``ValueError`` too, so request validators report it as a field error."""
+
+    code = "unsafe_url"

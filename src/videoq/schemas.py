@@ -17,7 +17,7 @@ from pydantic import (
     field_validator,
 )
 
-from videoq.security import parse_networks, refusal
+from videoq.netguard import parse_networks, refusal
 
 Style = Literal["minimal", "bold", "cinematic", "playful"]
 AspectRatio = Literal["9:16", "16:9", "1:1"]

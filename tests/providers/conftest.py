@@ -21,11 +21,11 @@ from tests.mocks import spec
 from tests.mocks.anthropic import AnthropicMock
 from tests.mocks.elevenlabs import ElevenLabsMock
 from tests.mocks.replicate import ReplicateMock
-from videoq import jobs
-from videoq.bookkeeping import DbCheckpoints
 from videoq.providers import ProviderPool, Transports
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
+from videoq.store import jobs
+from videoq.store.checkpoints import DbCheckpoints
 
 
 @dataclass

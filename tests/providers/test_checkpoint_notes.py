@@ -11,7 +11,7 @@ import pytest
 from tests.providers.conftest import new_attempt
 from videoq.pipeline import MemoryCheckpoints
 from videoq.pipeline.compositing import follow_narration
-from videoq.providers import Scene, Script, VoiceTrack
+from videoq.types import Scene, Script, VoiceTrack
 
 
 @pytest.mark.parametrize("store", ["memory", "postgres"])

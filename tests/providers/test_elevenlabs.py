@@ -10,9 +10,9 @@ from tests.mocks import elevenlabs as mock
 from tests.mocks.media import speech_mp3
 from tests.providers.conftest import Mocks, Sleeps
 from videoq.errors import PermanentError, RetryableError
-from videoq.pipeline import Brief
-from videoq.providers import ProviderPool, Scene, Script
+from videoq.providers import ProviderPool
 from videoq.providers.elevenlabs import ElevenLabsVoiceProvider
+from videoq.types import Brief, Scene, Script
 
 SCRIPT = Script(
     title="Kettle",

@@ -8,7 +8,8 @@ import uuid
 
 from redis.asyncio import Redis
 
-from videoq.limits import LocalLimiter, RedisSemaphore
+from videoq.broker.limits import RedisSemaphore
+from videoq.providers.limits import LocalLimiter
 
 
 class Clock:

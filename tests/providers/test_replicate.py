@@ -11,10 +11,10 @@ from tests.mocks import replicate as mock
 from tests.mocks.media import clip_mp4
 from tests.providers.conftest import Mocks, Sleeps
 from videoq.errors import PermanentError, RetryableError
-from videoq.pipeline import Brief
-from videoq.providers import Clip, ProviderPool, Scene
+from videoq.providers import ProviderPool
 from videoq.providers.replicate import ReplicateVideoProvider
 from videoq.settings import Settings
+from videoq.types import Brief, Clip, Scene
 
 SCENE = Scene("Meet the kettle.", "a copper kettle on a sunny table", 4.2)
 BRIEF = Brief(product_name="Kettle", aspect_ratio="1:1")

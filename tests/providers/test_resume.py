@@ -13,7 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.providers.conftest import Mocks, Sleeps, new_attempt
-from videoq.pipeline import Brief, MemoryCheckpoints, run_pipeline, video_gen
+from videoq.broker import limits
+from videoq.pipeline import MemoryCheckpoints, run_pipeline, video_gen
 from videoq.providers import ProviderPool
 from videoq.providers.anthropic import AnthropicScriptProvider
 from videoq.providers.elevenlabs import ElevenLabsVoiceProvider
@@ -24,6 +25,7 @@ from videoq.providers.offline import (
 )
 from videoq.providers.replicate import ReplicateVideoProvider
 from videoq.settings import Settings
+from videoq.types import Brief
 
 BRIEF = Brief(product_name="Solar Kettle", duration_s=10, aspect_ratio="1:1", cta_text="Buy")
 
@@ -66,7 +68,7 @@ async def test_job_stopped_after_video_gen_resumes_without_paying_again(
     with pytest.raises(Crash):
         await run_pipeline(
             BRIEF, settings=live_settings, workdir=tmp_path / "job", checkpoints=first,
-            report=die_before_compositing, providers=pool,
+            report=die_before_compositing, providers=pool.for_settings(live_settings),
         )  # fmt: skip
     paid = mocks.calls()
     assert paid["script"] == 1 and paid["voice"] == 1 and paid["create"] == 2
@@ -77,7 +79,7 @@ async def test_job_stopped_after_video_gen_resumes_without_paying_again(
     second: Any = first if store == "memory" else await new_attempt(sessions, first.job_id)
     result = await run_pipeline(
         BRIEF, settings=live_settings, workdir=tmp_path / "job", checkpoints=second,
-        report=quiet, providers=pool,
+        report=quiet, providers=pool.for_settings(live_settings),
     )  # fmt: skip
     assert mocks.calls() == paid
     assert result.video_path.exists() and abs(result.duration_s - 10) < 0.5
@@ -101,7 +103,7 @@ async def test_crash_during_video_gen_re_attaches_to_the_same_predictions(
                 workdir=tmp_path / "job",
                 checkpoints=checkpoints,
                 report=quiet,
-                providers=pool,
+                providers=pool.for_settings(live_settings),
             )
         )
         await asyncio.wait_for(blocking.all_waiting.wait(), 60)
@@ -120,7 +122,7 @@ async def test_crash_during_video_gen_re_attaches_to_the_same_predictions(
     async with ProviderPool(live_settings, transports=mocks.transports(), sleep=Sleeps()) as pool:
         result = await run_pipeline(
             BRIEF, settings=live_settings, workdir=tmp_path / "job", checkpoints=retry,
-            report=quiet, providers=pool,
+            report=quiet, providers=pool.for_settings(live_settings),
         )  # fmt: skip
     after = mocks.calls()
     assert after["create"] == paid["create"] == 2
@@ -187,8 +189,12 @@ async def test_the_shared_limit_caps_predictions_in_flight(
         (tmp_path / name).mkdir()
     # Two pools on one Redis: two worker processes sharing the provider's limit.
     async with (
-        ProviderPool(settings, redis=redis, transports=mocks.transports()) as one,
-        ProviderPool(settings, redis=redis, transports=mocks.transports()) as two,
+        ProviderPool(
+            settings, limiters=limits.shared(settings, redis), transports=mocks.transports()
+        ) as one,
+        ProviderPool(
+            settings, limiters=limits.shared(settings, redis), transports=mocks.transports()
+        ) as two,
     ):
         script = await one.for_settings(settings).script.write_script(brief)
 

@@ -20,10 +20,10 @@ from sqlalchemy import func, select, update
 from starlette.applications import Starlette
 
 from tests.conftest import auth as auth  # re-exported: the tests here import it from here
-from videoq import db
+from videoq import store
 from videoq.api import create_app
 from videoq.settings import Settings
-from videoq.webhooks import sign
+from videoq.signing import sign
 
 GITHUB_SECRET = "gh-secret-for-tests"
 REPLICATE_SECRET = "whsec_" + base64.b64encode(b"replicate-signing-key-32-bytes!!").decode()
@@ -37,9 +37,10 @@ async def _park_waiting_jobs(sessions: Any) -> AsyncIterator[None]:
     yield
     async with sessions() as session:
         await session.execute(
-            update(db.Job)
+            update(store.Job)
             .where(
-                db.Job.created_at >= since, db.Job.status.in_(("queued", "scheduled", "retrying"))
+                store.Job.created_at >= since,
+                store.Job.status.in_(("queued", "scheduled", "retrying")),
             )
             .values(status="cancelled", finished_at=datetime.now(UTC))
         )
@@ -108,10 +109,10 @@ async def raw_request(
 async def table_counts(sessions: Any) -> dict[str, int]:
     """Rows in every table the API writes to (the whole table, not one tenant)."""
     tables = {
-        "jobs": db.Job,
-        "webhook_deliveries": db.WebhookDelivery,
-        "inbound_webhooks": db.InboundWebhook,
-        "webhook_secrets": db.WebhookSecret,
+        "jobs": store.Job,
+        "webhook_deliveries": store.WebhookDelivery,
+        "inbound_webhooks": store.InboundWebhook,
+        "webhook_secrets": store.WebhookSecret,
     }
     async with sessions() as session:
         return {

@@ -20,14 +20,13 @@ from starlette.routing import Route
 
 from tests.conftest import new_key
 from tests.security.conftest import auth
-from videoq import security
-from videoq.api import create_app
-from videoq.logging import configure_logging
+from videoq.api import create_app, middleware
+from videoq.logs import configure_logging
 from videoq.settings import Settings
 
 
 def assert_secured(response: httpx.Response) -> None:
-    for name, value in security.HEADERS.items():
+    for name, value in middleware.HEADERS.items():
         assert response.headers.get(name) == value, name
     assert response.headers["cache-control"] == "no-store"
     assert re.fullmatch(r"[A-Za-z0-9._-]{8,64}", response.headers["x-request-id"])
@@ -54,7 +53,7 @@ async def test_every_response_carries_the_security_headers(
     response = await asgi_client.request(method, path, headers=headers, content=b"{")
     assert response.status_code == status
     assert_secured(response)
-    assert response.headers["content-security-policy"] == security.API_CSP
+    assert response.headers["content-security-policy"] == middleware.API_CSP
 
 
 def page_app(settings: Settings) -> Starlette:
@@ -71,7 +70,7 @@ def page_app(settings: Settings) -> Starlette:
         return JSONResponse({"request_id": request.state.request_id})
 
     app = Starlette(routes=[Route("/page", page), Route("/crash", crash), Route("/id", echo_id)])
-    security.install(app, settings)
+    middleware.install(app, settings)
     return app
 
 

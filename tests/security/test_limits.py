@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from tests.conftest import new_key
 from tests.security.conftest import auth, table_counts
 from tests.test_api import assert_error
-from videoq import ratelimit
+from videoq import lifecycle
 from videoq.api import create_app
+from videoq.broker import limits
 from videoq.settings import Settings
 
 
@@ -67,7 +68,7 @@ async def test_validation_errors_do_not_spend_tokens(settings: Settings, session
 async def test_the_bucket_refills_at_its_rate(redis: Redis) -> None:
     """Time is injected (Redis's own clock by default), so no test waits for it."""
     key = f"test:bucket:{uuid.uuid4().hex}"
-    take = ratelimit.take
+    take = limits.take
     assert await take(redis, key, rate=2.0, burst=2, now=1000.0) == (True, 0.0)
     assert await take(redis, key, rate=2.0, burst=2, now=1000.0) == (True, 0.0)
     allowed, wait = await take(redis, key, rate=2.0, burst=2, now=1000.0)
@@ -94,7 +95,7 @@ async def test_the_waiting_jobs_cap_gives_429_until_a_job_leaves(
         before = await table_counts(sessions)
         refused = await create(client, key)
         assert "already waiting" in assert_error(refused, 429, "rate_limited")["message"]
-        assert refused.headers["retry-after"] == str(ratelimit.QUEUE_FULL_RETRY_AFTER_S)
+        assert refused.headers["retry-after"] == str(lifecycle.QUEUE_FULL_RETRY_AFTER_S)
         assert await table_counts(sessions) == before
         cancelled = await client.post(f"/v1/jobs/{first['id']}/cancel", headers=auth(key))
         assert cancelled.status_code == 202

@@ -33,7 +33,7 @@ from tests.security.conftest import (
     auth,
     replicate_headers,
 )
-from videoq import db
+from videoq import store
 from videoq.embedded import free_port
 from videoq.settings import Settings
 
@@ -82,8 +82,8 @@ async def _delivered(sessions: Any, job_id: str) -> None:
     async with asyncio.timeout(30):
         while True:
             async with sessions() as session:
-                query = select(db.WebhookDelivery.status).where(
-                    db.WebhookDelivery.job_id == uuid.UUID(job_id)
+                query = select(store.WebhookDelivery.status).where(
+                    store.WebhookDelivery.job_id == uuid.UUID(job_id)
                 )
                 if (await session.execute(query)).scalar_one_or_none() == "delivered":
                     return

@@ -12,17 +12,19 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, update
 from starlette.routing import Route, WebSocketRoute
 from websockets.asyncio.client import connect
 
 from tests.conftest import LiveApi, new_key
 from tests.security.conftest import auth
 from tests.test_api import assert_error, close_code, create_live, set_status, ws_url
-from videoq import db, events
+from videoq import store
 from videoq.api import create_app
-from videoq.auth import hash_key
+from videoq.broker import events
 from videoq.settings import Settings
+from videoq.store.apikeys import hash_key
+from videoq.types import make_event
 
 #: Every HTTP route: who may call it.
 HTTP = {
@@ -71,8 +73,8 @@ def test_every_route_of_the_app_is_classified(settings: Settings) -> None:
 async def revoked(sessions: Any) -> str:
     key = await new_key(sessions)
     async with sessions() as session:
-        stmt = update(db.ApiKey).where(db.ApiKey.key_hash == hash_key(key))
-        await session.execute(stmt.values(revoked_at=db.func.now()))
+        stmt = update(store.ApiKey).where(store.ApiKey.key_hash == hash_key(key))
+        await session.execute(stmt.values(revoked_at=func.now()))
         await session.commit()
     return key
 
@@ -114,7 +116,7 @@ async def a_job_ready_for(
 
 async def snapshot(sessions: Any, job_id: str) -> tuple[Any, ...]:
     async with sessions() as session:
-        row = await session.get(db.Job, uuid.UUID(job_id), populate_existing=True)
+        row = await session.get(store.Job, uuid.UUID(job_id), populate_existing=True)
         assert row is not None
         return (row.tenant, row.status, row.updated_at, row.attempts, row.finished_at)
 
@@ -207,13 +209,13 @@ async def test_the_tenant_socket_carries_no_event_of_another_tenant(
     tenants = {}
     async with sessions() as session:
         for job in (job_a, job_b):
-            row = await session.get(db.Job, uuid.UUID(job["id"]))
+            row = await session.get(store.Job, uuid.UUID(job["id"]))
             assert row is not None
             tenants[job["id"]] = row.tenant
     base = live_api.url.replace("http", "ws", 1) + "/v1/events"
 
     async def publish(job_id: str, message: str) -> None:
-        event = events.make_event(job_id, "log", status="queued", stage=None, progress=0.0,
+        event = make_event(job_id, "log", status="queued", stage=None, progress=0.0,
                                   message=message)  # fmt: skip
         await events.publish(redis, tenants[job_id], event)
 

@@ -34,11 +34,13 @@ from tests.security.conftest import (
     replicate_headers,
     table_counts,
 )
-from videoq import db, jobs, webhooks
+from videoq import outbox, signing, store
+from videoq.broker import keys
 from videoq.errors import Unauthorized
+from videoq.netguard import address_refusal, parse_networks
 from videoq.schemas import JobCreate
-from videoq.security import address_refusal, parse_networks
 from videoq.settings import Settings
+from videoq.store import jobs
 
 # --- Signatures: the Standard Webhooks / Replicate test vector (shared/notes/providers.md §3.6) --
 
@@ -59,16 +61,16 @@ def vector_headers(**overrides: str) -> dict[str, str]:
 
 
 def test_signing_matches_the_published_vector() -> None:
-    assert webhooks.sign(VECTOR_KEY, VECTOR_ID, VECTOR_TS, VECTOR_BODY) == VECTOR_SIGNATURE
+    assert signing.sign(VECTOR_KEY, VECTOR_ID, VECTOR_TS, VECTOR_BODY) == VECTOR_SIGNATURE
 
 
 def test_verification_accepts_the_vector_within_the_tolerance() -> None:
     for now in (VECTOR_TS, VECTOR_TS + 299, VECTOR_TS - 299):
-        got = webhooks.verify(VECTOR_KEY, vector_headers(), VECTOR_BODY, tolerance_s=300, now=now)
+        got = signing.verify(VECTOR_KEY, vector_headers(), VECTOR_BODY, tolerance_s=300, now=now)
         assert got == VECTOR_ID
     # Several signatures (key rotation): one match is enough.
     rotated = vector_headers(**{"webhook-signature": f"v1,AAAA {VECTOR_SIGNATURE}"})
-    assert webhooks.verify(VECTOR_KEY, rotated, VECTOR_BODY, tolerance_s=300, now=VECTOR_TS)
+    assert signing.verify(VECTOR_KEY, rotated, VECTOR_BODY, tolerance_s=300, now=VECTOR_TS)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,7 @@ def test_verification_accepts_the_vector_within_the_tolerance() -> None:
 )
 def test_verification_refuses_anything_else(headers: dict[str, str], body: bytes, now: int) -> None:
     with pytest.raises(Unauthorized) as refused:
-        webhooks.verify(VECTOR_KEY, headers, body, tolerance_s=300, now=now)
+        signing.verify(VECTOR_KEY, headers, body, tolerance_s=300, now=now)
     assert refused.value.code == "invalid_signature"
 
 
@@ -177,23 +179,25 @@ def hooks_settings(settings: Settings, **extra: Any) -> Settings:
     )
 
 
-async def deliveries_of(sessions: Any, job_id: str) -> list[db.WebhookDelivery]:
+async def deliveries_of(sessions: Any, job_id: str) -> list[store.WebhookDelivery]:
     async with sessions() as session:
-        query = select(db.WebhookDelivery).where(db.WebhookDelivery.job_id == uuid.UUID(job_id))
-        return list((await session.execute(query)).scalars())
-
-
-async def attempts_of(sessions: Any, delivery_id: uuid.UUID) -> list[db.WebhookAttempt]:
-    async with sessions() as session:
-        query = (
-            select(db.WebhookAttempt)
-            .where(db.WebhookAttempt.delivery_id == delivery_id)
-            .order_by(db.WebhookAttempt.attempt)
+        query = select(store.WebhookDelivery).where(
+            store.WebhookDelivery.job_id == uuid.UUID(job_id)
         )
         return list((await session.execute(query)).scalars())
 
 
-async def settled(sessions: Any, job_id: str, timeout: float = 30) -> db.WebhookDelivery:
+async def attempts_of(sessions: Any, delivery_id: uuid.UUID) -> list[store.WebhookAttempt]:
+    async with sessions() as session:
+        query = (
+            select(store.WebhookAttempt)
+            .where(store.WebhookAttempt.delivery_id == delivery_id)
+            .order_by(store.WebhookAttempt.attempt)
+        )
+        return list((await session.execute(query)).scalars())
+
+
+async def settled(sessions: Any, job_id: str, timeout: float = 30) -> store.WebhookDelivery:
     """The job's one delivery, once it is no longer pending (its row is the record of truth)."""
     async with asyncio.timeout(timeout):
         while True:
@@ -245,7 +249,7 @@ async def test_a_finished_job_is_delivered_signed_and_recorded(
     path, headers, body = receiver.received[-1]
     assert path == "/hooks/videoq"
     # Verifiable with the tenant's secret, as any Standard Webhooks library would.
-    assert webhooks.verify(secret, headers, body, tolerance_s=60) == f"msg_{delivery.id.hex}"
+    assert signing.verify(secret, headers, body, tolerance_s=60) == f"msg_{delivery.id.hex}"
     event = json.loads(body)
     assert event["type"] == "job.succeeded" and event["data"]["id"] == job_id
     assert event["data"]["status"] == "succeeded"
@@ -305,7 +309,7 @@ async def a_delivery(sessions: Any, url: str) -> uuid.UUID:
         job, _ = await jobs.create_job(
             session, tenant, JobCreate(product_name="K"), default_max_retries=0
         )
-        delivery = db.WebhookDelivery(
+        delivery = store.WebhookDelivery(
             id=uuid.uuid4(), job_id=job.id, tenant=tenant, event="job.succeeded", url=url,
             payload={"type": "job.succeeded"}, status="pending", attempts=0,
             next_attempt_at=datetime.now(UTC),
@@ -331,7 +335,7 @@ async def test_a_name_resolving_to_loopback_is_refused_without_connecting(
     127.0.0.1, which no allow-list permits here: refused, recorded, never retried."""
     port = receiver.url.rsplit(":", 1)[1]
     delivery_id = await a_delivery(sessions, f"http://hooks.example.test:{port}/x")
-    outcome = await webhooks.deliver(
+    outcome = await outbox.deliver(
         sessions, settings.model_copy(update={"webhook_retry_delays_s": (0.01,) * 3}),
         delivery_id, resolver=resolver({"hooks.example.test": ["127.0.0.1"]}),
     )  # fmt: skip
@@ -347,7 +351,7 @@ async def test_one_private_address_among_public_ones_is_refused(
 ) -> None:
     delivery_id = await a_delivery(sessions, "https://mixed.example.test/x")
     table = {"mixed.example.test": ["93.184.215.14", "10.0.0.5"]}
-    assert await webhooks.deliver(sessions, settings, delivery_id, resolver=resolver(table)) == (
+    assert await outbox.deliver(sessions, settings, delivery_id, resolver=resolver(table)) == (
         "failed"
     )
     assert "10.0.0.5" in ((await attempts_of(sessions, delivery_id))[0].error or "")
@@ -367,7 +371,7 @@ async def test_the_checked_address_is_the_one_connected_to(
         lookups.append(host)
         return ["127.0.0.1"] if len(lookups) == 1 else ["169.254.169.254"]
 
-    assert await webhooks.deliver(sessions, allowed, delivery_id, resolver=once) == "delivered"
+    assert await outbox.deliver(sessions, allowed, delivery_id, resolver=once) == "delivered"
     assert lookups == ["pinned.example.test"]
     assert receiver.received[0][1]["host"] == f"pinned.example.test:{port}"
 
@@ -391,7 +395,7 @@ async def test_redirects_to_private_addresses_are_refused(
     allowed = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
     delivery_id = await a_delivery(sessions, f"{receiver.url}/start")
     table = {"internal.example.test": ["10.0.0.1"], "localhost": ["127.0.0.1", "::1"]}
-    outcome = await webhooks.deliver(sessions, allowed, delivery_id, resolver=resolver(table))
+    outcome = await outbox.deliver(sessions, allowed, delivery_id, resolver=resolver(table))
     assert outcome == "failed"
     attempts = await attempts_of(sessions, delivery_id)
     assert len(attempts) == 1 and "redirect to" in (attempts[0].error or "")
@@ -409,7 +413,7 @@ async def test_redirects_within_the_allowed_networks_are_followed(
     allowed = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
     delivery_id = await a_delivery(sessions, f"{receiver.url}/a")
     table = {"other.example.test": ["127.0.0.1"]}
-    assert await webhooks.deliver(sessions, allowed, delivery_id, resolver=resolver(table)) == (
+    assert await outbox.deliver(sessions, allowed, delivery_id, resolver=resolver(table)) == (
         "delivered"
     )
     assert [path for path, _, _ in receiver.received] == ["/a", "/b"]
@@ -530,14 +534,14 @@ async def test_a_verified_replicate_webhook_is_recorded_announced_and_never_repl
     body = json.dumps({"id": prediction_id, "status": "succeeded", "output": ["x"]}).encode()
     headers = replicate_headers(body)
     async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(webhooks.replicate_channel(prediction_id))
+        await pubsub.subscribe(keys.replicate_channel(prediction_id))
         await pubsub.get_message(timeout=1)  # the subscribe confirmation
         response = await secure_client.post("/v1/webhooks/replicate", content=body, headers=headers)
         assert response.status_code == 200, response.text
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
     assert message is not None and message["data"] == prediction_id.encode()
     async with sessions() as session:
-        receipt = await session.get(db.InboundWebhook, ("replicate", headers["webhook-id"]))
+        receipt = await session.get(store.InboundWebhook, ("replicate", headers["webhook-id"]))
     assert receipt is not None and receipt.subject == prediction_id
     # The same delivery again (a replay, within the tolerance): refused.
     before = await table_counts(sessions)

@@ -1,5 +1,6 @@
-"""The pipeline: four stages that turn a :class:`Brief` into an MP4. It never imports arq, so
-``videoq render --offline`` runs it with no Redis; the worker wraps it with checkpoints in
+"""The pipeline: four stages that turn a :class:`~videoq.types.Brief` into an MP4. Pure: it
+imports only the vocabulary, the providers it is given and FFmpeg, so ``videoq render
+--offline`` runs it with no Redis or PostgreSQL; the worker wraps it with checkpoints in
 PostgreSQL and progress events in Redis.
 
 Progress is overall, 0–100: ``script_gen`` 0–25, ``voice_gen`` 25–50, ``video_gen`` 50–75,
@@ -11,17 +12,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from videoq.errors import RetryableError
+from videoq.ffmpeg import find_font
+from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
+from videoq.providers import Providers
+from videoq.settings import Settings
+from videoq.types import Brief, Result, Script, VoiceTrack
 
-if TYPE_CHECKING:
-    from videoq.providers import ProviderPool, Providers
-    from videoq.settings import Settings
+__all__ = [
+    "STAGES",
+    "Checkpoints",
+    "MemoryCheckpoints",
+    "Reporter",
+    "run_pipeline",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -39,38 +48,6 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "video_gen": ("script_gen",),
     "compositing": ("script_gen", "voice_gen", "video_gen"),
 }
-RESOLUTIONS: dict[str, tuple[int, int]] = {
-    "9:16": (1080, 1920),
-    "16:9": (1920, 1080),
-    "1:1": (1080, 1080),
-}
-
-
-@dataclass(frozen=True)
-class Brief:
-    """What the customer asked for; validated by the API before it gets here."""
-
-    product_name: str
-    style: str = "minimal"
-    cta_text: str | None = None
-    prompt: str | None = None
-    duration_s: int = 15
-    aspect_ratio: str = "9:16"
-    voice: str | None = None
-
-    @property
-    def resolution(self) -> tuple[int, int]:
-        return RESOLUTIONS[self.aspect_ratio]
-
-
-@dataclass(frozen=True)
-class Result:
-    """The finished video."""
-
-    video_path: Path
-    duration_s: float
-    size_bytes: int
-    cost: dict[str, Any] = field(default_factory=dict)
 
 
 class Checkpoints(Protocol):
@@ -162,9 +139,6 @@ async def _deadline(stage: str, timeout_s: float) -> AsyncIterator[None]:
 
 async def _load_valid(checkpoints: Checkpoints, stage: str) -> dict[str, Any] | None:
     """The stage's checkpoint, if it exists, parses, and every file it refers to is still there."""
-    # Imported in the functions: the stage modules import this module's names.
-    from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
-
     output = await checkpoints.load(stage)
     if output is None:
         return None
@@ -188,7 +162,7 @@ async def run_pipeline(
     workdir: Path,
     checkpoints: Checkpoints,
     report: Reporter,
-    providers: Providers | ProviderPool | None = None,
+    providers: Providers,
 ) -> Result:
     """Run the four stages in order and return the finished video, ``workdir/video.mp4``.
 
@@ -199,14 +173,9 @@ async def run_pipeline(
     ``settings.stage_timeout_s`` (then :class:`RetryableError`); provider and FFmpeg errors
     propagate unchanged.
 
-    ``providers`` is a fixed :class:`Providers`, or a :class:`ProviderPool` (the worker's live
-    clients) that chooses per stage with *these* settings (a job's ``options`` may force
-    offline); None means offline. What each stage cost is in :attr:`Result.cost` and logged.
+    ``providers`` serve the stages (the worker chooses them with the job's settings; a job's
+    ``options`` may force offline). What each stage cost is in :attr:`Result.cost` and logged.
     """
-    from videoq.pipeline import compositing
-    from videoq.providers import select_providers
-
-    chosen = select_providers(settings, providers)
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     progress = _Progress(report)
     outputs: dict[str, dict[str, Any]] = {}
@@ -226,7 +195,7 @@ async def run_pipeline(
                 outputs,
                 settings=settings,
                 workdir=workdir,
-                providers=chosen,
+                providers=providers,
                 checkpoints=checkpoints,
                 on_progress=progress.within(stage),
             )
@@ -255,10 +224,6 @@ async def _run_stage(
     on_progress: Callable[[float], Awaitable[None]],
 ) -> dict[str, Any]:
     """Run one stage on the outputs of the earlier ones; return its checkpoint."""
-    from videoq.ffmpeg import find_font
-    from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
-    from videoq.providers import Script, VoiceTrack
-
     if stage == "script_gen":
         return (await script_gen.run(brief, provider=providers.script)).to_dict()
     script = Script.from_dict(outputs["script_gen"])

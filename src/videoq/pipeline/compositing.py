@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from videoq.errors import PermanentError
 from videoq.ffmpeg import Font, atomic_output, drawtext, probe, run_ffmpeg, wrap_text
-from videoq.pipeline import Result
+from videoq.types import Result
 
 if TYPE_CHECKING:
     from videoq.ffmpeg import ProgressCallback
-    from videoq.pipeline import Brief
-    from videoq.providers import Script, VoiceTrack
     from videoq.settings import Settings
+    from videoq.types import Brief, Script, VoiceTrack
 
 #: The call to action is shown for the last this many seconds.
 CTA_SECONDS = 3.0

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from videoq.errors import PermanentError
-from videoq.providers import Script, ScriptProvider
+from videoq.providers import ScriptProvider
+from videoq.types import Script
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from videoq.pipeline import Brief
+    from videoq.types import Brief
 
 
 async def run(brief: Brief, *, provider: ScriptProvider) -> Script:

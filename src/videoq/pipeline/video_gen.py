@@ -13,11 +13,13 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videoq.providers import Clip, ResumableVideoProvider, Script, VideoProvider
+from videoq.providers import ResumableVideoProvider, VideoProvider
+from videoq.types import Clip, Script
 
 if TYPE_CHECKING:
     from videoq.ffmpeg import ProgressCallback
-    from videoq.pipeline import Brief, Checkpoints
+    from videoq.pipeline import Checkpoints
+    from videoq.types import Brief
 
 STAGE = "video_gen"
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videoq.providers import Script, VoiceProvider, VoiceTrack
+from videoq.providers import VoiceProvider
+from videoq.types import Script, VoiceTrack
 
 if TYPE_CHECKING:
-    from videoq.pipeline import Brief
+    from videoq.types import Brief
 
 
 async def run(

@@ -1,140 +1,48 @@
 """Providers: who writes the script, speaks it and films it. One Protocol per kind, so a stage
-can use a live API client or the offline (deterministic, no network) implementation.
-
-Stage outputs are checkpointed as JSON in PostgreSQL, so the value types here round-trip
-through :meth:`to_dict` / :meth:`from_dict`.
+can use a live API client or the offline (deterministic, no network) implementation. What they
+make (:class:`~videoq.types.Script`, :class:`~videoq.types.VoiceTrack`,
+:class:`~videoq.types.Clip`) is :mod:`videoq.types`' vocabulary.
 
 Which provider serves a stage (DESIGN.md): the live one when its key is set, the offline one
 otherwise, and offline everywhere when ``settings.providers == "offline"``. Live clients are
-opened once per process by :func:`open_providers` (a :class:`ProviderPool`) and shared by every
-job; :meth:`ProviderPool.for_settings` picks each job's providers with that job's settings.
+opened once per process (a :class:`ProviderPool`) and shared by every job;
+:meth:`ProviderPool.for_settings` picks each job's providers with that job's settings.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # videoq.pipeline imports this package; only the annotation is needed here.
+from videoq.providers.limits import Limiter, LocalLimiter
+from videoq.settings import Settings
+from videoq.types import Brief, Clip, Scene, Script, VoiceTrack
+
+if TYPE_CHECKING:  # the clients' modules are loaded only where a key is set
     import anthropic
     import httpx
     import httpx2
 
-    from videoq.limits import Limiter
-    from videoq.pipeline import Brief
     from videoq.providers.http import RetryPolicy
-    from videoq.settings import Settings
+
+__all__ = [
+    "LIVE",
+    "ProviderPool",
+    "Providers",
+    "ResumableVideoProvider",
+    "ScriptProvider",
+    "Transports",
+    "VideoProvider",
+    "VoiceProvider",
+    "offline_providers",
+]
 
 #: The live providers, by the name their limits and cost records use.
 LIVE = ("anthropic", "elevenlabs", "replicate")
-
-
-@dataclass(frozen=True)
-class Scene:
-    """One shot: what the voice says, what the picture shows, and for how long."""
-
-    narration: str
-    visual_prompt: str
-    duration_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict."""
-        return {
-            "narration": self.narration,
-            "visual_prompt": self.visual_prompt,
-            "duration_s": self.duration_s,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Scene:
-        """The inverse of :meth:`to_dict`."""
-        return cls(
-            narration=str(data["narration"]),
-            visual_prompt=str(data["visual_prompt"]),
-            duration_s=float(data["duration_s"]),
-        )
-
-
-@dataclass(frozen=True)
-class Script:
-    """The script: scenes whose durations add up to the brief's duration."""
-
-    title: str
-    scenes: list[Scene]
-    #: What writing it cost (live providers: model, tokens, request id); empty offline.
-    cost: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def duration_s(self) -> float:
-        """Total length of the scenes."""
-        return sum(scene.duration_s for scene in self.scenes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict."""
-        data: dict[str, Any] = {
-            "title": self.title,
-            "scenes": [scene.to_dict() for scene in self.scenes],
-        }
-        if self.cost:
-            data["cost"] = self.cost
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Script:
-        """The inverse of :meth:`to_dict`."""
-        return cls(
-            title=str(data["title"]),
-            scenes=[Scene.from_dict(s) for s in data["scenes"]],
-            cost=dict(data.get("cost") or {}),
-        )
-
-
-@dataclass(frozen=True)
-class VoiceTrack:
-    """The narration audio file and its length."""
-
-    path: Path
-    duration_s: float
-    #: When each scene's narration starts in the audio (seconds), if the provider knows;
-    #: compositing then cuts the picture where the voice moves on.
-    scene_starts_s: tuple[float, ...] | None = None
-    #: What speaking it cost (live providers: characters, request id); empty offline.
-    cost: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict."""
-        data: dict[str, Any] = {"path": str(self.path), "duration_s": self.duration_s}
-        if self.scene_starts_s is not None:
-            data["scene_starts_s"] = list(self.scene_starts_s)
-        if self.cost:
-            data["cost"] = self.cost
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VoiceTrack:
-        """The inverse of :meth:`to_dict`."""
-        starts = data.get("scene_starts_s")
-        return cls(
-            path=Path(data["path"]),
-            duration_s=float(data["duration_s"]),
-            scene_starts_s=tuple(float(s) for s in starts) if starts is not None else None,
-            cost=dict(data.get("cost") or {}),
-        )
-
-
-@dataclass(frozen=True)
-class Clip:
-    """One scene's video file, with what it cost and the provider's id for the paid work."""
-
-    path: Path
-    cost: dict[str, Any] = field(default_factory=dict)
-    work_id: str | None = None
 
 
 class ScriptProvider(Protocol):
@@ -189,6 +97,12 @@ class ResumableVideoProvider(Protocol):
         ...
 
 
+def concurrency(settings: Settings, provider: str) -> int:
+    """How many calls to a live provider may be in flight at once, across all workers."""
+    limit: int = getattr(settings, f"{provider}_concurrency")
+    return limit
+
+
 @dataclass(frozen=True)
 class Providers:
     """The provider chosen for each stage."""
@@ -200,7 +114,7 @@ class Providers:
 
 def offline_providers(settings: Settings) -> Providers:
     """The deterministic, network-free providers for every stage."""
-    # Imported here because the offline module imports this one for its value types.
+    # Imported here because the offline module imports this one for its Protocols.
     from videoq.providers.offline import (
         OfflineScriptProvider,
         OfflineVideoProvider,
@@ -226,25 +140,23 @@ class Transports:
 class ProviderPool:
     """The live clients of one process and their shared concurrency limits.
 
-    Opened once per worker (``async with open_providers(...)`` or :meth:`aclose` at
-    shutdown) and shared by every job; :meth:`for_settings` gives a job its providers. With
-    ``redis`` the limits are :class:`~videoq.limits.RedisSemaphore` leases shared by all
-    workers; without, they hold for this process only. ``sleep`` and ``rng`` feed the retry
-    policy (tests inject them); ``clock`` dates the leases.
+    Opened once per process (``async with ProviderPool(...)``, or :meth:`aclose` at shutdown)
+    and shared by every job; :meth:`for_settings` gives a job its providers. ``limiters``
+    holds each live provider's concurrency limit by name: the worker injects ones shared by
+    every worker through Redis (:func:`videoq.broker.limits.shared`); a name missing gets a
+    :class:`~videoq.providers.limits.LocalLimiter`, for this process only. ``sleep`` and
+    ``rng`` feed the retry policy (tests inject them).
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        redis: Any = None,
+        limiters: Mapping[str, Limiter] | None = None,
         transports: Transports | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        from videoq.limits import LocalLimiter, RedisSemaphore
-
         self.settings = settings
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -265,18 +177,9 @@ class ProviderPool:
             from videoq.providers import replicate
 
             self.replicate = replicate.make_client(settings, transports.replicate)
-        limits = {
-            "anthropic": settings.anthropic_concurrency,
-            "elevenlabs": settings.elevenlabs_concurrency,
-            "replicate": settings.replicate_concurrency,
-        }
+        given = limiters or {}
         self.limiters: dict[str, Limiter] = {
-            name: (
-                RedisSemaphore(redis, name, limit, lease_s=settings.limit_lease_s, clock=clock)
-                if redis is not None
-                else LocalLimiter(limit)
-            )
-            for name, limit in limits.items()
+            name: given.get(name) or LocalLimiter(concurrency(settings, name)) for name in LIVE
         }
 
     @property
@@ -334,31 +237,3 @@ class ProviderPool:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-@contextlib.asynccontextmanager
-async def open_providers(
-    settings: Settings,
-    *,
-    redis: Any = None,
-    transports: Transports | None = None,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    rng: random.Random | None = None,
-    clock: Callable[[], float] = time.time,
-) -> AsyncIterator[ProviderPool]:
-    """Open the process's live clients for the ``async with`` block (see :class:`ProviderPool`)."""
-    pool = ProviderPool(
-        settings, redis=redis, transports=transports, sleep=sleep, rng=rng, clock=clock
-    )
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
-
-
-def select_providers(settings: Settings, pool: ProviderPool | Providers | None) -> Providers:
-    """The providers ``run_pipeline`` uses for a job: a pool's choice for the job's settings,
-    a fixed :class:`Providers` as given, or the offline ones when there is neither."""
-    if isinstance(pool, ProviderPool):
-        return pool.for_settings(settings)
-    return pool if pool is not None else offline_providers(settings)

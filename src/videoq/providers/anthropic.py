@@ -20,14 +20,13 @@ import httpx2
 from anthropic.types import Message, MessageParam, ToolChoiceToolParam, ToolParam
 
 from videoq.errors import PermanentError, RetryableError
-from videoq.providers import Scene, Script
 from videoq.providers.http import RetryPolicy, call_with_retries, classify, transport_error
-from videoq.providers.offline import SCENE_LENGTH_S, scene_durations
+from videoq.types import Scene, Script, scene_count, scene_durations
 
 if TYPE_CHECKING:
-    from videoq.limits import Limiter
-    from videoq.pipeline import Brief
+    from videoq.providers.limits import Limiter
     from videoq.settings import Settings
+    from videoq.types import Brief
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 TOOL_NAME = "emit_script"
@@ -50,11 +49,6 @@ in the language of the brief;
 camera, lighting, {style} style), with no on-screen text.
 The last scene ends with the call to action if the brief has one. \
 Answer only by calling the {tool} tool."""
-
-
-def scene_count(duration_s: float) -> int:
-    """Scenes for a video of ``duration_s``: one per ~5 s, at least two (as offline)."""
-    return max(2, round(duration_s / SCENE_LENGTH_S))
 
 
 def script_tool() -> dict[str, Any]:

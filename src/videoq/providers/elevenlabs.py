@@ -24,7 +24,6 @@ import httpx
 
 from videoq.errors import PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output, probe
-from videoq.providers import Script, VoiceTrack
 from videoq.providers.http import (
     RetryPolicy,
     call_with_retries,
@@ -32,11 +31,12 @@ from videoq.providers.http import (
     keepalive_limits,
     transport_error,
 )
+from videoq.types import Script, VoiceTrack
 
 if TYPE_CHECKING:
-    from videoq.limits import Limiter
-    from videoq.pipeline import Brief
+    from videoq.providers.limits import Limiter
     from videoq.settings import Settings
+    from videoq.types import Brief
 
 #: ``detail.status`` values and the error codes they become.
 DETAIL_CODES: dict[str, str] = {

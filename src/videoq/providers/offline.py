@@ -22,14 +22,11 @@ from videoq.ffmpeg import (
     run_ffmpeg,
     wrap_text,
 )
-from videoq.providers import Scene, Script, VoiceTrack
+from videoq.types import Scene, Script, VoiceTrack, scene_count, scene_durations
 
 if TYPE_CHECKING:
-    from videoq.pipeline import Brief
     from videoq.settings import Settings
-
-#: Roughly one scene per this many seconds of video (at least two scenes).
-SCENE_LENGTH_S = 5.0
+    from videoq.types import Brief
 
 #: Background colour per style; unknown styles get a colour derived from their name.
 STYLE_COLOURS: dict[str, str] = {
@@ -51,12 +48,6 @@ _MIDDLE_LINES = (
 _SHOTS = ("hero product shot", "close-up detail", "lifestyle scene", "in use", "end card")
 
 
-def scene_durations(total_s: float, count: int) -> list[float]:
-    """``count`` durations (millisecond precision) that add up to ``total_s``."""
-    base = round(total_s / count, 3)
-    return [base] * (count - 1) + [round(total_s - base * (count - 1), 3)]
-
-
 def style_colour(style: str) -> str:
     """The background colour for a style, stable across runs and machines."""
     known = STYLE_COLOURS.get(style.lower())
@@ -68,7 +59,7 @@ class OfflineScriptProvider:
 
     async def write_script(self, brief: Brief) -> Script:
         """A script with one scene per ~5 s (at least 2) summing to ``brief.duration_s``."""
-        count = max(2, round(brief.duration_s / SCENE_LENGTH_S))
+        count = scene_count(brief.duration_s)
         name, style = brief.product_name, brief.style
         narrations = [f"Meet {name}."]
         for i in range(count - 2):

@@ -31,7 +31,6 @@ import structlog
 
 from videoq.errors import PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output
-from videoq.providers import Clip, Scene
 from videoq.providers.http import (
     RetryPolicy,
     call_with_retries,
@@ -40,13 +39,14 @@ from videoq.providers.http import (
     problem_message,
     transport_error,
 )
+from videoq.types import Clip, Scene
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from videoq.limits import Limiter
-    from videoq.pipeline import Brief
+    from videoq.providers.limits import Limiter
     from videoq.settings import Settings
+    from videoq.types import Brief
 
 log = structlog.get_logger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from videoq.db import STATUSES
 from videoq.schemas import JobCreate
+from videoq.types import JobStatus
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 PUBLIC: list[dict[str, list[str]]] = []
@@ -82,7 +82,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "status", "stage", "progress", "priority", "attempts", "links"],
         "properties": {
             "id": {"type": "string", "format": "uuid"},
-            "status": {"enum": list(STATUSES)},
+            "status": {"enum": list(JobStatus)},
             "stage": {"type": ["string", "null"]},
             "progress": {"type": "number", "minimum": 0, "maximum": 100},
             "priority": {"enum": ["high", "normal", "low"]},
@@ -200,7 +200,7 @@ def _operations() -> dict[str, Any]:
             "get": {
                 "summary": "The tenant's jobs, newest first",
                 "parameters": [
-                    {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
+                    {"name": "status", "in": "query", "schema": {"enum": list(JobStatus)}},
                     {
                         "name": "limit",
                         "in": "query",

@@ -1,4 +1,6 @@
-"""Jobs in PostgreSQL: creation, tenant-scoped reads, guarded state transitions, checkpoints.
+"""Jobs in PostgreSQL: creation, tenant-scoped reads, and every guarded state transition the
+API and the supervisor make (a worker's own claims and outcomes, grouped, are
+:mod:`videoq.store.grouped`; both guard by :data:`videoq.types.TRANSITIONS`).
 
 Every transition is one guarded ``UPDATE … WHERE status IN (…) RETURNING``: a stale worker (an
 older attempt) or a racing cancel cannot overwrite a newer state.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,25 +20,10 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from videoq.db import Job
 from videoq.errors import Conflict, NotFound
 from videoq.schemas import JobCreate
-
-#: The states a job may move to, from each state.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled", "failed"}),
-    "scheduled": frozenset({"queued", "running", "cancelled"}),
-    "running": frozenset({"succeeded", "failed", "cancelled", "retrying", "queued"}),
-    "retrying": frozenset({"running", "cancelled", "failed", "queued"}),
-    "failed": frozenset({"queued"}),
-    "cancelled": frozenset({"queued"}),
-    "succeeded": frozenset(),
-}
-
-
-def sources(target: str) -> list[str]:
-    """The states from which ``target`` can be reached."""
-    return [s for s, targets in TRANSITIONS.items() if target in targets]
+from videoq.store.tables import Job
+from videoq.types import RETRYABLE, TRANSITIONS, WAITING, JobStatus, sources
 
 
 async def create_job(
@@ -55,7 +43,7 @@ async def create_job(
         id=uuid.uuid4(),
         tenant=tenant,
         queue=queue,
-        status="scheduled" if run_at else "queued",
+        status=JobStatus.SCHEDULED if run_at else JobStatus.QUEUED,
         progress=0.0,
         priority=body.priority,
         attempts=0,
@@ -136,17 +124,19 @@ async def list_jobs(
 async def transition(
     session: AsyncSession,
     job_id: uuid.UUID,
-    to: str,
+    to: JobStatus | str,
     *,
     attempt: int | None = None,
     owned_by: str | None = None,
-    only_from: tuple[str, ...] | None = None,
+    only_from: Iterable[str] | None = None,
     **values: Any,
 ) -> Job | None:
     """Move the job to ``to`` if its current state allows it — and, when given, only from
     ``only_from``, only if it is still ``attempt``, only if worker ``owned_by`` runs it. Returns the
     updated job, or None when the guard failed."""
-    allowed = [s for s in sources(to) if only_from is None or s in only_from]
+    target = JobStatus(to)
+    permitted = None if only_from is None else set(only_from)
+    allowed = [s for s in sources(target) if permitted is None or s in permitted]
     guard = [Job.id == job_id, Job.status.in_(allowed)]
     if attempt is not None:
         guard.append(Job.attempts == attempt)
@@ -155,7 +145,7 @@ async def transition(
     stmt = (
         update(Job)
         .where(*guard)
-        .values(status=to, updated_at=datetime.now(UTC), **values)
+        .values(status=target, updated_at=datetime.now(UTC), **values)
         .returning(Job)
         .execution_options(synchronize_session=False, populate_existing=True)
     )
@@ -196,7 +186,7 @@ async def take_over(
         update(Job)
         .where(
             Job.id == job_id,
-            Job.status == "running",
+            Job.status == JobStatus.RUNNING,
             Job.attempts == attempt,
             Job.worker_id.is_(None) if dead_worker is None else Job.worker_id == dead_worker,
             or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - timedelta(seconds=stale_s)),
@@ -231,7 +221,7 @@ async def heartbeat(
     were cancelled or taken over, and must stop)."""
     if not running:
         return set()
-    # Rows locked in id order, as the worker's grouped writes lock them (bookkeeping._locking).
+    # Rows locked in id order, as the worker's grouped writes lock them (grouped._locking).
     locked = (
         select(Job.id)
         .where(Job.id.in_(list(running)))
@@ -242,7 +232,11 @@ async def heartbeat(
     )
     rows = await session.execute(
         update(Job)
-        .where(Job.id.in_(select(locked.c.id)), Job.status == "running", Job.worker_id == worker_id)
+        .where(
+            Job.id.in_(select(locked.c.id)),
+            Job.status == JobStatus.RUNNING,
+            Job.worker_id == worker_id,
+        )
         .values(heartbeat_at=datetime.now(UTC))
         .returning(Job.id, Job.attempts)
         .execution_options(synchronize_session=False)
@@ -259,7 +253,7 @@ async def orphans(session: AsyncSession, queue: str, stale_s: float, limit: int 
         select(Job)
         .where(
             Job.queue == queue,
-            Job.status == "running",
+            Job.status == JobStatus.RUNNING,
             or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
         )
         .limit(limit)
@@ -271,7 +265,7 @@ async def waiting(session: AsyncSession, queue: str, limit: int = 1000) -> list[
     """Jobs that should be on arq's ``queue``: queued, scheduled, or waiting to retry."""
     query = (
         select(Job)
-        .where(Job.queue == queue, Job.status.in_(("queued", "scheduled", "retrying")))
+        .where(Job.queue == queue, Job.status.in_(WAITING))
         .order_by(Job.created_at)
         .limit(limit)
     )
@@ -286,11 +280,11 @@ async def cancel(session: AsyncSession, job_id: str, tenant: str) -> tuple[Job, 
     updated = await transition(
         session,
         job.id,
-        "cancelled",
+        JobStatus.CANCELLED,
         finished_at=datetime.now(UTC),
         history=(
-            _append_history(attempt_record(job, "cancelled"))
-            if previous == "running"
+            _append_history(attempt_record(job, JobStatus.CANCELLED))
+            if previous == JobStatus.RUNNING
             else Job.history
         ),
     )
@@ -304,15 +298,15 @@ async def retry(session: AsyncSession, job_id: str, tenant: str) -> Job:
     """Requeue a ``failed`` or ``cancelled`` job with a fresh retry budget; it resumes after its
     last checkpoint. :class:`Conflict` in any other state."""
     job = await get_job(session, job_id, tenant)
-    if job.status not in ("failed", "cancelled"):
+    if job.status not in RETRYABLE:
         raise Conflict(
             f"job {job.id} is {job.status}; only failed or cancelled jobs can be retried"
         )
     updated = await transition(
         session,
         job.id,
-        "queued",
-        only_from=("failed", "cancelled"),
+        JobStatus.QUEUED,
+        only_from=tuple(RETRYABLE),
         retry_base=Job.attempts,
         error=None,
         finished_at=None,
@@ -336,7 +330,7 @@ async def stats(session: AsyncSession, tenant: str | None) -> dict[str, Any]:
     )
     oldest = (
         await session.execute(
-            select(func.min(Job.created_at)).where(Job.status == "queued", *scope)
+            select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED, *scope)
         )
     ).scalar()
     now = datetime.now(UTC)
@@ -350,46 +344,19 @@ async def stats(session: AsyncSession, tenant: str | None) -> dict[str, Any]:
         )
         throughput[f"last_{minutes}m"] = dict(rows.all())
     return {
-        "counts": {status: counts.get(status, 0) for status in TRANSITIONS},
+        "counts": {str(status): counts.get(status, 0) for status in TRANSITIONS},
         "oldest_queued_age_s": (now - oldest).total_seconds() if oldest else None,
         "finished": throughput,
     }
 
 
-def job_view(job: Job, base_url: str = "") -> dict[str, Any]:
-    """The job as the API shows it (DESIGN.md, ``GET /v1/jobs/{id}``)."""
+async def waiting_count(session: AsyncSession, tenant: str) -> int:
+    """The tenant's jobs that wait to run (queued, scheduled, or between retries)."""
+    query = select(func.count()).select_from(Job).where(Job.tenant == tenant)
+    return int((await session.execute(query.where(Job.status.in_(WAITING)))).scalar_one())
 
-    def ts(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
 
-    path = f"/v1/jobs/{job.id}"
-    result = None
-    if job.status == "succeeded" and job.result:
-        result = {
-            "video_url": f"{base_url}{path}/video",
-            "duration_s": job.result.get("duration_s"),
-            "size_bytes": job.result.get("size_bytes"),
-        }
-    return {
-        "id": str(job.id),
-        "status": job.status,
-        "stage": job.stage,
-        "progress": round(job.progress, 2),
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "max_retries": job.max_retries,
-        "history": job.history,
-        "brief": job.brief,
-        "run_at": ts(job.run_at),
-        "created_at": ts(job.created_at),
-        "started_at": ts(job.started_at),
-        "finished_at": ts(job.finished_at),
-        "worker_id": job.worker_id,
-        "error": job.error,
-        "result": result,
-        "links": {
-            "self": f"{base_url}{path}",
-            "events": f"{base_url.replace('http', 'ws', 1)}{path}/events",
-            "video": f"{base_url}{path}/video",
-        },
-    }
+async def statuses(session: AsyncSession, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The current status of each job."""
+    rows = await session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))
+    return {job_id: status for job_id, status in rows.all()}

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from videoq.db import ApiKey
 from videoq.errors import Conflict, NotFound, Unauthorized
+from videoq.store.tables import ApiKey
 
 KEY_PREFIX = "vq_"
 # Writing last_used_at on every request would turn each read into a write; once a minute is enough.
@@ -56,14 +56,6 @@ async def authenticate(session: AsyncSession, key: str | None) -> Principal:
         await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         await session.commit()
     return Principal(tenant=row.tenant, is_admin=row.is_admin)
-
-
-def bearer(header: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header."""
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 async def list_keys(session: AsyncSession, tenant: str | None = None) -> list[ApiKey]:

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from videoq import db, events
-from videoq.bookkeeping import DbCheckpoints
+from videoq.store import Job
+from videoq.store.checkpoints import DbCheckpoints
+from videoq.types import JobStatus, make_event
 
 if TYPE_CHECKING:
-    from videoq.workers import WorkerState
+    from videoq.workers.state import WorkerState
 
 log = structlog.get_logger(__name__)
 
@@ -37,13 +38,13 @@ class EventReporter:
     ``video_gen`` started can count on ``voice_gen``'s output being kept. Events keep their
     order; those that follow a refused save (the attempt lost its job) are dropped."""
 
-    def __init__(self, state: WorkerState, job: db.Job, checkpoints: DbCheckpoints) -> None:
+    def __init__(self, state: WorkerState, job: Job, checkpoints: DbCheckpoints) -> None:
         self.state = state
         self.job_id = job.id
         self.tenant = job.tenant
         self.attempt = job.attempts
         self.checkpoints = checkpoints
-        self.status = "running"
+        self.status: str = JobStatus.RUNNING
         self.stage: str | None = None
         self.progress = 0.0
         self.stored_progress = -1.0
@@ -54,7 +55,7 @@ class EventReporter:
         self, type_: str, status: str, message: str | None = None
     ) -> asyncio.Future[int | None]:
         """Publish an event without waiting; await the result to know it went out."""
-        event = events.make_event(
+        event = make_event(
             str(self.job_id), type_, status=status, stage=self.stage, progress=self.progress,
             worker_id=self.state.worker_id, message=message,
         )  # fmt: skip
@@ -87,7 +88,7 @@ class EventReporter:
             self.stage, self.progress = stage, progress
             structlog.contextvars.bind_contextvars(stage=stage)
             self._store()
-            self.emit("stage", "running", message or f"{stage} started")
+            self.emit("stage", JobStatus.RUNNING, message or f"{stage} started")
             log.info("stage_started")
             return
         if progress - self.progress < 0.5 and message is None:
@@ -95,7 +96,7 @@ class EventReporter:
         self.progress = progress
         if progress - self.stored_progress >= 5.0:
             self._store()
-        self.emit("progress", "running", message)
+        self.emit("progress", JobStatus.RUNNING, message)
 
     def _store(self) -> None:
         self.state.books.progress(self.job_id, self.attempt, self.stage or "", self.progress)

@@ -1,5 +1,6 @@
-"""``WS /v1/jobs/{id}/events``: a snapshot, then every later event of the job in ``seq`` order,
-closing after the terminal one. ``?after=SEQ`` resumes exactly after the last event a client saw.
+"""The WebSockets. ``WS /v1/jobs/{id}/events``: a snapshot, then every later event of the job
+in ``seq`` order, closing after the terminal one. ``?after=SEQ`` resumes exactly after the last
+event a client saw.
 
 The socket subscribes *before* it reads the current ``seq``, so nothing published in between is
 lost; events it already sent are skipped by ``seq``, and any gap is filled from the job's stream.
@@ -14,9 +15,12 @@ from typing import Any
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from videoq import events, jobs
-from videoq.db import TERMINAL
+from videoq import lifecycle
+from videoq.api.deps import State, principal, state_of
+from videoq.broker import events, keys
 from videoq.errors import NotFound, Unauthorized
+from videoq.store import jobs
+from videoq.types import TERMINAL, make_event
 
 log = structlog.get_logger(__name__)
 
@@ -32,8 +36,6 @@ def is_terminal(event: dict[str, Any]) -> bool:
 
 
 async def job_events_socket(ws: WebSocket) -> None:
-    from videoq.api import principal, state_of  # the API module owns auth and shared state
-
     await ws.accept()
     st = state_of(ws)
     try:
@@ -56,19 +58,20 @@ async def job_events_socket(ws: WebSocket) -> None:
         await ws.close(CLOSE_NOT_FOUND, exc.message)
         return
     job_id = str(job.id)
-    async with st.broadcaster.subscribe(events.job_channel(job_id)) as queue:
-        current = await events.current_seq(st.redis, st.sessions, job_id)
+    async with st.broadcaster.subscribe(keys.job_channel(job_id)) as queue:
+        archive = lifecycle.archive_of(st)
+        current = await events.current_seq(st.redis, archive, job_id)
         async with st.sessions() as session:  # read after `current`: at least that new
             job = await jobs.get_job(session, job_id, None)
         await ws.send_json(
-            events.make_event(
+            make_event(
                 job_id, "snapshot", status=job.status, stage=job.stage, progress=job.progress,
                 worker_id=job.worker_id, message=None, seq=current,
             )
         )  # fmt: skip
         sent = current if after is None else min(after, current)
         if sent < current:
-            for event in await events.history(st.redis, st.sessions, job_id, sent, current):
+            for event in await events.history(st.redis, archive, job_id, sent, current):
                 await ws.send_json(event)
                 sent = event["seq"]
                 if is_terminal(event):
@@ -83,8 +86,6 @@ async def job_events_socket(ws: WebSocket) -> None:
 async def tenant_events_socket(ws: WebSocket) -> None:
     """``WS /v1/events``: every live event of the caller's tenant, for dashboards. No replay:
     a dashboard reconnecting reads current state from ``GET /v1/jobs``."""
-    from videoq.api import principal, state_of
-
     await ws.accept()
     st = state_of(ws)
     try:
@@ -92,7 +93,7 @@ async def tenant_events_socket(ws: WebSocket) -> None:
     except Unauthorized as exc:
         await ws.close(CLOSE_UNAUTHORIZED, exc.message)
         return
-    async with st.broadcaster.subscribe(events.tenant_channel(who.tenant)) as queue:
+    async with st.broadcaster.subscribe(keys.tenant_channel(who.tenant)) as queue:
 
         async def forward() -> int:
             while True:
@@ -137,12 +138,13 @@ _CHECK: dict[str, Any] = {"type": "_check"}
 
 async def _pump(
     ws: WebSocket,
-    st: Any,
+    st: State,
     job_id: str,
     queue: asyncio.Queue[dict[str, Any] | None],
     sent: int,
 ) -> None:
     """Forward live events until the terminal one, the client leaves, or it falls behind."""
+    archive = lifecycle.archive_of(st)
 
     async def watchdog() -> None:
         while True:
@@ -166,7 +168,7 @@ async def _pump(
                 if job.status not in TERMINAL:
                     continue
                 # Finished, but its terminal event never arrived here: send what we missed.
-                for item in await events.history(st.redis, st.sessions, job_id, sent):
+                for item in await events.history(st.redis, archive, job_id, sent):
                     await ws.send_json(item)
                     sent = item["seq"]
                 return CLOSE_NORMAL
@@ -177,7 +179,7 @@ async def _pump(
                 continue
             batch = [event]
             if event["seq"] > sent + 1:  # missed on pub/sub: take them from the history
-                batch = await events.history(st.redis, st.sessions, job_id, sent, event["seq"])
+                batch = await events.history(st.redis, archive, job_id, sent, event["seq"])
                 if not batch or batch[-1]["seq"] != event["seq"]:
                     batch.append(event)
             for item in batch:

@@ -4,7 +4,7 @@ Each job claims its row, saves a checkpoint per stage, keeps its stage and progr
 and archives its events. One by one, that is dozens of round trips per job, and with a hundred
 jobs in flight the worker spends its time waiting on them. So each kind of write goes through a
 :class:`GroupCommit`: writes made while one is in flight wait for the next, and go together as
-one statement (:class:`~videoq.batching.GroupCommit`). At low load a write goes at once; under
+one statement (:class:`~videoq.groupcommit.GroupCommit`). At low load a write goes at once; under
 load the batches grow and the round trips stay few.
 
 Every statement runs in autocommit (it is its own transaction: one round trip) and is guarded
@@ -27,18 +27,22 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import class_mapper
 
-from videoq.batching import GroupCommit
-from videoq.db import Job, driver_dsn
-from videoq.errors import AttemptSuperseded
-from videoq.events import StoredEvent
-from videoq.jobs import sources
+from videoq.groupcommit import GroupCommit
+from videoq.store.engine import driver_dsn
+from videoq.store.events import ARCHIVE_SQL, archive_args
+from videoq.store.tables import Job
+from videoq.types import TERMINAL, JobStatus, StoredEvent, sources
 
 log = structlog.get_logger(__name__)
 
 _JOB_COLUMNS = tuple(column.name for column in Job.__table__.columns)
+#: The states as SQL literals: the guards below are the transitions of videoq.types.
+_RUNNING = f"'{JobStatus.RUNNING}'"
+_QUEUED = f"'{JobStatus.QUEUED}'"
+_TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
+_TO_RUNNING = ", ".join(f"'{s}'" for s in sources(JobStatus.RUNNING))
 
 
 def _locking(mode: str) -> str:
@@ -55,11 +59,11 @@ def _locking(mode: str) -> str:
 
 _CLAIM = f"""
     {_locking("NO KEY UPDATE")}
-    UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, worker_id = $2,
+    UPDATE jobs SET status = {_RUNNING}, attempts = jobs.attempts + 1, worker_id = $2,
         started_at = $3, heartbeat_at = $3, updated_at = $3, error = NULL
     FROM locked
     WHERE jobs.id = locked.id
-        AND locked.status IN ({", ".join(f"'{s}'" for s in sources("running"))})
+        AND locked.status IN ({_TO_RUNNING})
     RETURNING {", ".join(f"jobs.{c}" for c in _JOB_COLUMNS)}
 """
 _SAVE = f"""
@@ -67,7 +71,7 @@ _SAVE = f"""
     INSERT INTO job_stages (job_id, stage, attempt, output)
     SELECT u.job_id, u.stage, u.attempt, u.output
     FROM unnest($1::uuid[], $2::text[], $3::int[], $4::jsonb[]) AS u(job_id, stage, attempt, output)
-    JOIN locked ON locked.id = u.job_id AND locked.status = 'running'
+    JOIN locked ON locked.id = u.job_id AND locked.status = {_RUNNING}
         AND locked.attempts = u.attempt
     ON CONFLICT (job_id, stage) DO UPDATE
     SET output = EXCLUDED.output, attempt = EXCLUDED.attempt, completed_at = now()
@@ -79,13 +83,7 @@ _PROGRESS = f"""
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[])
         AS u(job_id, attempt, stage, progress), locked
     WHERE jobs.id = locked.id AND locked.id = u.job_id
-        AND locked.status = 'running' AND locked.attempts = u.attempt
-"""
-#: Also run by the API (:func:`store_events`), through SQLAlchemy's connection.
-ARCHIVE_SQL = """
-    INSERT INTO job_events (job_id, seq, event)
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::jsonb[])
-    ON CONFLICT DO NOTHING
+        AND locked.status = {_RUNNING} AND locked.attempts = u.attempt
 """
 _FINISH = f"""
     {_locking("NO KEY UPDATE")}
@@ -95,15 +93,15 @@ _FINISH = f"""
         result = COALESCE(u.result, jobs.result),
         error = u.error,
         run_at = COALESCE(u.run_at, jobs.run_at),
-        finished_at = CASE WHEN u.status IN ('succeeded', 'failed') THEN $11::timestamptz END,
-        worker_id = CASE WHEN u.status = 'queued' THEN NULL ELSE jobs.worker_id END,
-        heartbeat_at = CASE WHEN u.status = 'queued' THEN NULL ELSE jobs.heartbeat_at END,
+        finished_at = CASE WHEN u.status IN ({_TERMINAL}) THEN $11::timestamptz END,
+        worker_id = CASE WHEN u.status = {_QUEUED} THEN NULL ELSE jobs.worker_id END,
+        heartbeat_at = CASE WHEN u.status = {_QUEUED} THEN NULL ELSE jobs.heartbeat_at END,
         history = jobs.history || jsonb_build_array(u.entry)
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::float8[], $6::jsonb[],
                 $7::jsonb[], $8::timestamptz[], $9::jsonb[])
         AS u(job_id, attempt, status, stage, progress, result, error, run_at, entry), locked
     WHERE jobs.id = locked.id AND locked.id = u.job_id
-        AND locked.status = 'running' AND locked.attempts = u.attempt AND locked.worker_id = $10
+        AND locked.status = {_RUNNING} AND locked.attempts = u.attempt AND locked.worker_id = $10
     RETURNING {", ".join(f"jobs.{c}" for c in _JOB_COLUMNS)}
 """
 _NOTE = """
@@ -123,7 +121,7 @@ Progress = tuple[uuid.UUID, int, str, float]
 
 
 @dataclass(frozen=True)
-class Outcome:
+class AttemptOutcome:
     """How a running attempt ended: ``succeeded``, ``failed``, ``retrying`` (at ``run_at``) or
     ``queued`` (handed back: the worker stopped). ``entry`` is its record in the history;
     ``stage`` and ``progress`` where it got to (the row's own may lag behind)."""
@@ -139,7 +137,7 @@ class Outcome:
     run_at: datetime | None = None
 
 
-class Bookkeeper:
+class GroupedWriter:
     """One worker's writes: claims, checkpoints, progress and event archives, each grouped.
 
     Opens its connections (at most ``max_connections``) on first use; :meth:`aclose` closes
@@ -186,7 +184,7 @@ class Bookkeeper:
         # A job asked for twice in one batch is claimed once: only the first caller runs it.
         return [by_id.pop(job_id, None) for job_id in job_ids]
 
-    async def _finish(self, items: list[Outcome]) -> list[Job | None]:
+    async def _finish(self, items: list[AttemptOutcome]) -> list[Job | None]:
         """End running attempts: only this worker's, only the attempt still current."""
         rows = sorted(items, key=lambda o: o.job_id)  # rows locked in one order: no deadlock
         pool = await self.pool()
@@ -239,9 +237,9 @@ class Bookkeeper:
 
     async def store_events(self, events: list[StoredEvent]) -> None:
         """Keep events in ``job_events`` (ones already kept are skipped); the worker's
-        archives come here grouped already (:class:`videoq.workers.WorkerState`)."""
+        archives come here grouped already (:class:`videoq.workers.state.WorkerState`)."""
         pool = await self.pool()
-        await pool.execute(ARCHIVE_SQL, *_archive_args(events))
+        await pool.execute(ARCHIVE_SQL, *archive_args(events))
 
     def progress(self, job_id: uuid.UUID, attempt: int, stage: str, progress: float) -> None:
         """Keep the job row's stage and progress current, without waiting: the events carry
@@ -296,99 +294,15 @@ _JOBS = class_mapper(Job).class_manager
 
 
 def _job(row: asyncpg.Record) -> Job:
-    """A :class:`~videoq.db.Job` from a ``RETURNING`` row, for reading only (never added to a
-    session). Filled in place, as SQLAlchemy's own loading does: its constructor's attribute
-    events cost 21 µs a row against 1 µs, and a job makes two (claim and outcome)."""
+    """A :class:`~videoq.store.tables.Job` from a ``RETURNING`` row, for reading only (never
+    added to a session). Filled in place, as SQLAlchemy's own loading does: its constructor's
+    attribute events cost more than the statement, and a job makes two (claim and outcome)."""
     job = _JOBS.new_instance()
     job.__dict__.update(row.items())
     return job
-
-
-def _archive_args(events: list[StoredEvent]) -> tuple[list[Any], ...]:
-    return ([uuid.UUID(e[0]) for e in events], [e[1] for e in events], [e[2] for e in events])
-
-
-async def store_events(engine: AsyncEngine, events: list[StoredEvent]) -> None:
-    """Keep events (numbered, from a job's Redis stream) in ``job_events``; ones already kept
-    are skipped. The API's way in (through its SQLAlchemy engine); a worker's goes through its
-    :class:`Bookkeeper`."""
-    if not events:
-        return
-    async with engine.connect() as conn:
-        await conn.exec_driver_sql(ARCHIVE_SQL, _archive_args(events))
-        await conn.commit()
 
 
 def _logged(future: asyncio.Future[None]) -> None:
     """Nobody awaits a progress write: its failure (best effort, like the events) is logged."""
     if not future.cancelled() and (exc := future.exception()) is not None:
         log.warning("progress_store_failed", error=str(exc))
-
-
-class DbCheckpoints:
-    """:class:`videoq.pipeline.Checkpoints` kept in the ``job_stages`` table, for one attempt.
-
-    A stage's notes (paid work in progress, e.g. Replicate prediction ids) live in a row of
-    their own, ``stage`` = ``"<stage>.notes"``, whose JSON object is merged key by key with
-    ``||`` in one upsert: concurrent notes of one stage serialise on the row lock and never
-    lose each other. Completed stages' rows are untouched by notes.
-
-    Writes of an attempt that no longer owns its job raise :class:`AttemptSuperseded`.
-    """
-
-    NOTES_SUFFIX = ".notes"
-
-    def __init__(self, books: Bookkeeper, job_id: uuid.UUID, attempt: int) -> None:
-        self.books = books
-        self.job_id = job_id
-        self.attempt = attempt
-        # The first attempt ever has nothing to resume from: no query needed.
-        self._completed: dict[str, dict[str, Any]] | None = {} if attempt == 1 else None
-        self._saving: list[asyncio.Future[bool]] = []
-        #: Why an earlier save did not land (refused, or failed): raised at every later check.
-        self._failed: BaseException | None = None
-
-    async def load(self, stage: str) -> dict[str, Any] | None:
-        # One query for every stage at the attempt's start (stages are loaded in order, and
-        # only this attempt writes them from then on).
-        if self._completed is None:
-            self._completed = await self.books.checkpoints(self.job_id)
-        return self._completed.get(stage)
-
-    async def save(self, stage: str, output: dict[str, Any]) -> None:
-        """Write the checkpoint while the next stage starts; raises if an earlier save of this
-        attempt was refused or failed. What a crash can lose is the same as if the save were
-        waited for (a stage whose save has not landed yet); events that follow wait for it
-        (:meth:`pending`), and the attempt waits for every save before its outcome
-        (:meth:`landed`)."""
-        self._check()
-        self._saving.append(self.books.save.submit((self.job_id, self.attempt, stage, output)))
-        if self._completed is not None:
-            self._completed[stage] = output
-
-    def pending(self) -> asyncio.Future[bool] | None:
-        """The last save not yet in PostgreSQL, if any."""
-        return self._saving[-1] if self._saving and not self._saving[-1].done() else None
-
-    async def landed(self) -> None:
-        """Wait until every save so far is in PostgreSQL; raises as :meth:`save` does."""
-        if self._saving:
-            await asyncio.wait(self._saving)
-        self._check()
-
-    def _check(self) -> None:
-        while self._saving and self._saving[0].done():
-            saved = self._saving.pop(0)
-            if self._failed is None and (saved.exception() is not None or not saved.result()):
-                self._failed = saved.exception() or AttemptSuperseded(
-                    f"attempt {self.attempt} of job {self.job_id} no longer runs"
-                )
-        if self._failed is not None:
-            raise self._failed
-
-    async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
-        await self.books.note(self.job_id, self.attempt, stage + self.NOTES_SUFFIX, {key: value})
-
-    async def notes(self, stage: str) -> dict[str, dict[str, Any]]:
-        entries = await self.books.notes(self.job_id, stage + self.NOTES_SUFFIX)
-        return {k: v for k, v in (entries or {}).items() if isinstance(v, dict)}

@@ -1,4 +1,5 @@
-"""Concurrency limits per provider, shared by every worker process through Redis.
+"""Limits kept in Redis, shared by every process: concurrency per provider
+(:class:`RedisSemaphore`) and the token bucket of job creation per tenant (:func:`take`).
 
 A :class:`RedisSemaphore` is a sorted set ``videoq:limit:<name>`` of leases, scored by when
 each one expires. Taking a slot is one Lua script (drop expired leases, count, add), so two
@@ -9,8 +10,8 @@ the lease runs out. No janitor, no shutdown hook needed.
 Lease times come from an injectable clock (wall-clock seconds by default), so tests can move
 time instead of sleeping. Workers' clocks need only agree to well within ``lease_s``.
 
-:class:`LocalLimiter` is the same interface on an :class:`asyncio.Semaphore`, for one process
-with no Redis (``videoq render``, tests).
+:class:`RedisSemaphore` is a :class:`videoq.providers.limits.Limiter`, as is
+:class:`~videoq.providers.limits.LocalLimiter` for one process with no Redis.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-log = structlog.get_logger(__name__)
+from videoq.broker import keys
+from videoq.broker.scripts import LuaScript
+from videoq.settings import Settings
 
-KEY_PREFIX = "videoq:limit:"
+log = structlog.get_logger(__name__)
 
 # KEYS[1] the lease set; ARGV: now, expiry, limit, token. Returns 1 when the slot was taken.
 _ACQUIRE = """
@@ -54,31 +57,23 @@ return 0
 """
 
 
-class Limiter(Protocol):
-    """At most ``limit`` holders of :meth:`slot` at once."""
-
-    limit: int
-
-    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Wait for a free slot and hold it for the ``async with`` block."""
-        ...
+#: The providers whose calls are limited (``settings.<name>_concurrency``).
+PROVIDERS = ("anthropic", "elevenlabs", "replicate")
 
 
-class LocalLimiter:
-    """A :class:`Limiter` for one process: an :class:`asyncio.Semaphore`."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._semaphore = asyncio.Semaphore(limit)
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._semaphore:
-            yield
+def shared(settings: Settings, redis: Any) -> dict[str, RedisSemaphore]:
+    """Each live provider's concurrency limit, shared by every worker through Redis leases
+    (for :class:`videoq.providers.ProviderPool`)."""
+    return {
+        name: RedisSemaphore(
+            redis, name, getattr(settings, f"{name}_concurrency"), lease_s=settings.limit_lease_s
+        )
+        for name in PROVIDERS
+    }
 
 
 class RedisSemaphore:
-    """A :class:`Limiter` shared through Redis by every process that uses the same ``name``.
+    """A limiter shared through Redis by every process that uses the same ``name``.
 
     ``redis`` is a ``redis.asyncio.Redis`` (arq's ``ArqRedis`` is one). Waiters poll, starting at
     ``poll_s`` and backing off to ``poll_max_s``; a release in this process wakes its own
@@ -100,7 +95,7 @@ class RedisSemaphore:
             raise ValueError("limit must be at least 1")
         self.redis = redis
         self.name = name
-        self.key = KEY_PREFIX + name
+        self.key = keys.lease_set(name)
         self.limit = limit
         self.lease_s = lease_s
         self._clock = clock
@@ -173,3 +168,48 @@ class RedisSemaphore:
                     return
             except Exception as exc:  # a Redis hiccup: the next renewal may still make it
                 log.warning("limit_lease_renewal_failed", limit=self.name, error=str(exc))
+
+
+# --- Token buckets ---
+
+# KEYS[1] the bucket; ARGV: rate (tokens/s), burst, now (s; negative: Redis TIME), cost.
+# Returns {1|0, seconds until `cost` tokens are available} (as a string: Lua numbers become
+# integers on the way out).
+_TAKE = LuaScript("""
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local ts = tonumber(state[2]) or now
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+local allowed = 0
+local wait = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  wait = (cost - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, tostring(wait)}
+""")
+
+
+async def take(
+    redis: Any, key: str, *, rate: float, burst: int, cost: int = 1, now: float | None = None
+) -> tuple[bool, float]:
+    """Take ``cost`` tokens from bucket ``key``: ``(allowed, seconds to wait if not)``.
+    ``now`` (seconds) is for tests; by default Redis's clock is used."""
+    args = (repr(float(rate)), str(burst), repr(-1.0 if now is None else now), str(cost))
+    allowed, wait = await _TAKE(redis, [key], args)
+    return bool(int(allowed)), float(wait)

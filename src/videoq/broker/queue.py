@@ -1,5 +1,5 @@
-"""The arq side shared by the API and the workers: Redis settings, JSON (never pickle)
-serialization, enqueueing with priorities, removal, and the worker registry.
+"""The arq queue, as the API and the workers share it: Redis settings, JSON (never pickle)
+serialization, enqueueing with priorities, removal, cancel signals and wake-ups.
 
 Priorities are score offsets on arq's queue (the approach arq's maintainer suggests): a job that
 is ready now is queued as if it had been enqueued ``-offset`` seconds ago, so a ``high`` job
@@ -9,52 +9,44 @@ and a ``low`` job waits at most 10 minutes behind fresh ``high`` work: nothing s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from arq import ArqRedis
 from arq.connections import RedisSettings
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
-from videoq.db import Job
+from videoq.broker import keys
+from videoq.broker.scripts import LuaScript
 from videoq.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-TASK = "run_job"
-WORKERS_KEY = "videoq:workers"
-CANCEL_CHANNEL = "videoq:cancel"
 PRIORITY_OFFSET_S = {"high": -600.0, "normal": -300.0, "low": 0.0}
+
+
+class QueuedJob(Protocol):
+    """What the queue needs of a job (a :class:`videoq.store.Job` row is one)."""
+
+    @property
+    def id(self) -> Any: ...
+    @property
+    def priority(self) -> str: ...
+    @property
+    def run_at(self) -> datetime | None: ...
 
 
 def arq_timeout_s(settings: Settings) -> float:
     """arq's own job timeout: past ours (``job_timeout_s``), so our accounting always fires
     first."""
     return settings.job_timeout_s + 60
-
-
-class LuaScript:
-    """A Lua script run by its hash (EVALSHA): its text crosses the wire only when Redis does
-    not have it yet (new, or restarted)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
-        except NoScriptError:
-            return await redis.eval(self.source, len(keys), *keys, *args)  # type: ignore[misc]
 
 
 _CLEAR_IF_OLD = LuaScript("""
@@ -79,9 +71,9 @@ async def clear_stale_in_progress(
     if not job_ids:
         return set()
     most_left_ms = int((arq_timeout_s(settings) + 10 - settings.worker_stale_s) * 1000)
-    keys = [in_progress_key_prefix + job_id for job_id in job_ids]
-    cleared = await _CLEAR_IF_OLD(redis, keys, [most_left_ms])
-    return {key.decode().removeprefix(in_progress_key_prefix) for key in cleared}
+    names = [keys.in_progress(job_id) for job_id in job_ids]
+    cleared = await _CLEAR_IF_OLD(redis, names, [most_left_ms])
+    return {key.decode().removeprefix(keys.in_progress_key_prefix) for key in cleared}
 
 
 def redis_settings(settings: Settings, *, retries: int = 10) -> RedisSettings:
@@ -120,12 +112,12 @@ def score_time(priority: str, run_at: datetime | None) -> datetime:
     return now + timedelta(seconds=PRIORITY_OFFSET_S.get(priority, 0.0))
 
 
-async def enqueue_job(redis: ArqRedis, settings: Settings, job: Job) -> bool:
+async def enqueue_job(redis: ArqRedis, settings: Settings, job: QueuedJob) -> bool:
     """Put the job on the arq queue, its priority and schedule in the score; False when it is
     already there (arq dedupes by job id)."""
     job_id = str(job.id)
     queued = await redis.enqueue_job(
-        TASK,
+        keys.TASK,
         job_id,
         _job_id=job_id,
         _queue_name=settings.queue_name,
@@ -134,18 +126,14 @@ async def enqueue_job(redis: ArqRedis, settings: Settings, job: Job) -> bool:
     return queued is not None
 
 
-def wake_channel(settings: Settings) -> str:
-    return f"videoq:wake:{settings.queue_name}"
-
-
-async def announce_created(redis: ArqRedis, settings: Settings, job: Job) -> None:
+async def announce_created(redis: ArqRedis, settings: Settings, job: QueuedJob) -> None:
     """Enqueue a job just written to PostgreSQL and wake idle workers. If Redis is unreachable
     the row stays ``queued``/``scheduled`` and the workers' reconciler enqueues it later:
     nothing is lost."""
     try:
         await enqueue_job(redis, settings, job)
         if job.run_at is None:
-            await redis.publish(wake_channel(settings), b"1")
+            await redis.publish(keys.wake_channel(settings.queue_name), b"1")
     except (RedisError, OSError) as exc:
         log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
 
@@ -154,14 +142,14 @@ async def remove(redis: ArqRedis, settings: Settings, job_id: str) -> None:
     """Take a job that is not running off the queue, so a later retry can enqueue it afresh."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zrem(settings.queue_name, job_id)
-        pipe.delete(job_key_prefix + job_id)
+        pipe.delete(keys.job_data(job_id))
         await pipe.execute()
 
 
-async def release_orphan(redis: ArqRedis, settings: Settings, job: Job) -> None:
+async def release_orphan(redis: ArqRedis, settings: Settings, job: QueuedJob) -> None:
     """Let arq start a job whose worker died now, not when arq's in-progress key expires
     (the job timeout plus 10 s)."""
-    await redis.delete(in_progress_key_prefix + str(job.id))
+    await redis.delete(keys.in_progress(str(job.id)))
     if not await enqueue_job(redis, settings, job):
         # The job's arq entry survived; make sure it is in the queue and due.
         await redis.zadd(settings.queue_name, {str(job.id): time.time() * 1000}, nx=True)
@@ -169,54 +157,26 @@ async def release_orphan(redis: ArqRedis, settings: Settings, job: Job) -> None:
 
 async def request_cancel(redis: ArqRedis, job_id: str) -> None:
     """Tell whichever worker runs the job to stop it now."""
-    await redis.publish(CANCEL_CHANNEL, job_id)
+    await redis.publish(keys.CANCEL_CHANNEL, job_id)
 
 
-# The worker registry: a sorted set of worker ids scored by their last heartbeat, and one JSON
-# document per worker (host, pid, start time, current jobs, counters) for `GET /v1/workers`.
+async def length(redis: Redis, queue_name: str) -> int:
+    """Entries on the queue: waiting, scheduled, and running (arq keeps those until they end)."""
+    return int(await redis.zcard(queue_name))
 
 
-def _info_key(worker_id: str) -> str:
-    return f"videoq:worker:{worker_id}"
-
-
-async def heartbeat(redis: ArqRedis, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:
-    now = time.time()
+async def held(redis: Redis, job_ids: Sequence[str]) -> list[bool]:
+    """For each job, whether arq holds it (its job data exists), in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(WORKERS_KEY, {worker_id: now})
-        pipe.set(_info_key(worker_id), json.dumps({**info, "last_heartbeat": now}), ex=int(ttl_s))
-        await pipe.execute()
+        for job_id in job_ids:
+            pipe.exists(keys.job_data(job_id))
+        return [bool(found) for found in await pipe.execute()]
 
 
-async def forget_worker(redis: ArqRedis, worker_id: str) -> None:
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrem(WORKERS_KEY, worker_id)
-        pipe.delete(_info_key(worker_id))
-        await pipe.execute()
-
-
-async def list_workers(redis: ArqRedis, stale_s: float) -> list[dict[str, Any]]:
-    """Every registered worker, newest heartbeat first, with ``alive`` set."""
-    entries = await redis.zrevrange(WORKERS_KEY, 0, -1, withscores=True)
-    if not entries:
-        return []
-    infos = await redis.mget([_info_key(wid.decode()) for wid, _ in entries])
-    now = time.time()
-    out = []
-    for (wid, seen), raw in zip(entries, infos, strict=True):
-        info = json.loads(raw) if raw else {"id": wid.decode()}
-        out.append({**info, "last_heartbeat": seen, "alive": now - seen <= stale_s})
-    return out
-
-
-async def clear_stale(redis: ArqRedis, stale_s: float) -> list[str]:
-    """Forget workers whose heartbeat is older than ``stale_s``; returns their ids."""
-    stale = await redis.zrangebyscore(WORKERS_KEY, "-inf", time.time() - stale_s)
-    ids = [s.decode() for s in stale]
-    for worker_id in ids:
-        await forget_worker(redis, worker_id)
-    return ids
-
-
-async def count_workers(redis: ArqRedis, stale_s: float) -> int:
-    return int(await redis.zcount(WORKERS_KEY, time.time() - stale_s, "+inf"))
+async def take_turn(redis: Redis, queue_name: str, holder: str, period_s: float) -> bool:
+    """Whether ``holder`` reconciles ``queue_name`` this period: one worker per period does it,
+    and a dead one's turn passes to the others by itself (the lock expires just before the
+    period ends)."""
+    period_ms = int(period_s * 1000)
+    lock = keys.reconcile_lock(queue_name)
+    return bool(await redis.set(lock, holder, nx=True, px=max(period_ms - 50, 1)))

@@ -24,12 +24,12 @@ from typing import Any
 
 import structlog
 from arq import Retry, Worker
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 
-from videoq.batching import GroupCommit
-from videoq.queue import LuaScript
+from videoq.broker.keys import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from videoq.broker.scripts import LuaScript
+from videoq.groupcommit import GroupCommit
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from videoq.jobs import TRANSITIONS
+from videoq.types import TRANSITIONS
 
 #: The classic text format, which every Prometheus version reads (newer clients default to
 #: announcing 1.0.0).

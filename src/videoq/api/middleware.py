@@ -1,31 +1,19 @@
-"""HTTP hardening of the API, and the guard on URLs videoq itself calls (outbound webhooks).
+"""HTTP hardening of the API. Middleware, outermost first (:func:`install`):
 
-Middleware, outermost first (:func:`install`):
-
-    SecurityMiddleware    request id; security headers on every response, a strict
-                          Content-Security-Policy (with a per-request nonce on HTML pages);
-                          any unhandled error becomes a generic 500 naming only the request id
-    CORSMiddleware        only when ``settings.cors_origins`` lists origins; off by default
-    BodyLimitMiddleware   413 for a body over the limit: at once from ``Content-Length``, or
-                          as soon as a streamed body passes it
-
-The URL guard (:func:`check_url`, :func:`resolve_checked`) refuses anything but http(s), and
-hosts that are, or resolve to, loopback, private, link-local (cloud metadata), shared,
-unspecified, multicast or otherwise non-global addresses, unless an allow-listed network
-(``settings.webhook_allowed_networks``) contains them.
+SecurityMiddleware    request id; security headers on every response, a strict
+                      Content-Security-Policy (with a per-request nonce on HTML pages);
+                      any unhandled error becomes a generic 500 naming only the request id
+CORSMiddleware        only when ``settings.cors_origins`` lists origins; off by default
+BodyLimitMiddleware   413 for a body over the limit: at once from ``Content-Length``, or
+                      as soon as a streamed body passes it
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import re
 import secrets
-import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 from starlette.applications import Starlette
@@ -38,9 +26,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from videoq.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Every response. ``no-store``: job views and keys must not linger in shared caches.
 HEADERS = {
@@ -187,143 +172,6 @@ def install(app: Starlette, settings: Settings) -> None:
             max_age=600,
         )
     app.add_middleware(SecurityMiddleware)  # added last: outermost
-
-
-# --- The outbound URL guard (SSRF) ---------------------------------------------------------------
-
-
-class UnsafeUrl(ValueError):
-    """A URL videoq must not call (wrong scheme, or a host on a non-public address)."""
-
-
-# Not global in practice, though some Python versions call parts of them global: IETF protocol
-# assignments (Oracle Cloud's metadata service is 192.0.0.192) and NAT64 / 6to4 wrappers, whose
-# embedded IPv4 address is checked on its own.
-_ALSO_BLOCKED = [ipaddress.ip_network("192.0.0.0/24")]
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def parse_networks(values: Iterable[str]) -> list[IPNetwork]:
-    """``settings.webhook_allowed_networks`` as networks (``10.0.0.0/8``, ``127.0.0.1``)."""
-    return [ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip()]
-
-
-def _judged(ip: IPAddress) -> list[IPAddress]:
-    """The addresses that decide about ``ip``: an IPv6 address wrapping an IPv4 one (mapped,
-    6to4, Teredo, NAT64) is whatever it wraps."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner: list[IPAddress] = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
-        inner += list(ip.teredo or ())
-        if ip in _NAT64:
-            inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        if inner:
-            return inner
-    return [ip]
-
-
-def address_refusal(ip: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
-    """Why videoq must not connect to ``ip`` (e.g. "a loopback address"), or None when it may."""
-    if any(ip in net for net in allowed if net.version == ip.version):
-        return None
-    for inner in _judged(ip):
-        if any(inner in net for net in allowed if net.version == inner.version):
-            continue
-        if inner.is_loopback:
-            return "a loopback address"
-        if inner.is_unspecified:
-            return "the unspecified address"
-        if inner.is_link_local:
-            return "a link-local address (where cloud metadata services live)"
-        if inner.is_multicast:
-            return "a multicast address"
-        if inner.is_private or not inner.is_global or any(inner in n for n in _ALSO_BLOCKED):
-            return "a private or reserved address"
-    return None
-
-
-@dataclass(frozen=True)
-class Target:
-    """A checked URL's parts: connect to ``address`` and present ``host`` (Host header, SNI)."""
-
-    scheme: str
-    host: str
-    port: int
-    address: str
-
-
-def check_url(url: str, allowed: Sequence[IPNetwork] = ()) -> tuple[str, str, int]:
-    """Static checks (no DNS): http(s), a host, no credentials, and an IP-literal host that is
-    allowed. Returns ``(scheme, host, port)``; raises :class:`UnsafeUrl`."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise UnsafeUrl(f"not a valid URL: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise UnsafeUrl("only http and https URLs are allowed")
-    host = (parts.hostname or "").rstrip(".").lower()
-    if not host:
-        raise UnsafeUrl("the URL has no host")
-    if parts.username is not None or parts.password is not None:
-        raise UnsafeUrl("credentials in the URL are not allowed; sign requests instead")
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if host == "localhost" or host.endswith(".localhost"):
-        literals: list[IPAddress] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    else:
-        literals = [literal] if literal is not None else []
-    for ip in literals:
-        reason = address_refusal(ip, allowed)
-        if reason:
-            raise UnsafeUrl(f"refused: {ip} is {reason}")
-    return scheme, host, port or (443 if scheme == "https" else 80)
-
-
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """The host's addresses, from the system resolver."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-async def resolve_checked(
-    url: str, allowed: Sequence[IPNetwork] = (), resolver: Resolver = system_resolver
-) -> Target:
-    """Check ``url`` and resolve its host; every address must pass (a name with one private
-    address among public ones is refused). The caller connects to the returned address, so a
-    second resolution (DNS rebinding) cannot swap in another."""
-    scheme, host, port = check_url(url, allowed)
-    try:
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
-        try:
-            found = await resolver(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise LookupError(f"cannot resolve {host}: {exc}") from None
-        addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
-    if not addresses:
-        raise LookupError(f"{host} has no address")
-    for ip in addresses:
-        reason = address_refusal(ip, allowed)
-        if reason:
-            raise UnsafeUrl(f"refused: {host} resolves to {ip}, {reason}")
-    return Target(scheme, host, port, str(addresses[0]))
-
-
-def refusal(url: str, allowed: Sequence[IPNetwork] = ()) -> str | None:
-    """For validators: why ``url`` is refused by the static checks, or None."""
-    try:
-        check_url(url, allowed)
-    except UnsafeUrl as exc:
-        return str(exc)
-    return None
 
 
 def request_id_of(scope: Any) -> str | None:

@@ -22,20 +22,20 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
-from videoq import db, jobs, queue, webhooks
+from videoq import outbox
+from videoq.broker import keys, queue, registry
+from videoq.store import DATABASE_ERRORS
+from videoq.store import jobs as job_rows
+from videoq.types import JobStatus
 
 if TYPE_CHECKING:
-    from videoq.workers import WorkerState
+    from videoq.workers.state import WorkerState
 
 log = structlog.get_logger(__name__)
 
-_INFRA_ERRORS = (SQLAlchemyError, RedisError, OSError)
-RECONCILE_LOCK = "videoq:reconcile-lock"
+_INFRA_ERRORS = (*DATABASE_ERRORS, RedisError)
 
 
 def start(state: WorkerState) -> list[asyncio.Task[None]]:
@@ -64,26 +64,18 @@ async def beat(state: WorkerState) -> None:
     running = {job_id: r.attempt for job_id, r in state.running.items()}
     try:
         async with state.sessions() as session:
-            owned = await jobs.heartbeat(session, state.worker_id, running)
+            owned = await job_rows.heartbeat(session, state.worker_id, running)
             lost = [job_id for job_id in running if job_id not in owned]
-            statuses = dict(
-                (
-                    await session.execute(
-                        select(db.Job.id, db.Job.status).where(db.Job.id.in_(lost))
-                    )
-                ).all()
-                if lost
-                else []
-            )
+            statuses = await job_rows.statuses(session, lost) if lost else {}
         for job_id in lost:
-            reason = "cancelled" if statuses.get(job_id) == "cancelled" else "lease_lost"
+            reason = "cancelled" if statuses.get(job_id) == JobStatus.CANCELLED else "lease_lost"
             if state.stop(job_id, reason, attempt=running[job_id]):
                 log.warning("job_stopped_by_heartbeat", job_id=str(job_id), reason=reason)
     except Exception as exc:  # the loop must outlive any one failure
         log.warning("heartbeat_failed", store="postgresql", error=str(exc))
     try:
         ttl = state.settings.worker_stale_s * 6
-        await queue.heartbeat(state.redis, state.worker_id, _info(state), ttl)
+        await registry.heartbeat(state.redis, state.worker_id, _info(state), ttl)
     except Exception as exc:
         log.warning("heartbeat_failed", store="redis", error=str(exc))
 
@@ -99,12 +91,14 @@ async def _cancel_signals(state: WorkerState) -> None:
     while True:
         pubsub = state.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(queue.CANCEL_CHANNEL, queue.wake_channel(state.settings))
+            await pubsub.subscribe(
+                keys.CANCEL_CHANNEL, keys.wake_channel(state.settings.queue_name)
+            )
             state.listening.set()
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
-                if message["channel"] != queue.CANCEL_CHANNEL.encode():
+                if message["channel"] != keys.CANCEL_CHANNEL.encode():
                     if state.wake is not None:
                         state.wake.set()
                     continue
@@ -125,14 +119,11 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
     """Re-enqueue waiting jobs Redis lost; release orphaned running jobs. Returns counts."""
     settings = state.settings
     async with state.sessions() as session:
-        waiting = await jobs.waiting(session, settings.queue_name)
-        orphans = await jobs.orphans(session, settings.queue_name, settings.worker_stale_s)
+        waiting = await job_rows.waiting(session, settings.queue_name)
+        orphans = await job_rows.orphans(session, settings.queue_name, settings.worker_stale_s)
     requeued = 0
     if waiting:
-        async with state.redis.pipeline(transaction=False) as pipe:
-            for job in waiting:
-                pipe.exists(job_key_prefix + str(job.id))
-            present = await pipe.execute()
+        present = await queue.held(state.redis, [str(job.id) for job in waiting])
         stale = datetime.now(UTC) - timedelta(seconds=settings.worker_stale_s)
         held = []
         for job, exists in zip(waiting, present, strict=True):
@@ -152,18 +143,17 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
         await queue.release_orphan(state.redis, settings, job)
         log.warning("job_orphan_released", job_id=str(job.id), dead_worker=job.worker_id)
     # Webhook deliveries whose process stopped between attempts.
-    resumed = await webhooks.resume_pending(state.sessions, settings, state.background)
+    resumed = await outbox.resume_pending(state.sessions, settings, state.background)
     return {"requeued": requeued, "orphans": len(orphans), "webhooks": resumed}
 
 
 async def _reconcile(state: WorkerState) -> None:
     while True:
         try:
-            lock = f"{RECONCILE_LOCK}:{state.settings.queue_name}"
-            # PX slightly under the period: one worker per period does it, and a dead one's
-            # turn passes to the others by itself.
-            period_ms = int(state.settings.reconcile_s * 1000)
-            if await state.redis.set(lock, state.worker_id, nx=True, px=max(period_ms - 50, 1)):
+            settings = state.settings
+            if await queue.take_turn(
+                state.redis, settings.queue_name, state.worker_id, settings.reconcile_s
+            ):
                 await reconcile_once(state)
         except Exception as exc:
             log.warning("reconcile_failed", error=str(exc))

@@ -1,16 +1,14 @@
-"""PostgreSQL, the record of truth: tables, the async engine, and the migration check.
-
-The schema is owned by Alembic (``migrations/``); these models describe it for queries.
+"""The tables of PostgreSQL, the record of truth. The schema is owned by Alembic
+(``migrations/``); these models describe it for queries.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -27,16 +25,16 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from videoq.errors import NotMigrated
+from videoq.types import WAITING, JobStatus
 
-STATUSES = ("queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    """``'a', 'b'``: states as SQL literals, for constraints and partial indexes."""
+    return ", ".join(f"'{value}'" for value in values)
 
 
 class Base(DeclarativeBase):
@@ -59,11 +57,7 @@ class ApiKey(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('queued', 'scheduled', 'running', 'retrying', "
-            "'succeeded', 'failed', 'cancelled')",
-            name="jobs_status_valid",
-        ),
+        CheckConstraint(f"status IN ({_sql_list(JobStatus)})", name="jobs_status_valid"),
         CheckConstraint("progress >= 0 AND progress <= 100", name="jobs_progress_range"),
         Index("jobs_tenant_created", "tenant", text("created_at DESC"), text("id DESC")),
         Index(
@@ -77,14 +71,14 @@ class Job(Base):
         Index(
             "jobs_running_heartbeat",
             "heartbeat_at",
-            postgresql_where=text("status = 'running'"),
+            postgresql_where=text(f"status = '{JobStatus.RUNNING}'"),
         ),
         Index("jobs_finished_at", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
         Index(
             "jobs_queue_waiting",
             "queue",
             "created_at",
-            postgresql_where=text("status IN ('queued', 'scheduled', 'retrying')"),
+            postgresql_where=text(f"status IN ({_sql_list(s for s in JobStatus if s in WAITING)})"),
         ),
     )
 
@@ -92,7 +86,7 @@ class Job(Base):
     tenant: Mapped[str] = mapped_column(String(100))
     #: The arq queue the job is enqueued on (Settings.queue_name of the API that took it).
     queue: Mapped[str] = mapped_column(String(200), server_default=text("'videoq:queue'"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     stage: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     priority: Mapped[str] = mapped_column(String(8), default="normal")
@@ -217,72 +211,3 @@ class JobEvent(Base):
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     event: Mapped[dict[str, Any]] = mapped_column(Json)
-
-
-def async_url(url: str) -> str:
-    """Accept plain ``postgresql://`` URLs (as pgserver and most hosts print them)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    return url
-
-
-def driver_dsn(url: str) -> str:
-    """The URL as asyncpg takes it (``postgresql://``), for code that talks to asyncpg directly."""
-    return make_url(async_url(url)).set(drivername="postgresql").render_as_string(False)
-
-
-#: What a database call raises when PostgreSQL fails or is out of reach, through SQLAlchemy or
-#: through asyncpg directly (the worker's bookkeeping).
-DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
-
-
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """The async engine; connections are pinged before use unless ``pool_pre_ping=False``."""
-    return create_async_engine(async_url(url), **{"pool_pre_ping": True, **kwargs})
-
-
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    return async_sessionmaker(engine, expire_on_commit=False)
-
-
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-
-
-def alembic_config(url: str) -> Any:
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", async_url(url).replace("%", "%%"))
-    return cfg
-
-
-def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
-
-
-def migrate(url: str, revision: str = "head") -> None:
-    """Bring the schema up to ``revision`` (blocking; runs its own event loop inside Alembic)."""
-    from alembic import command
-
-    command.upgrade(alembic_config(url), revision)
-
-
-async def check_migrated(engine: AsyncEngine) -> None:
-    """Raise :class:`NotMigrated` unless the database is at the code's head revision."""
-    head = head_revision()
-    async with engine.connect() as conn:
-        exists = (await conn.execute(text("SELECT to_regclass('alembic_version')"))).scalar()
-        current = (
-            (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-            if exists
-            else None
-        )
-    if current != head:
-        raise NotMigrated(
-            f"the database is not migrated (at {current or 'nothing'}, code needs {head}): "
-            "run `videoq migrate`"
-        )

@@ -1,0 +1,82 @@
+"""The HTTP and WebSocket API (Starlette): the only package that imports Starlette.
+``create_app(settings)`` is the factory uvicorn runs.
+
+    deps        the process's state, the caller (API key), request bodies
+    errors      one error shape, the error tree's statuses
+    jobs        the job routes
+    events      the WebSockets: one job's events, a tenant's
+    webhooks    inbound webhooks (GitHub, Replicate) and the tenant's signing secret
+    ops         workers, queue stats, /metrics, /health, the dashboard page
+    middleware  request ids, security headers, CORS, body limits
+    metrics     Prometheus figures; openapi: /openapi.json; dashboard: the page
+
+Every route except ``/health`` checks the API key and scopes its queries by the key's tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from arq import create_pool
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from videoq import outbox, store
+from videoq.api import errors, events, jobs, metrics, middleware, openapi, ops, webhooks
+from videoq.api.deps import State
+from videoq.broker import queue
+from videoq.broker.fanout import Broadcaster
+from videoq.errors import VideoqError
+from videoq.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The API application. Opens the database engine and Redis pool for its lifetime; refuses
+    to start on a database that is not migrated."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        assert settings.database_url and settings.redis_url, "database_url and redis_url are needed"
+        engine = store.create_engine(settings.database_url)
+        try:
+            await store.check_migrated(engine)
+            redis = await create_pool(
+                queue.redis_settings(settings, retries=1), **queue.serializers()
+            )
+            async with Broadcaster(redis, queue_size=settings.ws_buffer_events) as broadcaster:
+                app.state.videoq = State(
+                    settings, engine, store.sessionmaker(engine), redis, broadcaster
+                )
+                yield
+                await outbox.stop(app.state.videoq.background)
+            await redis.aclose()
+        finally:
+            await engine.dispose()
+
+    handler = Callable[[Request, Exception], Awaitable[Response]]
+    handlers: dict[Any, handler] = {
+        VideoqError: errors.videoq_error,
+        HTTPException: errors.http_error,
+        Exception: errors.internal_error,
+    }
+    routes = [
+        Route("/openapi.json", openapi.route),
+        *webhooks.ROUTES,
+        *jobs.ROUTES,
+        *ops.ROUTES,
+        WebSocketRoute("/v1/jobs/{job_id}/events", events.job_events_socket),
+        WebSocketRoute("/v1/events", events.tenant_events_socket),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    middleware.install(app, settings)
+    app.state.metrics = CollectorRegistry()  # this process's own: its requests
+    app.add_middleware(metrics.RequestMetrics, registry=app.state.metrics)  # outermost
+    return app

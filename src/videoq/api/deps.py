@@ -1,0 +1,93 @@
+"""What every route shares: the process's :class:`State` (opened by the lifespan), the caller
+(:func:`principal`, from the API key), and the request's JSON body within its size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+
+from videoq.broker.fanout import Broadcaster
+from videoq.errors import Forbidden
+from videoq.settings import Settings
+from videoq.store.apikeys import Principal, authenticate
+
+
+@dataclass
+class State:
+    """What the lifespan opens and every request shares (a :class:`videoq.lifecycle.Services`)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[Any]
+    redis: ArqRedis
+    broadcaster: Broadcaster
+    #: Webhook deliveries this process started (cancelled jobs); stopped with the app.
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def state_of(conn: HTTPConnection) -> State:
+    st: State = conn.app.state.videoq
+    return st
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def principal(conn: HTTPConnection, *, token_in_query: bool = False) -> Principal:
+    """The caller, from its API key; :class:`~videoq.errors.Unauthorized` without a valid one."""
+    key = bearer(conn.headers.get("authorization"))
+    # Browsers cannot set headers on a WebSocket, nor on a page they navigate to.
+    if key is None and (token_in_query or conn.scope["type"] == "websocket"):
+        key = conn.query_params.get("token")
+    async with state_of(conn).sessions() as session:
+        return await authenticate(session, key)
+
+
+async def admin(request: Request) -> Principal:
+    """The caller, who must hold an admin key (:class:`~videoq.errors.Forbidden` otherwise)."""
+    who = await principal(request)
+    if not who.is_admin:
+        raise Forbidden("this route needs an admin key (videoq keys create --admin)")
+    return who
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON, refused (413) past ``max_body_bytes`` while it is still arriving."""
+    limit = state_of(request).settings.max_body_bytes
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body over {limit} bytes")
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, RecursionError):
+        raise HTTPException(400, "request body is not valid JSON") from None
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A body already read, as a JSON object (400 otherwise)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise HTTPException(400, "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, "the body must be a JSON object")
+    return data

@@ -1,0 +1,122 @@
+"""The job routes: create, read, list, the video, cancel and retry. Each is a few lines: the
+use cases are :mod:`videoq.lifecycle`'s, the reads :mod:`videoq.store.jobs`'.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from videoq import lifecycle
+from videoq.api.deps import base_url, principal, read_json, state_of
+from videoq.api.errors import error_response, invalid
+from videoq.errors import Conflict, NotFound
+from videoq.schemas import JobCreate
+from videoq.store import jobs
+from videoq.types import JobStatus
+from videoq.views import job_view
+
+_STATUSES = tuple(JobStatus)
+
+
+async def create_job(request: Request) -> Response:
+    who = await principal(request)
+    st = state_of(request)
+    payload = await read_json(request)
+    if not isinstance(payload, dict):
+        return error_response(
+            422, "validation_error", "the body must be a JSON object",
+            [{"field": "body", "message": "must be a JSON object", "type": "object_type"}],
+        )  # fmt: skip
+    try:
+        context = {"webhook_allowed_networks": st.settings.webhook_allowed_networks}
+        body = JobCreate.model_validate(payload, context=context)
+    except ValidationError as exc:
+        return invalid(exc)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 200:
+        return error_response(
+            422, "validation_error", "Idempotency-Key must be 1-200 characters",
+            [{"field": "Idempotency-Key", "message": "must be 1-200 characters"}],
+        )  # fmt: skip
+    job, created = await lifecycle.submit(st, who.tenant, body, idempotency_key=key)
+    return JSONResponse(job_view(job, base_url(request)), status_code=202 if created else 200)
+
+
+async def get_job(request: Request) -> Response:
+    who = await principal(request)
+    async with state_of(request).sessions() as session:
+        job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
+    return JSONResponse(job_view(job, base_url(request)))
+
+
+async def list_jobs(request: Request) -> Response:
+    who = await principal(request)
+    params = request.query_params
+    status = params.get("status")
+    if status is not None and status not in _STATUSES:
+        return error_response(
+            422, "validation_error", f"status must be one of {', '.join(_STATUSES)}",
+            [{"field": "status", "message": "unknown status"}],
+        )  # fmt: skip
+    try:
+        limit = int(params.get("limit", "50"))
+        if not 1 <= limit <= 100:
+            raise ValueError
+    except ValueError:
+        return error_response(
+            422, "validation_error", "limit must be an integer from 1 to 100",
+            [{"field": "limit", "message": "must be an integer from 1 to 100"}],
+        )  # fmt: skip
+    async with state_of(request).sessions() as session:
+        try:
+            page, cursor = await jobs.list_jobs(
+                session, who.tenant, status=status, limit=limit, cursor=params.get("cursor")
+            )
+        except ValueError:
+            return error_response(
+                422, "validation_error", "invalid cursor",
+                [{"field": "cursor", "message": "invalid cursor"}],
+            )  # fmt: skip
+    url = base_url(request)
+    return JSONResponse({"data": [job_view(j, url) for j in page], "next_cursor": cursor})
+
+
+async def get_video(request: Request) -> Response:
+    who = await principal(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(f"job {job.id} is {job.status}; the video exists once it has succeeded")
+    # The path comes from the job's UUID only, never from anything the caller sent.
+    path = st.settings.artifacts / str(uuid.UUID(str(job.id))) / "video.mp4"
+    if not path.is_file():
+        raise NotFound(f"the video of job {job.id} is no longer stored")
+    return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+
+
+async def cancel_job(request: Request) -> Response:
+    who = await principal(request)
+    job = await lifecycle.cancel(state_of(request), request.path_params["job_id"], who.tenant)
+    return JSONResponse(job_view(job, base_url(request)), status_code=202)
+
+
+async def retry_job(request: Request) -> Response:
+    who = await principal(request)
+    job = await lifecycle.retry(state_of(request), request.path_params["job_id"], who.tenant)
+    return JSONResponse(job_view(job, base_url(request)), status_code=202)
+
+
+ROUTES = [
+    Route("/v1/jobs", create_job, methods=["POST"]),
+    Route("/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", get_job),
+    Route("/v1/jobs/{job_id}/video", get_video),
+    Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
+]

@@ -1,0 +1,104 @@
+"""Operations: workers, queue statistics, ``/metrics`` (admin keys), ``/health`` (no key) and
+the dashboard page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from videoq.api import dashboard, metrics
+from videoq.api.deps import State, admin, principal, state_of
+from videoq.broker import queue, registry
+from videoq.store import jobs
+
+log = structlog.get_logger(__name__)
+
+
+async def list_workers(request: Request) -> Response:
+    await admin(request)
+    st = state_of(request)
+    return JSONResponse({"data": await registry.list_workers(st.redis, st.settings.worker_stale_s)})
+
+
+async def clear_stale_workers(request: Request) -> Response:
+    await admin(request)
+    st = state_of(request)
+    removed = await registry.clear_stale(st.redis, st.settings.worker_stale_s)
+    log.info("stale_workers_cleared", count=len(removed))
+    return JSONResponse({"removed": removed})
+
+
+async def _queue_figures(st: State) -> dict[str, Any]:
+    """What ``/v1/queue/stats`` and ``/metrics`` both report: the jobs' counts and ages
+    (:func:`videoq.store.jobs.stats`) and the arq queue's length."""
+    async with st.sessions() as session:
+        figures = await jobs.stats(session, None)
+    figures["queue_length"] = await queue.length(st.redis, st.settings.queue_name)
+    return figures
+
+
+async def queue_stats(request: Request) -> Response:
+    await admin(request)
+    st = state_of(request)
+    body = await _queue_figures(st)
+    body["workers"] = await registry.count_workers(st.redis, st.settings.worker_stale_s)
+    return JSONResponse(body)
+
+
+async def metrics_text(request: Request) -> Response:
+    await admin(request)
+    st = state_of(request)
+    figures = await _queue_figures(st)
+    workers = await registry.list_workers(st.redis, st.settings.worker_stale_s)
+    families = metrics.service_families(figures, workers)
+    body = metrics.render(request.app.state.metrics, families)
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+async def dashboard_page(request: Request) -> Response:
+    who = await principal(request, token_in_query=True)
+    return HTMLResponse(dashboard.render(request.state.csp_nonce, who.tenant))
+
+
+async def health(request: Request) -> Response:
+    st = state_of(request)
+    redis_ok = database_ok = False
+    queue_length = workers = 0
+    try:
+        await st.redis.ping()
+        redis_ok = True
+        queue_length = await queue.length(st.redis, st.settings.queue_name)
+        workers = await registry.count_workers(st.redis, st.settings.worker_stale_s)
+    except Exception as exc:
+        log.warning("health_redis_failed", error=str(exc))
+    try:
+        async with st.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        database_ok = True
+    except Exception as exc:
+        log.warning("health_database_failed", error=str(exc))
+    status = "healthy" if redis_ok and database_ok else "degraded" if database_ok else "unhealthy"
+    body = {
+        "status": status,
+        "redis": redis_ok,
+        "database": database_ok,
+        "queue_length": queue_length,
+        "workers": workers,
+    }
+    return JSONResponse(body, status_code=503 if status == "unhealthy" else 200)
+
+
+ROUTES = [
+    Route("/health", health),
+    Route("/v1/workers", list_workers),
+    Route("/v1/workers/clear-stale", clear_stale_workers, methods=["POST"]),
+    Route("/v1/queue/stats", queue_stats),
+    Route("/metrics", metrics_text),
+    Route("/dashboard", dashboard_page),
+]

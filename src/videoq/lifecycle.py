@@ -1,0 +1,161 @@
+"""A job's life as both processes change it: submit (admission, record, queue), cancel and retry
+on request, and what follows every transition (its status event, the webhook of an end).
+
+The guarded UPDATE of each transition is the store's (:mod:`videoq.store.jobs`, and for a
+worker's own claims and outcomes :mod:`videoq.store.grouped`); which transitions exist is
+:data:`videoq.types.TRANSITIONS`. Routes and the worker call these functions and nothing else
+to change a job's state, so each transition is recorded, announced, logged and followed up in
+one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from functools import partial
+from typing import Any, Protocol
+
+import structlog
+from arq import ArqRedis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from videoq import outbox
+from videoq.broker import events, limits, queue
+from videoq.broker import keys as redis_keys
+from videoq.errors import RateLimited
+from videoq.schemas import JobCreate
+from videoq.settings import Settings
+from videoq.store import DATABASE_ERRORS, Job
+from videoq.store import jobs as job_rows
+from videoq.store.events import EventArchive, store_events
+from videoq.types import TERMINAL, JobStatus, make_event
+
+log = structlog.get_logger(__name__)
+
+#: A full queue drains at the speed of the workers, which the API cannot predict; this is a hint.
+QUEUE_FULL_RETRY_AFTER_S = 30
+
+
+class Services(Protocol):
+    """What a use case needs of the process calling it (the API's and the worker's state)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[Any]
+    redis: ArqRedis
+    #: Work started by a transition that outlives it (webhook deliveries); stopped with the
+    #: process.
+    background: list[asyncio.Task[None]]
+
+
+async def admit(svc: Services, session: AsyncSession, tenant: str) -> None:
+    """Let the tenant create one job now, or raise :class:`RateLimited`: a cap on its waiting
+    jobs (PostgreSQL, the record of truth) and a token bucket shared by every API process
+    (Redis). If Redis is unreachable the bucket lets requests through: job creation keeps
+    working through a Redis outage, and the cap still bounds what a tenant can queue."""
+    settings = svc.settings
+    if settings.max_queued_jobs:
+        count = await job_rows.waiting_count(session, tenant)
+        if count >= settings.max_queued_jobs:
+            log.info("job_refused_queue_full", tenant=tenant, waiting=count)
+            raise RateLimited(
+                f"{count} jobs are already waiting (limit {settings.max_queued_jobs}); "
+                "try again when some have started",
+                retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
+            )
+    if not settings.rate_limit_per_s:
+        return
+    try:
+        allowed, wait = await limits.take(
+            svc.redis, redis_keys.bucket(tenant), rate=settings.rate_limit_per_s,
+            burst=settings.rate_limit_burst,
+        )  # fmt: skip
+    except (RedisError, OSError) as exc:
+        log.warning("rate_limit_unavailable", tenant=tenant, error=str(exc))
+        return
+    if not allowed:
+        log.info("job_refused_rate_limited", tenant=tenant, retry_after_s=round(wait, 3))
+        raise RateLimited(
+            f"too many jobs created; at most {settings.rate_limit_per_s:g} per second "
+            f"(bursts of {settings.rate_limit_burst})",
+            retry_after_s=wait,
+        )
+
+
+async def submit(
+    svc: Services, tenant: str, body: JobCreate, *, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Admit, record and enqueue a new job; returns ``(job, created)``. A repeated
+    ``idempotency_key`` returns the tenant's original job and ``created=False``. If Redis is
+    unreachable the row stays waiting and the workers' reconciler enqueues it later."""
+    async with svc.sessions() as session:
+        await admit(svc, session, tenant)
+        job, created = await job_rows.create_job(
+            session, tenant, body, default_max_retries=svc.settings.max_retries,
+            idempotency_key=idempotency_key, queue=svc.settings.queue_name,
+        )  # fmt: skip
+    if created:
+        await queue.announce_created(svc.redis, svc.settings, job)
+        log.info("job_created", job_id=str(job.id), tenant=tenant, status=job.status)
+    return job, created
+
+
+async def cancel(svc: Services, job_id: str, tenant: str) -> Job:
+    """Cancel a job that has not finished (:class:`~videoq.errors.Conflict` when it has): the
+    row first, then the signal to whichever worker runs it, the event, the archive of its
+    history and its webhook."""
+    async with svc.sessions() as session:
+        job, previous = await job_rows.cancel(session, job_id, tenant)
+    log.info("job_cancel_requested", job_id=str(job.id), previous=previous)
+    try:
+        # Both, whatever the status was read as: a worker may have claimed it meanwhile.
+        await queue.request_cancel(svc.redis, str(job.id))
+        if previous != JobStatus.RUNNING:
+            await queue.remove(svc.redis, svc.settings, str(job.id))
+    except (RedisError, OSError) as exc:
+        # The row says cancelled: workers skip it, and a running one stops at its next heartbeat.
+        log.warning("cancel_signal_failed", job_id=str(job.id), error=str(exc))
+    await announce(svc, job, f"cancelled while {previous}")
+    with contextlib.suppress(RedisError, OSError, *DATABASE_ERRORS):
+        await events.archive(svc.redis, partial(store_events, svc.engine), [str(job.id)])
+    await ended(svc, job)
+    return job
+
+
+async def retry(svc: Services, job_id: str, tenant: str) -> Job:
+    """Requeue a ``failed`` or ``cancelled`` job with a fresh retry budget; it resumes after its
+    last checkpoint. :class:`~videoq.errors.Conflict` in any other state."""
+    async with svc.sessions() as session:
+        job = await job_rows.retry(session, job_id, tenant)
+    log.info("job_retry_requested", job_id=str(job.id))
+    await announce(svc, job, "requeued by request")
+    try:
+        await queue.remove(svc.redis, svc.settings, str(job.id))  # a stale entry blocks enqueue
+        await queue.enqueue_job(svc.redis, svc.settings, job)
+    except (RedisError, OSError) as exc:
+        log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
+    return job
+
+
+async def announce(svc: Services, job: Job, message: str) -> None:
+    """Publish the status event of a transition made outside a worker's attempt (best effort:
+    PostgreSQL holds the state). The job may have history already: if Redis lost its counter,
+    numbering continues after the archived events."""
+    event = make_event(
+        str(job.id), "status", status=job.status, stage=job.stage, progress=job.progress,
+        worker_id=job.worker_id, message=message,
+    )  # fmt: skip
+    await events.publish_best_effort(svc.redis, job.tenant, event, archive=archive_of(svc))
+
+
+async def ended(svc: Services, job: Job) -> None:
+    """What follows a transition into a terminal state: the job's webhook, recorded and
+    started (no-op for other states and for jobs without ``webhook_url``). Never raises."""
+    if job.status in TERMINAL:
+        await outbox.job_finished(svc.sessions, svc.settings, job, svc.background)
+
+
+def archive_of(svc: Services) -> EventArchive:
+    """The archive of the jobs' events in the process's PostgreSQL."""
+    return EventArchive(svc.sessions)

@@ -1,0 +1,51 @@
+"""PostgreSQL, the record of truth: the only package that talks to it (SQLAlchemy and asyncpg).
+
+tables       the schema, as models
+engine       engine, sessions, migrations, what a failing database raises
+jobs         jobs: creation, tenant-scoped reads, every guarded state transition
+grouped      a worker's hot writes, grouped across its jobs, on raw asyncpg
+checkpoints  a stage's outputs and paid work in progress, for one attempt
+events       the archive of every job's events
+apikeys      API keys
+webhooks     outbound deliveries, tenant secrets, inbound receipts
+"""
+
+from videoq.store.engine import (
+    DATABASE_ERRORS,
+    async_url,
+    check_migrated,
+    create_engine,
+    driver_dsn,
+    head_revision,
+    migrate,
+    sessionmaker,
+)
+from videoq.store.tables import (
+    ApiKey,
+    InboundWebhook,
+    Job,
+    JobEvent,
+    StageCheckpoint,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookSecret,
+)
+
+__all__ = [
+    "DATABASE_ERRORS",
+    "ApiKey",
+    "InboundWebhook",
+    "Job",
+    "JobEvent",
+    "StageCheckpoint",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookSecret",
+    "async_url",
+    "check_migrated",
+    "create_engine",
+    "driver_dsn",
+    "head_revision",
+    "migrate",
+    "sessionmaker",
+]

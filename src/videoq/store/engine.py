@@ -1,0 +1,85 @@
+"""The connection to PostgreSQL: the async engine and its sessions, the URL forms SQLAlchemy and
+asyncpg take, what a failing database raises, and the schema's migrations (Alembic).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from videoq.errors import NotMigrated
+
+
+def async_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs (as pgserver and most hosts print them)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def driver_dsn(url: str) -> str:
+    """The URL as asyncpg takes it (``postgresql://``), for code that talks to asyncpg directly."""
+    return make_url(async_url(url)).set(drivername="postgresql").render_as_string(False)
+
+
+#: What a database call raises when PostgreSQL fails or is out of reach, through SQLAlchemy or
+#: through asyncpg directly (the worker's bookkeeping).
+DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """The async engine; connections are pinged before use unless ``pool_pre_ping=False``."""
+    return create_async_engine(async_url(url), **{"pool_pre_ping": True, **kwargs})
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", async_url(url).replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the schema up to ``revision`` (blocking; runs its own event loop inside Alembic)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+async def check_migrated(engine: AsyncEngine) -> None:
+    """Raise :class:`NotMigrated` unless the database is at the code's head revision."""
+    head = head_revision()
+    async with engine.connect() as conn:
+        exists = (await conn.execute(text("SELECT to_regclass('alembic_version')"))).scalar()
+        current = (
+            (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+            if exists
+            else None
+        )
+    if current != head:
+        raise NotMigrated(
+            f"the database is not migrated (at {current or 'nothing'}, code needs {head}): "
+            "run `videoq migrate`"
+        )

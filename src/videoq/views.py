@@ -1,0 +1,49 @@
+"""How a job is shown to the outside: the API's responses and the webhooks' payloads
+(DESIGN.md, ``GET /v1/jobs/{id}``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from videoq.store.tables import Job
+from videoq.types import JobStatus
+
+
+def job_view(job: Job, base_url: str = "") -> dict[str, Any]:
+    """The job as the API shows it (DESIGN.md, ``GET /v1/jobs/{id}``)."""
+
+    def ts(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    path = f"/v1/jobs/{job.id}"
+    result = None
+    if job.status == JobStatus.SUCCEEDED and job.result:
+        result = {
+            "video_url": f"{base_url}{path}/video",
+            "duration_s": job.result.get("duration_s"),
+            "size_bytes": job.result.get("size_bytes"),
+        }
+    return {
+        "id": str(job.id),
+        "status": job.status,
+        "stage": job.stage,
+        "progress": round(job.progress, 2),
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_retries": job.max_retries,
+        "history": job.history,
+        "brief": job.brief,
+        "run_at": ts(job.run_at),
+        "created_at": ts(job.created_at),
+        "started_at": ts(job.started_at),
+        "finished_at": ts(job.finished_at),
+        "worker_id": job.worker_id,
+        "error": job.error,
+        "result": result,
+        "links": {
+            "self": f"{base_url}{path}",
+            "events": f"{base_url.replace('http', 'ws', 1)}{path}/events",
+            "video": f"{base_url}{path}/video",
+        },
+    }

@@ -1,0 +1,89 @@
+"""What one worker process holds: its stores and clients, the attempts it runs, and what they
+still do after their job's task ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from videoq.broker import events
+from videoq.groupcommit import GroupCommit
+from videoq.providers import ProviderPool
+from videoq.settings import Settings
+from videoq.store.grouped import LINGER_S, GroupedWriter
+
+
+@dataclass
+class RunningJob:
+    """An attempt running in this process. ``stop_reason`` is set before its task is cancelled
+    on purpose (``cancelled`` by a user, ``lease_lost`` to another worker)."""
+
+    task: asyncio.Task[Any]
+    attempt: int
+    stop_reason: str | None = None
+
+
+@dataclass
+class WorkerState:
+    """What one worker process opens at startup and every job shares."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[Any]
+    redis: ArqRedis
+    worker_id: str
+    started_at: float = field(default_factory=time.time)
+    running: dict[uuid.UUID, RunningJob] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: What finished attempts still do after their job's task ends (recording a success,
+    #: archiving its events); waited for at shutdown.
+    wrapping_up: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Set to make the worker poll now (VideoqWorker); None under the plain arq CLI.
+    wake: asyncio.Event | None = None
+    #: Set once the worker listens for cancel signals and wake-ups.
+    listening: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Live provider clients, opened once per process and shared by its jobs.
+    providers: ProviderPool | None = None
+    #: The worker's grouped writes to PostgreSQL (claims, checkpoints, progress, events).
+    books: GroupedWriter = field(init=False)
+    #: The worker's grouped event publishing.
+    publish: events.Publisher = field(init=False)
+    #: Finished attempts' events, copied to PostgreSQL together (job ids).
+    archive: GroupCommit[str, None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.books = GroupedWriter(self.settings.database_url or "", self.worker_id)
+        self.publish = events.Publisher(self.redis)
+        self.archive = GroupCommit(self._archive_batch, linger_s=LINGER_S)
+
+    async def _archive_batch(self, job_ids: list[str]) -> list[None]:
+        await events.archive(self.redis, self.books.store_events, job_ids)
+        return [None] * len(job_ids)
+
+    def wrap_up(self, work: Awaitable[None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(work)
+        self.wrapping_up.add(task)
+        task.add_done_callback(self.wrapping_up.discard)
+        return task
+
+    def stop(self, job_id: uuid.UUID, reason: str, attempt: int | None = None) -> bool:
+        """Cancel a running attempt on purpose (only ``attempt``, when given); False if it does
+        not run here."""
+        running = self.running.get(job_id)
+        if running is None or running.stop_reason is not None:
+            return False
+        if attempt is not None and running.attempt != attempt:
+            return False
+        running.stop_reason = reason
+        running.task.cancel()
+        return True

@@ -1,0 +1,290 @@
+"""The arq task, thin: it takes a job id, claims the job in PostgreSQL, runs the pipeline with
+checkpoints and progress events, and records the outcome. Errors become retry-or-fail here and
+only here (:func:`_retry_or_fail`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import random
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from arq import Retry
+from redis.exceptions import RedisError
+
+from videoq import lifecycle
+from videoq.broker import events
+from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
+from videoq.providers import Providers, offline_providers
+from videoq.settings import Settings
+from videoq.store import DATABASE_ERRORS, Job
+from videoq.store import jobs as job_rows
+from videoq.store.checkpoints import DbCheckpoints
+from videoq.store.grouped import AttemptOutcome
+from videoq.types import Brief, JobStatus, Result
+from videoq.workers.progress import EventReporter
+from videoq.workers.state import RunningJob, WorkerState
+
+log = structlog.get_logger(__name__)
+
+
+async def run_job(ctx: dict[str, Any], job_id: str) -> asyncio.Future[None] | None:
+    """The arq task: run one videoq job by id. A job that succeeded returns the writing of its
+    outcome, still in flight, to a worker that ends jobs behind their records
+    (``ctx["write_behind"]``, :class:`~videoq.workers.worker.VideoqWorker`): its slot frees for
+    the next job meanwhile. arq's own worker ends a job as its task returns, so there it is
+    awaited."""
+    state: WorkerState = ctx["videoq"]
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=state.worker_id)
+    try:
+        behind = await execute(state, uuid.UUID(job_id))
+        if behind is not None and not ctx.get("write_behind"):
+            # Shielded: arq cancelling the task (its shutdown) must not cut the outcome short;
+            # the worker's shutdown waits for it (WorkerState.wrapping_up).
+            await asyncio.shield(behind)
+            return None
+    except DATABASE_ERRORS as exc:
+        raise _deferred(state, exc) from exc
+    return behind
+
+
+def _deferred(state: WorkerState, exc: BaseException) -> Retry:
+    """PostgreSQL is unreachable: nothing could be recorded, so arq tries again later."""
+    delay = state.settings.retry_delays_s[-1]
+    log.warning("job_deferred_database_unavailable", error=str(exc), delay_s=delay)
+    return Retry(defer=delay)
+
+
+async def _claim(state: WorkerState, job_id: uuid.UUID) -> Job | None:
+    job = await state.books.claim(job_id)
+    if job is not None:
+        return job
+    async with state.sessions() as session:
+        current = await session.get(Job, job_id)
+        if current is None or current.status != JobStatus.RUNNING:
+            return None
+        # Running, but its worker stopped heartbeating (killed): take it over if that is so.
+        job = await job_rows.take_over(
+            session, job_id, current.attempts, current.worker_id, state.worker_id,
+            state.settings.worker_stale_s,
+        )  # fmt: skip
+        if job is not None:
+            log.warning("job_taken_over", dead_worker=current.worker_id)
+        return job
+
+
+def _pipeline(settings: Settings) -> Callable[..., Awaitable[Result]]:
+    module, _, name = settings.pipeline.partition(":")
+    fn: Callable[..., Awaitable[Result]] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def _providers(state: WorkerState, settings: Settings) -> Providers:
+    """The job's providers: the process's live clients, chosen with the job's settings."""
+    if state.providers is None:
+        return offline_providers(settings)
+    return state.providers.for_settings(settings)
+
+
+async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None] | None:
+    """Claim the job and run it to an outcome recorded in PostgreSQL: recorded on return, or,
+    when it succeeded, being recorded by the future returned."""
+    job = await _claim(state, job_id)
+    if job is None:
+        log.info("job_skipped", reason="not runnable")
+        return None
+    task = asyncio.current_task()
+    assert task is not None
+    running = RunningJob(task, job.attempts)
+    structlog.contextvars.bind_contextvars(attempt=job.attempts)
+    checkpoints = DbCheckpoints(state.books, job.id, job.attempts)
+    reporter = EventReporter(state, job, checkpoints)
+    settings = state.settings.for_job(job.options)
+    workdir = settings.artifacts / str(job.id)
+    try:
+        state.running[job.id] = running
+        try:
+            if job.attempts > 1 or job.history:  # Redis may have lost the counter since
+                with contextlib.suppress(RedisError, *DATABASE_ERRORS):
+                    await events.restore_seq(state.redis, lifecycle.archive_of(state), str(job.id))
+            reporter.emit("status", JobStatus.RUNNING, f"attempt {job.attempts} started")
+            log.info("job_started")
+            async with asyncio.timeout(settings.job_timeout_s):
+                result = await _pipeline(settings)(
+                    Brief(**job.brief),
+                    settings=settings,
+                    workdir=workdir,
+                    checkpoints=checkpoints,
+                    report=reporter,
+                    providers=_providers(state, settings),
+                )
+        finally:
+            # Before any outcome is recorded: from here on nothing may cancel this attempt.
+            state.running.pop(job.id, None)
+    except asyncio.CancelledError:
+        if running.stop_reason is None:
+            # arq cancels on shutdown and requeues the job; hand it back in PostgreSQL too.
+            await _finish(state, reporter, job, JobStatus.QUEUED, "worker stopped; job requeued")
+            raise
+        task.uncancel()  # stopped on purpose: this attempt ends here, normally
+        if running.stop_reason == "cancelled":
+            # Lease lost: the new owner may be writing in the same directory; leave it be.
+            _remove_partial_files(workdir)
+        log.info("job_stopped", reason=running.stop_reason)
+        return None
+    except AttemptSuperseded:
+        # Cancelled or taken over before the signal arrived: the new state is not ours to touch.
+        log.info("job_stopped", reason="superseded")
+        return None
+    except Exception as exc:
+        await _retry_or_fail(state, job, reporter, exc)
+        return None
+    reporter.progress = 100.0
+    return state.wrap_up(_succeeded(state, reporter, job, result, workdir))
+
+
+async def _succeeded(
+    state: WorkerState, reporter: EventReporter, job: Job, result: Result, workdir: Path
+) -> None:
+    """What is left of a job whose pipeline finished: its checkpoints landed, its outcome, then
+    only its video kept."""
+    try:
+        await reporter.checkpoints.landed()
+    except AttemptSuperseded:
+        # Cancelled or taken over before the signal arrived: the new state is not ours to touch.
+        log.info("job_stopped", reason="superseded")
+        return
+    except DATABASE_ERRORS:
+        pass  # the outcome's own write finds out whether PostgreSQL is back
+    try:
+        succeeded = await _finish(
+            state, reporter, job, JobStatus.SUCCEEDED, "video ready",
+            progress=100.0,
+            result={"duration_s": result.duration_s, "size_bytes": result.size_bytes,
+                    **result.cost},
+        )  # fmt: skip
+    except DATABASE_ERRORS as exc:
+        raise _deferred(state, exc) from exc
+    if not succeeded:
+        return  # cancelled or taken over meanwhile: its artifacts are not ours to clean
+    _keep_only(workdir, result.video_path.name)
+    state.counts["succeeded"] += 1
+    log.info("job_succeeded", duration_s=result.duration_s, size_bytes=result.size_bytes)
+
+
+def _keep_only(workdir: Path, video: str) -> None:
+    """A finished job's work directory keeps only its video."""
+    for child in workdir.iterdir() if workdir.is_dir() else ():
+        if child.name != video:
+            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+def _remove_partial_files(workdir: Path) -> None:
+    """Temporary outputs of interrupted steps; completed (checkpointed) artifacts stay, so a
+    retried job resumes without paying again."""
+    if workdir.is_dir():
+        for partial in workdir.rglob(".*.tmp*"):
+            partial.unlink(missing_ok=True)
+
+
+async def _finish(
+    state: WorkerState,
+    reporter: EventReporter,
+    job: Job,
+    status: JobStatus,
+    message: str,
+    *,
+    error: dict[str, Any] | None = None,
+    progress: float | None = None,
+    result: dict[str, Any] | None = None,
+    run_at: datetime | None = None,
+) -> bool:
+    """End the attempt in PostgreSQL (guarded: still running, still this attempt, still this
+    worker's, so a job cancelled meanwhile is never revived), then emit the status event and
+    start the webhook. Shielded: an outcome being written is followed by its event, archive
+    and webhook even if the job's task is cancelled meanwhile (arq's shutdown)."""
+    record = job_rows.attempt_record(
+        job, "requeued" if status == JobStatus.QUEUED else status, error
+    )
+    outcome = AttemptOutcome(
+        job.id, job.attempts, status, record, stage=reporter.stage,
+        progress=reporter.progress if progress is None else progress,
+        result=result, error=error, run_at=run_at,
+    )  # fmt: skip
+    return await asyncio.shield(_record(state, reporter, outcome, message))
+
+
+async def _record(
+    state: WorkerState, reporter: EventReporter, outcome: AttemptOutcome, message: str
+) -> bool:
+    # Checkpoints still in flight land first (or are refused): once the outcome is written,
+    # the guard would refuse them, and the next attempt would redo their stages. (Here, in
+    # the shielded part: a shutdown's cancel must not skip the outcome.)
+    with contextlib.suppress(AttemptSuperseded, *DATABASE_ERRORS):
+        await reporter.checkpoints.landed()
+    updated = await state.books.finish(outcome)
+    if updated is None:
+        log.warning("job_transition_refused", to=outcome.status)
+        return False
+    reporter.status = outcome.status
+    state.wrap_up(_archive(state, outcome.job_id, reporter.emit("status", outcome.status, message)))
+    await lifecycle.ended(state, updated)
+    return True
+
+
+async def _archive(state: WorkerState, job_id: uuid.UUID, last: Awaitable[Any]) -> None:
+    """Once the attempt's last event is out, keep its events in PostgreSQL beyond Redis's
+    stream. Off the job's path: nothing waits for it but shutdown."""
+    await last
+    try:
+        await state.archive(str(job_id))
+    except (RedisError, *DATABASE_ERRORS) as exc:
+        log.warning("events_archive_failed", job_id=str(job_id), error=str(exc))
+
+
+def _error(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, VideoqError):
+        retryable = isinstance(exc, RetryableError)
+        return {"code": exc.code, "message": exc.message[:2000], "retryable": retryable}
+    if isinstance(exc, TimeoutError):
+        message = "the job ran past its timeout"
+        return {"code": "job_timeout", "message": message, "retryable": False}
+    if isinstance(exc, (RedisError, *DATABASE_ERRORS)):
+        return {"code": "infrastructure_error", "message": type(exc).__name__, "retryable": True}
+    return {"code": "internal_error", "message": "unexpected worker error", "retryable": False}
+
+
+async def _retry_or_fail(
+    state: WorkerState, job: Job, reporter: EventReporter, exc: Exception
+) -> None:
+    """Map a failed attempt to ``retrying`` (raising arq's Retry) or ``failed``."""
+    error = _error(exc)
+    if error["code"] == "internal_error":
+        log.error("job_crashed", exc_info=exc)
+    if error["retryable"] and job.attempts - job.retry_base <= job.max_retries:
+        delays = state.settings.retry_delays_s
+        tries = job.attempts - job.retry_base
+        delay = delays[min(tries - 1, len(delays) - 1)] * random.uniform(0.8, 1.2)
+        delay = max(delay, getattr(exc, "retry_after_s", None) or 0.0)
+        run_at = datetime.now(UTC) + timedelta(seconds=delay)
+        message = f"retrying in {delay:.1f}s"
+        if await _finish(
+            state, reporter, job, JobStatus.RETRYING, message, error=error, run_at=run_at
+        ):
+            state.counts["retried"] += 1
+            log.warning("job_retry_scheduled", delay_s=round(delay, 2), error=error["code"])
+            raise Retry(defer=delay) from exc
+        return
+    failed = await _finish(state, reporter, job, JobStatus.FAILED, error["message"], error=error)
+    if failed:
+        state.counts["failed"] += 1
+        log.warning("job_failed", error=error["code"], message=error["message"])
