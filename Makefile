@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff format --check src tests migrations bench
 	$(BIN)/ruff check src tests migrations bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -208,38 +208,10 @@ async def run_ffmpeg(
         on_start(proc.pid)
     tail = bytearray()
     assert proc.stdout is not None and proc.stderr is not None
-    stdout, stderr = proc.stdout, proc.stderr
-
-    async def drain_stderr() -> None:
-        # A full stderr pipe would block FFmpeg, so it is read all the time; only a tail is kept.
-        while chunk := await stderr.read(4096):
-            tail.extend(chunk)
-            del tail[:-_STDERR_TAIL_BYTES]
-
-    async def read_progress() -> None:
-        done = 0.0
-        out_time_us: int | None = None
-        while line := await stdout.readline():
-            key, _, value = line.decode(errors="replace").strip().partition("=")
-            if key == "out_time_us":
-                # Any value may be N/A, and the first blocks can be negative (encoder delay).
-                with contextlib.suppress(ValueError):
-                    out_time_us = int(value)
-            elif key == "progress":
-                if value == "end":
-                    fraction = 1.0
-                elif duration_s and out_time_us is not None:
-                    fraction = min(1.0, max(0.0, out_time_us / 1e6 / duration_s))
-                else:
-                    continue
-                if fraction > done and on_progress is not None:
-                    done = fraction
-                    await on_progress(fraction)
-
     tasks = [
         asyncio.create_task(proc.wait()),
-        asyncio.create_task(drain_stderr()),
-        asyncio.create_task(read_progress()),
+        asyncio.create_task(_drain_tail(proc.stderr, tail)),
+        asyncio.create_task(_read_progress(proc.stdout, duration_s, on_progress)),
     ]
     try:
         try:
@@ -266,6 +238,37 @@ async def run_ffmpeg(
         raise FFmpegError(
             "ffmpeg failed", returncode=proc.returncode, stderr_tail=tail.decode(errors="replace")
         )
+
+
+async def _drain_tail(stderr: asyncio.StreamReader, tail: bytearray) -> None:
+    """Read stderr to its end, keeping only its tail: a full pipe would block FFmpeg."""
+    while chunk := await stderr.read(4096):
+        tail.extend(chunk)
+        del tail[:-_STDERR_TAIL_BYTES]
+
+
+async def _read_progress(
+    stdout: asyncio.StreamReader, duration_s: float | None, on_progress: ProgressCallback | None
+) -> None:
+    """Turn ``-progress pipe:1`` blocks into fractions done (0–1, non-decreasing)."""
+    done = 0.0
+    out_time_us: int | None = None
+    while line := await stdout.readline():
+        key, _, value = line.decode(errors="replace").strip().partition("=")
+        if key == "out_time_us":
+            # Any value may be N/A, and the first blocks can be negative (encoder delay).
+            with contextlib.suppress(ValueError):
+                out_time_us = int(value)
+        elif key == "progress":
+            if value == "end":
+                fraction = 1.0
+            elif duration_s and out_time_us is not None:
+                fraction = min(1.0, max(0.0, out_time_us / 1e6 / duration_s))
+            else:
+                continue
+            if fraction > done and on_progress is not None:
+                done = fraction
+                await on_progress(fraction)
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace_s: float) -> None:

@@ -13,15 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from arq import ArqRedis
-from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from videoq import outbox
-from videoq.broker import events, limits, queue
+from videoq.broker import BROKER_ERRORS, events, limits, queue
 from videoq.broker import keys as redis_keys
 from videoq.errors import RateLimited
 from videoq.schemas import JobCreate
@@ -30,6 +27,11 @@ from videoq.store import DATABASE_ERRORS, Job
 from videoq.store import jobs as job_rows
 from videoq.store.events import EventArchive, store_events
 from videoq.types import TERMINAL, JobStatus, make_event
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from videoq.broker import ArqRedis
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +73,7 @@ async def admit(svc: Services, session: AsyncSession, tenant: str) -> None:
             svc.redis, redis_keys.bucket(tenant), rate=settings.rate_limit_per_s,
             burst=settings.rate_limit_burst,
         )  # fmt: skip
-    except (RedisError, OSError) as exc:
+    except BROKER_ERRORS as exc:
         log.warning("rate_limit_unavailable", tenant=tenant, error=str(exc))
         return
     if not allowed:
@@ -113,11 +115,11 @@ async def cancel(svc: Services, job_id: str, tenant: str) -> Job:
         await queue.request_cancel(svc.redis, str(job.id))
         if previous != JobStatus.RUNNING:
             await queue.remove(svc.redis, svc.settings, str(job.id))
-    except (RedisError, OSError) as exc:
+    except BROKER_ERRORS as exc:
         # The row says cancelled: workers skip it, and a running one stops at its next heartbeat.
         log.warning("cancel_signal_failed", job_id=str(job.id), error=str(exc))
     await announce(svc, job, f"cancelled while {previous}")
-    with contextlib.suppress(RedisError, OSError, *DATABASE_ERRORS):
+    with contextlib.suppress(*BROKER_ERRORS, *DATABASE_ERRORS):
         await events.archive(svc.redis, partial(store_events, svc.engine), [str(job.id)])
     await ended(svc, job)
     return job
@@ -133,7 +135,7 @@ async def retry(svc: Services, job_id: str, tenant: str) -> Job:
     try:
         await queue.remove(svc.redis, svc.settings, str(job.id))  # a stale entry blocks enqueue
         await queue.enqueue_job(svc.redis, svc.settings, job)
-    except (RedisError, OSError) as exc:
+    except BROKER_ERRORS as exc:
         log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
     return job
 

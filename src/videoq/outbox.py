@@ -18,14 +18,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 import structlog
-from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from videoq.broker import BROKER_ERRORS
 from videoq.errors import UnsafeUrl
 from videoq.netguard import Resolver, parse_networks, resolve_checked, system_resolver
 from videoq.settings import Settings
@@ -34,6 +33,9 @@ from videoq.store import DATABASE_ERRORS, Job, WebhookAttempt, WebhookDelivery
 from videoq.store import webhooks as webhook_rows
 from videoq.types import TERMINAL
 from videoq.views import job_view
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
 
 log = structlog.get_logger(__name__)
 
@@ -200,7 +202,7 @@ def _spawn(tasks: list[asyncio.Task[None]], coro: Coroutine[Any, Any, Any]) -> N
     async def run() -> None:
         try:
             await coro
-        except (*DATABASE_ERRORS, RedisError) as exc:
+        except (*DATABASE_ERRORS, *BROKER_ERRORS) as exc:
             # The row stays pending; the next sweep (resume_pending) takes it up again.
             log.warning("webhook_delivery_interrupted", error=str(exc))
 

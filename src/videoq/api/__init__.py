@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from arq import create_pool
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,10 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from videoq import outbox, store
+from videoq import broker, outbox, store
 from videoq.api import errors, events, jobs, metrics, middleware, openapi, ops, webhooks
 from videoq.api.deps import State
-from videoq.broker import queue
 from videoq.broker.fanout import Broadcaster
 from videoq.errors import VideoqError
 from videoq.settings import Settings
@@ -48,9 +46,8 @@ def create_app(settings: Settings) -> Starlette:
         engine = store.create_engine(settings.database_url)
         try:
             await store.check_migrated(engine)
-            redis = await create_pool(
-                queue.redis_settings(settings, retries=1), **queue.serializers()
-            )
+            # Few retries: the API answers (degraded) at once while Redis is away.
+            redis = await broker.connect(settings, retries=1)
             async with Broadcaster(redis, queue_size=settings.ws_buffer_events) as broadcaster:
                 app.state.videoq = State(
                     settings, engine, store.sessionmaker(engine), redis, broadcaster

@@ -7,17 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from arq import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 
-from videoq.broker.fanout import Broadcaster
 from videoq.errors import Forbidden
-from videoq.settings import Settings
 from videoq.store.apikeys import Principal, authenticate
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+    from videoq.broker import ArqRedis
+    from videoq.broker.fanout import Broadcaster
+    from videoq.settings import Settings
 
 
 @dataclass

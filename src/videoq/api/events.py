@@ -144,52 +144,81 @@ async def _pump(
     sent: int,
 ) -> None:
     """Forward live events until the terminal one, the client leaves, or it falls behind."""
-    archive = lifecycle.archive_of(st)
+    pump = _Pump(ws, st, job_id, queue, sent)
+    guard = asyncio.create_task(pump.watchdog())
+    try:
+        await _until_done(ws, pump.forward(), job_id)
+    finally:
+        guard.cancel()
 
-    async def watchdog() -> None:
+
+class _Pump:
+    """One job socket's live events, in ``seq`` order, gaps filled from the history."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        st: State,
+        job_id: str,
+        queue: asyncio.Queue[dict[str, Any] | None],
+        sent: int,
+    ) -> None:
+        self.ws, self.st, self.job_id, self.queue = ws, st, job_id, queue
+        self.archive = lifecycle.archive_of(st)
+        self.sent = sent  # the last seq this client has
+
+    async def watchdog(self) -> None:
         while True:
             # A socket that saw no event for this long re-reads its job: a terminal event lost
             # on the way (Redis down when it was published) must not leave it open forever.
-            await asyncio.sleep(st.settings.ws_idle_check_s)
+            await asyncio.sleep(self.st.settings.ws_idle_check_s)
             with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(_CHECK)
+                self.queue.put_nowait(_CHECK)
 
-    async def forward() -> int:
-        nonlocal sent
+    async def forward(self) -> int:
         quiet = False  # no event since the last watchdog tick
         while True:
-            event = await queue.get()
+            event = await self.queue.get()
             if event is _CHECK:
-                if not quiet:
-                    quiet = True
-                    continue
-                async with st.sessions() as session:
-                    job = await jobs.get_job(session, job_id, None)
-                if job.status not in TERMINAL:
-                    continue
-                # Finished, but its terminal event never arrived here: send what we missed.
-                for item in await events.history(st.redis, archive, job_id, sent):
-                    await ws.send_json(item)
-                    sent = item["seq"]
-                return CLOSE_NORMAL
+                if quiet and await self.finished_meanwhile():
+                    return CLOSE_NORMAL
+                quiet = True
+                continue
             quiet = False
             if event is None:
                 return CLOSE_TOO_SLOW
-            if event["seq"] <= sent:
-                continue
-            batch = [event]
-            if event["seq"] > sent + 1:  # missed on pub/sub: take them from the history
-                batch = await events.history(st.redis, archive, job_id, sent, event["seq"])
-                if not batch or batch[-1]["seq"] != event["seq"]:
-                    batch.append(event)
-            for item in batch:
-                await ws.send_json(item)
-                sent = item["seq"]
-                if is_terminal(item):
-                    return CLOSE_NORMAL
+            if await self.deliver(event):
+                return CLOSE_NORMAL
 
-    guard = asyncio.create_task(watchdog())
-    try:
-        await _until_done(ws, forward(), job_id)
-    finally:
-        guard.cancel()
+    async def finished_meanwhile(self) -> bool:
+        """Whether the job ended though its terminal event never arrived here; if so, what
+        this socket missed is sent."""
+        async with self.st.sessions() as session:
+            job = await jobs.get_job(session, self.job_id, None)
+        if job.status not in TERMINAL:
+            return False
+        await self.send(await events.history(self.st.redis, self.archive, self.job_id, self.sent))
+        return True
+
+    async def deliver(self, event: dict[str, Any]) -> bool:
+        """Send ``event`` and any it skipped (missed on pub/sub: taken from the history);
+        whether the terminal one went out."""
+        if event["seq"] <= self.sent:
+            return False
+        batch = [event]
+        if event["seq"] > self.sent + 1:
+            batch = await events.history(
+                self.st.redis, self.archive, self.job_id, self.sent, event["seq"]
+            )
+            if not batch or batch[-1]["seq"] != event["seq"]:
+                batch.append(event)
+        return await self.send(batch)
+
+    async def send(self, batch: list[dict[str, Any]]) -> bool:
+        """Send events in order, up to a terminal one; whether one was sent."""
+        for item in batch:
+            await self.ws.send_json(item)
+            self.sent = item["seq"]
+            if is_terminal(item):
+                return True
+        return False

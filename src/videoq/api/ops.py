@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from videoq import store
 from videoq.api import dashboard, metrics
 from videoq.api.deps import State, admin, principal, state_of
 from videoq.broker import queue, registry
@@ -78,8 +78,7 @@ async def health(request: Request) -> Response:
     except Exception as exc:
         log.warning("health_redis_failed", error=str(exc))
     try:
-        async with st.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await store.ping(st.engine)
         database_ok = True
     except Exception as exc:
         log.warning("health_database_failed", error=str(exc))

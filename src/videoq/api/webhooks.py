@@ -18,7 +18,6 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,7 +25,7 @@ from starlette.routing import Route
 from videoq import lifecycle
 from videoq.api.deps import base_url, json_object, principal, state_of
 from videoq.api.errors import error_response, invalid
-from videoq.broker import inbound
+from videoq.broker import BROKER_ERRORS, inbound
 from videoq.errors import Conflict, NotFound, Unauthorized
 from videoq.schemas import JobCreate
 from videoq.signing import verify
@@ -137,7 +136,7 @@ async def replicate(request: Request) -> Response:
         first = await inbound.first_receipt(
             st.redis, "replicate", webhook_id, ttl_s=int(tolerance * 2) + 60
         )
-    except (RedisError, OSError):
+    except BROKER_ERRORS:
         first = True  # PostgreSQL below still refuses a replay
     if not first:
         raise Conflict(f"webhook {webhook_id} was already received")
@@ -149,7 +148,7 @@ async def replicate(request: Request) -> Response:
         raise Conflict(f"webhook {webhook_id} was already received")
     try:
         await inbound.announce_prediction(st.redis, prediction_id)
-    except (RedisError, OSError) as exc:  # a missed announcement loses nothing: the stage polls
+    except BROKER_ERRORS as exc:  # a missed announcement loses nothing: the stage polls
         log.warning("replicate_webhook_publish_failed", prediction_id=prediction_id, error=str(exc))
     log.info("replicate_webhook_received", prediction_id=prediction_id, status=data.get("status"))
     return JSONResponse({"received": True, "prediction_id": prediction_id})

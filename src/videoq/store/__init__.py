@@ -18,6 +18,7 @@ from videoq.store.engine import (
     driver_dsn,
     head_revision,
     migrate,
+    ping,
     sessionmaker,
 )
 from videoq.store.tables import (
@@ -47,5 +48,6 @@ __all__ = [
     "driver_dsn",
     "head_revision",
     "migrate",
+    "ping",
     "sessionmaker",
 ]

@@ -68,6 +68,12 @@ def migrate(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+async def ping(engine: AsyncEngine) -> None:
+    """One round trip to PostgreSQL; raises when it is out of reach."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
 async def check_migrated(engine: AsyncEngine) -> None:
     """Raise :class:`NotMigrated` unless the database is at the code's head revision."""
     head = head_revision()

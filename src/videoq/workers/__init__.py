@@ -19,10 +19,9 @@ from typing import Any
 
 import structlog
 from arq import func
-from redis.exceptions import RedisError
 
 from videoq import store
-from videoq.broker import keys, limits, queue, registry
+from videoq.broker import BROKER_ERRORS, keys, limits, queue, registry
 from videoq.embedded import resolve
 from videoq.logs import configure_logging
 from videoq.providers import ProviderPool
@@ -75,7 +74,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     for task in state.background:
         task.cancel()
     await asyncio.gather(*state.background, return_exceptions=True)
-    with contextlib.suppress(RedisError, OSError):
+    with contextlib.suppress(*BROKER_ERRORS):
         await registry.forget_worker(state.redis, state.worker_id)
     if state.providers is not None:
         await state.providers.aclose()

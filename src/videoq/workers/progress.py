@@ -14,7 +14,8 @@ from videoq.store.checkpoints import DbCheckpoints
 from videoq.types import JobStatus, make_event
 
 if TYPE_CHECKING:
-    from videoq.workers.state import WorkerState
+    from videoq.broker.events import Publisher
+    from videoq.store.grouped import GroupedWriter
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +39,17 @@ class EventReporter:
     ``video_gen`` started can count on ``voice_gen``'s output being kept. Events keep their
     order; those that follow a refused save (the attempt lost its job) are dropped."""
 
-    def __init__(self, state: WorkerState, job: Job, checkpoints: DbCheckpoints) -> None:
-        self.state = state
+    def __init__(
+        self,
+        publish: Publisher,
+        books: GroupedWriter,
+        worker_id: str,
+        job: Job,
+        checkpoints: DbCheckpoints,
+    ) -> None:
+        self.publish = publish
+        self.books = books
+        self.worker_id = worker_id
         self.job_id = job.id
         self.tenant = job.tenant
         self.attempt = job.attempts
@@ -57,11 +67,11 @@ class EventReporter:
         """Publish an event without waiting; await the result to know it went out."""
         event = make_event(
             str(self.job_id), type_, status=status, stage=self.stage, progress=self.progress,
-            worker_id=self.state.worker_id, message=message,
+            worker_id=self.worker_id, message=message,
         )  # fmt: skip
         saving = self.checkpoints.pending()
         if saving is None and not self._held:
-            return self.state.publish(self.tenant, event)
+            return self.publish(self.tenant, event)
         published: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._held.append((saving, event, published))
         if len(self._held) == 1:
@@ -80,7 +90,7 @@ class EventReporter:
             ):
                 published.set_result(None)
                 continue
-            self.state.publish(self.tenant, event).add_done_callback(partial(_pass_on, published))
+            self.publish(self.tenant, event).add_done_callback(partial(_pass_on, published))
 
     async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
         progress = min(100.0, max(self.progress, progress))
@@ -99,5 +109,5 @@ class EventReporter:
         self.emit("progress", JobStatus.RUNNING, message)
 
     def _store(self) -> None:
-        self.state.books.progress(self.job_id, self.attempt, self.stage or "", self.progress)
+        self.books.progress(self.job_id, self.attempt, self.stage or "", self.progress)
         self.stored_progress = self.progress

@@ -10,16 +10,18 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
-
-from arq import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from typing import TYPE_CHECKING, Any
 
 from videoq.broker import events
 from videoq.groupcommit import GroupCommit
-from videoq.providers import ProviderPool
-from videoq.settings import Settings
 from videoq.store.grouped import LINGER_S, GroupedWriter
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+    from videoq.broker import ArqRedis
+    from videoq.providers import ProviderPool
+    from videoq.settings import Settings
 
 
 @dataclass

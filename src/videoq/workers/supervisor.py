@@ -22,10 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from videoq import outbox
-from videoq.broker import keys, queue, registry
+from videoq.broker import BROKER_ERRORS, keys, queue, registry
 from videoq.store import DATABASE_ERRORS
 from videoq.store import jobs as job_rows
 from videoq.types import JobStatus
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-_INFRA_ERRORS = (*DATABASE_ERRORS, RedisError)
+_INFRA_ERRORS = (*DATABASE_ERRORS, *BROKER_ERRORS)
 
 
 def start(state: WorkerState) -> list[asyncio.Task[None]]:

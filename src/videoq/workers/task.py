@@ -18,10 +18,9 @@ from typing import Any
 
 import structlog
 from arq import Retry
-from redis.exceptions import RedisError
 
 from videoq import lifecycle
-from videoq.broker import events
+from videoq.broker import BROKER_ERRORS, events
 from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
 from videoq.providers import Providers, offline_providers
 from videoq.settings import Settings
@@ -107,14 +106,14 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     running = RunningJob(task, job.attempts)
     structlog.contextvars.bind_contextvars(attempt=job.attempts)
     checkpoints = DbCheckpoints(state.books, job.id, job.attempts)
-    reporter = EventReporter(state, job, checkpoints)
+    reporter = EventReporter(state.publish, state.books, state.worker_id, job, checkpoints)
     settings = state.settings.for_job(job.options)
     workdir = settings.artifacts / str(job.id)
     try:
         state.running[job.id] = running
         try:
             if job.attempts > 1 or job.history:  # Redis may have lost the counter since
-                with contextlib.suppress(RedisError, *DATABASE_ERRORS):
+                with contextlib.suppress(*BROKER_ERRORS, *DATABASE_ERRORS):
                     await events.restore_seq(state.redis, lifecycle.archive_of(state), str(job.id))
             reporter.emit("status", JobStatus.RUNNING, f"attempt {job.attempts} started")
             log.info("job_started")
@@ -247,7 +246,7 @@ async def _archive(state: WorkerState, job_id: uuid.UUID, last: Awaitable[Any]) 
     await last
     try:
         await state.archive(str(job_id))
-    except (RedisError, *DATABASE_ERRORS) as exc:
+    except (*BROKER_ERRORS, *DATABASE_ERRORS) as exc:
         log.warning("events_archive_failed", job_id=str(job_id), error=str(exc))
 
 
@@ -258,7 +257,7 @@ def _error(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, TimeoutError):
         message = "the job ran past its timeout"
         return {"code": "job_timeout", "message": message, "retryable": False}
-    if isinstance(exc, (RedisError, *DATABASE_ERRORS)):
+    if isinstance(exc, (*BROKER_ERRORS, *DATABASE_ERRORS)):
         return {"code": "infrastructure_error", "message": type(exc).__name__, "retryable": True}
     return {"code": "internal_error", "message": "unexpected worker error", "retryable": False}
 
