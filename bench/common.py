@@ -87,6 +87,7 @@ def videoq_worker(stack: Stack, log: Path, **env: str) -> subprocess.Popen[bytes
         "VIDEOQ_REDIS_URL": s.redis_url or "",
         "VIDEOQ_QUEUE_NAME": s.queue_name,
         "VIDEOQ_ARTIFACTS_DIR": str(s.artifacts),
+        "VIDEOQ_SCRATCH_DIR": str(s.scratch),
         "VIDEOQ_PROVIDERS": "offline",
         "VIDEOQ_LOG_FORMAT": "json",
         "PYTHONPATH": str(ROOT),

@@ -50,7 +50,7 @@ async def videoq_cancel(st: Stack, log: Path) -> float:
         async with Client(st.api_url, st.api_key) as client:
             job = (await client.submit(product_name="Benchmark", duration_s=30)).id
             await _stage(client, job, "compositing")
-            workdir = str(st.settings.artifacts / job)
+            workdir = str(st.settings.scratch / job)
             await wait_for(lambda: processes_mentioning(workdir), 30, "FFmpeg")
             started = time.monotonic()
             await client.cancel(job)

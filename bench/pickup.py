@@ -17,6 +17,7 @@ import json
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 from arq import create_pool
@@ -71,7 +72,7 @@ async def videoq_pickup(url: str, key: str, n: int) -> list[float]:
 
 
 async def arq_pickup(
-    redis_url: str, poll: float, n: int, log: object, window: float = 3.0
+    redis_url: str, poll: float, n: int, log: Path, window: float = 3.0
 ) -> tuple[list[float], float]:
     queue = f"arq-bench:{uuid.uuid4().hex[:6]}"
     worker = raw_arq_worker(redis_url, queue, log, BENCH_POLL_DELAY_S=str(poll))

@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from tests.mocks.anthropic import AnthropicMock
+from tests.mocks.base import MockProvider
 from tests.mocks.elevenlabs import ElevenLabsMock
 from tests.mocks.replicate import ReplicateMock
 
@@ -61,7 +62,7 @@ BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 SECTION = "Providers"
 
 
-def _stats_route(name: str, mock: Any) -> Route:
+def _stats_route(name: str, mock: MockProvider) -> Route:
     async def stats(request: Request) -> JSONResponse:
         if request.method == "DELETE":
             mock.calls.clear()
@@ -227,6 +228,7 @@ async def _measure(
     settings = Settings(
         ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
         artifacts_dir=work,
+        scratch_dir=work / "scratch",
         anthropic_api_key="sk-ant-test",
         elevenlabs_api_key="el-test",
         replicate_api_token="r8_test",

@@ -69,7 +69,9 @@ async def videoq_rate(st: Any, pipeline: str, n: int, max_jobs: int) -> float:
                     )
                 ).one()
             if row[0] == n:
-                return n / (row[2] - row[1]).total_seconds()
+                first, last = row[1], row[2]
+                assert first is not None and last is not None  # all n succeeded: started, ended
+                return n / (last - first).total_seconds()
             await asyncio.sleep(0.2)
     finally:
         await engine.dispose()
@@ -117,7 +119,11 @@ async def saq_rate(st: Any, function: str, kwargs: dict[str, Any], n: int, max_j
     name = f"saq-bench-{uuid.uuid4().hex[:6]}"
     queue = Queue.from_url(st.settings.redis_url or "", name=name)
     try:
-        keys = [(await queue.enqueue(function, **kwargs)).key for _ in range(n)]  # type: ignore[union-attr]
+        keys = []
+        for _ in range(n):
+            job = await queue.enqueue(function, **kwargs)
+            assert job is not None
+            keys.append(job.key)
         env = {"BENCH_REDIS_URL": st.settings.redis_url or "", "BENCH_QUEUE": name,
                "BENCH_MAX_JOBS": str(max_jobs), "PYTHONPATH": str(ROOT)}  # fmt: skip
         worker = spawn([sys.executable, "-m", "saq", "bench.raw_saq.settings"], env,

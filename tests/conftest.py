@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
-from arq.worker import Worker
+from moto.server import ThreadedMotoServer
 from redis.asyncio import Redis
 
 from tests.mocks.server import serve
@@ -32,6 +33,7 @@ from videoq.settings import Settings
 from videoq.store.apikeys import create_key
 from videoq.store.grouped import GroupedWriter
 from videoq.workers import create_worker
+from videoq.workers.worker import VideoqWorker
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # pgserver's platformdirs warns without it
 
@@ -61,11 +63,51 @@ def base_settings() -> Iterator[Settings]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class S3Server:
+    """A real S3-compatible server (moto's, in this process, on loopback) and its credentials."""
+
+    endpoint: str
+
+    def bucket(self) -> str:
+        """A new, empty bucket."""
+        name = f"videoq-{uuid.uuid4().hex[:12]}"
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket=name)
+        return name
+
+    def url(self, bucket: str, prefix: str = "artifacts") -> str:
+        """``VIDEOQ_STORAGE_URL`` of ``bucket``."""
+        return f"s3://{bucket}/{prefix}?endpoint_url={self.endpoint}&region=us-east-1"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server for the session; credentials through the usual AWS_* variables, as a
+    deployment passes them (subprocess workers inherit them)."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="videoq-test", AWS_SECRET_ACCESS_KEY="videoq-test-secret",
+        AWS_REGION="us-east-1",
+    )  # fmt: skip
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Server(f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def settings(base_settings: Settings, tmp_path: Path) -> Settings:
-    """Per-test settings: own queue and artifacts directory, shared servers."""
+    """Per-test settings: own queue, artifact store (a directory) and scratch; shared
+    servers."""
     return base_settings.model_copy(
-        update={"queue_name": f"test:{uuid.uuid4().hex[:8]}", "artifacts_dir": tmp_path / "art"}
+        update={
+            "queue_name": f"test:{uuid.uuid4().hex[:8]}",
+            "artifacts_dir": tmp_path / "art",
+            "scratch_dir": tmp_path / "scratch",
+        }
     )
 
 
@@ -149,7 +191,7 @@ async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
+async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[VideoqWorker]:
     """A real arq worker for ``settings`` in this event loop."""
     worker = create_worker(settings, handle_signals=False, **overrides)
     task = asyncio.create_task(worker.async_run())
@@ -172,7 +214,7 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
 
 
 @pytest.fixture
-async def worker(settings: Settings) -> AsyncIterator[Worker]:
+async def worker(settings: Settings) -> AsyncIterator[VideoqWorker]:
     async with running_worker(settings) as w:
         yield w
 

@@ -2,7 +2,7 @@
 into in-process and subprocess workers alike. They follow run_pipeline's signature and contract
 (checkpoints, progress), but do no media work, so tests of queueing behaviour stay fast.
 
-Every run appends ``<job dir> <stage> <pid> <time>`` to ``<artifacts>/runs.log``, so tests can
+Every run appends ``<job dir> <stage> <pid> <time>`` to ``<scratch>/runs.log``, so tests can
 count how often each stage of each job really ran, across processes.
 """
 
@@ -20,9 +20,9 @@ from videoq.settings import Settings
 from videoq.types import Brief, Result
 
 
-def runs(artifacts: Path) -> list[tuple[str, str, int, float]]:
-    """``(job_id, stage, pid, time)`` for every stage run recorded under ``artifacts``."""
-    log = artifacts / "runs.log"
+def runs(scratch: Path) -> list[tuple[str, str, int, float]]:
+    """``(job_id, stage, pid, time)`` for every stage run recorded under ``scratch``."""
+    log = scratch / "runs.log"
     if not log.exists():
         return []
     out = []
@@ -100,7 +100,7 @@ async def flaky(
     brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
     report: Reporter, **_: Any,
 ) -> Result:  # fmt: skip
-    """``voice_gen`` fails (retryably) while ``<artifacts>/<product name>.fail`` exists."""
+    """``voice_gen`` fails (retryably) while ``<scratch>/<product name>.fail`` exists."""
     failing = (workdir.parent / f"{brief.product_name}.fail").exists()
     return await _stages(
         workdir, checkpoints, report, seconds=0.01, fail_at="voice_gen" if failing else None
@@ -111,7 +111,7 @@ async def held(
     brief: Brief, *, settings: Settings, workdir: Path, checkpoints: Checkpoints,
     report: Reporter, **_: Any,
 ) -> Result:  # fmt: skip
-    """Four quick stages, then waits while ``<artifacts>/<product name>.hold`` exists."""
+    """Four quick stages, then waits while ``<scratch>/<product name>.hold`` exists."""
     result = await _stages(workdir, checkpoints, report, seconds=0.0)
     while (workdir.parent / f"{brief.product_name}.hold").exists():  # noqa: ASYNC110
         await asyncio.sleep(0.01)

@@ -34,6 +34,7 @@ class WorkerProcess:
             "VIDEOQ_REDIS_URL": settings.redis_url or "",
             "VIDEOQ_QUEUE_NAME": settings.queue_name,
             "VIDEOQ_ARTIFACTS_DIR": str(settings.artifacts),
+            "VIDEOQ_SCRATCH_DIR": str(settings.scratch),
             "VIDEOQ_PROVIDERS": "offline",
             "VIDEOQ_PIPELINE": settings.pipeline,
             "VIDEOQ_LOG_FORMAT": "json",

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,13 @@ def holding(settings: Settings, product_name: str) -> tuple[Settings, Path]:
     """Settings running the ``held`` fake, and the file that holds ``product_name``'s job at
     the end of its pipeline until it is removed (created here)."""
     held = fake(settings, "held")
-    hold = held.artifacts / f"{product_name}.hold"
+    hold = held.scratch / f"{product_name}.hold"
     hold.parent.mkdir(parents=True, exist_ok=True)
     hold.touch()
     return held, hold
 
 
-async def until(event_stream: Any, predicate: Any) -> Event:
+async def until(event_stream: AsyncIterator[Event], predicate: Callable[[Event], bool]) -> Event:
     async for event in event_stream:
         if predicate(event):
             return event
@@ -63,7 +63,7 @@ async def test_cancelling_a_queued_job_means_it_never_starts(
         assert (await client.wait(other.id, timeout=30)).status == "succeeded"
     final = await client.get(job.id)
     assert final.status == "cancelled" and final.attempts == 0
-    assert job.id not in {r[0] for r in runs(settings.artifacts)}
+    assert job.id not in {r[0] for r in runs(settings.scratch)}
     events = [e async for e in client.events(job.id, after=0)]
     assert [e.status for e in events if e.type == "status"] == ["cancelled"]
 
@@ -100,6 +100,7 @@ async def test_cancelling_a_running_job_stops_it_on_its_worker(
         assert state.running == {}
     final = await client.get(job.id)
     assert final.status == "cancelled"
+    assert final.model_extra is not None
     assert [h["outcome"] for h in final.model_extra["history"]] == ["cancelled"]
 
 
@@ -113,17 +114,18 @@ async def test_scheduled_job_waits_for_run_at_and_can_be_cancelled(
         await client.cancel(doomed.id)
         final = await client.wait(job.id, timeout=30)
     assert final.status == "succeeded"
+    assert final.model_extra is not None
     run_at = datetime.fromisoformat(final.model_extra["run_at"])
     assert final.started_at is not None and final.started_at >= run_at
     assert (await client.get(doomed.id)).status == "cancelled"
-    assert doomed.id not in {r[0] for r in runs(settings.artifacts)}
+    assert doomed.id not in {r[0] for r in runs(settings.scratch)}
 
 
 async def test_retries_then_dead_letter_then_manual_retry_resumes_from_checkpoints(
     live_api: LiveApi, client: Client, settings: Settings
 ) -> None:
     async with running_worker(fake(settings, "flaky")):
-        marker = settings.artifacts / "Flaky.fail"
+        marker = settings.scratch / "Flaky.fail"
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
         job = await client.submit(product_name="Flaky", max_retries=2)
@@ -133,6 +135,7 @@ async def test_retries_then_dead_letter_then_manual_retry_resumes_from_checkpoin
         assert failed.stage == "voice_gen"  # where it failed (the row's own writes lag behind)
         assert failed.error is not None and failed.error.code == "provider_unavailable"
         assert statuses.count("retrying") == 2 and statuses[-1] == "failed"
+        assert failed.model_extra is not None
         outcomes = [h["outcome"] for h in failed.model_extra["history"]]
         assert outcomes == ["retrying", "retrying", "failed"]
 
@@ -141,7 +144,7 @@ async def test_retries_then_dead_letter_then_manual_retry_resumes_from_checkpoin
         assert requeued.status == "queued" and requeued.error is None
         final = await client.wait(job.id, timeout=30)
     assert final.status == "succeeded" and final.attempts == 4
-    stages = Counter(stage for job_id, stage, _, _ in runs(settings.artifacts) if job_id == job.id)
+    stages = Counter(stage for job_id, stage, _, _ in runs(settings.scratch) if job_id == job.id)
     # script_gen was checkpointed on the first attempt and never paid for again.
     assert stages == {"script_gen": 1, "voice_gen": 4, "video_gen": 1, "compositing": 1}
     with pytest.raises(ApiError) as again:
@@ -431,7 +434,7 @@ async def test_a_job_survives_its_workers_database_connections_dying_mid_run(
     finally:
         await locker.close()
         await admin.close()
-    stages = Counter(stage for job_id, stage, _, _ in runs(held.artifacts) if job_id == job.id)
+    stages = Counter(stage for job_id, stage, _, _ in runs(held.scratch) if job_id == job.id)
     assert stages == {stage: 1 for stage in STAGES}
 
 

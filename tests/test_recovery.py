@@ -67,6 +67,7 @@ async def test_kill_9_mid_video_gen_resumes_on_another_worker_from_checkpoint(
     assert final.status == "succeeded", second.output()
     assert recovered_in < 30
     assert final.attempts == 2
+    assert final.model_extra is not None
     outcomes = [h["outcome"] for h in final.model_extra["history"]]
     assert outcomes == ["worker_lost", "succeeded"]
     # Stages finished before the crash were not redone: their checkpoints are attempt 1's.
@@ -90,9 +91,10 @@ async def test_sigterm_during_compositing_requeues_and_leaves_no_ffmpeg(
         first.signal(signal.SIGTERM)
         assert await first.exited() == 0
         assert "worker_shutdown_complete" in first.output()
-        assert processes_mentioning(str(settings.artifacts / job.id)) == []
+        assert processes_mentioning(str(settings.scratch / job.id)) == []
         requeued = await client.get(job.id)
         assert requeued.status == "queued", first.output()
+        assert requeued.model_extra is not None
         assert requeued.model_extra["history"][-1]["outcome"] == "requeued"
         second.start()
         final = await client.wait(job.id, timeout=60)
@@ -115,7 +117,7 @@ async def test_cancel_while_ffmpeg_runs_stops_it_within_a_second(
         await worker.registered(redis)
         job = await client.submit(product_name="Cancel Test", duration_s=30)
         await until(client, job.id, "compositing")
-        workdir = str(settings.artifacts / job.id)
+        workdir = str(settings.scratch / job.id)
         deadline = time.monotonic() + 10
         while not processes_mentioning(workdir):
             assert time.monotonic() < deadline, "compositing FFmpeg never appeared"
@@ -156,10 +158,13 @@ async def test_three_workers_run_sixty_jobs_once_each_high_before_low(
             worker.stop()
     assert {f.status for f in finals} == {"succeeded"}
     assert {f.attempts for f in finals} == {1}
-    started = Counter(job for job, stage, _, _ in runs(settings.artifacts) if stage == "script_gen")
+    started = Counter(job for job, stage, _, _ in runs(settings.scratch) if stage == "script_gen")
     assert started == dict.fromkeys(jobs, 1)  # every job ran, exactly once
     assert len({f.worker_id for f in finals}) >= 2  # shared out (a slow starter may miss it)
-    start = {f.id: f.started_at for f in finals}
+    start = {}
+    for f in finals:
+        assert f.started_at is not None
+        start[f.id] = f.started_at
     high = [start[j] for j, p in jobs.items() if p == "high"]
     low = [start[j] for j, p in jobs.items() if p == "low"]
     # Claims on different workers commit a few ms apart: compare with that much slack.
@@ -207,5 +212,5 @@ async def test_redis_restarted_empty_loses_no_job(
         worker.stop()
         proc.kill()
     assert Counter(
-        job for job, stage, _, _ in runs(settings.artifacts) if stage == "script_gen"
+        job for job, stage, _, _ in runs(settings.scratch) if stage == "script_gen"
     ) == dict.fromkeys(ids, 1)

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 from arq import create_pool
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.conftest import bookkeeper
 from videoq import store
@@ -36,7 +38,7 @@ async def new_job(sessions: Any) -> uuid.UUID:
     return job.id
 
 
-async def row(sessions: Any, job_id: uuid.UUID) -> store.Job:
+async def row(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> store.Job:
     async with sessions() as session:
         job = await session.get(store.Job, job_id)
         assert job is not None
@@ -171,12 +173,13 @@ async def test_progress_is_recorded_only_for_the_current_running_attempt(session
 
 
 @pytest.fixture
-async def worker_state(base_settings: Settings, redis: Redis) -> AsyncIterator[Any]:
+async def worker_state(base_settings: Settings, redis: Redis) -> AsyncIterator[WorkerState]:
     assert base_settings.database_url
     engine = store.create_engine(base_settings.database_url)
+    arq_redis = ArqRedis(redis.connection_pool)  # a worker's client type, on the same pool
     yield WorkerState(
-        base_settings, engine, store.sessionmaker(engine), redis, f"w-{uuid.uuid4().hex[:8]}"
-    )  # type: ignore[arg-type]
+        base_settings, engine, store.sessionmaker(engine), arq_redis, f"w-{uuid.uuid4().hex[:8]}"
+    )
     await engine.dispose()
 
 

@@ -58,6 +58,7 @@ async def test_arq_cli_runs_worker_settings_as_is(
         "VIDEOQ_REDIS_URL": settings.redis_url or "",
         "VIDEOQ_QUEUE_NAME": settings.queue_name,
         "VIDEOQ_ARTIFACTS_DIR": str(settings.artifacts),
+        "VIDEOQ_SCRATCH_DIR": str(settings.scratch),
         "VIDEOQ_PROVIDERS": "offline",
     }
     arq = Path(sys.executable).with_name("arq")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+from videoq.types import TERMINAL
 
 
 class ApiError(Exception):

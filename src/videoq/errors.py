@@ -15,6 +15,8 @@ one place (:mod:`videoq.workers.task`).
     ├── Forbidden                   the key lacks the scope
     ├── RateLimited                 the tenant creates jobs too fast, or has too many waiting
     ├── UnsafeUrl                   a URL videoq must not call (SSRF guard; also a ValueError)
+    ├── StorageMisconfigured        the artifact store's URL cannot be used (at start-up)
+    ├── Gone                        the resource existed and has expired (a video past its TTL)
     └── NotMigrated                 the database schema is behind the code
 """
 
@@ -129,3 +131,16 @@ class UnsafeUrl(VideoqError, ValueError):
     ``ValueError`` too, so request validators report it as a field error."""
 
     code = "unsafe_url"
+
+
+class StorageMisconfigured(VideoqError):
+    """``VIDEOQ_STORAGE_URL`` names a store that cannot be used: an unknown scheme, a missing
+    bucket, an unreachable endpoint. Raised at start-up, never at a job."""
+
+    code = "storage_misconfigured"
+
+
+class Gone(VideoqError):
+    """The resource existed and is no longer kept (a video past ``artifact_ttl_days``)."""
+
+    code = "gone"

@@ -34,7 +34,35 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="PostgreSQL URL (asyncpg).")
     redis_url: str | None = Field(default=None, description="Redis URL, e.g. redis://host:6379/0.")
     home: Path = Field(default=Path(".videoq"), description="Embedded services and artifacts.")
-    artifacts_dir: Path | None = Field(default=None, description="Default: <home>/artifacts.")
+    artifacts_dir: Path | None = Field(
+        default=None, description="The file store's directory when storage_url is unset."
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Artifact store: file:///dir, s3://bucket/prefix (?endpoint_url=&region=, "
+        "AWS_* variables) or gs://bucket/prefix. Default: file://<home>/artifacts.",
+    )
+    scratch_dir: Path | None = Field(
+        default=None,
+        description="A worker's scratch space (jobs' work directories); it may be lost at any "
+        "time. Default: <home>/scratch.",
+    )
+    scratch_min_free_bytes: int = Field(
+        default=1024**3,
+        ge=0,
+        description="A worker takes no new jobs while its scratch disk has less free space.",
+    )
+    artifact_ttl_days: float = Field(
+        default=30.0, gt=0, description="Finished jobs' artifacts are deleted after this long."
+    )
+    video_redirect: bool = Field(
+        default=False,
+        description="GET /v1/jobs/{id}/video answers 307 to a signed URL of an object store "
+        "instead of streaming the video through the API.",
+    )
+    signed_url_ttl_s: float = Field(
+        default=300.0, gt=0, description="How long a signed video URL stays valid."
+    )
 
     # Logging.
     log_format: Literal["console", "json"] = "console"
@@ -256,8 +284,14 @@ class Settings(BaseSettings):
 
     @property
     def artifacts(self) -> Path:
-        """Directory holding every job's artifacts (one sub-directory per job id)."""
+        """The file store's directory (one sub-directory per job id) when ``storage_url`` is
+        unset."""
         return self.artifacts_dir or self.home / "artifacts"
+
+    @property
+    def scratch(self) -> Path:
+        """A worker's scratch directory: one work directory per job id."""
+        return self.scratch_dir or self.home / "scratch"
 
     def for_job(self, options: dict[str, Any] | None) -> Settings:
         """These settings with a job's ``options`` applied (only :data:`JOB_OVERRIDABLE` keys)."""

@@ -19,11 +19,15 @@ def job_view(job: Job, base_url: str = "") -> dict[str, Any]:
     path = f"/v1/jobs/{job.id}"
     result = None
     if job.status == JobStatus.SUCCEEDED and job.result:
+        expired = job.artifacts_expired_at
         result = {
-            "video_url": f"{base_url}{path}/video",
+            # An expired video is gone from the store: its URL would answer 410.
+            "video_url": None if expired else f"{base_url}{path}/video",
             "duration_s": job.result.get("duration_s"),
             "size_bytes": job.result.get("size_bytes"),
         }
+        if expired:
+            result["expired_at"] = ts(expired)
     return {
         "id": str(job.id),
         "status": job.status,

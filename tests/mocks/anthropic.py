@@ -102,10 +102,8 @@ class AnthropicMock(MockProvider):
         count = self.scene_count or (int(found.group(1)) if found else 3)
         product = "the product"
         for message in body["messages"]:
-            content = message.get("content")
-            found_brief = re.search(
-                r"<brief>(.*)</brief>", content if isinstance(content, str) else ""
-            )
+            said = message.get("content")
+            found_brief = re.search(r"<brief>(.*)</brief>", said if isinstance(said, str) else "")
             if found_brief:
                 product = json.loads(found_brief.group(1)).get("product_name", product)
         scenes = [

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.responses import Response
 
 
@@ -33,6 +34,9 @@ class Reply:
 class MockProvider:
     """Base of the mocks. ``latency`` is added to every main call (awaited, not slept on a
     thread); ``faults`` are answered, in order, instead of the next main calls."""
+
+    #: The mock's ASGI app, built by each subclass's ``__init__``.
+    app: Starlette
 
     def __init__(self, *, key: str, latency: float = 0.0) -> None:
         self.key = key

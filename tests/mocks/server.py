@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -13,7 +13,7 @@ from videoq.embedded import free_port
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, *, lifespan: str = "off") -> AsyncIterator[str]:
+async def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "off") -> AsyncIterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1 in this event loop; yields its base URL.
     ``lifespan="on"`` for the videoq app itself (it opens its engine and Redis pool there)."""
     port = free_port()

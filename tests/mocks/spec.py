@@ -71,7 +71,8 @@ def load(provider: str) -> dict[str, Any]:
 @functools.cache
 def _registry(provider: str) -> Registry:
     resource = Resource.from_contents(load(provider), default_specification=DRAFT202012)
-    return Registry().with_resource(f"urn:{provider}", resource)
+    # ``with_resources``: ``with_resource`` (which only calls it) has no return annotation
+    return Registry().with_resources([(f"urn:{provider}", resource)])
 
 
 def _pointer(*parts: str) -> str:

@@ -102,6 +102,7 @@ def live_settings(tmp_path: Path) -> Settings:
     return Settings(
         ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
         artifacts_dir=tmp_path / "art",
+        scratch_dir=tmp_path / "scratch",
         anthropic_api_key="sk-ant-test",
         elevenlabs_api_key="el-test",
         replicate_api_token="r8_test",

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from tests.mocks import anthropic as mock
+from tests.mocks.base import Reply
 from tests.mocks.server import serve
 from tests.providers.conftest import Mocks, Sleeps
 from videoq.errors import PermanentError, RetryableError
@@ -64,7 +65,7 @@ async def test_brief_text_is_data_inside_the_brief_block(pool: ProviderPool, moc
     ],
 )
 async def test_retryable_failures_retry_with_growing_delays_then_give_up(
-    pool: ProviderPool, mocks: Mocks, sleeps: Sleeps, fault: mock.Reply, code: str
+    pool: ProviderPool, mocks: Mocks, sleeps: Sleeps, fault: Reply, code: str
 ) -> None:
     mocks.anthropic.fail_next(*[fault] * 10)
     with pytest.raises(RetryableError) as raised:
@@ -90,7 +91,7 @@ async def test_retry_after_headers_are_honoured(
     [(mock.unauthorized(), "provider_auth_failed"), (mock.invalid_request(), "invalid_request")],
 )
 async def test_permanent_failures_fail_at_once(
-    pool: ProviderPool, mocks: Mocks, sleeps: Sleeps, fault: mock.Reply, code: str
+    pool: ProviderPool, mocks: Mocks, sleeps: Sleeps, fault: Reply, code: str
 ) -> None:
     mocks.anthropic.fail_next(fault)
     with pytest.raises(PermanentError) as raised:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.mocks import elevenlabs as mock
+from tests.mocks.base import Reply
 from tests.mocks.media import speech_mp3
 from tests.providers.conftest import Mocks, Sleeps
 from videoq.errors import PermanentError, RetryableError
@@ -98,7 +99,7 @@ async def test_permanent_failures_fail_at_once_with_both_detail_shapes(
     mocks: Mocks,
     sleeps: Sleeps,
     tmp_path: Path,
-    fault: mock.Reply,
+    fault: Reply,
     code: str,
     text: str,
 ) -> None:

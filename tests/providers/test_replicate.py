@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.mocks import replicate as mock
+from tests.mocks.base import Reply
 from tests.mocks.media import clip_mp4
 from tests.providers.conftest import Mocks, Sleeps
 from videoq.errors import PermanentError, RetryableError
@@ -103,7 +104,7 @@ async def test_create_is_retried_on_429_with_and_without_retry_after(
     [(mock.invalid_input(), "invalid_request"), (mock.unauthenticated(), "provider_auth_failed")],
 )
 async def test_permanent_create_failures_fail_at_once(
-    pool: ProviderPool, mocks: Mocks, sleeps: Sleeps, tmp_path: Path, fault: mock.Reply, code: str
+    pool: ProviderPool, mocks: Mocks, sleeps: Sleeps, tmp_path: Path, fault: Reply, code: str
 ) -> None:
     mocks.replicate.fail_next(fault)
     with pytest.raises(PermanentError) as raised:

@@ -139,7 +139,7 @@ async def test_a_callers_request_id_is_kept_only_when_harmless(
     settings: Settings, given: str, kept: bool
 ) -> None:
     async with client_of(page_app(settings)) as client:
-        response = await client.get("/id", headers={"X-Request-ID": given.encode()})
+        response = await client.get("/id", headers={b"X-Request-ID": given.encode()})
     returned = response.headers["x-request-id"]
     assert (returned == given) is kept
     assert response.json()["request_id"] == returned

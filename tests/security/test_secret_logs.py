@@ -106,6 +106,7 @@ async def test_a_full_job_logs_no_secret(settings: Settings, sessions: Any, tmp_
         "VIDEOQ_REDIS_URL": settings.redis_url or "",
         "VIDEOQ_QUEUE_NAME": settings.queue_name,
         "VIDEOQ_ARTIFACTS_DIR": str(settings.artifacts),
+        "VIDEOQ_SCRATCH_DIR": str(settings.scratch),
         "VIDEOQ_PROVIDERS": "offline",
         "VIDEOQ_LOG_FORMAT": "json",
         "VIDEOQ_LOG_LEVEL": "DEBUG",

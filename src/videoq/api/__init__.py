@@ -29,6 +29,7 @@ from starlette.routing import Route, WebSocketRoute
 from videoq import broker, outbox, store
 from videoq.api import errors, events, jobs, metrics, middleware, openapi, ops, webhooks
 from videoq.api.deps import State
+from videoq.artifacts import open_store
 from videoq.broker.fanout import Broadcaster
 from videoq.errors import VideoqError
 from videoq.settings import Settings
@@ -43,6 +44,8 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.database_url and settings.redis_url, "database_url and redis_url are needed"
+        artifacts = open_store(settings)
+        await artifacts.check()  # a store it cannot use fails the start, naming the setting
         engine = store.create_engine(settings.database_url)
         try:
             await store.check_migrated(engine)
@@ -50,7 +53,7 @@ def create_app(settings: Settings) -> Starlette:
             redis = await broker.connect(settings, retries=1)
             async with Broadcaster(redis, queue_size=settings.ws_buffer_events) as broadcaster:
                 app.state.videoq = State(
-                    settings, engine, store.sessionmaker(engine), redis, broadcaster
+                    settings, engine, store.sessionmaker(engine), redis, broadcaster, artifacts
                 )
                 yield
                 await outbox.stop(app.state.videoq.background)

@@ -18,6 +18,7 @@ from videoq.store.apikeys import Principal, authenticate
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+    from videoq.artifacts import ArtifactStore
     from videoq.broker import ArqRedis
     from videoq.broker.fanout import Broadcaster
     from videoq.settings import Settings
@@ -32,6 +33,7 @@ class State:
     sessions: async_sessionmaker[Any]
     redis: ArqRedis
     broadcaster: Broadcaster
+    artifacts: ArtifactStore
     #: Webhook deliveries this process started (cancelled jobs); stopped with the app.
     background: list[asyncio.Task[None]] = field(default_factory=list)
 

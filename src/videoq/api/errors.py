@@ -19,6 +19,7 @@ from videoq.api.middleware import request_id_of
 from videoq.errors import (
     Conflict,
     Forbidden,
+    Gone,
     NotFound,
     NotMigrated,
     RateLimited,
@@ -36,6 +37,7 @@ STATUS: dict[type[VideoqError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    Gone: 410,
     UnsafeUrl: 422,
     RateLimited: 429,
     NotMigrated: 503,

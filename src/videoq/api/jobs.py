@@ -4,17 +4,15 @@ use cases are :mod:`videoq.lifecycle`'s, the reads :mod:`videoq.store.jobs`'.
 
 from __future__ import annotations
 
-import uuid
-
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from videoq import lifecycle
 from videoq.api.deps import base_url, principal, read_json, state_of
 from videoq.api.errors import error_response, invalid
-from videoq.errors import Conflict, NotFound
+from videoq.api.video import video_response
 from videoq.schemas import JobCreate
 from videoq.store import jobs
 from videoq.types import JobStatus
@@ -91,13 +89,7 @@ async def get_video(request: Request) -> Response:
     st = state_of(request)
     async with st.sessions() as session:
         job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
-    if job.status != JobStatus.SUCCEEDED:
-        raise Conflict(f"job {job.id} is {job.status}; the video exists once it has succeeded")
-    # The path comes from the job's UUID only, never from anything the caller sent.
-    path = st.settings.artifacts / str(uuid.UUID(str(job.id))) / "video.mp4"
-    if not path.is_file():
-        raise NotFound(f"the video of job {job.id} is no longer stored")
-    return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+    return await video_response(request, st, job)
 
 
 async def cancel_job(request: Request) -> Response:

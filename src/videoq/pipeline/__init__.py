@@ -26,9 +26,11 @@ from videoq.types import Brief, Result, Script, VoiceTrack
 
 __all__ = [
     "STAGES",
+    "Artifacts",
     "Checkpoints",
     "MemoryCheckpoints",
     "Reporter",
+    "ScratchOnly",
     "run_pipeline",
 ]
 
@@ -69,6 +71,28 @@ class Checkpoints(Protocol):
 
     async def notes(self, stage: str) -> dict[str, dict[str, Any]]:
         """Everything :meth:`note` recorded for ``stage`` (an empty dict when nothing)."""
+
+
+class Artifacts(Protocol):
+    """Where a job's files outlive its work directory (the worker's: the artifact store). A
+    stage's files are kept before its checkpoint is recorded, and fetched back when a resumed
+    job's work directory lacks them (another worker made them, or the disk was lost)."""
+
+    async def keep(self, path: Path) -> None:
+        """Keep ``path``, a file of the work directory."""
+
+    async def fetch(self, path: Path) -> bool:
+        """Make sure ``path`` is in the work directory; False when it cannot be had."""
+
+
+class ScratchOnly:
+    """:class:`Artifacts` that are the work directory itself: for ``videoq render`` and tests."""
+
+    async def keep(self, path: Path) -> None:
+        pass
+
+    async def fetch(self, path: Path) -> bool:
+        return await asyncio.to_thread(path.is_file)
 
 
 class Reporter(Protocol):
@@ -137,22 +161,48 @@ async def _deadline(stage: str, timeout_s: float) -> AsyncIterator[None]:
         ) from exc
 
 
-async def _load_valid(checkpoints: Checkpoints, stage: str) -> dict[str, Any] | None:
-    """The stage's checkpoint, if it exists, parses, and every file it refers to is still there."""
+def _rebased(value: Any, workdir: Path) -> Any:
+    """A checkpoint's paths, moved into ``workdir``: an earlier attempt may have run on another
+    worker, whose work directory for the job (named after the job, as this one) was elsewhere."""
+    if isinstance(value, str):
+        _, found, rest = value.partition(f"/{workdir.name}/")
+        return str(workdir / rest) if found and value.startswith("/") else value
+    if isinstance(value, dict):
+        return {key: _rebased(item, workdir) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rebased(item, workdir) for item in value]
+    return value
+
+
+async def _load_valid(
+    checkpoints: Checkpoints, stage: str, workdir: Path, artifacts: Artifacts
+) -> dict[str, Any] | None:
+    """The stage's checkpoint, if it exists, parses, and every file it refers to is in the work
+    directory (fetched from the artifact store when it is not)."""
     output = await checkpoints.load(stage)
     if output is None:
         return None
-    artifacts = {
-        "script_gen": script_gen.artifacts,
-        "voice_gen": voice_gen.artifacts,
-        "video_gen": video_gen.artifacts,
-        "compositing": compositing.artifacts,
-    }[stage]
+    output = _rebased(output, workdir)
     try:
-        paths = artifacts(output)
+        paths = _files(stage, output)
     except (KeyError, TypeError, ValueError):
         return None  # written by an incompatible version: cheaper to redo than to fail the job
-    return output if all(path.exists() for path in paths) else None
+    fetched = await asyncio.gather(*(artifacts.fetch(path) for path in paths))
+    return output if all(fetched) else None
+
+
+#: What files each stage's checkpointed output refers to.
+_FILES: dict[str, Callable[[dict[str, Any]], list[Path]]] = {
+    "script_gen": script_gen.artifacts,
+    "voice_gen": voice_gen.artifacts,
+    "video_gen": video_gen.artifacts,
+    "compositing": compositing.artifacts,
+}
+
+
+def _files(stage: str, output: dict[str, Any]) -> list[Path]:
+    """The files a stage's output refers to."""
+    return _FILES[stage](output)
 
 
 async def run_pipeline(
@@ -163,6 +213,7 @@ async def run_pipeline(
     checkpoints: Checkpoints,
     report: Reporter,
     providers: Providers,
+    artifacts: Artifacts | None = None,
 ) -> Result:
     """Run the four stages in order and return the finished video, ``workdir/video.mp4``.
 
@@ -173,15 +224,18 @@ async def run_pipeline(
     ``settings.stage_timeout_s`` (then :class:`RetryableError`); provider and FFmpeg errors
     propagate unchanged.
 
-    ``providers`` serve the stages (the worker chooses them with the job's settings; a job's
+    ``artifacts`` keeps each stage's files before its checkpoint is saved, and fetches them
+    back for a stage that is skipped (default: they stay in ``workdir``). ``providers`` serve
+    the stages (the worker chooses them with the job's settings; a job's
     ``options`` may force offline). What each stage cost is in :attr:`Result.cost` and logged.
     """
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    kept: Artifacts = artifacts or ScratchOnly()
     progress = _Progress(report)
     outputs: dict[str, dict[str, Any]] = {}
     ran: set[str] = set()
     for stage in STAGES:
-        saved = await _load_valid(checkpoints, stage)
+        saved = await _load_valid(checkpoints, stage, workdir, kept)
         if saved is not None and not ran.intersection(STAGE_INPUTS[stage]):
             outputs[stage] = saved
             await progress(stage, STAGE_RANGES[stage][1], "skipped")
@@ -199,6 +253,7 @@ async def run_pipeline(
                 checkpoints=checkpoints,
                 on_progress=progress.within(stage),
             )
+        await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
         await checkpoints.save(stage, output)
         if output.get("cost"):
             log.info("stage_cost_recorded", stage=stage, cost=output["cost"])

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+#: Prediction statuses after which a prediction changes no more (Replicate spells "canceled").
+PREDICTION_ENDED = frozenset({"succeeded", "failed", "canceled", "aborted"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".webm", ".mkv", ".gif"})
 CHUNK = 1 << 16
 
@@ -110,7 +111,7 @@ def outcome_error(prediction: dict[str, Any]) -> ProviderError:
 def reusable(prediction: dict[str, Any]) -> bool:
     """Whether a recorded prediction is worth re-attaching to: running, or done with output."""
     status = prediction.get("status")
-    if status not in TERMINAL:
+    if status not in PREDICTION_ENDED:
         return True
     return (
         status == "succeeded"
@@ -261,7 +262,7 @@ class ReplicateVideoProvider:
     async def _wait(self, prediction: dict[str, Any]) -> dict[str, Any]:
         """Poll until the prediction ends, each interval longer than the last (capped)."""
         delay = self._settings.replicate_poll_s
-        while prediction.get("status") not in TERMINAL:
+        while prediction.get("status") not in PREDICTION_ENDED:
             await self._policy.sleep(delay)
             delay = min(self._settings.replicate_poll_max_s, delay * 1.5)
             prediction = await self._get(str(prediction["id"]))

@@ -159,9 +159,9 @@ class GroupedWriter:
                                 **(server_settings or {})}  # fmt: skip
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
-        self.claim = GroupCommit(self._claim)
-        self.finish = GroupCommit(self._finish)
-        self.save = GroupCommit(self._save)
+        self.claim = GroupCommit(self._write_claims)
+        self.finish = GroupCommit(self._write_outcomes)
+        self.save = GroupCommit(self._write_checkpoints)
         # Nobody waits for these: they gather for a moment.
         self._progress = GroupCommit(self._write_progress, linger_s=LINGER_S)
 
@@ -176,7 +176,7 @@ class GroupedWriter:
                     )  # fmt: skip
         return self._pool
 
-    async def _claim(self, job_ids: list[uuid.UUID]) -> list[Job | None]:
+    async def _write_claims(self, job_ids: list[uuid.UUID]) -> list[Job | None]:
         """``queued``/``scheduled``/``retrying`` → ``running``, counting the attempt."""
         pool = await self.pool()
         rows = await pool.fetch(_CLAIM, sorted(job_ids), self.worker_id, datetime.now(UTC))
@@ -184,7 +184,7 @@ class GroupedWriter:
         # A job asked for twice in one batch is claimed once: only the first caller runs it.
         return [by_id.pop(job_id, None) for job_id in job_ids]
 
-    async def _finish(self, items: list[AttemptOutcome]) -> list[Job | None]:
+    async def _write_outcomes(self, items: list[AttemptOutcome]) -> list[Job | None]:
         """End running attempts: only this worker's, only the attempt still current."""
         rows = sorted(items, key=lambda o: o.job_id)  # rows locked in one order: no deadlock
         pool = await self.pool()
@@ -206,7 +206,7 @@ class GroupedWriter:
         # Matched by attempt too: a stale attempt's outcome in the same batch was refused.
         return [by_attempt.get((o.job_id, o.attempt)) for o in items]
 
-    async def _save(self, items: list[Checkpoint]) -> list[bool]:
+    async def _write_checkpoints(self, items: list[Checkpoint]) -> list[bool]:
         # Two saves of one attempt's stage cannot share an upsert: the last one wins. (Two
         # attempts' saves can: only the running attempt's passes the guard.)
         rows = sorted({item[:3]: item for item in items}.values(), key=lambda r: r[0])

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from videoq.errors import Conflict, NotFound
 from videoq.schemas import JobCreate
 from videoq.store.tables import Job
-from videoq.types import RETRYABLE, TRANSITIONS, WAITING, JobStatus, sources
+from videoq.types import RETRYABLE, TERMINAL, TRANSITIONS, WAITING, JobStatus, sources
 
 
 async def create_job(
@@ -312,6 +312,7 @@ async def retry(session: AsyncSession, job_id: str, tenant: str) -> Job:
         finished_at=None,
         run_at=None,
         worker_id=None,
+        artifacts_expired_at=None,
     )
     if updated is None:
         raise Conflict(f"job {job.id} changed state; try again")
@@ -360,3 +361,29 @@ async def statuses(session: AsyncSession, job_ids: list[uuid.UUID]) -> dict[uuid
     """The current status of each job."""
     rows = await session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))
     return {job_id: status for job_id, status in rows.all()}
+
+
+async def expiring(session: AsyncSession, ttl_s: float, limit: int = 50) -> list[Job]:
+    """Finished jobs whose artifacts are older than ``ttl_s`` and not yet deleted, oldest
+    first."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=ttl_s)
+    query = (
+        select(Job)
+        .where(
+            Job.finished_at.is_not(None),
+            Job.finished_at < cutoff,
+            Job.artifacts_expired_at.is_(None),
+            Job.status.in_(TERMINAL),
+        )
+        .order_by(Job.finished_at)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def mark_expired(session: AsyncSession, job_id: uuid.UUID) -> None:
+    """Record that the job's artifacts were deleted: its video answers 410 from now on."""
+    await session.execute(
+        update(Job).where(Job.id == job_id).values(artifacts_expired_at=datetime.now(UTC))
+    )
+    await session.commit()

@@ -75,6 +75,11 @@ class Job(Base):
         ),
         Index("jobs_finished_at", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
         Index(
+            "jobs_artifacts_unexpired",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL AND artifacts_expired_at IS NULL"),
+        ),
+        Index(
             "jobs_queue_waiting",
             "queue",
             "created_at",
@@ -110,6 +115,8 @@ class Job(Base):
     history: Mapped[list[dict[str, Any]]] = mapped_column(
         Json, default=list, server_default=text("'[]'::jsonb")
     )
+    #: When the artifact store's files of this finished job were deleted (artifact_ttl_days).
+    artifacts_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Attempts made before the last manual retry: each retry gets a fresh ``max_retries``.
     retry_base: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 

@@ -46,6 +46,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     await store.check_migrated(engine)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     state = WorkerState(settings, engine, store.sessionmaker(engine), ctx["redis"], worker_id)
+    await state.artifacts.check()  # a store it cannot use fails the start, not the first job
     state.wake = ctx.get("wake")
     state.providers = ProviderPool(settings, limiters=limits.shared(settings, ctx["redis"]))
     state.background = supervisor.start(state)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from videoq.artifacts import ArtifactStore, open_store
 from videoq.broker import events
 from videoq.groupcommit import GroupCommit
 from videoq.store.grouped import LINGER_S, GroupedWriter
@@ -54,8 +55,14 @@ class WorkerState:
     wake: asyncio.Event | None = None
     #: Set once the worker listens for cancel signals and wake-ups.
     listening: asyncio.Event = field(default_factory=asyncio.Event)
+    #: False while the scratch disk is nearly full: the worker takes no new jobs.
+    accepting: bool = True
+    #: Free bytes of the scratch disk at the last heartbeat.
+    scratch_free_bytes: int | None = None
     #: Live provider clients, opened once per process and shared by its jobs.
     providers: ProviderPool | None = None
+    #: Where jobs' files outlive this worker's scratch (``settings.storage_url``).
+    artifacts: ArtifactStore = field(init=False)
     #: The worker's grouped writes to PostgreSQL (claims, checkpoints, progress, events).
     books: GroupedWriter = field(init=False)
     #: The worker's grouped event publishing.
@@ -64,6 +71,7 @@ class WorkerState:
     archive: GroupCommit[str, None] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.artifacts = open_store(self.settings)
         self.books = GroupedWriter(self.settings.database_url or "", self.worker_id)
         self.publish = events.Publisher(self.redis)
         self.archive = GroupCommit(self._archive_batch, linger_s=LINGER_S)

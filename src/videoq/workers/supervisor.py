@@ -8,7 +8,10 @@
 - **reconciliation**: every ``reconcile_s`` one worker (a Redis lock elects it) re-enqueues what
   PostgreSQL says should be queued but Redis does not hold (Redis restarted empty, or was down at
   submit), and releases running jobs whose worker stopped heartbeating, so another worker
-  resumes them from their checkpoints instead of waiting for arq's in-progress key to expire.
+  resumes them from their checkpoints instead of waiting for arq's in-progress key to expire;
+  it also deletes the stored files of jobs finished more than ``artifact_ttl_days`` ago.
+- **scratch space**: with each heartbeat the worker checks its scratch disk, and takes no new
+  jobs while less than ``scratch_min_free_bytes`` is free (its heartbeat says so).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -45,7 +49,7 @@ def start(state: WorkerState) -> list[asyncio.Task[None]]:
     ]
 
 
-def _info(state: WorkerState) -> dict[str, Any]:
+def worker_info(state: WorkerState) -> dict[str, Any]:
     return {
         "id": state.worker_id,
         "host": socket.gethostname(),
@@ -55,7 +59,22 @@ def _info(state: WorkerState) -> dict[str, Any]:
         "jobs": [str(job_id) for job_id in state.running],
         "max_jobs": state.settings.max_jobs,
         "counts": dict(state.counts),
+        "accepting_jobs": state.accepting,
+        "scratch_free_bytes": state.scratch_free_bytes,
     }
+
+
+def check_scratch(state: WorkerState) -> int:
+    """Free bytes of the scratch disk; sets whether the worker takes new jobs."""
+    scratch = state.settings.scratch
+    scratch.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(scratch).free
+    accepting = free >= state.settings.scratch_min_free_bytes
+    if accepting != state.accepting:
+        event = "worker_accepting_jobs" if accepting else "worker_refusing_jobs_scratch_full"
+        log.warning(event, scratch_free_bytes=free)
+    state.accepting = accepting
+    return free
 
 
 async def beat(state: WorkerState) -> None:
@@ -73,8 +92,12 @@ async def beat(state: WorkerState) -> None:
     except Exception as exc:  # the loop must outlive any one failure
         log.warning("heartbeat_failed", store="postgresql", error=str(exc))
     try:
+        state.scratch_free_bytes = await asyncio.to_thread(check_scratch, state)
+    except OSError as exc:
+        log.warning("scratch_check_failed", error=str(exc))
+    try:
         ttl = state.settings.worker_stale_s * 6
-        await registry.heartbeat(state.redis, state.worker_id, _info(state), ttl)
+        await registry.heartbeat(state.redis, state.worker_id, worker_info(state), ttl)
     except Exception as exc:
         log.warning("heartbeat_failed", store="redis", error=str(exc))
 
@@ -143,7 +166,21 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
         log.warning("job_orphan_released", job_id=str(job.id), dead_worker=job.worker_id)
     # Webhook deliveries whose process stopped between attempts.
     resumed = await outbox.resume_pending(state.sessions, settings, state.background)
-    return {"requeued": requeued, "orphans": len(orphans), "webhooks": resumed}
+    expired = await expire_artifacts(state)
+    return {"requeued": requeued, "orphans": len(orphans), "webhooks": resumed, "expired": expired}
+
+
+async def expire_artifacts(state: WorkerState) -> int:
+    """Delete the stored files of jobs finished more than ``artifact_ttl_days`` ago (a batch
+    per period); their rows stay, saying when. Returns how many jobs expired."""
+    async with state.sessions() as session:
+        due = await job_rows.expiring(session, state.settings.artifact_ttl_days * 86400)
+    for job in due:
+        removed = await state.artifacts.delete_prefix(f"{job.id}/")
+        async with state.sessions() as session:
+            await job_rows.mark_expired(session, job.id)
+        log.info("job_artifacts_expired", job_id=str(job.id), objects=removed)
+    return len(due)
 
 
 async def _reconcile(state: WorkerState) -> None:

@@ -44,6 +44,11 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> asyncio.Future[None] | No
     state: WorkerState = ctx["videoq"]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=state.worker_id)
+    if not state.accepting:
+        # Its scratch disk is nearly full (plain arq takes jobs regardless): another worker
+        # takes the job; nothing was claimed.
+        log.info("job_declined_scratch_full")
+        raise Retry(defer=state.settings.heartbeat_s)
     try:
         behind = await execute(state, uuid.UUID(job_id))
         if behind is not None and not ctx.get("write_behind"):
@@ -108,7 +113,8 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     checkpoints = DbCheckpoints(state.books, job.id, job.attempts)
     reporter = EventReporter(state.publish, state.books, state.worker_id, job, checkpoints)
     settings = state.settings.for_job(job.options)
-    workdir = settings.artifacts / str(job.id)
+    workdir = settings.scratch / str(job.id)
+    artifacts = state.artifacts.for_job(job.id, workdir)
     try:
         state.running[job.id] = running
         try:
@@ -125,7 +131,10 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
                     checkpoints=checkpoints,
                     report=reporter,
                     providers=_providers(state, settings),
+                    artifacts=artifacts,
                 )
+                # The video is in the store before the job says it succeeded.
+                await artifacts.keep(result.video_path)
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
             state.running.pop(job.id, None)
@@ -136,8 +145,8 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
             raise
         task.uncancel()  # stopped on purpose: this attempt ends here, normally
         if running.stop_reason == "cancelled":
-            # Lease lost: the new owner may be writing in the same directory; leave it be.
-            _remove_partial_files(workdir)
+            # (Lease lost: the new owner may be writing in the same directory; left be.)
+            await _clear_scratch(workdir)
         log.info("job_stopped", reason=running.stop_reason)
         return None
     except AttemptSuperseded:
@@ -154,8 +163,8 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
 async def _succeeded(
     state: WorkerState, reporter: EventReporter, job: Job, result: Result, workdir: Path
 ) -> None:
-    """What is left of a job whose pipeline finished: its checkpoints landed, its outcome, then
-    only its video kept."""
+    """What is left of a job whose pipeline finished (its video in the store): its checkpoints
+    landed, its outcome, then its scratch removed."""
     try:
         await reporter.checkpoints.landed()
     except AttemptSuperseded:
@@ -174,25 +183,15 @@ async def _succeeded(
     except DATABASE_ERRORS as exc:
         raise _deferred(state, exc) from exc
     if not succeeded:
-        return  # cancelled or taken over meanwhile: its artifacts are not ours to clean
-    _keep_only(workdir, result.video_path.name)
+        return  # cancelled or taken over meanwhile: its scratch is not ours to clean
+    await _clear_scratch(workdir)
     state.counts["succeeded"] += 1
     log.info("job_succeeded", duration_s=result.duration_s, size_bytes=result.size_bytes)
 
 
-def _keep_only(workdir: Path, video: str) -> None:
-    """A finished job's work directory keeps only its video."""
-    for child in workdir.iterdir() if workdir.is_dir() else ():
-        if child.name != video:
-            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
-
-
-def _remove_partial_files(workdir: Path) -> None:
-    """Temporary outputs of interrupted steps; completed (checkpointed) artifacts stay, so a
-    retried job resumes without paying again."""
-    if workdir.is_dir():
-        for partial in workdir.rglob(".*.tmp*"):
-            partial.unlink(missing_ok=True)
+async def _clear_scratch(workdir: Path) -> None:
+    """Remove a job's work directory: whatever it kept is in the artifact store."""
+    await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
 async def _finish(
@@ -287,3 +286,4 @@ async def _retry_or_fail(
     if failed:
         state.counts["failed"] += 1
         log.warning("job_failed", error=error["code"], message=error["message"])
+        await _clear_scratch(state.settings.scratch / str(job.id))

@@ -240,7 +240,10 @@ class VideoqWorker(Worker):
         await self.heart_beat()
 
     def _taking(self) -> bool:
-        return self.allow_pick_jobs and not self._stopping
+        # videoq's state says whether its scratch disk has room (supervisor.check_scratch).
+        state = self.ctx.get("videoq")
+        accepting = state is None or bool(getattr(state, "accepting", True))
+        return self.allow_pick_jobs and not self._stopping and accepting
 
     def _ahead_wanted(self) -> int:
         self._forget_freed()
