@@ -245,7 +245,7 @@ def submit(
         click.echo(job.model_dump_json(indent=2))
     else:
         click.echo(f"{job.id} {job.status}")
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
         ctx.exit(1)
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from videoq.types import TERMINAL
+from videoq.types import TERMINAL, JobStatus
 
 
 class ApiError(Exception):
@@ -113,9 +113,7 @@ class Job(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str
-    status: Literal[
-        "queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"
-    ]
+    status: JobStatus
     stage: str | None = None
     progress: float = 0.0
     priority: str = "normal"

@@ -17,6 +17,7 @@ from videoq.dev import Stack, running_stack
 from videoq.ffmpeg import probe
 from videoq.logs import configure_logging
 from videoq.settings import Settings
+from videoq.types import JobStatus
 
 BRIEF: dict[str, Any] = {
     "product_name": "Aurora Desk Lamp",
@@ -34,7 +35,7 @@ async def run(stack: Stack, console: Console) -> Path:
         console.print(f"submitted job [bold]{job.id}[/] to {stack.api_url}")
         await watch_progress(client, job.id)
         job = await client.get(job.id)
-        if job.status != "succeeded":
+        if job.status != JobStatus.SUCCEEDED:
             raise SystemExit(f"demo job {job.status}: {job.error}")
         out = (stack.settings.home / "demo" / f"{job.id}.mp4").resolve()
         out.parent.mkdir(parents=True, exist_ok=True)

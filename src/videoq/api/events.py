@@ -20,6 +20,7 @@ from videoq.api.deps import State, principal, state_of
 from videoq.broker import events, keys
 from videoq.errors import NotFound, Unauthorized
 from videoq.store import jobs
+from videoq.store.apikeys import Principal
 from videoq.types import TERMINAL, make_event
 
 log = structlog.get_logger(__name__)
@@ -35,13 +36,20 @@ def is_terminal(event: dict[str, Any]) -> bool:
     return event.get("type") == "status" and event.get("status") in TERMINAL
 
 
-async def job_events_socket(ws: WebSocket) -> None:
+async def _caller(ws: WebSocket) -> Principal | None:
+    """Accept the socket and authenticate it; None once it is closed for a bad key."""
     await ws.accept()
-    st = state_of(ws)
     try:
-        who = await principal(ws)
+        return await principal(ws)
     except Unauthorized as exc:
         await ws.close(CLOSE_UNAUTHORIZED, exc.message)
+        return None
+
+
+async def job_events_socket(ws: WebSocket) -> None:
+    st = state_of(ws)
+    who = await _caller(ws)
+    if who is None:
         return
     raw_after = ws.query_params.get("after")
     try:
@@ -86,12 +94,9 @@ async def job_events_socket(ws: WebSocket) -> None:
 async def tenant_events_socket(ws: WebSocket) -> None:
     """``WS /v1/events``: every live event of the caller's tenant, for dashboards. No replay:
     a dashboard reconnecting reads current state from ``GET /v1/jobs``."""
-    await ws.accept()
     st = state_of(ws)
-    try:
-        who = await principal(ws)
-    except Unauthorized as exc:
-        await ws.close(CLOSE_UNAUTHORIZED, exc.message)
+    who = await _caller(ws)
+    if who is None:
         return
     async with st.broadcaster.subscribe(keys.tenant_channel(who.tenant)) as queue:
 

@@ -12,8 +12,8 @@ like a state transition: a checkpoint or progress of an attempt that no longer o
 (cancelled, or taken over by another worker) is refused, and the attempt is told so.
 
 These statements are the worker's hot path, so they go to asyncpg directly, on a pool of their
-own: through SQLAlchemy's pool and execution layers each cost about six times the CPU (0.5–0.8
-ms against 0.12 ms, measured; docs/decisions.md "Workers").
+own: SQLAlchemy's pool and execution layers cost several times their CPU (the figures are in
+docs/decisions.md "Workers").
 """
 
 from __future__ import annotations

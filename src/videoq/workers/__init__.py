@@ -58,9 +58,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 def _settle_heap() -> None:
     """What start-up built (modules, settings, pools: hundreds of thousands of objects) lives
     as long as the process: kept out of the garbage collector's passes, which would otherwise
-    walk all of it every few thousand jobs and stall every job in flight (p90 of a 0.1 s job:
-    150 ms against 113 ms; docs/decisions.md "Workers"). Young objects are collected less often
-    too: a job makes a few hundred, mostly freed by reference counting."""
+    walk all of it every few thousand jobs and stall every job in flight (figures in
+    docs/decisions.md "Workers"). Young objects are collected less often too: a job makes a
+    few hundred, mostly freed by reference counting."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
@@ -114,8 +114,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """The event loop ``videoq worker`` runs on: uvloop's where it is installed (a dependency
     everywhere but Windows), else asyncio's. A worker's CPU goes to the loop's own machinery
-    (callbacks, timers, sockets) as much as to its jobs: on uvloop, 2000 jobs of 0.1 s I/O at
-    concurrency 100 cost 0.63 ms of CPU each instead of 0.73 (docs/decisions.md "Workers")."""
+    (callbacks, timers, sockets) as much as to its jobs, and uvloop's costs less (figures in
+    docs/decisions.md "Workers")."""
     try:
         import uvloop
     except ImportError:
