@@ -99,7 +99,8 @@ class EventReporter:
             structlog.contextvars.bind_contextvars(stage=stage)
             self._store()
             self.emit("stage", JobStatus.RUNNING, message or f"{stage} started")
-            log.info("stage_started")
+            # A stage whose checkpoint an earlier attempt recorded is skipped, not run again.
+            log.info("stage_skipped" if message == "skipped" else "stage_started")
             return
         if progress - self.progress < 0.5 and message is None:
             return  # sub-percent steps are noise for every client
