@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -90,6 +91,10 @@ class ArtifactStore:
     async def upload(self, local: Path, key: str) -> None:
         """Store the file at ``local`` under ``key``: atomically, in concurrent parts when it
         is larger than one."""
+        if self.local_root is not None:
+            with _retryable(f"upload of {key}"):
+                await asyncio.to_thread(_place, local, self.local_root / key)
+            return
         with _retryable(f"upload of {key}"):
             await obstore.put_async(
                 self._store, key, local, chunk_size=PART_BYTES, max_concurrency=UPLOAD_CONCURRENCY
@@ -227,6 +232,23 @@ def open_store(settings: Settings) -> ArtifactStore:
         f"VIDEOQ_STORAGE_URL={_without_query(url)}: unknown scheme {scheme!r}; "
         "use file://, s3:// or gs://"
     )
+
+
+def _place(local: Path, target: Path) -> None:
+    """Put a file into a directory store atomically: a hard link where both are on one file
+    system (no bytes copied: the scratch copy is removed soon after), else a copy; either
+    under a temporary name, then renamed. Safe because nothing rewrites a kept file in place:
+    every stage writes its outputs under a temporary name and renames them."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.tmp{uuid.uuid4().hex[:8]}")
+    try:
+        try:
+            os.link(local, partial)
+        except OSError:
+            shutil.copyfile(local, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _without_query(url: str) -> str:
