@@ -103,6 +103,13 @@ class ArtifactStore:
     async def download(self, key: str, local: Path) -> bool:
         """Fetch ``key`` into ``local`` (streamed to a temporary name, then renamed); False when
         the store does not have it."""
+        if self.local_root is not None:
+            source = self.local_root / key
+            if not await asyncio.to_thread(source.is_file):
+                return False
+            with _retryable(f"download of {key}"):
+                await asyncio.to_thread(_place, source, local)
+            return True
         local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(f".{local.name}.tmp{uuid.uuid4().hex[:8]}")
         try:
@@ -235,9 +242,9 @@ def open_store(settings: Settings) -> ArtifactStore:
 
 
 def _place(local: Path, target: Path) -> None:
-    """Put a file into a directory store atomically: a hard link where both are on one file
-    system (no bytes copied: the scratch copy is removed soon after), else a copy; either
-    under a temporary name, then renamed. Safe because nothing rewrites a kept file in place:
+    """Put a file into (or fetch it from) a directory store atomically: a hard link where both
+    are on one file system (no bytes copied), else a copy; either under a temporary name, then
+    renamed. Safe because nothing rewrites a kept file in place:
     every stage writes its outputs under a temporary name and renames them."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.tmp{uuid.uuid4().hex[:8]}")
