@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -270,6 +270,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("anthropic_api_key", "elevenlabs_api_key", "replicate_api_token")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # `ANTHROPIC_API_KEY=` in an env file means "no key": the offline provider, not a live
+        # call with an empty key.
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
 
     @model_validator(mode="after")
     def _heartbeats_outrun_staleness(self) -> Settings:

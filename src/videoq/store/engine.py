@@ -35,15 +35,27 @@ DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceErro
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """The async engine; connections are pinged before use unless ``pool_pre_ping=False``."""
-    return create_async_engine(async_url(url), **{"pool_pre_ping": True, **kwargs})
+    """The async engine; connections are pinged before use unless ``pool_pre_ping=False``.
+
+    Connections are opened by asyncpg from the URL as libpq reads it, so every libpq option a
+    managed PostgreSQL needs (``sslmode``, ``sslrootcert``, ``host=`` for a socket directory,
+    ...) means the same here as in the worker's direct asyncpg pool (SQLAlchemy's own dialect
+    would pass them to ``asyncpg.connect`` as keyword arguments it does not take)."""
+    dsn = driver_dsn(url)
+
+    async def connect() -> Any:
+        return await asyncpg.connect(dsn)
+
+    return create_async_engine(
+        async_url(url).split("?", 1)[0], async_creator=connect, **{"pool_pre_ping": True, **kwargs}
+    )
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(url: str) -> Any:
