@@ -1,5 +1,5 @@
 """The tables of PostgreSQL, the record of truth. The schema is owned by Alembic
-(``migrations/``); these models describe it for queries.
+(``videoq/store/migrations/``); these models describe it for queries.
 """
 
 from __future__ import annotations
