@@ -15,6 +15,7 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 
 from tests.conftest import S3Server, auth, new_key
+from tests.processes import WorkerProcess
 from videoq import store
 from videoq.api import create_app
 from videoq.artifacts import ArtifactStore, open_store
@@ -303,3 +304,15 @@ async def test_a_worker_with_a_full_scratch_disk_takes_no_jobs(
         assert state.accepting
     finally:
         await engine.dispose()
+
+
+async def test_a_worker_does_not_start_on_a_store_it_cannot_use(
+    settings: Settings, tmp_path: Path
+) -> None:
+    worker = WorkerProcess(settings, tmp_path, VIDEOQ_STORAGE_URL="s3://")
+    worker.start()
+    try:
+        assert await worker.exited(timeout=60) != 0
+    finally:
+        worker.stop()
+    assert "VIDEOQ_STORAGE_URL=s3://" in worker.output()
