@@ -47,7 +47,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return await asyncpg.connect(dsn)
 
     return create_async_engine(
-        async_url(url).split("?", 1)[0], async_creator=connect, **{"pool_pre_ping": True, **kwargs}
+        async_url(url), async_creator=connect, **{"pool_pre_ping": True, **kwargs}
     )
 
 
