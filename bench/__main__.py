@@ -7,7 +7,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SUITES = ("providers", "compositing", "pickup", "throughput", "events", "lifecycle", "memory")
+SUITES = (
+    "providers",
+    "compositing",
+    "pickup",
+    "throughput",
+    "events",
+    "lifecycle",
+    "memory",
+    "storage",
+)
 
 
 def main() -> int:

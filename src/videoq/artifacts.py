@@ -35,8 +35,10 @@ from obstore.store import GCSStore, LocalStore, ObjectStore, S3Store
 from videoq.errors import RetryableError, StorageMisconfigured
 from videoq.settings import Settings
 
-__all__ = ["ArtifactStore", "JobArtifacts", "open_store"]
+__all__ = ["VIDEO", "ArtifactStore", "JobArtifacts", "open_store", "video_key"]
 
+#: The finished video's name in a job's part of the store (the API serves it from there).
+VIDEO = "video.mp4"
 #: Parts of a multipart upload; files larger than one part are uploaded in parts, concurrently.
 PART_BYTES = 8 * 1024 * 1024
 UPLOAD_CONCURRENCY = 8
@@ -182,11 +184,13 @@ class JobArtifacts:
         """The store key of a file of the work directory."""
         return f"{self.job_id}/{path.relative_to(self.workdir).as_posix()}"
 
-    async def keep(self, path: Path) -> None:
-        """Store a file of the work directory (once per attempt)."""
+    async def keep(self, path: Path, name: str | None = None) -> None:
+        """Store a file of the work directory (once per attempt), under its path there or,
+        given, under ``name`` (the finished video is always ``<job id>/video.mp4``)."""
         if path in self._kept:
             return
-        await self.store.upload(path, self.key(path))
+        key = f"{self.job_id}/{name}" if name is not None else self.key(path)
+        await self.store.upload(path, key)
         self._kept.add(path)
 
     async def fetch(self, path: Path) -> bool:
@@ -198,6 +202,11 @@ class JobArtifacts:
         if found:
             self._kept.add(path)  # it is in the store already
         return found
+
+
+def video_key(job_id: uuid.UUID | str) -> str:
+    """The key of a job's finished video: from its id only, never from what a caller sent."""
+    return f"{uuid.UUID(str(job_id))}/{VIDEO}"
 
 
 def open_store(settings: Settings) -> ArtifactStore:

@@ -99,7 +99,6 @@ async def submit(
         )  # fmt: skip
     if created:
         await queue.announce_created(svc.redis, svc.settings, job)
-        log.info("job_created", job_id=str(job.id), tenant=tenant, status=job.status)
     return job, created
 
 

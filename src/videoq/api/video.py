@@ -6,13 +6,13 @@ store's object streamed (``Range`` honoured, one range per request) or, with
 from __future__ import annotations
 
 import re
-import uuid
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from videoq.api.deps import State
 from videoq.api.errors import error_response
+from videoq.artifacts import video_key
 from videoq.errors import Conflict, Gone, NotFound
 from videoq.store import Job
 from videoq.types import JobStatus
@@ -20,11 +20,6 @@ from videoq.types import JobStatus
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 #: What :func:`_range` answers for a range no byte of the object satisfies.
 _UNSATISFIABLE = (-1, -1)
-
-
-def video_key(job: Job) -> str:
-    """The video's key in the store: from the job's id only, never from what a caller sent."""
-    return f"{uuid.UUID(str(job.id))}/video.mp4"
 
 
 async def video_response(request: Request, st: State, job: Job) -> Response:
@@ -35,7 +30,7 @@ async def video_response(request: Request, st: State, job: Job) -> Response:
             f"the video of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
             f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
         )
-    key = video_key(job)
+    key = video_key(job.id)
     name = f"{job.id}.mp4"
     store = st.artifacts
     if store.local_root is not None:

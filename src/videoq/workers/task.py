@@ -20,6 +20,7 @@ import structlog
 from arq import Retry
 
 from videoq import lifecycle
+from videoq.artifacts import VIDEO
 from videoq.broker import BROKER_ERRORS, events
 from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
 from videoq.providers import Providers, offline_providers
@@ -134,7 +135,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
                     artifacts=artifacts,
                 )
                 # The video is in the store before the job says it succeeded.
-                await artifacts.keep(result.video_path)
+                await artifacts.keep(result.video_path, VIDEO)
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
             state.running.pop(job.id, None)
