@@ -49,6 +49,7 @@ def test_spec_records_its_source(provider: str) -> None:
     source = document["info"]["x-videoq-source"]
     assert source["file"].endswith(".json")  # extract.SOURCE_FILES, unless --file named another
     assert re.fullmatch(r"[0-9a-f]{64}", source["sha256"])
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", source["dated"])
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -22,6 +22,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,9 @@ def extract(provider: str, source: Path, out_dir: Path = OUT_DIR) -> Path:
     trimmed["info"]["x-videoq-source"] = {
         "file": source.name,
         "sha256": hashlib.sha256(raw).hexdigest(),
+        # The date of the published document as it was taken (its file's), not of this run:
+        # trimming the same document again writes the same file.
+        "dated": datetime.fromtimestamp(source.stat().st_mtime, UTC).date().isoformat(),
         "trimmed-by": "python -m tests.specs.extract",
     }
     out = out_dir / f"{provider}.json"
