@@ -95,7 +95,7 @@ class ArtifactStore:
         is larger than one."""
         if self.local_root is not None:
             with _retryable(f"upload of {key}"):
-                await asyncio.to_thread(_place, local, self.local_root / key)
+                await _place_soon(local, self.local_root / key)
             return
         with _retryable(f"upload of {key}"):
             await obstore.put_async(
@@ -110,7 +110,7 @@ class ArtifactStore:
             if not await asyncio.to_thread(source.is_file):
                 return False
             with _retryable(f"download of {key}"):
-                await asyncio.to_thread(_place, source, local)
+                await _place_soon(source, local)
             return True
         local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(f".{local.name}.tmp{uuid.uuid4().hex[:8]}")
@@ -250,7 +250,25 @@ def open_store(settings: Settings) -> ArtifactStore:
     )
 
 
-def _place(local: Path, target: Path) -> None:
+#: Files up to this size are copied on the event loop: a thread's round trip costs more, and
+#: with a hundred jobs in flight the threads' queue holds every job's slot a little longer.
+_INLINE_COPY_BYTES = 1024 * 1024
+
+
+async def _place_soon(local: Path, target: Path) -> None:
+    """:func:`_place`, on the event loop when it is cheap (a hard link, or a small copy), else
+    in a thread."""
+    try:
+        _place(local, target, copy_up_to=_INLINE_COPY_BYTES)
+    except _TooLargeToCopyInline:
+        await asyncio.to_thread(_place, local, target)
+
+
+class _TooLargeToCopyInline(Exception):
+    pass
+
+
+def _place(local: Path, target: Path, copy_up_to: int | None = None) -> None:
     """Put a file into (or fetch it from) a directory store atomically: a hard link where both
     are on one file system (no bytes copied), else a copy; either under a temporary name, then
     renamed. Safe because nothing rewrites a kept file in place:
@@ -261,6 +279,8 @@ def _place(local: Path, target: Path) -> None:
         try:
             os.link(local, partial)
         except OSError:
+            if copy_up_to is not None and os.stat(local).st_size > copy_up_to:
+                raise _TooLargeToCopyInline from None
             shutil.copyfile(local, partial)
         os.replace(partial, target)
     finally:

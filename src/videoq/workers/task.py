@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import random
 import shutil
 import uuid
@@ -192,7 +193,10 @@ async def _succeeded(
 
 async def _clear_scratch(workdir: Path) -> None:
     """Remove a job's work directory: whatever it kept is in the artifact store."""
-    await asyncio.to_thread(shutil.rmtree, workdir, True)
+    # One stat on the loop is cheaper than a thread's round trip, and a pipeline that made no
+    # files leaves no directory.
+    if os.path.isdir(workdir):  # noqa: ASYNC240
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
 async def _finish(
