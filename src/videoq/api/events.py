@@ -88,7 +88,7 @@ async def job_events_socket(ws: WebSocket) -> None:
         if job.status in TERMINAL and sent >= current:
             await ws.close(CLOSE_NORMAL)
             return
-        await _pump(ws, st, job_id, queue, sent)
+        await _Pump(ws, st, job_id, queue, sent).run()
 
 
 async def tenant_events_socket(ws: WebSocket) -> None:
@@ -141,22 +141,6 @@ async def _until_done(ws: WebSocket, forward: Any, label: str) -> None:
 _CHECK: dict[str, Any] = {"type": "_check"}
 
 
-async def _pump(
-    ws: WebSocket,
-    st: State,
-    job_id: str,
-    queue: asyncio.Queue[dict[str, Any] | None],
-    sent: int,
-) -> None:
-    """Forward live events until the terminal one, the client leaves, or it falls behind."""
-    pump = _Pump(ws, st, job_id, queue, sent)
-    guard = asyncio.create_task(pump.watchdog())
-    try:
-        await _until_done(ws, pump.forward(), job_id)
-    finally:
-        guard.cancel()
-
-
 class _Pump:
     """One job socket's live events, in ``seq`` order, gaps filled from the history."""
 
@@ -171,6 +155,15 @@ class _Pump:
         self.ws, self.st, self.job_id, self.queue = ws, st, job_id, queue
         self.archive = lifecycle.archive_of(st)
         self.sent = sent  # the last seq this client has
+
+    async def run(self) -> None:
+        """Forward live events until the terminal one, the client leaves, or it falls
+        behind."""
+        guard = asyncio.create_task(self.watchdog())
+        try:
+            await _until_done(self.ws, self.forward(), self.job_id)
+        finally:
+            guard.cancel()
 
     async def watchdog(self) -> None:
         while True:
