@@ -23,6 +23,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 from redis.asyncio import Redis
+from sqlalchemy import update
 
 from tests.mocks.server import serve
 from videoq import store
@@ -142,6 +143,14 @@ async def redis(base_settings: Settings) -> AsyncIterator[Redis]:
     client = Redis.from_url(base_settings.redis_url)
     yield client
     await client.aclose()
+
+
+async def set_status(sessions: Any, job_id: str, status: str, **values: Any) -> None:
+    """Put a job in a state directly (test setup, bypassing the transition guards)."""
+    async with sessions() as session:
+        stmt = update(store.Job).where(store.Job.id == uuid.UUID(job_id))
+        await session.execute(stmt.values(status=status, **values))
+        await session.commit()
 
 
 def auth(key: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import LiveApi, new_key
+from tests.conftest import LiveApi, new_key, set_status
 from videoq import store
 from videoq.api import create_app
 from videoq.broker import keys
@@ -53,14 +53,6 @@ async def count_jobs(sessions: Any, tenant: str) -> int:
     async with sessions() as session:
         query = select(func.count()).select_from(store.Job).where(store.Job.tenant == tenant)
         return int((await session.execute(query)).scalar_one())
-
-
-async def set_status(sessions: Any, job_id: str, status: str, **values: Any) -> None:
-    """Put a job in a state directly (test setup, bypassing the transition guards)."""
-    async with sessions() as session:
-        stmt = update(store.Job).where(store.Job.id == uuid.UUID(job_id))
-        await session.execute(stmt.values(status=status, **values))
-        await session.commit()
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:

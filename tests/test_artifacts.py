@@ -14,7 +14,7 @@ import pytest
 from arq import ArqRedis
 from redis.asyncio import Redis
 
-from tests.conftest import S3Server, auth, new_key
+from tests.conftest import S3Server, auth, new_key, set_status
 from tests.processes import WorkerProcess
 from videoq import store
 from videoq.api import create_app
@@ -177,11 +177,9 @@ async def s3_api(
         async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as client:
             job = await client.post("/v1/jobs", json={"product_name": "S3"}, headers=auth(key))
             job_id = job.json()["id"]
-            async with sessions() as session:
-                row = await session.get(store.Job, job_id)
-                assert row is not None
-                row.status, row.result = "succeeded", {"duration_s": 1.0, "size_bytes": 1000}
-                await session.commit()
+            await set_status(
+                sessions, job_id, "succeeded", result={"duration_s": 1.0, "size_bytes": 1000}
+            )
             video = Path(s3_settings.scratch) / job_id / "video.mp4"
             data = a_file(video, 1000)
             await open_store(s3_settings).for_job(job_id, video.parent).keep(video)
@@ -242,12 +240,10 @@ async def finished_job(
     """A succeeded job finished ``days_ago``, with its video in the store."""
     created = await client.post("/v1/jobs", json={"product_name": "Old"}, headers=auth(key))
     job_id: str = created.json()["id"]
-    async with sessions() as session:
-        row = await session.get(store.Job, job_id)
-        assert row is not None
-        row.status, row.result = "succeeded", {"duration_s": 1.0, "size_bytes": 10}
-        row.finished_at = datetime.now(UTC) - timedelta(days=days_ago)
-        await session.commit()
+    await set_status(
+        sessions, job_id, "succeeded", result={"duration_s": 1.0, "size_bytes": 10},
+        finished_at=datetime.now(UTC) - timedelta(days=days_ago),
+    )  # fmt: skip
     video = scratch / job_id / "video.mp4"
     a_file(video, 10)
     await kept.for_job(job_id, video.parent).keep(video)

@@ -241,9 +241,9 @@ class VideoqWorker(Worker):
 
     def _taking(self) -> bool:
         # videoq's state says whether its scratch disk has room (supervisor.check_scratch).
-        state = self.ctx.get("videoq")
-        accepting = state is None or bool(getattr(state, "accepting", True))
-        return self.allow_pick_jobs and not self._stopping and accepting
+        state = self.ctx.get("videoq")  # a WorkerState once on_startup ran
+        accepting = state is None or state.accepting
+        return self.allow_pick_jobs and not self._stopping and bool(accepting)
 
     def _ahead_wanted(self) -> int:
         self._forget_freed()
