@@ -16,9 +16,9 @@ from sqlalchemy import func, update
 from starlette.routing import Route, WebSocketRoute
 from websockets.asyncio.client import connect
 
-from tests.conftest import LiveApi, new_key
+from tests.conftest import LiveApi, new_key, set_status
 from tests.security.conftest import auth
-from tests.test_api import assert_error, close_code, create_live, set_status, ws_url
+from tests.test_api import assert_error, close_code, create_live, ws_url
 from videoq import store
 from videoq.api import create_app
 from videoq.broker import events
