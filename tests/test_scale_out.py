@@ -82,7 +82,6 @@ async def providers() -> AsyncIterator[Providers]:
             "VIDEOQ_ANTHROPIC_BASE_URL": urls[0],
             "VIDEOQ_ELEVENLABS_BASE_URL": urls[1],
             "VIDEOQ_REPLICATE_BASE_URL": urls[2],
-            "VIDEOQ_REPLICATE_WAIT_S": "1",
             "VIDEOQ_REPLICATE_POLL_S": "0.2",
             "VIDEOQ_REPLICATE_POLL_MAX_S": "0.5",
         }
@@ -123,12 +122,12 @@ async def until_every_scene_noted(
     sessions: Any, job_id: str, worker: WorkerProcess, timeout: float = 60
 ) -> dict[str, Any]:
     """Poll PostgreSQL until the job's ``video_gen.notes`` row records every scene's
-    prediction; returns the notes."""
+    prediction id; returns the notes."""
     wanted = {note_key(i) for i in range(SCENES)}
     deadline = time.monotonic() + timeout
     while True:
         notes = (await stage_rows(sessions, job_id)).get("video_gen.notes", (0, {}))[1]
-        if wanted <= set(notes):
+        if all((notes.get(key) or {}).get("id") for key in wanted):
             return notes
         assert time.monotonic() < deadline, f"notes {notes} never covered {wanted}:\n" + (
             worker.output()

@@ -179,9 +179,6 @@ class Settings(BaseSettings):
     replicate_input: dict[str, Any] = Field(
         default_factory=dict, description="Extra model inputs sent with every prediction."
     )
-    replicate_wait_s: int = Field(
-        default=60, ge=1, le=60, description="`Prefer: wait=n` on create (Replicate allows 1–60)."
-    )
     replicate_poll_s: float = Field(default=1.0, description="First poll interval; it grows.")
     replicate_poll_max_s: float = Field(default=10.0, description="Longest poll interval.")
     replicate_cancel_after: str = Field(

@@ -89,6 +89,7 @@ class AnthropicMock(MockProvider):
                 await self.delay(arrived)
                 return fault
             message = self.answer(body)
+            self.paid += 1
             problem = spec.errors(self.response_checker, message)
             if problem is not None:  # a bug in the mock, not in the client: still reported
                 self.reject(f"mock response breaks the spec: {problem}")
@@ -99,7 +100,11 @@ class AnthropicMock(MockProvider):
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         system = body.get("system") if isinstance(body.get("system"), str) else ""
         found = re.search(r"exactly (\d+) scenes", system or "")
-        count = self.scene_count or (int(found.group(1)) if found else 3)
+        count = (
+            self.scene_count
+            if self.scene_count is not None
+            else (int(found.group(1)) if found else 3)
+        )
         product = "the product"
         for message in body["messages"]:
             said = message.get("content")

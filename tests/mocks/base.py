@@ -42,6 +42,9 @@ class MockProvider:
         self.key = key
         self.latency = latency
         self.calls: Counter[str] = Counter()
+        #: Outputs made, as the provider would bill them (a script, a voice track, a
+        #: prediction), whether or not the answer reached the client.
+        self.paid = 0
         self.bodies: list[Any] = []
         self.headers: list[dict[str, str]] = []
         self.invalid: list[str] = []

@@ -113,6 +113,7 @@ class ElevenLabsMock(MockProvider):
                 await self.delay(arrived)
                 return fault
             answer = self.answer(body["text"])
+            self.paid += 1
             problem = spec.errors(self.response_checker, answer)
             if problem is not None:
                 self.reject(f"mock response breaks the spec: {problem}")

@@ -1,9 +1,11 @@
 """A mock of the Replicate predictions API, checked against the spec.
 
-Each created prediction takes the next entry of ``outcomes`` (default ``succeeded``). A create
-with ``Prefer: wait`` is held for ``latency`` seconds; with ``polls == 0`` the prediction has
-then finished, otherwise it comes back ``starting`` and reaches its outcome after ``polls``
-GETs (``processing`` in between). Succeeded outputs are URLs served by the mock itself.
+Each created prediction takes the next entry of ``outcomes`` (default ``succeeded``) and runs
+for ``latency`` seconds from its create. A create with ``Prefer: wait`` is held that long; with
+``polls == 0`` the prediction has then finished. Otherwise it comes back ``starting`` and
+reaches its outcome at the first GET after both its run time and ``polls`` GETs
+(``processing`` in between). ``GET /v1/predictions`` lists them newest first, a page at a
+time, filtered by ``created_after``. Succeeded outputs are URLs served by the mock itself.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from tests.mocks.base import MockProvider, Reply
 CREATE = "/predictions"
 CREATE_FOR_MODEL = "/models/{model_owner}/{model_name}/predictions"
 GET = "/predictions/{prediction_id}"
+LIST = "/predictions"
+PAGE = 100
 CANCEL_AFTER = re.compile(r"^(\d+h)?(\d+m)?(\d+s?)?$")
 
 
@@ -58,6 +62,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 @dataclass
 class Prediction:
     id: str
@@ -67,6 +75,8 @@ class Prediction:
     outcome: str
     polls_left: int
     status: str = "starting"
+    #: When its run ends (monotonic): GETs before then find it processing.
+    ready_at: float = 0.0
     created_at: str = field(default_factory=_now)
     completed_at: str | None = None
     data_removed: bool = False
@@ -83,16 +93,21 @@ class ReplicateMock(MockProvider):
         self.get_faults: deque[Reply] = deque()
         self.predictions: dict[str, Prediction] = {}
         self.prefer: list[str | None] = []
+        #: Predictions created and not yet finished, now and at most.
+        self.running = 0
+        self.peak_running = 0
         self.checkers = {
             CREATE: spec.request_validator("replicate", CREATE, "post"),
             CREATE_FOR_MODEL: spec.request_validator("replicate", CREATE_FOR_MODEL, "post"),
         }
         self.response_checker = spec.response_validator("replicate", GET, "get", "200")
+        self.list_checker = spec.response_validator("replicate", LIST, "get", "200")
         prefer = spec.parameter("replicate", CREATE, "post", "Prefer")
         self.prefer_pattern = re.compile(prefer["schema"]["pattern"])
         self.app = Starlette(
             routes=[
                 Route("/v1/predictions", self.create, methods=["POST"]),
+                Route("/v1/predictions", self.list, methods=["GET"]),
                 Route("/v1/models/{owner}/{name}/predictions", self.create, methods=["POST"]),
                 Route("/v1/predictions/{prediction_id}", self.get, methods=["GET"]),
                 Route("/v1/predictions/{prediction_id}/cancel", self.cancel, methods=["POST"]),
@@ -143,8 +158,12 @@ class ReplicateMock(MockProvider):
                 input=body["input"],
                 outcome=self.outcomes.popleft() if self.outcomes else "succeeded",
                 polls_left=self.polls,
+                ready_at=arrived + self.latency,
             )
             self.predictions[prediction.id] = prediction
+            self.paid += 1
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
             if prefer is not None and prediction.polls_left == 0:
                 self.finish(prediction)  # done within the wait: the model ran meanwhile
             status = 201 if prediction.status in ("succeeded", "failed", "canceled") else 202
@@ -164,12 +183,43 @@ class ReplicateMock(MockProvider):
             if self.get_faults:
                 return self.get_faults.popleft().response()
             if prediction.status in ("starting", "processing"):
-                prediction.polls_left -= 1
-                if prediction.polls_left <= 0:
+                running = time.monotonic() < prediction.ready_at
+                prediction.polls_left -= 0 if running else 1
+                if prediction.polls_left <= 0 and not running:
                     self.finish(prediction)
                 else:
                     prediction.status = "processing"
             return self.respond(request, prediction, 200)
+
+    async def list(self, request: Request) -> Response:
+        """``GET /v1/predictions``: newest first, ``PAGE`` a page, ``created_after`` applied."""
+        with self.tracking("list"):
+            if not self.authorised(request):
+                return unauthenticated().response()
+            after = request.query_params.get("created_after")
+            try:
+                since = _parse(after) if after else None
+            except ValueError:
+                self.reject(f"created_after {after!r} is not an ISO 8601 date-time")
+                return problem(400, "Invalid created_after", str(after)).response()
+            found = [
+                p for p in reversed(self.predictions.values())
+                if since is None or _parse(p.created_at) >= since
+            ]  # fmt: skip
+            start = int(request.query_params.get("cursor", "0"))
+            page = found[start : start + PAGE]
+            more = start + PAGE < len(found)
+            base = str(request.url.replace(query=""))
+            query = f"cursor={start + PAGE}" + (f"&created_after={after}" if after else "")
+            body = {
+                "next": f"{base}?{query}" if more else None,
+                "previous": None,
+                "results": [self.body(request, p) for p in page],
+            }
+            error = spec.errors(self.list_checker, body)
+            if error is not None:
+                self.reject(f"mock list response breaks the spec: {error}")
+            return JSONResponse(body)
 
     async def cancel(self, request: Request) -> Response:
         with self.tracking("cancel"):
@@ -186,6 +236,8 @@ class ReplicateMock(MockProvider):
             return Response(media.clip_mp4(), media_type="video/mp4")
 
     def finish(self, prediction: Prediction) -> None:
+        if prediction.status in ("starting", "processing"):
+            self.running -= 1
         prediction.status = prediction.outcome
         prediction.completed_at = _now()
 

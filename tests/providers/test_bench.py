@@ -23,4 +23,4 @@ async def test_quick_benchmark_runs_and_writes_its_section(tmp_path: Path) -> No
     text = output.read_text()
     assert "## Lifecycle\n\nkept" in text and "## Providers" in text
     assert "| requests off the spec | 0 |" in text
-    assert "| calls (script / voice / create / poll) | 8 / 8 / 32 / 0 |" in text
+    assert "| calls (script / voice / create / poll) | 8 / 8 / 32 / 32 |" in text

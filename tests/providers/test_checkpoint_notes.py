@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.providers.conftest import new_attempt
@@ -31,6 +32,49 @@ async def test_concurrent_notes_never_lose_each_other(sessions: Any, store: str)
     # Notes are not a completed stage, and another stage's notes are its own.
     assert await checkpoints.load("video_gen") is None
     assert await checkpoints.notes("voice_gen") == {}
+
+
+async def test_notes_and_saves_are_held_while_postgres_is_out_of_reach(
+    sessions: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that meets a refused connection waits and lands; one PostgreSQL refuses for
+    its content fails as before. (The real outage, a stopped server, is in ``make chaos``.)"""
+    checkpoints = await new_attempt(sessions)
+    books = checkpoints.books
+    note, submit = books.note, books.save.submit
+    refusals = {"note": 2, "save": 2}
+
+    async def flaky_note(*args: Any) -> None:
+        if refusals["note"]:
+            refusals["note"] -= 1
+            raise ConnectionRefusedError(111, "Connection refused")
+        await note(*args)
+
+    def flaky_submit(item: Any) -> asyncio.Future[bool]:
+        if refusals["save"]:
+            refusals["save"] -= 1
+            failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            failed.set_exception(
+                asyncpg.CannotConnectNowError("the database system is starting up")
+            )
+            return failed
+        return submit(item)
+
+    monkeypatch.setattr(books, "note", flaky_note)
+    monkeypatch.setattr(books.save, "submit", flaky_submit)
+    await checkpoints.note("video_gen", "scene_00", {"id": "paid-for"})
+    await checkpoints.save("script_gen", {"title": "t", "scenes": []})
+    await checkpoints.landed()
+    assert refusals == {"note": 0, "save": 0}
+    assert await checkpoints.notes("video_gen") == {"scene_00": {"id": "paid-for"}}
+    assert (await books.checkpoints(checkpoints.job_id))["script_gen"]["title"] == "t"
+
+    async def refused(*args: Any) -> None:
+        raise asyncpg.UniqueViolationError("duplicate key")
+
+    monkeypatch.setattr(books, "note", refused)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await checkpoints.note("video_gen", "scene_01", {"id": "x"})
 
 
 SCRIPT = Script("t", [Scene("a", "x", 5.0), Scene("b", "y", 5.0), Scene("c", "z", 5.0)])

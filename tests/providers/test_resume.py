@@ -171,11 +171,11 @@ async def test_scenes_overlap_in_time(
             brief, script, provider=providers.video, workdir=tmp_path, on_progress=progress
         )
     assert len(clips) == 4
-    creates = [(start, end) for name, start, end in mocks.replicate.intervals if name == "create"]
+    creates = [start for name, start, _ in mocks.replicate.intervals if name == "create"]
     assert len(creates) == 4
-    # Every prediction started before any finished: the stage takes about L, not 4 × L.
-    assert max(start for start, _ in creates) < min(end for _, end in creates)
-    assert mocks.replicate.peak_by["create"] == 4
+    # Every prediction was bought before any finished running: the stage takes about L,
+    # not 4 × L.
+    assert max(creates) < min(p.ready_at for p in mocks.replicate.predictions.values())
 
 
 async def test_the_shared_limit_caps_predictions_in_flight(
@@ -215,7 +215,7 @@ async def test_the_shared_limit_caps_predictions_in_flight(
         )
     assert mocks.replicate.calls["create"] == 8
     # Predictions (create until done) never exceed the limit; downloads come after.
-    assert mocks.replicate.peak_by["create"] == 2
+    assert mocks.replicate.peak_running == 2
 
 
 def test_providers_are_chosen_per_stage(live_settings: Settings, mocks: Mocks) -> None:

@@ -59,6 +59,8 @@ USED: dict[str, tuple[Operation, ...]] = {
         Operation("/predictions", "post", request_body=True, parameters=("Prefer",)),
         Operation("/models/{model_owner}/{model_name}/predictions", "post", request_body=True),
         Operation("/predictions/{prediction_id}", "get", responses=("200",)),
+        Operation("/predictions", "get", responses=("200",)),
+        Operation("/predictions/{prediction_id}/cancel", "post"),
     ),
 }
 

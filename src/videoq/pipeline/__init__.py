@@ -251,6 +251,7 @@ async def run_pipeline(
                 workdir=workdir,
                 providers=providers,
                 checkpoints=checkpoints,
+                artifacts=kept,
                 on_progress=progress.within(stage),
             )
         await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
@@ -276,6 +277,7 @@ async def _run_stage(
     workdir: Path,
     providers: Providers,
     checkpoints: Checkpoints,
+    artifacts: Artifacts,
     on_progress: Callable[[float], Awaitable[None]],
 ) -> dict[str, Any]:
     """Run one stage on the outputs of the earlier ones; return its checkpoint."""
@@ -293,6 +295,7 @@ async def _run_stage(
             workdir=workdir,
             on_progress=on_progress,
             checkpoints=checkpoints,
+            artifacts=artifacts,
         )
         return video_gen.to_output(clips)
     result = await compositing.run(

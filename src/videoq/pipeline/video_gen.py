@@ -1,10 +1,11 @@
 """Stage 3, ``video_gen`` (progress 50–75): one clip per scene, all scenes at once.
 
 With a :class:`~videoq.providers.ResumableVideoProvider` (Replicate) every scene's paid work
-is noted in the checkpoints under ``scene_NN`` — its id and the fingerprint of its inputs — as
-soon as it exists, before the stage waits for it. A later run of the stage (a retry, a worker
-killed mid-stage, a redeploy) re-attaches to the noted work whose fingerprint still matches
-instead of paying for the same clip again.
+is noted in the checkpoints under ``scene_NN``, with the fingerprint of its inputs: that it is
+about to be bought, its id as soon as it exists, and the clip once it is kept in the artifact
+store. A later run of the stage (a retry, a worker killed mid-stage, a redeploy, on any worker)
+takes a kept clip back from the store, or re-attaches to the noted work, instead of paying for
+the same clip again; only notes whose fingerprint still matches count.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videoq.providers import ResumableVideoProvider, VideoProvider
+from videoq.errors import RetryableError
+from videoq.providers import PaidWork, ResumableVideoProvider, VideoProvider
 from videoq.types import Clip, Script
 
 if TYPE_CHECKING:
     from videoq.ffmpeg import ProgressCallback
-    from videoq.pipeline import Checkpoints
+    from videoq.pipeline import Artifacts, Checkpoints
     from videoq.types import Brief
 
 STAGE = "video_gen"
@@ -37,11 +39,13 @@ async def run(
     workdir: Path,
     on_progress: ProgressCallback,
     checkpoints: Checkpoints | None = None,
+    artifacts: Artifacts | None = None,
 ) -> list[Clip]:
     """Render every scene concurrently; ``on_progress`` gets the fraction of clips finished.
 
-    If one scene fails the others are cancelled (TaskGroup) and the first error propagates;
-    their noted work stays noted, for the next attempt to re-attach to.
+    If one scene fails the others are cancelled and that scene's own error propagates (a
+    permanent one before a retryable one, when several failed): their noted work stays noted,
+    for the next attempt to re-attach to, or for the worker to cancel when the job fails.
     """
     total = len(script.scenes)
     finished = 0
@@ -51,21 +55,8 @@ async def run(
         nonlocal finished
         scene = script.scenes[index]
         if isinstance(provider, ResumableVideoProvider) and checkpoints is not None:
-            key = note_key(index)
-            fingerprint = provider.work_fingerprint(scene, index, brief)
-            previous = noted.get(key) or {}
-            attach_to = previous.get("id") if previous.get("fingerprint") == fingerprint else None
-
-            async def submitted(work_id: str) -> None:
-                await checkpoints.note(STAGE, key, {"id": work_id, "fingerprint": fingerprint})
-
-            clip = await provider.render_clip(
-                scene,
-                index,
-                brief,
-                workdir,
-                attach_to=str(attach_to) if attach_to else None,
-                on_submitted=submitted,
+            clip = await _paid_clip(
+                provider, index, brief, script, workdir, checkpoints, artifacts, noted
             )
         else:
             clip = Clip(path=await provider.render_scene(scene, index, brief, workdir))
@@ -73,9 +64,73 @@ async def run(
         await on_progress(finished / total)
         return clip
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(render(i)) for i in range(total)]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(render(i)) for i in range(total)]
+    except ExceptionGroup as failed:
+        raise _first(failed) from None
     return [task.result() for task in tasks]
+
+
+async def _paid_clip(
+    provider: ResumableVideoProvider,
+    index: int,
+    brief: Brief,
+    script: Script,
+    workdir: Path,
+    checkpoints: Checkpoints,
+    artifacts: Artifacts | None,
+    noted: dict[str, dict[str, Any]],
+) -> Clip:
+    """One scene's clip from the provider, its purchase noted at every step."""
+    scene = script.scenes[index]
+    key = note_key(index)
+    fingerprint = provider.work_fingerprint(scene, index, brief)
+    previous = noted.get(key) or {}
+    if previous.get("fingerprint") != fingerprint:
+        previous = {}
+    kept = previous.get("clip")
+    if artifacts is not None and isinstance(kept, str) and await artifacts.fetch(workdir / kept):
+        work_id = previous.get("id")
+        cost = previous.get("cost")
+        return Clip(
+            path=workdir / kept,
+            cost=cost if isinstance(cost, dict) else {},
+            work_id=work_id if isinstance(work_id, str) else None,
+        )
+    current: dict[str, Any] = {**previous, "fingerprint": fingerprint}
+
+    async def note(update: dict[str, Any]) -> None:
+        current.update(update)
+        await checkpoints.note(STAGE, key, dict(current))
+
+    claimed = frozenset(
+        str(other["id"]) for name, other in noted.items() if name != key and other.get("id")
+    )
+    clip = await provider.render_clip(
+        scene, index, brief, workdir, work=PaidWork(previous, claimed, note)
+    )
+    if artifacts is not None:
+        # Kept at once, not at the stage's end: a clip bought is never bought again, even
+        # when the attempt dies before its siblings finish or after Replicate deleted it.
+        await artifacts.keep(clip.path)
+        await note({"clip": clip.path.name, "cost": clip.cost})
+    return clip
+
+
+def _first(failed: ExceptionGroup[Exception]) -> Exception:
+    """The error a failed stage reports: a scene's own, not the task group's wrapper; a
+    permanent one when a scene failed for good (retrying would not help the job)."""
+    errors: list[Exception] = []
+    pending: list[BaseException] = [failed]
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            pending[:0] = list(item.exceptions)
+        elif isinstance(item, Exception):
+            errors.append(item)
+    permanent = [e for e in errors if not isinstance(e, RetryableError)]
+    return (permanent or errors)[0]
 
 
 def to_output(clips: list[Clip]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from videoq.providers.limits import Limiter, LocalLimiter
 from videoq.settings import Settings
@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the clients' modules are loaded only where a key is set
 
 __all__ = [
     "LIVE",
+    "PaidWork",
     "ProviderPool",
     "Providers",
     "ResumableVideoProvider",
@@ -69,31 +70,45 @@ class VideoProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PaidWork:
+    """One scene's purchase as the ``video_gen`` stage keeps it: what earlier attempts noted
+    of it (in PostgreSQL, through :meth:`~videoq.pipeline.Checkpoints.note`) and how to note
+    more. A provider notes that it is about to buy (``{"since": …}``) before its create
+    request, and the work's id the moment the answer names it; whatever it notes is merged
+    into the scene's note and must be durable when ``note`` returns."""
+
+    #: What earlier attempts noted for this scene (empty when nothing, or when the scene's
+    #: inputs changed since).
+    previous: Mapping[str, Any]
+    #: Work ids other scenes of the job hold: never this scene's.
+    claimed: frozenset[str]
+    note: Callable[[dict[str, Any]], Awaitable[None]]
+
+
 @runtime_checkable
 class ResumableVideoProvider(Protocol):
     """A video provider whose scenes are paid work that outlives this process (Replicate
-    predictions). The ``video_gen`` stage records each work id through
-    :meth:`~videoq.pipeline.Checkpoints.note` as soon as it exists, so a retried, recovered or
-    redeployed job re-attaches to it instead of paying again."""
+    predictions). Each scene's work is noted durably before it is bought and as soon as it
+    exists, so a retried, recovered or redeployed job re-attaches to it instead of paying
+    again; and work still running for a job that failed or was cancelled is stopped at the
+    provider (:meth:`cancel_work`)."""
 
     def work_fingerprint(self, scene: Scene, index: int, brief: Brief) -> str:
-        """A digest of everything the paid work depends on: a recorded id is re-attached only
+        """A digest of everything the paid work depends on: noted work is re-attached only
         while the fingerprint still matches (a rewritten script must not reuse old clips)."""
         ...
 
     async def render_clip(
-        self,
-        scene: Scene,
-        index: int,
-        brief: Brief,
-        out_dir: Path,
-        *,
-        attach_to: str | None,
-        on_submitted: Callable[[str], Awaitable[None]],
+        self, scene: Scene, index: int, brief: Brief, out_dir: Path, *, work: PaidWork
     ) -> Clip:
-        """The scene's clip in ``out_dir``. With ``attach_to``, first re-attach to that work
-        (when it is still running or has its output); otherwise, or when it is gone, start
-        new work and await ``on_submitted(work_id)`` before waiting for it."""
+        """The scene's clip in ``out_dir``: from the work ``work.previous`` names when it can
+        still deliver, from work an earlier attempt bought but never heard of (its note says
+        it was about to buy), or else from new work, noted through ``work.note``."""
+        ...
+
+    async def cancel_work(self, work_ids: list[str]) -> None:
+        """Stop these works at the provider, if they still run (best effort, never raises)."""
         ...
 
 

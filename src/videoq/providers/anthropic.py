@@ -7,7 +7,13 @@ the other providers.
 
 The brief is customer text: it goes into the user turn as JSON inside ``<brief>`` tags, and the
 system prompt says it is data, never instructions. Whatever the model answers is then checked
-(scene count, non-empty strings, lengths) before it becomes a :class:`Script`.
+(non-empty strings, lengths) before it becomes a :class:`Script`.
+
+Every answer is paid for, so a usable one is used: a script with another scene count than
+asked is fitted (fewer scenes are kept as they are; extra ones are folded into the last, which
+carries the call to action) rather than bought again. A malformed answer (no script, a scene
+without text) is asked for once more, then fails the job for good (``invalid_script``):
+retrying the job would only buy more of the same.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import anthropic
 import httpx2
 from anthropic.types import Message, MessageParam, ToolChoiceToolParam, ToolParam
 
-from videoq.errors import PermanentError, RetryableError
+from videoq.errors import PermanentError
 from videoq.providers.http import RetryPolicy, call_with_retries, classify, transport_error
 from videoq.types import Scene, Script, scene_count, scene_durations
 
@@ -34,6 +40,8 @@ MAX_NARRATION_CHARS = 400
 MAX_PROMPT_CHARS = 1000
 #: A scene shorter than this gets an equal share instead of one weighted by its words.
 MIN_SCENE_S = 1.0
+#: Paid answers one script may take: the first, and one more when it was malformed.
+MAX_ASKS = 2
 
 SYSTEM_PROMPT = """\
 You write scripts for short marketing videos. The user turn contains a brief as JSON inside \
@@ -104,6 +112,16 @@ def weighted_durations(total_s: float, narrations: list[str]) -> list[float]:
     return durations
 
 
+def fitted(narrations: list[str], prompts: list[str], count: int) -> tuple[list[str], list[str]]:
+    """At most ``count`` scenes: extra ones are folded into the last kept scene (their
+    narration appended, the last scene's shot kept, as it carries the call to action)."""
+    if len(narrations) > count:
+        tail = " ".join(narrations[count - 1 :])
+        narrations = [*narrations[: count - 1], tail]
+        prompts = [*prompts[: count - 1], prompts[-1]]
+    return [n[:MAX_NARRATION_CHARS] for n in narrations], prompts
+
+
 def make_client(
     settings: Settings, transport: httpx2.AsyncBaseTransport | None = None
 ) -> anthropic.AsyncAnthropic:
@@ -147,15 +165,22 @@ class AnthropicScriptProvider:
         self._policy = policy
 
     async def write_script(self, brief: Brief) -> Script:
-        """A checked script of :func:`scene_count` scenes; a malformed answer is retried."""
+        """A checked script of :func:`scene_count` scenes (an answer with another count is
+        fitted to it); a malformed answer is asked for once more."""
         count = scene_count(brief.duration_s)
 
-        async def once() -> Script:
+        async def once() -> Message:
             async with self._limiter.slot():
-                message = await self._create(brief, count)
-            return self._parse(message, brief, count)
+                return await self._create(brief, count)
 
-        return await call_with_retries(once, policy=self._policy, what="anthropic.messages")
+        for ask in range(1, MAX_ASKS + 1):
+            message = await call_with_retries(once, policy=self._policy, what="anthropic.messages")
+            try:
+                return self._parse(message, brief, count)
+            except PermanentError as exc:
+                if exc.code != "invalid_script" or ask == MAX_ASKS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _create(self, brief: Brief, count: int) -> Message:
         system = SYSTEM_PROMPT.format(
@@ -201,25 +226,23 @@ class AnthropicScriptProvider:
             (b for b in message.content if b.type == "tool_use" and b.name == TOOL_NAME), None
         )
         if block is None or not isinstance(block.input, dict):
-            raise RetryableError("anthropic answered without the script", code="invalid_script")
+            raise PermanentError("anthropic answered without the script", code="invalid_script")
         data: dict[str, Any] = block.input
         scenes = data.get("scenes")
-        if not isinstance(scenes, list) or len(scenes) != count:
-            got = len(scenes) if isinstance(scenes, list) else 0
-            raise RetryableError(
-                f"anthropic wrote {got} scenes, not {count}", code="invalid_script"
-            )
+        if not isinstance(scenes, list) or not scenes:
+            raise PermanentError("anthropic wrote no scenes", code="invalid_script")
         narrations: list[str] = []
         prompts: list[str] = []
         for scene in scenes:
             narration = scene.get("narration") if isinstance(scene, dict) else None
             prompt = scene.get("visual_prompt") if isinstance(scene, dict) else None
             if not (isinstance(narration, str) and narration.strip()):
-                raise RetryableError("a scene has no narration", code="invalid_script")
+                raise PermanentError("a scene has no narration", code="invalid_script")
             if not (isinstance(prompt, str) and prompt.strip()):
-                raise RetryableError("a scene has no visual prompt", code="invalid_script")
-            narrations.append(narration.strip()[:MAX_NARRATION_CHARS])
+                raise PermanentError("a scene has no visual prompt", code="invalid_script")
+            narrations.append(narration.strip())
             prompts.append(prompt.strip()[:MAX_PROMPT_CHARS])
+        narrations, prompts = fitted(narrations, prompts, count)
         durations = weighted_durations(float(brief.duration_s), narrations)
         title = data.get("title")
         usage = message.usage

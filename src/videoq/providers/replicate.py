@@ -5,23 +5,35 @@ Why not the ``replicate`` SDK: 1.0.7 cannot read a prediction whose status is ``
 created directly (``POST /v1/predictions`` or ``/v1/models/{owner}/{name}/predictions``,
 ``GET /v1/predictions/{id}``).
 
-Money is the point of this module. Each scene's create request carries ``Prefer: wait`` (most
-clips finish within it) and ``Cancel-After`` (a runaway prediction stops by itself). The
-prediction id is handed to ``on_submitted`` — the stage records it in PostgreSQL — *before*
-anything waits on it, so a job that is retried, recovered after kill -9 or redeployed
-re-attaches to the same prediction instead of buying the clip again. A recorded prediction
-that ended without output (failed, canceled, aborted, or output already deleted) is not
-re-attached: a new one is created. Outputs stream to a temporary file with a size limit and
-are renamed into place only when complete.
+Money is the point of this module. Each scene's purchase is noted in PostgreSQL twice, through
+the stage's :class:`~videoq.providers.PaidWork`: that it is about to be bought (``since``,
+before the create request leaves) and the prediction's id (the moment the create answer names
+it). Creates do not hold the request open (no ``Prefer: wait``): the answer, and the id in it,
+comes back at once, and the clip is polled for. So a later attempt, on any worker:
+
+- with a noted id, re-attaches to that prediction while it runs or has its output;
+- with a purchase noted as under way but no id (the worker died, or the connection broke,
+  between the create reaching Replicate and its answer being noted), first looks for it among
+  the account's predictions created since (``GET /v1/predictions?created_after=``), by its
+  exact input and model, skipping ids the job's other scenes hold; a create retried after an
+  ambiguous failure (a timeout, a 5xx) looks the same way before it buys again;
+- buys anew only when neither finds a prediction that can still deliver (failed, canceled,
+  aborted, or its output already deleted, an hour after it finished).
+
+``Cancel-After`` on create stops a runaway prediction by itself; :meth:`cancel_work` stops the
+ones of a job that failed or was cancelled. Outputs stream to a temporary file with a size
+limit and are renamed into place only when complete.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import json
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -31,6 +43,7 @@ import structlog
 
 from videoq.errors import PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output
+from videoq.providers import PaidWork
 from videoq.providers.http import (
     RetryPolicy,
     call_with_retries,
@@ -42,8 +55,6 @@ from videoq.providers.http import (
 from videoq.types import Clip, Scene
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from videoq.providers.limits import Limiter
     from videoq.settings import Settings
     from videoq.types import Brief
@@ -54,6 +65,11 @@ log = structlog.get_logger(__name__)
 PREDICTION_ENDED = frozenset({"succeeded", "failed", "canceled", "aborted"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".webm", ".mkv", ".gif"})
 CHUNK = 1 << 16
+#: How far before a noted purchase a search for it starts: the worker's clock and Replicate's
+#: may disagree by this much.
+CLOCK_SKEW = timedelta(minutes=5)
+#: Pages of the prediction list (100 each, newest first) searched for a lost purchase.
+SEARCH_PAGES = 10
 
 
 def make_client(
@@ -159,31 +175,25 @@ class ReplicateVideoProvider:
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
     async def render_scene(self, scene: Scene, index: int, brief: Brief, out_dir: Path) -> Path:
-        """The plain :class:`~videoq.providers.VideoProvider` call (nothing recorded)."""
+        """The plain :class:`~videoq.providers.VideoProvider` call (nothing noted)."""
 
-        async def ignore(_: str) -> None:
+        async def ignore(_: dict[str, Any]) -> None:
             return None
 
-        clip = await self.render_clip(
-            scene, index, brief, out_dir, attach_to=None, on_submitted=ignore
-        )
-        return clip.path
+        work = PaidWork(previous={}, claimed=frozenset(), note=ignore)
+        return (await self.render_clip(scene, index, brief, out_dir, work=work)).path
 
     async def render_clip(
-        self,
-        scene: Scene,
-        index: int,
-        brief: Brief,
-        out_dir: Path,
-        *,
-        attach_to: str | None,
-        on_submitted: Callable[[str], Awaitable[None]],
+        self, scene: Scene, index: int, brief: Brief, out_dir: Path, *, work: PaidWork
     ) -> Clip:
+        body = self.request_body(scene, index, brief)
         async with self._limiter.slot():
-            prediction = await self._attach(attach_to) if attach_to else None
+            prediction = await self._recover(work, body)
             if prediction is None:
-                prediction = await self._create(self.request_body(scene, index, brief))
-                await on_submitted(str(prediction["id"]))
+                since = datetime.now(UTC).isoformat()
+                await work.note({"since": since, "id": None})
+                prediction = await self._create(body, since, work.claimed)
+                await work.note({"id": str(prediction["id"])})
                 log.info("prediction_created", prediction_id=prediction["id"], scene=index)
             prediction = await self._wait(prediction)
         url = output_url(prediction)
@@ -197,6 +207,29 @@ class ReplicateVideoProvider:
         if isinstance(metrics.get("predict_time"), int | float):
             cost["predict_time_s"] = float(metrics["predict_time"])
         return Clip(path=path, cost=cost, work_id=str(prediction["id"]))
+
+    async def cancel_work(self, work_ids: list[str]) -> None:
+        async def cancel(prediction_id: str) -> None:
+            try:
+                await self._call(
+                    "POST", f"/v1/predictions/{prediction_id}/cancel", headers=self._auth
+                )
+            except ProviderError as exc:
+                log.warning("prediction_cancel_failed", prediction_id=prediction_id, error=exc.code)
+            else:
+                log.info("prediction_cancelled", prediction_id=prediction_id)
+
+        await asyncio.gather(*(cancel(ident) for ident in work_ids))
+
+    async def _recover(self, work: PaidWork, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The prediction an earlier attempt bought for this scene, if it can still deliver."""
+        noted = work.previous.get("id")
+        if isinstance(noted, str) and noted:
+            return await self._attach(noted)
+        since = work.previous.get("since")
+        if isinstance(since, str):
+            return await self._find(body, since, work.claimed)
+        return None
 
     async def _attach(self, prediction_id: str) -> dict[str, Any] | None:
         """The recorded prediction if it can still deliver its clip, else None."""
@@ -215,28 +248,91 @@ class ReplicateVideoProvider:
         log.info("prediction_reattached", prediction_id=prediction_id)
         return prediction
 
-    async def _create(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a prediction. Retried here on 429/5xx: the Replicate SDK never retries a POST.
-        (A create that timed out after reaching Replicate may exist unseen; nothing in the API
-        lets us find it, so that one case can cost a duplicate.)"""
+    async def _create(
+        self, body: dict[str, Any], since: str, claimed: frozenset[str]
+    ) -> dict[str, Any]:
+        """Create a prediction. Retried here on 429/5xx and lost connections (the Replicate SDK
+        never retries a POST); a retry first looks for the prediction the failed try may have
+        made (:meth:`_find`), so a create that reached Replicate is not bought twice."""
         if self._settings.replicate_version:
             url = "/v1/predictions"
         else:
             owner, _, name = self._settings.replicate_model.partition("/")
             url = f"/v1/models/{owner}/{name}/predictions"
-        wait = self._settings.replicate_wait_s
-        headers = {
-            **self._auth,
-            "Prefer": f"wait={wait}",
-            "Cancel-After": self._settings.replicate_cancel_after,
-        }
-        # The request is held open up to `wait` seconds: the read timeout must outlast it.
-        timeout = httpx.Timeout(self._settings.replicate_timeout_s + wait, connect=10.0)
+        headers = {**self._auth, "Cancel-After": self._settings.replicate_cancel_after}
+        tries = 0
 
         async def once() -> dict[str, Any]:
-            return await self._call("POST", url, json=body, headers=headers, timeout=timeout)
+            nonlocal tries
+            tries += 1
+            if tries > 1 and (found := await self._find(body, since, claimed)) is not None:
+                return found
+            return await self._call("POST", url, json=body, headers=headers)
 
         return await call_with_retries(once, policy=self._policy, what="replicate.create")
+
+    async def _find(
+        self, body: dict[str, Any], since: str, claimed: frozenset[str]
+    ) -> dict[str, Any] | None:
+        """A prediction of this account created after ``since`` (less the clock skew) with
+        exactly ``body``'s input and model, held by no other scene, that can still deliver;
+        None when the first :data:`SEARCH_PAGES` pages (newest first) hold none."""
+        try:
+            after = datetime.fromisoformat(since) - CLOCK_SKEW
+        except ValueError:
+            return None
+        url: str | None = "/v1/predictions"
+        params: dict[str, str] | None = {"created_after": after.isoformat()}
+        for _ in range(SEARCH_PAGES):
+            if url is None:
+                break
+            page = await self._list(url, params)
+            for prediction in page.get("results") or []:
+                if (
+                    isinstance(prediction, dict)
+                    and prediction.get("id") not in claimed
+                    and prediction.get("input") == body["input"]
+                    and self._same_model(prediction)
+                    and reusable(prediction)
+                ):
+                    log.info("prediction_found", prediction_id=prediction.get("id"))
+                    return prediction
+            following = page.get("next")
+            url, params = (following, None) if self._ours(following) else (None, None)
+        return None
+
+    def _same_model(self, prediction: dict[str, Any]) -> bool:
+        if self._settings.replicate_version:
+            return prediction.get("version") == self._settings.replicate_version.rpartition(":")[2]
+        return prediction.get("model") == self._settings.replicate_model
+
+    def _ours(self, url: object) -> bool:
+        """Whether ``url`` (a list page's ``next``) is on the API's host: the token goes there."""
+        if not isinstance(url, str):
+            return False
+        parts = urlsplit(url)
+        base = self._client.base_url
+        return parts.scheme == base.scheme and parts.netloc == base.netloc.decode()
+
+    async def _list(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
+        async def once() -> dict[str, Any]:
+            try:
+                response = await self._client.get(url, params=params, headers=self._auth)
+            except httpx.TransportError as exc:
+                raise transport_error("replicate", exc) from exc
+            if response.status_code >= 400:
+                raise error_for(response)
+            try:
+                data = response.json()
+            except ValueError as exc:
+                raise RetryableError(
+                    "replicate sent invalid JSON", code="invalid_response"
+                ) from exc
+            if not isinstance(data, dict):
+                raise RetryableError("replicate sent no prediction list", code="invalid_response")
+            return data
+
+        return await call_with_retries(once, policy=self._policy, what="replicate.list")
 
     async def _get(self, prediction_id: str) -> dict[str, Any]:
         async def once() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from videoq.store.engine import (
     migrate,
     ping,
     sessionmaker,
+    unavailable,
 )
 from videoq.store.tables import (
     ApiKey,
@@ -50,4 +51,5 @@ __all__ = [
     "migrate",
     "ping",
     "sessionmaker",
+    "unavailable",
 ]

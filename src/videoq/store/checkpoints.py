@@ -1,15 +1,47 @@
 """Checkpoints in PostgreSQL (``job_stages``) for one attempt: each completed stage's outputs,
 and each stage's notes of paid work in progress. What makes a resumed job re-buy nothing.
+
+A write that finds PostgreSQL out of reach is held and tried again until it lands, never
+dropped and never turned into an error: what it records was paid for, and an attempt that
+failed over it would be retried and buy it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import structlog
 
 from videoq.errors import AttemptSuperseded
+from videoq.store.engine import unavailable
 from videoq.store.grouped import GroupedWriter
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Waits between tries of a write while PostgreSQL is out of reach (the last one repeats).
+HOLD_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+async def held(write: Callable[[], Awaitable[T]], what: str) -> T:
+    """``write()``, tried again for as long as PostgreSQL is out of reach; any other error
+    propagates. Ends only when the write lands or the caller is cancelled."""
+    tries = 0
+    while True:
+        try:
+            return await write()
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            delay = HOLD_DELAYS_S[min(tries, len(HOLD_DELAYS_S) - 1)]
+            if tries == 0:
+                log.warning("write_held_database_unavailable", write=what, error=str(exc))
+            tries += 1
+            await asyncio.sleep(delay)
 
 
 class DbCheckpoints:
@@ -47,9 +79,11 @@ class DbCheckpoints:
         attempt was refused or failed. What a crash can lose is the same as if the save were
         waited for (a stage whose save has not landed yet); events that follow wait for it
         (:meth:`pending`), and the attempt waits for every save before its outcome
-        (:meth:`landed`)."""
+        (:meth:`landed`). A save is held while PostgreSQL is out of reach (:func:`held`)."""
         self._check()
-        self._saving.append(self.books.save.submit((self.job_id, self.attempt, stage, output)))
+        item = (self.job_id, self.attempt, stage, output)
+        saving = asyncio.ensure_future(held(lambda: self.books.save.submit(item), "checkpoint"))
+        self._saving.append(saving)
         if self._completed is not None:
             self._completed[stage] = output
 
@@ -66,7 +100,11 @@ class DbCheckpoints:
     def _check(self) -> None:
         while self._saving and self._saving[0].done():
             saved = self._saving.pop(0)
-            if self._failed is None and (saved.exception() is not None or not saved.result()):
+            if self._failed is not None:
+                continue
+            if saved.cancelled():
+                self._failed = asyncio.CancelledError()
+            elif saved.exception() is not None or not saved.result():
                 self._failed = saved.exception() or AttemptSuperseded(
                     f"attempt {self.attempt} of job {self.job_id} no longer runs"
                 )
@@ -74,7 +112,10 @@ class DbCheckpoints:
             raise self._failed
 
     async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
-        await self.books.note(self.job_id, self.attempt, stage + self.NOTES_SUFFIX, {key: value})
+        """Durable on return (held while PostgreSQL is out of reach: a note records a purchase,
+        and the purchase must not go on unrecorded)."""
+        row = stage + self.NOTES_SUFFIX
+        await held(lambda: self.books.note(self.job_id, self.attempt, row, {key: value}), "note")
 
     async def notes(self, stage: str) -> dict[str, dict[str, Any]]:
         entries = await self.books.notes(self.job_id, stage + self.NOTES_SUFFIX)

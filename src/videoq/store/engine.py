@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from videoq.errors import NotMigrated
@@ -32,6 +33,44 @@ def driver_dsn(url: str) -> str:
 #: What a database call raises when PostgreSQL fails or is out of reach, through SQLAlchemy or
 #: through asyncpg directly (the worker's bookkeeping).
 DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+#: Server errors that say PostgreSQL is down, starting, stopping or full, not that a statement
+#: was wrong: class 08 (connection exception), 53300 (too many connections), class 57P
+#: (shut down by an operator or a crash, or not accepting connections yet).
+_UNAVAILABLE_SERVER = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    SQLAlchemyTimeout,
+    InterfaceError,
+    OperationalError,
+    asyncpg.InterfaceError,
+    *_UNAVAILABLE_SERVER,
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means PostgreSQL cannot be reached now (refused, lost mid-query,
+    restarting, out of connections, a pool that timed out), so the same call is worth trying
+    again later; a statement PostgreSQL refused is not. Looks through SQLAlchemy's wrapping
+    and the chain of causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, _UNAVAILABLE):
+            return True
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:

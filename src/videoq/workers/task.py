@@ -24,7 +24,8 @@ from videoq import lifecycle
 from videoq.artifacts import VIDEO
 from videoq.broker import BROKER_ERRORS, events
 from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
-from videoq.providers import Providers, offline_providers
+from videoq.pipeline import video_gen
+from videoq.providers import Providers, ResumableVideoProvider, offline_providers
 from videoq.settings import Settings
 from videoq.store import DATABASE_ERRORS, Job
 from videoq.store import jobs as job_rows
@@ -147,7 +148,9 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
             raise
         task.uncancel()  # stopped on purpose: this attempt ends here, normally
         if running.stop_reason == "cancelled":
-            # (Lease lost: the new owner may be writing in the same directory; left be.)
+            # (Lease lost: the new owner may be writing in the same directory, and may use
+            # the work still running; left be.)
+            state.wrap_up(_stop_paid_work(state, settings, checkpoints))
             await _clear_scratch(workdir)
         log.info("job_stopped", reason=running.stop_reason)
         return None
@@ -156,7 +159,8 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
         log.info("job_stopped", reason="superseded")
         return None
     except Exception as exc:
-        await _retry_or_fail(state, job, reporter, exc)
+        if not await _retry_or_fail(state, job, reporter, exc):
+            state.wrap_up(_stop_paid_work(state, settings, checkpoints))
         return None
     reporter.progress = 100.0
     return state.wrap_up(_succeeded(state, reporter, job, result, workdir))
@@ -266,10 +270,29 @@ def _error(exc: Exception) -> dict[str, Any]:
     return {"code": "internal_error", "message": "unexpected worker error", "retryable": False}
 
 
+async def _stop_paid_work(
+    state: WorkerState, settings: Settings, checkpoints: DbCheckpoints
+) -> None:
+    """The job failed or was cancelled: stop the paid work still running for it (the other
+    scenes' predictions of a job whose one scene failed) at the provider, off the job's path."""
+    video = _providers(state, settings).video
+    if not isinstance(video, ResumableVideoProvider):
+        return
+    try:
+        notes = await checkpoints.notes(video_gen.STAGE)
+    except DATABASE_ERRORS as exc:
+        log.warning("paid_work_not_stopped", error=str(exc))
+        return
+    running = [str(n["id"]) for n in notes.values() if n.get("id") and not n.get("clip")]
+    if running:
+        await video.cancel_work(running)
+
+
 async def _retry_or_fail(
     state: WorkerState, job: Job, reporter: EventReporter, exc: Exception
-) -> None:
-    """Map a failed attempt to ``retrying`` (raising arq's Retry) or ``failed``."""
+) -> bool:
+    """Map a failed attempt to ``retrying`` (raising arq's Retry) or ``failed``. False when
+    it failed here; True when it was left as it was (cancelled or taken over meanwhile)."""
     error = _error(exc)
     if error["code"] == "internal_error":
         log.error("job_crashed", exc_info=exc)
@@ -286,9 +309,10 @@ async def _retry_or_fail(
             state.counts["retried"] += 1
             log.warning("job_retry_scheduled", delay_s=round(delay, 2), error=error["code"])
             raise Retry(defer=delay) from exc
-        return
+        return True
     failed = await _finish(state, reporter, job, JobStatus.FAILED, error["message"], error=error)
     if failed:
         state.counts["failed"] += 1
         log.warning("job_failed", error=error["code"], message=error["message"])
         await _clear_scratch(state.settings.scratch / str(job.id))
+    return not failed
