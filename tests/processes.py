@@ -33,18 +33,9 @@ ARQ_WORKER = ("-m", "arq", "videoq.workers.WorkerSettings")
 
 
 class WorkerProcess:
-    """One worker subprocess (``command``: Python's arguments, `videoq worker` by default); its
-    output goes to a log file for post-mortems."""
+    """One worker subprocess; its output goes to a log file for post-mortems."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        log_dir: Path,
-        *,
-        command: tuple[str, ...] = VIDEOQ_WORKER,
-        **env: str,
-    ) -> None:
-        self.command = command
+    def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
         self.env = {
             **os.environ,
             "VIDEOQ_DATABASE_URL": settings.database_url or "",
@@ -62,10 +53,11 @@ class WorkerProcess:
         self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self, command: tuple[str, ...] = VIDEOQ_WORKER) -> WorkerProcess:
+        """Start it: ``python <command>``, `videoq worker` unless told otherwise."""
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, *self.command],
+                [sys.executable, *command],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec(),
             )  # fmt: skip
         return self

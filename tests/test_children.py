@@ -115,7 +115,7 @@ async def test_a_sigkilled_worker_leaves_no_ffmpeg_running(
     live_api: LiveApi, client: Client, settings: Settings, redis: Redis, tmp_path: Path,
     command: tuple[str, ...],
 ) -> None:  # fmt: skip
-    worker = WorkerProcess(settings, tmp_path, command=command).start()
+    worker = WorkerProcess(settings, tmp_path).start(command)
     ffmpeg: list[int] = []
     try:
         await worker.registered(redis)

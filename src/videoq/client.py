@@ -249,12 +249,14 @@ class Client:
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued, scheduled or running job (a finished one raises ApiError 409).
-        A 503 is retried: nothing was cancelled (the job's row is the first thing written)."""
+        Retried on 503 without a key: should the first try have landed after all, the repeat
+        is a 409, never a second cancel."""
         return Job.model_validate(await self._request("POST", f"/v1/jobs/{job_id}/cancel"))
 
     async def retry(self, job_id: str) -> Job:
-        """Requeue a failed or cancelled job; it resumes after its last checkpoint. A 503 is
-        retried: nothing was requeued (the job's row is the first thing written)."""
+        """Requeue a failed or cancelled job; it resumes after its last checkpoint. Retried on
+        503 without a key: should the first try have landed after all, the repeat is a 409,
+        never a second requeue."""
         return Job.model_validate(await self._request("POST", f"/v1/jobs/{job_id}/retry"))
 
     async def workers(self) -> list[dict[str, Any]]:
