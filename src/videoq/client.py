@@ -10,7 +10,7 @@ async with Client("http://127.0.0.1:8000", api_key) as c:
 While the service answers 503 (its database is down or restarting), every call waits as its
 ``Retry-After`` asks (at most :data:`MAX_RETRY_WAIT_S` at a time) and tries again, for up to
 the client's ``timeout``; then it raises :class:`ServerError`. ``submit`` always sends an
-``Idempotency-Key`` (its own, or a new one per call), the same on every try, so a retried
+``Idempotency-Key`` (the caller's, or a new one per call), the same on every try, so a retried
 create never makes a second job.
 """
 

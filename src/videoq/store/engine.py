@@ -52,10 +52,10 @@ OUTAGE_SOURCES = (
     DatabaseUnreachable,
 )
 
-#: asyncpg's errors that mean the server cannot serve this connection, whatever the query:
+#: The errors that mean the server cannot serve this connection, whatever the query: asyncpg's
 #: SQLSTATE class 08 (connection exceptions, a connection lost mid-query included), 57P01-03
-#: (shut down by an administrator or a crash; starting up or shutting down), 53300 (too many
-#: clients).
+#: (shut down by an administrator or a crash; starting up or shutting down) and 53300 (too many
+#: clients), and a connect that failed at the socket.
 _SERVER_GONE = (
     asyncpg.PostgresConnectionError,
     AdminShutdownError,
