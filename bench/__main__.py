@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from videoq.children import preexec
+
 SUITES = (
     "providers",
     "compositing",
@@ -25,7 +27,7 @@ def main() -> int:
     for suite in SUITES:
         print(f"\n=== bench.{suite} ===", flush=True)
         args = [sys.executable, "-m", f"bench.{suite}", *(["--quick"] if quick else [])]
-        if subprocess.run(args).returncode != 0:
+        if subprocess.run(args, preexec_fn=preexec()).returncode != 0:
             failed.append(suite)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import summary, write_section
+from videoq.children import preexec
 from videoq.ffmpeg import ffmpeg_command, find_font
 from videoq.pipeline import MemoryCheckpoints, compositing, run_pipeline, video_gen
 from videoq.providers import offline_providers
@@ -144,7 +145,7 @@ def by_hand(argv: list[str]) -> tuple[float, float]:
     clock = Clock()
     subprocess.run(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        check=True,
+        check=True, preexec_fn=preexec(),  # as videoq starts FFmpeg, so the spawn costs the same
     )  # fmt: skip
     return clock.read()
 

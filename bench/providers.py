@@ -51,6 +51,7 @@ from tests.mocks.elevenlabs import ElevenLabsMock
 from tests.mocks.replicate import ReplicateMock
 
 from videoq.broker import limits
+from videoq.children import preexec
 from videoq.logs import configure_logging
 from videoq.pipeline import MemoryCheckpoints, run_pipeline
 from videoq.providers import ProviderPool
@@ -192,6 +193,7 @@ async def _run(
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.providers", "--serve-mocks", "--latency", str(latency),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        preexec_fn=preexec(),
     )  # fmt: skip
     try:
         assert child.stdout is not None

@@ -137,7 +137,7 @@ async def saq_rate(st: Any, function: str, kwargs: dict[str, Any], n: int, max_j
                     done = [job for job in jobs if job.status == "complete"]
                     start = min(job.started for job in done)
                     end = max(job.completed for job in done)
-                    return float(len(done) / ((end - start) / 1000))
+                    return float(len(done) / ((end - start) / 1000))  # saq's times are Any
                 await asyncio.sleep(0.2)
         finally:
             worker.terminate()

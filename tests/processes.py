@@ -1,5 +1,6 @@
 """Real worker processes for crash, shutdown and scale tests: `python -m videoq worker`,
-configured only through VIDEOQ_* variables, as an operator would run it."""
+configured only through VIDEOQ_* variables, as an operator would run it. Each dies with the
+test run that started it, however that ends (:mod:`videoq.children`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from bench.common import processes_mentioning  # one /proc scan for tests and be
 from redis.asyncio import Redis
 
 from videoq.broker import keys
+from videoq.children import preexec
 from videoq.settings import Settings
 
 FAST_RECOVERY = {
@@ -24,8 +26,14 @@ FAST_RECOVERY = {
 }
 
 
+#: The two ways an operator starts a worker: videoq's command (uvloop, woken by new jobs) and
+#: arq's own CLI (asyncio's loop, polling).
+VIDEOQ_WORKER = ("-m", "videoq", "worker")
+ARQ_WORKER = ("-m", "arq", "videoq.workers.WorkerSettings")
+
+
 class WorkerProcess:
-    """One `videoq worker` subprocess; its output goes to a log file for post-mortems."""
+    """One worker subprocess; its output goes to a log file for post-mortems."""
 
     def __init__(self, settings: Settings, log_dir: Path, **env: str) -> None:
         self.env = {
@@ -45,11 +53,12 @@ class WorkerProcess:
         self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self, command: tuple[str, ...] = VIDEOQ_WORKER) -> WorkerProcess:
+        """Start it: ``python <command>``, `videoq worker` unless told otherwise."""
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "videoq", "worker"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, *command],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec(),
             )  # fmt: skip
         return self
 
@@ -91,4 +100,4 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-__all__ = ["FAST_RECOVERY", "WorkerProcess", "processes_mentioning"]
+__all__ = ["ARQ_WORKER", "FAST_RECOVERY", "VIDEOQ_WORKER", "WorkerProcess", "processes_mentioning"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from videoq.children import preexec
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,7 @@ def test_benchmark_quick_run_reports_its_table(suite: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", f"bench.{suite}", "--quick"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, preexec_fn=preexec(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "baseline" in proc.stdout or "raw arq" in proc.stdout

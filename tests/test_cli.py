@@ -16,6 +16,7 @@ import av
 import httpx
 from click.testing import CliRunner
 
+from videoq.children import preexec
 from videoq.cli import main
 from videoq.settings import Settings
 from videoq.store import ApiKey, create_engine
@@ -65,7 +66,7 @@ def test_render_offline_writes_an_mp4_without_redis_or_database(tmp_path: Path) 
     proc = subprocess.run(
         [sys.executable, "-m", "videoq", "render", "--offline", "Desk Lamp", "--duration", "5",
          "--aspect", "1:1", "--cta", "Shop now", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=120, preexec_fn=preexec(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
@@ -82,6 +83,7 @@ def test_dev_prints_its_urls_serves_and_stops_cleanly(settings: Settings, tmp_pa
     proc = subprocess.Popen(
         [sys.executable, "-m", "videoq", "dev", "--port", "0"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        preexec_fn=preexec(),
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -100,7 +102,7 @@ def test_dev_prints_its_urls_serves_and_stops_cleanly(settings: Settings, tmp_pa
             [sys.executable, "-m", "videoq", "submit", "From the CLI", "--duration", "5",
              "--json", "--watch"],
             env={**env, "VIDEOQ_API_URL": "", "VIDEOQ_API_KEY": ""}, cwd=tmp_path.parent,
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=120, preexec_fn=preexec(),
         )  # fmt: skip
         assert status.returncode == 0, status.stderr[-2000:]
         assert '"status": "succeeded"' in status.stdout
@@ -122,7 +124,7 @@ async def run_cli(*args: str, url: str, key: str) -> tuple[int, str, str]:
     env = {**os.environ, "VIDEOQ_API_URL": url, "VIDEOQ_API_KEY": key}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "videoq", *args, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec(),
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()

@@ -16,6 +16,7 @@ import httpx
 
 from tests.conftest import LiveApi, running_worker
 from videoq import store
+from videoq.children import preexec
 from videoq.client import Client
 from videoq.settings import Settings
 
@@ -64,7 +65,7 @@ async def test_arq_cli_runs_worker_settings_as_is(
     arq = Path(sys.executable).with_name("arq")
     proc = await asyncio.create_subprocess_exec(
         str(arq), "videoq.workers.WorkerSettings", "--burst", env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec(),
     )  # fmt: skip
     output, _ = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, output.decode()[-2000:]

@@ -1,4 +1,6 @@
-"""The ``videoq`` command line. Exit codes: 0 success, 1 job failed, 2 usage error."""
+"""The ``videoq`` command line. Exit codes: 0 success, 1 job failed (or the API refused the
+request), 2 usage error, 3 API unreachable or unavailable (after retrying for
+``api_timeout_s``). Errors are one line on stderr."""
 
 from __future__ import annotations
 
@@ -238,9 +240,8 @@ def submit(
     **brief: Any,
 ) -> None:  # fmt: skip
     """Submit a job; with --watch, follow it to the end (exit 1 if it fails)."""
-    url, key = _client_args(api_url, api_key, _settings(ctx))
     fields = {k: v for k, v in brief.items() if v is not None}
-    job = asyncio.run(_submit(url, key, fields, watch))
+    job = _call(ctx, api_url, api_key, lambda client: _submit(client, fields, watch))
     if as_json:
         click.echo(job.model_dump_json(indent=2))
     else:
@@ -249,15 +250,12 @@ def submit(
         ctx.exit(1)
 
 
-async def _submit(url: str, key: str, fields: dict[str, Any], watch: bool) -> Any:
-    from videoq.client import Client
-
-    async with Client(url, key) as client:
-        job = await client.submit(**fields)
-        if not watch:
-            return job
-        await watch_progress(client, job.id)
-        return await client.get(job.id)
+async def _submit(client: Any, fields: dict[str, Any], watch: bool) -> Any:
+    job = await client.submit(**fields)
+    if not watch:
+        return job
+    await watch_progress(client, job.id)
+    return await client.get(job.id)
 
 
 async def watch_progress(client: Any, job_id: str) -> None:
@@ -315,20 +313,36 @@ def _api_options(fn: Any) -> Any:
 
 
 def _call(ctx: click.Context, api_url: str | None, api_key: str | None, fn: Any) -> Any:
-    """Run ``fn(client)`` against the API; API errors print and exit 1."""
+    """Run ``fn(client)`` against the API. An API that cannot be reached, or stays
+    unavailable (503) for ``api_timeout_s`` while the client retries, prints one line and
+    exits 3; any other API error prints one line and exits 1."""
+    import httpx
+
     from videoq.client import ApiError, Client
 
     url, key = _client_args(api_url, api_key, _settings(ctx))
+    timeout = _settings(ctx).api_timeout_s
 
     async def go() -> Any:
-        async with Client(url, key) as client:
+        async with Client(url, key, timeout=timeout) as client:
             return await fn(client)
 
     try:
         return asyncio.run(go())
     except ApiError as exc:
-        err.print(f"[red]error[/]: {exc.message} ({exc.status} {exc.code})")
+        if exc.status == 503:
+            err.print(
+                f"[red]error[/]: the API at {url} is unavailable ({exc.status} {exc.code}: "
+                f"{exc.message}); gave up retrying",
+                soft_wrap=True,  # one line, however narrow the terminal
+            )
+            ctx.exit(3)
+        err.print(f"[red]error[/]: {exc.message} ({exc.status} {exc.code})", soft_wrap=True)
         ctx.exit(1)
+    except httpx.TransportError as exc:
+        reason = str(exc) or type(exc).__name__
+        err.print(f"[red]error[/]: cannot reach the API at {url}: {reason}", soft_wrap=True)
+        ctx.exit(3)
 
 
 def _job_table(jobs: list[Any]) -> Table:

@@ -6,6 +6,12 @@ async with Client("http://127.0.0.1:8000", api_key) as c:
         print(event.stage, event.progress)
     job = await c.wait(job.id)
     await c.download(job.id, "acme.mp4")
+
+While the service answers 503 (its database is down or restarting), every call waits as its
+``Retry-After`` asks (at most :data:`MAX_RETRY_WAIT_S` at a time) and tries again, for up to
+the client's ``timeout``; then it raises :class:`ServerError`. ``submit`` always sends an
+``Idempotency-Key`` (the caller's, or a new one per call), the same on every try, so a retried
+create never makes a second job.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import asyncio
 import contextlib
 import json
 import os
+import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -74,7 +82,8 @@ class RateLimitError(ApiError):
 
 
 class ServerError(ApiError):
-    """The service failed or is unavailable; safe to retry later."""
+    """The service failed or is unavailable (503: its database is down or restarting; the
+    client already retried for its ``timeout``); safe to retry later."""
 
 
 _ERRORS: dict[int, type[ApiError]] = {
@@ -85,6 +94,14 @@ _ERRORS: dict[int, type[ApiError]] = {
     422: ValidationError,
     429: RateLimitError,
 }
+
+
+#: The longest a client waits between two tries of a request the service answered 503 to,
+#: whatever its ``Retry-After`` says.
+MAX_RETRY_WAIT_S = 10.0
+#: The wait when a 503 carries no usable ``Retry-After``, and the least wait whatever it says.
+DEFAULT_RETRY_WAIT_S = 1.0
+MIN_RETRY_WAIT_S = 0.1
 
 
 def error_for(
@@ -155,7 +172,9 @@ class Event(BaseModel):
 class Client:
     """Async client for the videoq API. Use as ``async with Client(base_url, api_key) as c``.
 
-    ``transport`` is passed to httpx (e.g. ``httpx.ASGITransport(app)`` in tests).
+    ``timeout`` bounds each HTTP request, and also how long a call keeps retrying while the
+    service answers 503. ``transport`` is passed to httpx (e.g. ``httpx.ASGITransport(app)``
+    in tests).
     """
 
     def __init__(
@@ -167,6 +186,7 @@ class Client:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self._api_key = api_key
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -190,16 +210,35 @@ class Client:
         """Close the underlying HTTP connections."""
         await self._http.aclose()
 
+    async def _send(
+        self, method: str, path: str, *, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """The response to a request that succeeded; retried while the service answers 503
+        (see the module's docstring), and any error raised as :class:`ApiError`. With
+        ``stream`` the body is left unread: the caller closes the response."""
+        request = self._http.build_request(method, path, **kwargs)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            response = await self._http.send(request, stream=stream)
+            if not response.is_error:
+                return response
+            await response.aread()
+            await response.aclose()
+            wait = _retry_wait(response)
+            if response.status_code != 503 or time.monotonic() + wait > deadline:
+                _raise(response)
+            await asyncio.sleep(wait)
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self._http.request(method, path, **kwargs)
-        if response.is_error:
-            _raise(response)
+        response = await self._send(method, path, **kwargs)
         return response.json()
 
     async def submit(self, *, idempotency_key: str | None = None, **fields: Any) -> Job:
         """Create a job from a brief (``product_name``, ``style``, ``cta_text``, ``duration_s``,
-        ``aspect_ratio``, …, as in ``POST /v1/jobs``)."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        ``aspect_ratio``, …, as in ``POST /v1/jobs``). Sent with ``idempotency_key``, or a
+        new random one: a retry of this call (by the client or by the caller, with the same
+        key) returns the same job."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         return Job.model_validate(
             await self._request("POST", "/v1/jobs", json=fields, headers=headers)
         )
@@ -209,11 +248,15 @@ class Client:
         return Job.model_validate(await self._request("GET", f"/v1/jobs/{job_id}"))
 
     async def cancel(self, job_id: str) -> Job:
-        """Cancel a queued, scheduled or running job (a finished one raises ApiError 409)."""
+        """Cancel a queued, scheduled or running job (a finished one raises ApiError 409).
+        Retried on 503 without a key: should the first try have landed after all, the repeat
+        is a 409, never a second cancel."""
         return Job.model_validate(await self._request("POST", f"/v1/jobs/{job_id}/cancel"))
 
     async def retry(self, job_id: str) -> Job:
-        """Requeue a failed or cancelled job; it resumes after its last checkpoint."""
+        """Requeue a failed or cancelled job; it resumes after its last checkpoint. Retried on
+        503 without a key: should the first try have landed after all, the repeat is a 409,
+        never a second requeue."""
         return Job.model_validate(await self._request("POST", f"/v1/jobs/{job_id}/retry"))
 
     async def workers(self) -> list[dict[str, Any]]:
@@ -291,21 +334,33 @@ class Client:
         """Save the job's MP4 to ``path`` (written under a temporary name, then renamed)."""
         target = Path(path)
         tmp = target.with_name(f".{target.name}.part")
-        async with self._http.stream("GET", f"/v1/jobs/{job_id}/video") as response:
-            if response.is_error:
-                await response.aread()
-                _raise(response)
+        response = await self._send("GET", f"/v1/jobs/{job_id}/video", stream=True)
+        try:
             with tmp.open("wb") as out:
                 async for chunk in response.aiter_bytes():
                     out.write(chunk)
+        finally:
+            await response.aclose()
         tmp.replace(target)
         return target
 
 
-def _raise(response: httpx.Response) -> None:
-    retry_after: float | None = None
+def _retry_after(response: httpx.Response) -> float | None:
+    """The response's ``Retry-After`` in seconds (the delay form), if it has one."""
     with contextlib.suppress(ValueError):
-        retry_after = float(response.headers.get("retry-after", ""))
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    return None
+
+
+def _retry_wait(response: httpx.Response) -> float:
+    """How long to wait before trying a request again after ``response``."""
+    retry_after = _retry_after(response)
+    wait = DEFAULT_RETRY_WAIT_S if retry_after is None else retry_after
+    return min(max(wait, MIN_RETRY_WAIT_S), MAX_RETRY_WAIT_S)
+
+
+def _raise(response: httpx.Response) -> NoReturn:
+    retry_after = _retry_after(response)
     try:
         error = response.json()["error"]
         code, message, details = error["code"], error["message"], error.get("details")

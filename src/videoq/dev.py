@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from videoq import store
+from videoq.children import preexec
 from videoq.embedded import free_port, services_for
 from videoq.settings import Settings
 from videoq.store.apikeys import create_key
@@ -48,10 +49,12 @@ def _spawn(args: list[str], settings: Settings) -> subprocess.Popen[bytes]:
         "VIDEOQ_REDIS_URL": settings.redis_url,
         "VIDEOQ_HOME": str(settings.home.resolve()),
     }
-    # Own process groups: a terminal's Ctrl-C reaches `videoq dev`, which stops them in order.
+    # Own process groups: a terminal's Ctrl-C reaches `videoq dev`, which stops them in order;
+    # and they die with it if it is killed instead.
     return subprocess.Popen(
-        [sys.executable, "-m", "videoq", *args], env=env, start_new_session=True
-    )
+        [sys.executable, "-m", "videoq", *args], env=env, start_new_session=True,
+        preexec_fn=preexec(),
+    )  # fmt: skip
 
 
 def _wait_ready(url: str, workers: int, procs: list[subprocess.Popen[bytes]]) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from videoq.children import preexec
 from videoq.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,7 @@ def start_redis(directory: Path, port: int | None = None) -> tuple[subprocess.Po
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C in a terminal reaches us, not Redis: we stop it in order
+        preexec_fn=preexec(),  # and it dies with us if we are killed instead
     )  # fmt: skip
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -17,7 +17,8 @@ one place (:mod:`videoq.workers.task`).
     ├── UnsafeUrl                   a URL videoq must not call (SSRF guard; also a ValueError)
     ├── StorageMisconfigured        the artifact store's URL cannot be used (at start-up)
     ├── Gone                        the resource existed and has expired (a video past its TTL)
-    └── NotMigrated                 the database schema is behind the code
+    ├── NotMigrated                 the database schema is behind the code
+    └── DatabaseUnavailable         PostgreSQL is down, out of reach or out of connections
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ class NotMigrated(VideoqError):
     code = "not_migrated"
 
 
+def retry_after(seconds: float) -> dict[str, str]:
+    """The ``Retry-After`` header of an answer that asks to be tried again in ``seconds``
+    (whole seconds, at least one)."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
 class RateLimited(VideoqError):
     """Too many requests: the tenant's bucket is empty or its queue is full. The API answers
     429 with ``Retry-After: retry_after_s`` (rounded up)."""
@@ -123,7 +130,7 @@ class RateLimited(VideoqError):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+        return retry_after(self.retry_after_s)
 
 
 class UnsafeUrl(VideoqError, ValueError):
@@ -144,3 +151,20 @@ class Gone(VideoqError):
     """The resource existed and is no longer kept (a video past ``artifact_ttl_days``)."""
 
     code = "gone"
+
+
+class DatabaseUnavailable(VideoqError):
+    """PostgreSQL cannot serve the request now: it is stopped, starting up or shutting down,
+    out of reach, dropped the connection, or has no connection free. Which database errors are
+    one is decided in :func:`videoq.store.outage`. The API answers 503 with
+    ``Retry-After: retry_after_s``."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return retry_after(self.retry_after_s)

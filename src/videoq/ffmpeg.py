@@ -2,7 +2,9 @@
 
 Every invocation is an argument list (never a shell). :func:`run_ffmpeg` reads ``-progress``
 blocks from stdout while draining stderr, and on cancellation or timeout stops the child with
-'q' on stdin, then SIGTERM, then SIGKILL, so no FFmpeg outlives the coroutine that started it.
+'q' on stdin, then SIGTERM, then SIGKILL, so no FFmpeg outlives the coroutine that started it;
+and every child is tied to its process (:mod:`videoq.children`), so none outlives a worker that
+is killed.
 Outputs are written under a temporary name and renamed on success (:func:`atomic_output`).
 """
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from videoq.children import preexec
 from videoq.errors import FFmpegError, PermanentError, RetryableError
 from videoq.settings import Settings
 
@@ -159,8 +162,9 @@ async def _capture(argv: Sequence[str]) -> tuple[int, str, str]:
 async def _spawn(argv: Sequence[str], *, stdin: int) -> asyncio.subprocess.Process:
     try:
         return await asyncio.create_subprocess_exec(
-            *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+            *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=preexec(),  # dies with the worker, even SIGKILLed (videoq.children)
+        )  # fmt: skip
     except OSError as exc:
         raise FFmpegError(f"cannot start {argv[0]}", returncode=None, stderr_tail=str(exc)) from exc
 

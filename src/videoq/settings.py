@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         description="Events buffered per WebSocket; a client further behind is disconnected.",
     )
 
+    # Command line (the SDK's client, as `videoq submit`, `status`, ... use it).
+    api_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the CLI waits for each API request, and keeps retrying while the "
+        "API answers 503 (its database unavailable) before it gives up.",
+    )
+
     # Worker.
     queue_name: str = "videoq:queue"
     max_jobs: int = Field(default=4, description="Jobs one worker process runs at once.")

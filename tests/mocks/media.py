@@ -10,6 +10,8 @@ from pathlib import Path
 
 import imageio_ffmpeg
 
+from videoq.children import preexec
+
 
 def _ffmpeg(*args: str) -> None:
     subprocess.run(
@@ -17,6 +19,7 @@ def _ffmpeg(*args: str) -> None:
         check=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        preexec_fn=preexec(),
     )
 
 

@@ -7,6 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from videoq.children import preexec
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -16,6 +18,7 @@ async def test_quick_benchmark_runs_and_writes_its_section(tmp_path: Path) -> No
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.providers", "--quick", "--output", str(output),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=preexec(),
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, out.decode()[-2000:]

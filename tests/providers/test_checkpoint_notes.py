@@ -11,6 +11,7 @@ import pytest
 
 from tests.providers.conftest import new_attempt
 from videoq.pipeline import MemoryCheckpoints
+from videoq.store import DatabaseUnreachable
 from videoq.pipeline.compositing import follow_narration
 from videoq.types import Scene, Script, VoiceTrack
 
@@ -37,8 +38,8 @@ async def test_concurrent_notes_never_lose_each_other(sessions: Any, store: str)
 async def test_notes_and_saves_are_held_while_postgres_is_out_of_reach(
     sessions: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A write that meets a refused connection waits and lands; one PostgreSQL refuses for
-    its content fails as before. (The real outage, a stopped server, is in ``make chaos``.)"""
+    """A write that meets a refused connection or a server starting up waits and lands; one
+    PostgreSQL refuses for its content fails as before. (The real outage, a stopped server, is in ``make chaos``.)"""
     checkpoints = await new_attempt(sessions)
     books = checkpoints.books
     note, submit = books.note, books.save.submit
@@ -47,7 +48,7 @@ async def test_notes_and_saves_are_held_while_postgres_is_out_of_reach(
     async def flaky_note(*args: Any) -> None:
         if refusals["note"]:
             refusals["note"] -= 1
-            raise ConnectionRefusedError(111, "Connection refused")
+            raise DatabaseUnreachable("cannot connect to PostgreSQL: Connection refused")
         await note(*args)
 
     def flaky_submit(item: Any) -> asyncio.Future[bool]:

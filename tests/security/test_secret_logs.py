@@ -34,6 +34,7 @@ from tests.security.conftest import (
     replicate_headers,
 )
 from videoq import store
+from videoq.children import preexec
 from videoq.embedded import free_port
 from videoq.settings import Settings
 
@@ -48,7 +49,7 @@ def _spawn_api(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[by
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "videoq", "api", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
+            env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec(),
         )  # fmt: skip
 
 

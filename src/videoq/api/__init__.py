@@ -11,19 +11,19 @@
     metrics     Prometheus figures; openapi: /openapi.json; dashboard: the page
 
 Every route except ``/health`` checks the API key and scopes its queries by the key's tenant.
+While PostgreSQL is unavailable every route that needs it answers 503 ``database_unavailable``
+with ``Retry-After`` (:mod:`videoq.api.errors`); ``/health`` answers 503 ``unhealthy``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from videoq import broker, outbox, store
@@ -61,10 +61,11 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await engine.dispose()
 
-    handler = Callable[[Request, Exception], Awaitable[Response]]
-    handlers: dict[Any, handler] = {
+    # Keyed by class; videoq_error and database_error answer WebSockets too (by closing them).
+    handlers: dict[Any, Any] = {
         VideoqError: errors.videoq_error,
         HTTPException: errors.http_error,
+        **dict.fromkeys(store.OUTAGE_SOURCES, errors.database_error),
         Exception: errors.internal_error,
     }
     routes = [

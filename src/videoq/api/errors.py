@@ -2,22 +2,31 @@
 the one table from the error tree (:mod:`videoq.errors`) to statuses. The lookup walks each
 class's hierarchy (as Starlette's own exception handlers do), so a subclass keeps its
 parent's status; anything not in the tree is a 500 that names only the request id.
+
+A database error that is an outage (:func:`videoq.store.outage` decides) is a
+:class:`~videoq.errors.DatabaseUnavailable`: 503 with ``Retry-After``, on every route. On a
+WebSocket an error closes the socket instead: 1013 (try again later) for a 503, else
+4000 + the status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from videoq import store
 from videoq.api.middleware import request_id_of
 from videoq.errors import (
     Conflict,
+    DatabaseUnavailable,
     Forbidden,
     Gone,
     NotFound,
@@ -41,9 +50,12 @@ STATUS: dict[type[VideoqError], int] = {
     UnsafeUrl: 422,
     RateLimited: 429,
     NotMigrated: 503,
+    DatabaseUnavailable: 503,
 }
 #: Codes of Starlette's own HTTP errors (routing, body limits).
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+#: The WebSocket close code of a 503: "Try Again Later" (RFC 6455's registry).
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 def status_of(exc: VideoqError) -> int:
@@ -68,10 +80,34 @@ def invalid(exc: ValidationError, message: str | None = None) -> JSONResponse:
     return error_response(422, "validation_error", message or f"invalid fields: {names}", errors)
 
 
-async def videoq_error(request: Request, exc: Exception) -> Response:
+def close_code(status: int) -> int:
+    """The WebSocket close code of an HTTP status: 1013 for a 503, else 4000 + the status
+    (4401, 4404, ...)."""
+    return CLOSE_TRY_AGAIN_LATER if status == 503 else 4000 + status
+
+
+async def videoq_error(conn: HTTPConnection, exc: Exception) -> Response | None:
+    """The error's response; on a WebSocket, the socket closed with :func:`close_code`."""
     assert isinstance(exc, VideoqError)
-    headers = getattr(exc, "headers", None)  # e.g. Retry-After of a 429
-    return error_response(status_of(exc), exc.code, exc.message, None, headers)
+    status = status_of(exc)
+    if isinstance(conn, WebSocket):
+        reason = f"{exc.code}: {exc.message}".encode()[:123].decode(errors="ignore")
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client may be gone
+            await conn.close(close_code(status), reason)
+        return None
+    headers = getattr(exc, "headers", None)  # e.g. Retry-After of a 429 or a 503
+    return error_response(status, exc.code, exc.message, None, headers)
+
+
+async def database_error(conn: HTTPConnection, exc: Exception) -> Response | None:
+    """An error of one of :data:`videoq.store.OUTAGE_SOURCES`: when it is an outage, answered
+    as :class:`~videoq.errors.DatabaseUnavailable` (logged as a warning, no traceback: an
+    outage fails every request alike); otherwise re-raised, to end as any unexpected error."""
+    unavailable = store.outage(exc)
+    if unavailable is None:
+        raise exc
+    log.warning("database_unavailable", path=conn.url.path, error=type(exc).__name__)
+    return await videoq_error(conn, unavailable)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -47,7 +47,9 @@ ERROR_DESCRIPTIONS = {
     "(`validation_error`).",
     429: "The tenant's rate limit or queue cap (`rate_limited`); see `Retry-After`.",
     500: "Internal error: a generic message naming the request id only (`internal_error`).",
-    503: "The database is not migrated (`not_migrated`).",
+    503: "PostgreSQL is unavailable (`database_unavailable`: stopped, restarting, out of reach "
+    "or out of connections; try again after `Retry-After` seconds), or not migrated "
+    "(`not_migrated`).",
 }
 
 JOB_ID = {
@@ -403,17 +405,19 @@ def document() -> dict[str, Any]:
             "content": {"application/json": {"schema": error}},
             **(
                 {"headers": {"Retry-After": {"schema": {"type": "integer"}}}}
-                if status == 429
+                if status in (429, 503)
                 else {}
             ),
         }
         for status, text in ERROR_DESCRIPTIONS.items()
     }
     paths = _operations()
-    for item in paths.values():
+    for path, item in paths.items():
         for operation in item.values():
             operation.setdefault("security", BEARER)
             operation["responses"].setdefault("500", {"$ref": "#/components/responses/E500"})
+            if path != "/openapi.json":  # the one route that does not need PostgreSQL
+                operation["responses"].setdefault("503", {"$ref": "#/components/responses/E503"})
     return {
         "openapi": "3.1.0",
         "info": {

@@ -4,6 +4,7 @@ the dashboard page.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -18,6 +19,10 @@ from videoq.broker import queue, registry
 from videoq.store import jobs
 
 log = structlog.get_logger(__name__)
+
+#: ``/health`` waits this long for PostgreSQL: a database that hangs rather than refuses must
+#: not make the probe itself time out (an API that answers is alive; see deploy/k8s/api.yaml).
+HEALTH_DATABASE_TIMEOUT_S = 2.0
 
 
 async def list_workers(request: Request) -> Response:
@@ -78,7 +83,8 @@ async def health(request: Request) -> Response:
     except Exception as exc:
         log.warning("health_redis_failed", error=str(exc))
     try:
-        await store.ping(st.engine)
+        async with asyncio.timeout(HEALTH_DATABASE_TIMEOUT_S):
+            await store.ping(st.engine)
         database_ok = True
     except Exception as exc:
         log.warning("health_database_failed", error=str(exc))

@@ -1,7 +1,7 @@
 """PostgreSQL, the record of truth: the only package that talks to it (SQLAlchemy and asyncpg).
 
 tables       the schema, as models
-engine       engine, sessions, migrations, what a failing database raises
+engine       engine, sessions, migrations, what a failing database raises, outages
 jobs         jobs: creation, tenant-scoped reads, every guarded state transition
 grouped      a worker's hot writes, grouped across its jobs, on raw asyncpg
 checkpoints  a stage's outputs and paid work in progress, for one attempt
@@ -12,15 +12,17 @@ webhooks     outbound deliveries, tenant secrets, inbound receipts
 
 from videoq.store.engine import (
     DATABASE_ERRORS,
+    OUTAGE_SOURCES,
+    DatabaseUnreachable,
     async_url,
     check_migrated,
     create_engine,
     driver_dsn,
     head_revision,
     migrate,
+    outage,
     ping,
     sessionmaker,
-    unavailable,
 )
 from videoq.store.tables import (
     ApiKey,
@@ -35,7 +37,9 @@ from videoq.store.tables import (
 
 __all__ = [
     "DATABASE_ERRORS",
+    "OUTAGE_SOURCES",
     "ApiKey",
+    "DatabaseUnreachable",
     "InboundWebhook",
     "Job",
     "JobEvent",
@@ -49,7 +53,7 @@ __all__ = [
     "driver_dsn",
     "head_revision",
     "migrate",
+    "outage",
     "ping",
     "sessionmaker",
-    "unavailable",
 ]

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import structlog
 
 from videoq.errors import AttemptSuperseded
-from videoq.store.engine import unavailable
+from videoq.store.engine import outage
 from videoq.store.grouped import GroupedWriter
 
 log = structlog.get_logger(__name__)
@@ -35,7 +35,7 @@ async def held(write: Callable[[], Awaitable[T]], what: str) -> T:
         try:
             return await write()
         except Exception as exc:
-            if not unavailable(exc):
+            if outage(exc) is None:
                 raise
             delay = HOLD_DELAYS_S[min(tries, len(HOLD_DELAYS_S) - 1)]
             if tries == 0:

@@ -1,5 +1,6 @@
 """The connection to PostgreSQL: the async engine and its sessions, the URL forms SQLAlchemy and
-asyncpg take, what a failing database raises, and the schema's migrations (Alembic).
+asyncpg take, what a failing database raises (and which of it is an outage), and the schema's
+migrations (Alembic).
 """
 
 from __future__ import annotations
@@ -8,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.exceptions import AdminShutdownError, CrashShutdownError, TooManyConnectionsError
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from videoq.errors import NotMigrated
+from videoq.errors import DatabaseUnavailable, NotMigrated
 
 
 def async_url(url: str) -> str:
@@ -30,51 +32,78 @@ def driver_dsn(url: str) -> str:
     return make_url(async_url(url)).set(drivername="postgresql").render_as_string(False)
 
 
+class DatabaseUnreachable(ConnectionError):
+    """Opening a connection failed at the socket (refused, no such socket, no route, timed
+    out): the engine re-raises asyncpg's ``OSError`` as this, so that an ``OSError`` from the
+    database can be told from any other (a file, the artifact store). Still an ``OSError``:
+    whatever catches :data:`DATABASE_ERRORS` catches it."""
+
+
 #: What a database call raises when PostgreSQL fails or is out of reach, through SQLAlchemy or
 #: through asyncpg directly (the worker's bookkeeping).
 DATABASE_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
-#: Server errors that say PostgreSQL is down, starting, stopping or full, not that a statement
-#: was wrong: class 08 (connection exception), 53300 (too many connections), class 57P
-#: (shut down by an operator or a crash, or not accepting connections yet).
-_UNAVAILABLE_SERVER = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-)
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    SQLAlchemyTimeout,
-    InterfaceError,
-    OperationalError,
+#: Every class an outage surfaces as through the engine; :func:`outage` tells which errors of
+#: these classes are one (an ``IntegrityError`` is a ``SQLAlchemyError`` too).
+OUTAGE_SOURCES = (
+    SQLAlchemyError,
+    asyncpg.PostgresError,
     asyncpg.InterfaceError,
-    *_UNAVAILABLE_SERVER,
+    DatabaseUnreachable,
 )
 
+#: The errors that mean the server cannot serve this connection, whatever the query: asyncpg's
+#: SQLSTATE class 08 (connection exceptions, a connection lost mid-query included), 57P01-03
+#: (shut down by an administrator or a crash; starting up or shutting down) and 53300 (too many
+#: clients), and a connect that failed at the socket.
+_SERVER_GONE = (
+    asyncpg.PostgresConnectionError,
+    AdminShutdownError,
+    CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    TooManyConnectionsError,
+    DatabaseUnreachable,
+)
 
-def unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means PostgreSQL cannot be reached now (refused, lost mid-query,
-    restarting, out of connections, a pool that timed out), so the same call is worth trying
-    again later; a statement PostgreSQL refused is not. Looks through SQLAlchemy's wrapping
-    and the chain of causes."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
-        if isinstance(current, _UNAVAILABLE):
-            return True
-        orig = current.orig if isinstance(current, DBAPIError) else None
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False
+#: How long opening one connection may take (asyncpg's own default is a minute).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def outage(exc: BaseException) -> DatabaseUnavailable | None:
+    """The :class:`~videoq.errors.DatabaseUnavailable` that ``exc`` (or an error it was raised
+    from) means, or None when it is not an outage but a failure of the request itself.
+
+    The one place that decides: PostgreSQL refusing or dropping connections, starting up or
+    shutting down, a connection SQLAlchemy invalidated as lost, or no pooled connection free
+    within the pool's timeout. The message names no host, socket or query."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sa_exc.TimeoutError):
+            return DatabaseUnavailable("no database connection became free in time; try again")
+        lost = isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated
+        if lost or isinstance(seen, _SERVER_GONE):
+            return DatabaseUnavailable("the database is unavailable; try again shortly")
+        seen = seen.__cause__
+    return None
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect``, giving up after :data:`CONNECT_TIMEOUT_S` and failing at the socket
+    as :class:`DatabaseUnreachable` (so :func:`outage` knows it): how the engine and the
+    worker's own pool (:class:`~videoq.store.grouped.GroupedWriter`) open connections."""
+    try:
+        connection: asyncpg.Connection = await asyncpg.connect(
+            dsn, **{"timeout": CONNECT_TIMEOUT_S, **kwargs}
+        )
+    except OSError as exc:  # TimeoutError included
+        raise DatabaseUnreachable(f"cannot connect to PostgreSQL: {exc}") from exc
+    return connection
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """The async engine; connections are pinged before use unless ``pool_pre_ping=False``.
+    Opening a connection gives up after :data:`CONNECT_TIMEOUT_S` and fails at the socket as
+    :class:`DatabaseUnreachable`.
 
     Connections are opened by asyncpg from the URL as libpq reads it, so every libpq option a
     managed PostgreSQL needs (``sslmode``, ``sslrootcert``, ``host=`` for a socket directory,
@@ -82,11 +111,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     would pass them to ``asyncpg.connect`` as keyword arguments it does not take)."""
     dsn = driver_dsn(url)
 
-    async def connect() -> Any:
-        return await asyncpg.connect(dsn)
+    async def creator() -> Any:
+        return await connect(dsn)
 
     return create_async_engine(
-        async_url(url), async_creator=connect, **{"pool_pre_ping": True, **kwargs}
+        async_url(url), async_creator=creator, **{"pool_pre_ping": True, **kwargs}
     )
 
 

@@ -30,7 +30,7 @@ import structlog
 from sqlalchemy.orm import class_mapper
 
 from videoq.groupcommit import GroupCommit
-from videoq.store.engine import driver_dsn
+from videoq.store.engine import connect, driver_dsn
 from videoq.store.events import ARCHIVE_SQL, archive_args
 from videoq.store.tables import Job
 from videoq.types import TERMINAL, JobStatus, StoredEvent, sources
@@ -171,7 +171,7 @@ class GroupedWriter:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
                         self.dsn, min_size=1, max_size=self.max_connections,
-                        init=_codecs, reset=_autocommit_only,
+                        connect=connect, init=_codecs, reset=_autocommit_only,
                         server_settings=self.server_settings,
                     )  # fmt: skip
         return self._pool
