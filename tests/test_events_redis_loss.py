@@ -119,7 +119,7 @@ def on_private_redis(settings: Settings, redis: PrivateRedis) -> Settings:
             # The worker's idle poll would hit the dead Redis (arq's loop stops on that); it is
             # woken by enqueues, so it needs no poll here.
             "poll_delay_s": 60.0,
-            "ws_idle_check_s": 0.5,
+            "ws_idle_check_s": 0.5,  # a socket that missed its job's end closes soon
         }
     )
 
@@ -220,7 +220,7 @@ async def test_redis_restarted_empty_mid_attempt_loses_no_event_and_reuses_no_se
         await private_redis.start()  # back, and empty
         # Held by the worker's retries, published once Redis is back, and on this socket
         # before the attempt goes on (its pub/sub subscription may have come back later).
-        await through.until(lambda _: [e["message"] for e in through.events].count(BETWEEN) == 3)
+        await until(lambda: [e["message"] for e in through.events].count(BETWEEN) == 3)
         gate.with_suffix(".b").unlink()
 
         await through.closed()
