@@ -189,8 +189,8 @@ process; median (min–max) of {reps} repetitions, all in the same run on the sa
 
 SAQ runs when the optional `bench` extra is installed (`make bench` installs it). videoq's jobs
 carry their bookkeeping: the job row claimed and finished in PostgreSQL with its
-history, a checkpoint per stage, the row's stage and progress, numbered events through Redis, the
-event history archived at the end. Goals (issue 7): ≥ 90 % of the ideal I/O rate, no-op ratio ≥ 0.5.
+history, a checkpoint per stage, the row's stage and progress, numbered events through Redis,
+archived in PostgreSQL as they are published. Goals (issue 7): ≥ 90 % of the ideal I/O rate, no-op ratio ≥ 0.5.
 """
     print(body)
     if not quick:

@@ -11,8 +11,6 @@ one place.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -23,9 +21,9 @@ from videoq.broker import keys as redis_keys
 from videoq.errors import RateLimited
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
-from videoq.store import DATABASE_ERRORS, Job
+from videoq.store import Job
 from videoq.store import jobs as job_rows
-from videoq.store.events import EventArchive, store_events
+from videoq.store.events import EventArchive
 from videoq.types import TERMINAL, JobStatus, make_event
 
 if TYPE_CHECKING:
@@ -104,8 +102,7 @@ async def submit(
 
 async def cancel(svc: Services, job_id: str, tenant: str) -> Job:
     """Cancel a job that has not finished (:class:`~videoq.errors.Conflict` when it has): the
-    row first, then the signal to whichever worker runs it, the event, the archive of its
-    history and its webhook."""
+    row first, then the signal to whichever worker runs it, the event and its webhook."""
     async with svc.sessions() as session:
         job, previous = await job_rows.cancel(session, job_id, tenant)
     log.info("job_cancel_requested", job_id=str(job.id), previous=previous)
@@ -118,8 +115,6 @@ async def cancel(svc: Services, job_id: str, tenant: str) -> Job:
         # The row says cancelled: workers skip it, and a running one stops at its next heartbeat.
         log.warning("cancel_signal_failed", job_id=str(job.id), error=str(exc))
     await announce(svc, job, f"cancelled while {previous}")
-    with contextlib.suppress(*BROKER_ERRORS, *DATABASE_ERRORS):
-        await events.archive(svc.redis, partial(store_events, svc.engine), [str(job.id)])
     await ended(svc, job)
     return job
 
@@ -140,9 +135,9 @@ async def retry(svc: Services, job_id: str, tenant: str) -> Job:
 
 
 async def announce(svc: Services, job: Job, message: str) -> None:
-    """Publish the status event of a transition made outside a worker's attempt (best effort:
-    PostgreSQL holds the state). The job may have history already: if Redis lost its counter,
-    numbering continues after the archived events."""
+    """Publish and archive the status event of a transition made outside a worker's attempt
+    (best effort: PostgreSQL holds the state). The job may have history already: numbering
+    continues after its archived events, even if Redis lost its counter."""
     event = make_event(
         str(job.id), "status", status=job.status, stage=job.stage, progress=job.progress,
         worker_id=job.worker_id, message=message,

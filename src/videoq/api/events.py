@@ -3,7 +3,9 @@ in ``seq`` order, closing after the terminal one. ``?after=SEQ`` resumes exactly
 event a client saw.
 
 The socket subscribes *before* it reads the current ``seq``, so nothing published in between is
-lost; events it already sent are skipped by ``seq``, and any gap is filled from the job's stream.
+lost; events it already sent are skipped by ``seq``, and any gap is filled from the job's
+history. When the process's pub/sub connection broke and came back (Redis restarted), what was
+published meanwhile is sent from the history before the live events that follow.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from videoq import lifecycle
 from videoq.api.deps import State, principal, state_of
 from videoq.broker import events, keys
+from videoq.broker.fanout import RESUBSCRIBED
 from videoq.errors import NotFound, Unauthorized
 from videoq.store import jobs
 from videoq.store.apikeys import Principal
@@ -93,7 +96,8 @@ async def job_events_socket(ws: WebSocket) -> None:
 
 async def tenant_events_socket(ws: WebSocket) -> None:
     """``WS /v1/events``: every live event of the caller's tenant, for dashboards. No replay:
-    a dashboard reconnecting reads current state from ``GET /v1/jobs``."""
+    a dashboard reconnecting reads current state from ``GET /v1/jobs``, and what was published
+    while the process's pub/sub connection was broken is not sent."""
     st = state_of(ws)
     who = await _caller(ws)
     if who is None:
@@ -105,7 +109,8 @@ async def tenant_events_socket(ws: WebSocket) -> None:
                 event = await queue.get()
                 if event is None:
                     return CLOSE_TOO_SLOW
-                await ws.send_json(event)
+                if event is not RESUBSCRIBED:
+                    await ws.send_json(event)
 
         await _until_done(ws, forward(), "tenant")
 
@@ -142,7 +147,8 @@ _CHECK: dict[str, Any] = {"type": "_check"}
 
 
 class _Pump:
-    """One job socket's live events, in ``seq`` order, gaps filled from the history."""
+    """One job socket's live events, in ``seq`` order, gaps filled from the history: those seen
+    on pub/sub, and all it missed while the process's pub/sub connection was broken."""
 
     def __init__(
         self,
@@ -185,6 +191,10 @@ class _Pump:
             quiet = False
             if event is None:
                 return CLOSE_TOO_SLOW
+            if event is RESUBSCRIBED:
+                if await self.catch_up():
+                    return CLOSE_NORMAL
+                continue
             if await self.deliver(event):
                 return CLOSE_NORMAL
 
@@ -197,6 +207,13 @@ class _Pump:
             return False
         await self.send(await events.history(self.st.redis, self.archive, self.job_id, self.sent))
         return True
+
+    async def catch_up(self) -> bool:
+        """Send what was published while pub/sub was away (the live events after it follow in
+        the queue; those already sent are skipped); whether the terminal one went out."""
+        return await self.send(
+            await events.history(self.st.redis, self.archive, self.job_id, self.sent)
+        )
 
     async def deliver(self, event: dict[str, Any]) -> bool:
         """Send ``event`` and any it skipped (missed on pub/sub: taken from the history);

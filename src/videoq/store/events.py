@@ -1,5 +1,7 @@
-"""The archive of every job's events in PostgreSQL (``job_events``): copied from a job's Redis
-stream at the end of each attempt, read back when Redis no longer holds them.
+"""The archive of every job's events in PostgreSQL (``job_events``): written as the events are
+published (a worker's through its grouped writes, :mod:`videoq.store.grouped`; the API's here),
+read back when Redis no longer holds them, and where numbering goes on after Redis lost a job's
+counter.
 """
 
 from __future__ import annotations
@@ -8,12 +10,13 @@ import uuid
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from videoq.store.tables import JobEvent
 from videoq.types import StoredEvent
 
-#: Run by the API (:func:`store_events`) and by a worker's grouped writes alike.
+#: Run by the API (:meth:`EventArchive.keep`) and by a worker's grouped writes alike. A seq
+#: names one event, so one already kept is the same event again (a write repeated).
 ARCHIVE_SQL = """
     INSERT INTO job_events (job_id, seq, event)
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::jsonb[])
@@ -25,20 +28,10 @@ def archive_args(events: list[StoredEvent]) -> tuple[list[Any], ...]:
     return ([uuid.UUID(e[0]) for e in events], [e[1] for e in events], [e[2] for e in events])
 
 
-async def store_events(engine: AsyncEngine, events: list[StoredEvent]) -> None:
-    """Keep events (numbered, from a job's Redis stream) in ``job_events``; ones already kept
-    are skipped. The API's way in (through its SQLAlchemy engine); a worker's goes through its
-    :class:`~videoq.store.grouped.GroupedWriter`."""
-    if not events:
-        return
-    async with engine.connect() as conn:
-        await conn.exec_driver_sql(ARCHIVE_SQL, archive_args(events))
-        await conn.commit()
-
-
 class EventArchive:
-    """The archived events of jobs, read through ``sessions``: what the broker's replay falls
-    back to when Redis lost a job's stream or counter (:class:`videoq.broker.events.Archive`)."""
+    """The archived events of jobs, through ``sessions``: what the broker's replay falls back
+    to when Redis lost a job's stream, and numbers continue after when it lost the counter
+    (:class:`videoq.broker.events.Archive`)."""
 
     def __init__(self, sessions: async_sessionmaker[Any]) -> None:
         self.sessions = sessions
@@ -63,3 +56,11 @@ class EventArchive:
             query = query.where(JobEvent.seq <= upto)
         async with self.sessions() as session:
             return list((await session.execute(query.order_by(JobEvent.seq))).scalars())
+
+    async def keep(self, events: list[StoredEvent]) -> None:
+        """Archive events just published (ones already kept are skipped): the API's way in; a
+        worker's goes through its :class:`~videoq.store.grouped.GroupedWriter`."""
+        async with self.sessions() as session:
+            conn = await session.connection()
+            await conn.exec_driver_sql(ARCHIVE_SQL, archive_args(events))
+            await session.commit()

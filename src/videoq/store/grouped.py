@@ -1,11 +1,11 @@
 """A worker's writes to PostgreSQL, grouped across the jobs it runs.
 
 Each job claims its row, saves a checkpoint per stage, keeps its stage and progress current,
-and archives its events. One by one, that is dozens of round trips per job, and with a hundred
-jobs in flight the worker spends its time waiting on them. So each kind of write goes through a
-:class:`GroupCommit`: writes made while one is in flight wait for the next, and go together as
-one statement (:class:`~videoq.groupcommit.GroupCommit`). At low load a write goes at once; under
-load the batches grow and the round trips stay few.
+and archives its events as they are published. One by one, that is dozens of round trips per
+job, and with a hundred jobs in flight the worker spends its time waiting on them. So each
+kind of write goes through a :class:`GroupCommit`: writes made while one is in flight wait for
+the next, and go together as one statement (:class:`~videoq.groupcommit.GroupCommit`). At low
+load a write goes at once; under load the batches grow and the round trips stay few.
 
 Every statement runs in autocommit (it is its own transaction: one round trip) and is guarded
 like a state transition: a checkpoint or progress of an attempt that no longer owns its job
@@ -23,6 +23,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -164,6 +165,7 @@ class GroupedWriter:
         self.save = GroupCommit(self._write_checkpoints)
         # Nobody waits for these: they gather for a moment.
         self._progress = GroupCommit(self._write_progress, linger_s=LINGER_S)
+        self._events = GroupCommit(self._write_events, linger_s=LINGER_S)
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -235,16 +237,22 @@ class GroupedWriter:
         )
         return [None] * len(items)
 
-    async def store_events(self, events: list[StoredEvent]) -> None:
-        """Keep events in ``job_events`` (ones already kept are skipped); the worker's
-        archives come here grouped already (:class:`videoq.workers.state.WorkerState`)."""
+    async def _write_events(self, items: list[list[StoredEvent]]) -> list[None]:
         pool = await self.pool()
-        await pool.execute(ARCHIVE_SQL, *archive_args(events))
+        await pool.execute(ARCHIVE_SQL, *archive_args([e for events in items for e in events]))
+        return [None] * len(items)
 
     def progress(self, job_id: uuid.UUID, attempt: int, stage: str, progress: float) -> None:
         """Keep the job row's stage and progress current, without waiting: the events carry
         progress live, the row is for readers who poll. Lost on a crash, never a state."""
-        self._progress.submit((job_id, attempt, stage, progress)).add_done_callback(_logged)
+        done = partial(_logged, "progress_store_failed")
+        self._progress.submit((job_id, attempt, stage, progress)).add_done_callback(done)
+
+    def keep_events(self, events: list[StoredEvent]) -> None:
+        """Archive events just published (ones already kept are skipped), without waiting:
+        they go within :data:`LINGER_S`, grouped with other jobs'. A failure is logged; the
+        events are still in their Redis stream."""
+        self._events.submit(events).add_done_callback(partial(_logged, "events_store_failed"))
 
     async def note(
         self, job_id: uuid.UUID, attempt: int, stage: str, patch: dict[str, Any]
@@ -268,7 +276,7 @@ class GroupedWriter:
         return value
 
     async def aclose(self) -> None:
-        for group in (self.claim, self.finish, self.save, self._progress):
+        for group in (self.claim, self.finish, self.save, self._progress, self._events):
             await group.aclose()
         if self._pool is not None:
             pool, self._pool = self._pool, None  # reopened if used again
@@ -302,7 +310,8 @@ def _job(row: asyncpg.Record) -> Job:
     return job
 
 
-def _logged(future: asyncio.Future[None]) -> None:
-    """Nobody awaits a progress write: its failure (best effort, like the events) is logged."""
+def _logged(what: str, future: asyncio.Future[None]) -> None:
+    """Nobody awaits a progress or event archive write: its failure (best effort, like the
+    events) is logged as ``what``."""
     if not future.cancelled() and (exc := future.exception()) is not None:
-        log.warning("progress_store_failed", error=str(exc))
+        log.warning(what, error=str(exc))

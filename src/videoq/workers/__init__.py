@@ -79,8 +79,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await registry.forget_worker(state.redis, state.worker_id)
     if state.providers is not None:
         await state.providers.aclose()
-    await state.publish.aclose()
-    await state.archive.aclose()
+    await state.publish.aclose()  # before the books: what it published is archived there
     await state.books.aclose()
     await state.engine.dispose()
     log.info("worker_shutdown_complete", worker_id=state.worker_id)

@@ -1,5 +1,5 @@
-"""The pipeline's progress reporter on a worker: events (numbered, through Redis) and the job
-row's stage and progress, ordered behind the attempt's checkpoints."""
+"""The pipeline's progress reporter on a worker: events (numbered, through Redis, archived in
+PostgreSQL) and the job row's stage and progress, ordered behind the attempt's checkpoints."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from videoq.broker.events import LastSeq
 from videoq.store import Job
 from videoq.store.checkpoints import DbCheckpoints
 from videoq.types import JobStatus, make_event
@@ -37,7 +38,11 @@ class EventReporter:
     An event goes out only once the checkpoints saved before it are in PostgreSQL (they are
     written while the next stage starts, :meth:`DbCheckpoints.save`): a client that sees
     ``video_gen`` started can count on ``voice_gen``'s output being kept. Events keep their
-    order; those that follow a refused save (the attempt lost its job) are dropped."""
+    order; those that follow a refused save (the attempt lost its job) are dropped.
+
+    The attempt remembers the last ``seq`` Redis gave its events (:attr:`last_seq`): if Redis
+    loses the job's counter (restarted empty), the next event is numbered after it, not from 1.
+    An attempt after others starts from their archived history (set by the task)."""
 
     def __init__(
         self,
@@ -58,6 +63,7 @@ class EventReporter:
         self.stage: str | None = None
         self.progress = 0.0
         self.stored_progress = -1.0
+        self.last_seq = LastSeq()
         #: Events waiting for a save, in order: (the save, the event, its future).
         self._held: list[_Held] = []
 
@@ -71,7 +77,7 @@ class EventReporter:
         )  # fmt: skip
         saving = self.checkpoints.pending()
         if saving is None and not self._held:
-            return self.publish(self.tenant, event)
+            return self.publish(self.tenant, event, self.last_seq)
         published: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._held.append((saving, event, published))
         if len(self._held) == 1:
@@ -90,7 +96,8 @@ class EventReporter:
             ):
                 published.set_result(None)
                 continue
-            self.publish(self.tenant, event).add_done_callback(partial(_pass_on, published))
+            sent = self.publish(self.tenant, event, self.last_seq)
+            sent.add_done_callback(partial(_pass_on, published))
 
     async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
         progress = min(100.0, max(self.progress, progress))

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from videoq.artifacts import ArtifactStore, open_store
 from videoq.broker import events
-from videoq.groupcommit import GroupCommit
-from videoq.store.grouped import LINGER_S, GroupedWriter
+from videoq.store.grouped import GroupedWriter
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -48,8 +47,8 @@ class WorkerState:
     running: dict[uuid.UUID, RunningJob] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     background: list[asyncio.Task[None]] = field(default_factory=list)
-    #: What finished attempts still do after their job's task ends (recording a success,
-    #: archiving its events); waited for at shutdown.
+    #: What finished attempts still do after their job's task ends (recording a success);
+    #: waited for at shutdown.
     wrapping_up: set[asyncio.Task[None]] = field(default_factory=set)
     #: Set to make the worker poll now (VideoqWorker); None under the plain arq CLI.
     wake: asyncio.Event | None = None
@@ -65,20 +64,14 @@ class WorkerState:
     artifacts: ArtifactStore = field(init=False)
     #: The worker's grouped writes to PostgreSQL (claims, checkpoints, progress, events).
     books: GroupedWriter = field(init=False)
-    #: The worker's grouped event publishing.
+    #: The worker's grouped event publishing; what Redis took is archived in PostgreSQL
+    #: (``books``).
     publish: events.Publisher = field(init=False)
-    #: Finished attempts' events, copied to PostgreSQL together (job ids).
-    archive: GroupCommit[str, None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.artifacts = open_store(self.settings)
         self.books = GroupedWriter(self.settings.database_url or "", self.worker_id)
-        self.publish = events.Publisher(self.redis)
-        self.archive = GroupCommit(self._archive_batch, linger_s=LINGER_S)
-
-    async def _archive_batch(self, job_ids: list[str]) -> list[None]:
-        await events.archive(self.redis, self.books.store_events, job_ids)
-        return [None] * len(job_ids)
+        self.publish = events.Publisher(self.redis, keep=self.books.keep_events)
 
     def wrap_up(self, work: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)

@@ -22,7 +22,7 @@ from arq import Retry
 
 from videoq import lifecycle
 from videoq.artifacts import VIDEO
-from videoq.broker import BROKER_ERRORS, events
+from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
 from videoq.pipeline import video_gen
 from videoq.providers import Providers, ResumableVideoProvider, offline_providers
@@ -121,9 +121,11 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     try:
         state.running[job.id] = running
         try:
-            if job.attempts > 1 or job.history:  # Redis may have lost the counter since
-                with contextlib.suppress(*BROKER_ERRORS, *DATABASE_ERRORS):
-                    await events.restore_seq(state.redis, lifecycle.archive_of(state), str(job.id))
+            if job.attempts > 1 or job.history:
+                # Numbered after the earlier attempts' events, even if Redis lost the counter.
+                with contextlib.suppress(*DATABASE_ERRORS):
+                    archive = lifecycle.archive_of(state)
+                    reporter.last_seq.value = await archive.last_seq(str(job.id))
             reporter.emit("status", JobStatus.RUNNING, f"attempt {job.attempts} started")
             log.info("job_started")
             async with asyncio.timeout(settings.job_timeout_s):
@@ -217,8 +219,8 @@ async def _finish(
 ) -> bool:
     """End the attempt in PostgreSQL (guarded: still running, still this attempt, still this
     worker's, so a job cancelled meanwhile is never revived), then emit the status event and
-    start the webhook. Shielded: an outcome being written is followed by its event, archive
-    and webhook even if the job's task is cancelled meanwhile (arq's shutdown)."""
+    start the webhook. Shielded: an outcome being written is followed by its event and webhook
+    even if the job's task is cancelled meanwhile (arq's shutdown)."""
     record = job_rows.attempt_record(
         job, "requeued" if status == JobStatus.QUEUED else status, error
     )
@@ -243,19 +245,9 @@ async def _record(
         log.warning("job_transition_refused", to=outcome.status)
         return False
     reporter.status = outcome.status
-    state.wrap_up(_archive(state, outcome.job_id, reporter.emit("status", outcome.status, message)))
+    reporter.emit("status", outcome.status, message)  # shutdown waits for the publisher
     await lifecycle.ended(state, updated)
     return True
-
-
-async def _archive(state: WorkerState, job_id: uuid.UUID, last: Awaitable[Any]) -> None:
-    """Once the attempt's last event is out, keep its events in PostgreSQL beyond Redis's
-    stream. Off the job's path: nothing waits for it but shutdown."""
-    await last
-    try:
-        await state.archive(str(job_id))
-    except (*BROKER_ERRORS, *DATABASE_ERRORS) as exc:
-        log.warning("events_archive_failed", job_id=str(job_id), error=str(exc))
 
 
 def _error(exc: Exception) -> dict[str, Any]:
