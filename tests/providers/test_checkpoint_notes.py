@@ -11,8 +11,8 @@ import pytest
 
 from tests.providers.conftest import new_attempt
 from videoq.pipeline import MemoryCheckpoints
-from videoq.store import DatabaseUnreachable
 from videoq.pipeline.compositing import follow_narration
+from videoq.store import DatabaseUnreachable
 from videoq.types import Scene, Script, VoiceTrack
 
 
@@ -39,7 +39,8 @@ async def test_notes_and_saves_are_held_while_postgres_is_out_of_reach(
     sessions: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write that meets a refused connection or a server starting up waits and lands; one
-    PostgreSQL refuses for its content fails as before. (The real outage, a stopped server, is in ``make chaos``.)"""
+    PostgreSQL refuses for its content fails as before. (The real outage, a stopped server, is
+    in ``make chaos``.)"""
     checkpoints = await new_attempt(sessions)
     books = checkpoints.books
     note, submit = books.note, books.save.submit
