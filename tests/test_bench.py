@@ -29,3 +29,19 @@ def test_benchmark_quick_run_reports_its_table(suite: str) -> None:
     assert "baseline" in proc.stdout or "raw arq" in proc.stdout
     assert "| videoq" in proc.stdout
     assert (ROOT / "docs" / "benchmarks.md").read_text() == before  # --quick writes nothing
+
+
+@pytest.mark.timeout(420)
+def test_chaos_quick_runs_meet_every_goal() -> None:
+    """Two fault scenarios with real processes (bench/chaos.py): Redis SIGKILLed and restarted
+    empty, and a provider brownout. Exit 0 means no job lost, nothing bought twice, no replay
+    gap, no seq reused and no 500 (the row says which, when not)."""
+    before = (ROOT / "docs" / "reliability.md").read_text()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.chaos", "--quick", "redis-restart", "brownout"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=400, preexec_fn=preexec(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| redis-restart |" in proc.stdout and "| brownout |" in proc.stdout
+    assert (ROOT / "docs" / "reliability.md").read_text() == before  # --quick writes nothing
