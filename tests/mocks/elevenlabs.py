@@ -1,7 +1,10 @@
 """A mock of ElevenLabs text-to-speech with timestamps, checked against the spec.
 
 The audio is a real MP3 (a tone standing in for speech) and the alignment spreads the text's
-characters evenly over it, as the real endpoint's ``alignment`` does.
+characters evenly over it, as the real endpoint's ``alignment`` does. Every track made is kept
+in the account's history (``GET /v1/history``, newest first, filtered by voice, model and
+date; ``GET /v1/history/{id}/audio``), as the real API keeps it unless logging is off
+(``logging = False`` here).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from tests.mocks import media, spec
 from tests.mocks.base import MockProvider, Reply, request_id
 
 PATH = "/v1/text-to-speech/{voice_id}/with-timestamps"
+HISTORY = "/v1/history"
 
 
 def detail(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -69,13 +73,19 @@ class ElevenLabsMock(MockProvider):
         format_param = spec.parameter("elevenlabs", PATH, "post", "output_format")
         self.output_formats = set(format_param["schema"]["enum"])
         self.voices: list[str] = []
+        self.history_checker = spec.response_validator("elevenlabs", HISTORY, "get", "200")
+        #: The account's history, oldest first; nothing is kept while ``logging`` is off.
+        self.history: list[dict[str, Any]] = []
+        self.logging = True
         self.app = Starlette(
             routes=[
                 Route(
                     "/v1/text-to-speech/{voice_id}/with-timestamps",
                     self.speak,
                     methods=["POST"],
-                )
+                ),
+                Route(HISTORY, self.list_history, methods=["GET"]),
+                Route("/v1/history/{history_item_id}/audio", self.audio, methods=["GET"]),
             ]
         )
 
@@ -117,9 +127,72 @@ class ElevenLabsMock(MockProvider):
             problem = spec.errors(self.response_checker, answer)
             if problem is not None:
                 self.reject(f"mock response breaks the spec: {problem}")
-            response = JSONResponse(answer, headers={"request-id": request_id("")[:20]})
+            made = request_id("")[:20]
+            if self.logging:
+                self.history.append(self.item(made, body, answer, output_format))
+            response = JSONResponse(answer, headers={"request-id": made})
             await self.delay(arrived)
             return response
+
+    def item(
+        self, made: str, body: dict[str, Any], answer: dict[str, Any], output_format: str
+    ) -> dict[str, Any]:
+        """The history item of the track request ``made`` made."""
+        return {
+            "history_item_id": request_id("hist_")[:24],
+            "request_id": made,
+            "voice_id": self.voices[-1],
+            "model_id": body.get("model_id", "eleven_multilingual_v2"),
+            "text": body["text"],
+            "date_unix": int(time.time()),
+            "character_count_change_from": 0,
+            "character_count_change_to": len(body["text"]),
+            "content_type": "audio/mpeg",
+            "state": "created",
+            "source": "TTS",
+            "output_format": output_format,
+            "alignments": {
+                "alignment": answer["alignment"],
+                "normalized_alignment": answer["normalized_alignment"],
+            },
+        }
+
+    async def list_history(self, request: Request) -> Response:
+        with self.tracking("history"):
+            if request.headers.get("xi-api-key") != self.key:
+                return invalid_key().response()
+            query = request.query_params
+            after = int(query.get("date_after_unix", "0"))
+            found = [
+                item for item in reversed(self.history)
+                if item["date_unix"] >= after
+                and query.get("voice_id") in (None, item["voice_id"])
+                and query.get("model_id") in (None, item["model_id"])
+            ]  # fmt: skip
+            start = query.get("start_after_history_item_id")
+            if start is not None:
+                ids = [item["history_item_id"] for item in found]
+                found = found[ids.index(start) + 1 :] if start in ids else []
+            size = int(query.get("page_size", "100"))
+            page = found[:size]
+            body = {
+                "history": page,
+                "has_more": len(found) > size,
+                "last_history_item_id": page[-1]["history_item_id"] if page else None,
+            }
+            problem = spec.errors(self.history_checker, body)
+            if problem is not None:
+                self.reject(f"mock history breaks the spec: {problem}")
+            return JSONResponse(body)
+
+    async def audio(self, request: Request) -> Response:
+        with self.tracking("history_audio"):
+            if request.headers.get("xi-api-key") != self.key:
+                return invalid_key().response()
+            item_id = request.path_params["history_item_id"]
+            if not any(item["history_item_id"] == item_id for item in self.history):
+                return detail(404, "history_item_not_found", "no such history item").response()
+            return Response(media.speech_mp3(), media_type="audio/mpeg")
 
     def answer(self, text: str) -> dict[str, Any]:
         step = media.SPEECH_SECONDS * 0.95 / max(1, len(text))

@@ -54,6 +54,8 @@ USED: dict[str, tuple[Operation, ...]] = {
             responses=("200",),
             parameters=("output_format",),
         ),
+        Operation("/v1/history", "get", responses=("200",)),
+        Operation("/v1/history/{history_item_id}/audio", "get"),
     ),
     "replicate": (
         Operation("/predictions", "post", request_body=True, parameters=("Prefer",)),

@@ -148,11 +148,12 @@ async def remove(redis: ArqRedis, settings: Settings, job_id: str) -> None:
 
 async def release_orphan(redis: ArqRedis, settings: Settings, job: QueuedJob) -> None:
     """Let arq start a job whose worker died now, not when arq's in-progress key expires
-    (the job timeout plus 10 s)."""
+    (the job timeout plus 10 s), and wake idle workers to take it over at once."""
     await redis.delete(keys.in_progress(str(job.id)))
     if not await enqueue_job(redis, settings, job):
         # The job's arq entry survived; make sure it is in the queue and due.
         await redis.zadd(settings.queue_name, {str(job.id): time.time() * 1000}, nx=True)
+    await redis.publish(keys.wake_channel(settings.queue_name), b"1")
 
 
 async def request_cancel(redis: ArqRedis, job_id: str) -> None:

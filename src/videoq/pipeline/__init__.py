@@ -285,7 +285,9 @@ async def _run_stage(
         return (await script_gen.run(brief, provider=providers.script)).to_dict()
     script = Script.from_dict(outputs["script_gen"])
     if stage == "voice_gen":
-        voice = await voice_gen.run(brief, script, provider=providers.voice, workdir=workdir)
+        voice = await voice_gen.run(
+            brief, script, provider=providers.voice, workdir=workdir, checkpoints=checkpoints
+        )
         return voice.to_dict()
     if stage == "video_gen":
         clips = await video_gen.run(

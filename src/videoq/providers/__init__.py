@@ -35,6 +35,7 @@ __all__ = [
     "ProviderPool",
     "Providers",
     "ResumableVideoProvider",
+    "ResumableVoiceProvider",
     "ScriptProvider",
     "Transports",
     "VideoProvider",
@@ -109,6 +110,24 @@ class ResumableVideoProvider(Protocol):
 
     async def cancel_work(self, work_ids: list[str]) -> None:
         """Stop these works at the provider, if they still run (best effort, never raises)."""
+        ...
+
+
+@runtime_checkable
+class ResumableVoiceProvider(Protocol):
+    """A voice provider whose track is paid work an earlier attempt may have bought unheard
+    (ElevenLabs keeps it in the account's history): ``voice_gen`` notes each purchase through
+    ``work`` before it is made, and a later attempt finds it instead of paying again."""
+
+    def work_fingerprint(self, script: Script, brief: Brief) -> str:
+        """A digest of everything the track depends on: a note counts only while it matches."""
+        ...
+
+    async def speak_once(
+        self, script: Script, brief: Brief, out_dir: Path, *, work: PaidWork
+    ) -> VoiceTrack:
+        """The track in ``out_dir``: the one ``work.previous`` says was being bought, when the
+        provider still has it, or else a new one, noted through ``work.note`` first."""
         ...
 
 

@@ -5,6 +5,15 @@ narration in one voice (continuous intonation, one request id), and the characte
 tells where each scene's narration starts, so compositing cuts the picture where the voice
 moves on.
 
+The voice is paid work, bought once per job across attempts: before the request leaves, the
+stage notes that it is about to buy (``since``, through :class:`~videoq.providers.PaidWork`).
+A later attempt whose note says a purchase was under way (the worker died, or the answer was
+lost, with the track unrecorded) first looks for it in the account's history
+(``GET /v1/history`` by voice, model and date, matching the exact text; the audio from
+``GET /v1/history/{id}/audio``, the alignment from the item), and so does a request retried
+after an ambiguous failure (a timeout, a 5xx). History is kept unless the account or request
+turns logging off (zero retention): then a lost track is bought again.
+
 Errors come in two shapes, ``{"detail": [{"loc", "msg", "type"}]}`` (422) and
 ``{"detail": {"status", "message"}}`` (everything else); both are read. Of the two 429s,
 ``too_many_concurrent_requests`` means *our* plan's concurrency is used up (retry soon, at a
@@ -16,15 +25,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
+import structlog
 
 from videoq.errors import PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output, probe
+from videoq.providers import PaidWork
 from videoq.providers.http import (
+    MAYBE_DONE,
     RetryPolicy,
     call_with_retries,
     classify,
@@ -49,8 +64,14 @@ DETAIL_CODES: dict[str, str] = {
     "max_character_limit_exceeded": "text_too_long",
     "voice_not_found": "voice_not_found",
 }
+log = structlog.get_logger(__name__)
+
 #: Audio container by ``output_format`` prefix; raw PCM/µ-law/A-law need a header FFmpeg lacks.
 EXTENSIONS = {"mp3": ".mp3", "wav": ".wav", "opus": ".ogg"}
+#: How far before a noted purchase a history search starts (the clocks may disagree).
+CLOCK_SKEW_S = 300
+#: Pages of history (100 items each, newest first) searched for a lost purchase.
+HISTORY_PAGES = 5
 
 
 def make_client(
@@ -141,7 +162,27 @@ class ElevenLabsVoiceProvider:
         self._limiter = limiter
         self._policy = policy
 
+    def work_fingerprint(self, script: Script, brief: Brief) -> str:
+        """A digest of everything the voice track depends on."""
+        text, _ = join_narration(script)
+        canonical = json.dumps(
+            [brief.voice or self._settings.elevenlabs_voice_id, self._settings.elevenlabs_model_id,
+             self._settings.elevenlabs_output_format, text]
+        )  # fmt: skip
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
     async def speak(self, script: Script, brief: Brief, out_dir: Path) -> VoiceTrack:
+        """The plain :class:`~videoq.providers.VoiceProvider` call (nothing noted)."""
+
+        async def ignore(_: dict[str, Any]) -> None:
+            return None
+
+        work = PaidWork(previous={}, claimed=frozenset(), note=ignore)
+        return await self.speak_once(script, brief, out_dir, work=work)
+
+    async def speak_once(
+        self, script: Script, brief: Brief, out_dir: Path, *, work: PaidWork
+    ) -> VoiceTrack:
         """``out_dir/voice.<ext>`` with the whole narration, and when each scene starts."""
         output_format = self._settings.elevenlabs_output_format
         extension = EXTENSIONS.get(output_format.split("_", 1)[0])
@@ -152,14 +193,31 @@ class ElevenLabsVoiceProvider:
             )
         text, offsets = join_narration(script)
         voice_id = brief.voice or self._settings.elevenlabs_voice_id
+        since = work.previous.get("since")
+        found = None
+        if isinstance(since, int | float):
+            found = await self._find(voice_id, text, output_format, float(since))
+        if found is None:
+            since = time.time()
+            await work.note({"since": since})
+            failed: list[ProviderError] = []
 
-        async def once() -> tuple[dict[str, Any], httpx.Headers]:
-            async with self._limiter.slot():
-                return await self._request(voice_id, text, output_format)
+            async def once() -> tuple[dict[str, Any], dict[str, str]]:
+                if failed and failed[-1].code in MAYBE_DONE:
+                    earlier = await self._find(voice_id, text, output_format, float(since))
+                    if earlier is not None:
+                        return earlier
+                try:
+                    async with self._limiter.slot():
+                        return await self._request(voice_id, text, output_format)
+                except ProviderError as exc:
+                    failed.append(exc)
+                    raise
 
-        data, headers = await call_with_retries(
-            once, policy=self._policy, what="elevenlabs.text_to_speech"
-        )
+            found = await call_with_retries(
+                once, policy=self._policy, what="elevenlabs.text_to_speech"
+            )
+        data, ids = found
         try:
             audio = base64.b64decode(data["audio_base64"], validate=True)
         except (KeyError, TypeError, binascii.Error) as exc:
@@ -177,9 +235,7 @@ class ElevenLabsVoiceProvider:
             "provider": "elevenlabs",
             "model": self._settings.elevenlabs_model_id,
             "characters": len(text),
-            "request_id": headers.get("request-id"),
-            # The history item holds the audio again (GET /v1/history/{id}/audio).
-            "history_item_id": headers.get("history-item-id"),
+            **ids,
         }
         return VoiceTrack(
             path=path,
@@ -188,9 +244,79 @@ class ElevenLabsVoiceProvider:
             cost={k: v for k, v in cost.items() if v is not None},
         )
 
+    async def _find(
+        self, voice_id: str, text: str, output_format: str, since: float
+    ) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """The track an earlier request bought: a history item of this voice and model made
+        after ``since`` (less the clock skew) with exactly ``text``, as a with-timestamps answer
+        (its audio fetched, its alignment from the item); None when the first
+        :data:`HISTORY_PAGES` pages hold none."""
+        params: dict[str, Any] = {
+            "voice_id": voice_id,
+            "model_id": self._settings.elevenlabs_model_id,
+            "date_after_unix": int(since - CLOCK_SKEW_S),
+            "source": "TTS",
+            "page_size": 100,
+        }
+        for _ in range(HISTORY_PAGES):
+            page = await self._history(params)
+            for item in page.get("history") or []:
+                if (
+                    isinstance(item, dict)
+                    and item.get("text") == text
+                    and item.get("state") == "created"
+                    and item.get("output_format") in (None, output_format)
+                    and isinstance(item.get("history_item_id"), str)
+                ):
+                    return await self._from_history(item)
+            last = page.get("last_history_item_id")
+            if not page.get("has_more") or not isinstance(last, str):
+                return None
+            params["start_after_history_item_id"] = last
+        return None
+
+    async def _history(self, params: dict[str, Any]) -> dict[str, Any]:
+        async def once() -> dict[str, Any]:
+            try:
+                response = await self._client.get("/v1/history", params=params)
+            except httpx.TransportError as exc:
+                raise transport_error("elevenlabs", exc) from exc
+            if response.status_code != 200:
+                raise error_for(response)
+            try:
+                data = response.json()
+            except ValueError as exc:
+                raise RetryableError("elevenlabs sent invalid JSON", code="invalid_audio") from exc
+            if not isinstance(data, dict):
+                raise RetryableError("elevenlabs sent an unexpected body", code="invalid_audio")
+            return data
+
+        return await call_with_retries(once, policy=self._policy, what="elevenlabs.history")
+
+    async def _from_history(self, item: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        item_id = str(item["history_item_id"])
+
+        async def once() -> bytes:
+            url = f"/v1/history/{quote(item_id, safe='')}/audio"
+            try:
+                response = await self._client.get(url)
+            except httpx.TransportError as exc:
+                raise transport_error("elevenlabs", exc) from exc
+            if response.status_code != 200:
+                raise error_for(response)
+            return response.content
+
+        audio = await call_with_retries(once, policy=self._policy, what="elevenlabs.history")
+        alignments = item.get("alignments")
+        alignment = alignments.get("alignment") if isinstance(alignments, dict) else None
+        log.info("voice_found_in_history", history_item_id=item_id)
+        data = {"audio_base64": base64.b64encode(audio).decode(), "alignment": alignment}
+        ids = {"history_item_id": item_id, "request_id": item.get("request_id")}
+        return data, {k: v for k, v in ids.items() if isinstance(v, str)}
+
     async def _request(
         self, voice_id: str, text: str, output_format: str
-    ) -> tuple[dict[str, Any], httpx.Headers]:
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         url = f"/v1/text-to-speech/{quote(voice_id, safe='')}/with-timestamps"
         body = {"text": text, "model_id": self._settings.elevenlabs_model_id}
         try:
@@ -207,7 +333,12 @@ class ElevenLabsVoiceProvider:
             raise RetryableError("elevenlabs sent invalid JSON", code="invalid_audio") from exc
         if not isinstance(data, dict):
             raise RetryableError("elevenlabs sent an unexpected body", code="invalid_audio")
-        return data, response.headers
+        # The history item holds the audio again (GET /v1/history/{id}/audio).
+        ids = {
+            "request_id": response.headers.get("request-id"),
+            "history_item_id": response.headers.get("history-item-id"),
+        }
+        return data, {k: v for k, v in ids.items() if v is not None}
 
 
 __all__ = ["ElevenLabsVoiceProvider", "error_for", "join_narration", "make_client"]

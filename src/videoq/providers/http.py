@@ -122,6 +122,11 @@ def classify(
     return PermanentError(text, code=code or default or "provider_rejected")
 
 
+#: Failure codes after which the failed request may have been carried out all the same (a
+#: timeout, a dropped connection, a 5xx): a retry of a purchase looks for it first.
+MAYBE_DONE = frozenset({"provider_timeout", "provider_unreachable", "provider_unavailable"})
+
+
 def transport_error(provider: str, exc: BaseException) -> RetryableError:
     """A timeout or connection failure: always worth another try."""
     # httpx, httpx2 and the SDKs each have their own timeout classes; the names agree.

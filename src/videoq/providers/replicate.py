@@ -45,6 +45,7 @@ from videoq.errors import PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output
 from videoq.providers import PaidWork
 from videoq.providers.http import (
+    MAYBE_DONE,
     RetryPolicy,
     call_with_retries,
     classify,
@@ -252,22 +253,27 @@ class ReplicateVideoProvider:
         self, body: dict[str, Any], since: str, claimed: frozenset[str]
     ) -> dict[str, Any]:
         """Create a prediction. Retried here on 429/5xx and lost connections (the Replicate SDK
-        never retries a POST); a retry first looks for the prediction the failed try may have
-        made (:meth:`_find`), so a create that reached Replicate is not bought twice."""
+        never retries a POST); a retry after a failure that may have reached Replicate (a
+        timeout, a lost connection, a 5xx) first looks for the prediction the failed try may
+        have made (:meth:`_find`), so it is not bought twice."""
         if self._settings.replicate_version:
             url = "/v1/predictions"
         else:
             owner, _, name = self._settings.replicate_model.partition("/")
             url = f"/v1/models/{owner}/{name}/predictions"
         headers = {**self._auth, "Cancel-After": self._settings.replicate_cancel_after}
-        tries = 0
+        failed: list[ProviderError] = []
 
         async def once() -> dict[str, Any]:
-            nonlocal tries
-            tries += 1
-            if tries > 1 and (found := await self._find(body, since, claimed)) is not None:
-                return found
-            return await self._call("POST", url, json=body, headers=headers)
+            if failed and failed[-1].code in MAYBE_DONE:
+                found = await self._find(body, since, claimed)
+                if found is not None:
+                    return found
+            try:
+                return await self._call("POST", url, json=body, headers=headers)
+            except ProviderError as exc:
+                failed.append(exc)
+                raise
 
         return await call_with_retries(once, policy=self._policy, what="replicate.create")
 
