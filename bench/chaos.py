@@ -427,7 +427,7 @@ async def run(name: str, *, quick: bool) -> Figures:
         async with Client(here.api_url, here.api_key, timeout=60) as client:
             ids = [
                 (await client.submit(product_name=f"Chaos {i}", duration_s=DURATION_S,
-                                     max_retries=5)).id
+                                     max_retries=3)).id
                 for i in range(jobs)
             ]  # fmt: skip
             watchers = [Watcher(client, job_id) for job_id in ids]

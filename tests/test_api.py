@@ -12,7 +12,7 @@ import base64
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from videoq.settings import Settings
 from videoq.store import jobs
 from videoq.store.apikeys import hash_key
 
+#: A time within the 30 days a job may be scheduled ahead.
+SOON = (datetime.now(UTC) + timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
 VALID: dict[str, Any] = {"product_name": "Nimbus Headphones"}
 TOO_LARGE = object()  # a body one byte over settings.max_body_bytes, built in the test
 
@@ -137,9 +139,13 @@ INVALID = [
     # run_at (ISO 8601) or delay_s, not both; delay_s >= 0 and <= 30 days
     case("run_at-words", {**VALID, "run_at": "next tuesday"}, "run_at"),
     case("run_at-month-13", {**VALID, "run_at": "2030-13-01T00:00:00Z"}, "run_at"),
+    case("run_at-unix-seconds", {**VALID, "run_at": 1900000000}, "run_at"),
+    case("run_at-unix-string", {**VALID, "run_at": "1900000000"}, "run_at"),
+    case("run_at-over-30-days", {**VALID, "run_at": "2999-01-01T00:00:00Z"}, "run_at"),
+    case("run_at-past-calendar", {**VALID, "run_at": "9999-12-31T23:59:59-12:00"}, "run_at"),
     case(
         "run_at-and-delay_s",
-        {**VALID, "run_at": "2030-01-01T00:00:00Z", "delay_s": 5},
+        {**VALID, "run_at": SOON, "delay_s": 5},
         ("run_at", "delay_s"),
     ),
     case("delay_s-negative", {**VALID, "delay_s": -1}, "delay_s"),
@@ -150,6 +156,8 @@ INVALID = [
     case("max_retries-11", {**VALID, "max_retries": 11}, "max_retries"),
     case("max_retries-fraction", {**VALID, "max_retries": 2.5}, "max_retries"),
     case("max_retries-bool", {**VALID, "max_retries": True}, "max_retries"),
+    # ... and never above the operator's max_retries (3 here): a job may only lower a limit
+    case("max_retries-over-setting", {**VALID, "max_retries": 4}, "max_retries"),
     # webhook_url: http(s) only
     case("webhook_url-ftp", {**VALID, "webhook_url": "ftp://example.com/hook"}, "webhook_url"),
     case("webhook_url-js", {**VALID, "webhook_url": "javascript:alert(1)"}, "webhook_url"),
@@ -161,6 +169,31 @@ INVALID = [
         "options-zero-timeout", {**VALID, "options": {"job_timeout_s": 0}}, "options.job_timeout_s"
     ),
     case("options-not-object", {**VALID, "options": "fast"}, "options"),
+    case(
+        "options-timeout-string",
+        {**VALID, "options": {"job_timeout_s": "60"}},
+        "options.job_timeout_s",
+    ),
+    case(
+        "options-timeout-bool",
+        {**VALID, "options": {"job_timeout_s": True}},
+        "options.job_timeout_s",
+    ),
+    case(
+        "options-timeout-over-setting",
+        {**VALID, "options": {"job_timeout_s": 1801}},
+        "options.job_timeout_s",
+    ),
+    case(
+        "options-stage-timeout-over-setting",
+        {**VALID, "options": {"stage_timeout_s": 901}},
+        "options.stage_timeout_s",
+    ),
+    case(
+        "options-model-number",
+        {**VALID, "options": {"anthropic_model": 5}},
+        "options.anthropic_model",
+    ),
     # unknown top-level fields, including an attempt to pick the tenant
     case("unknown-field", {**VALID, "callback_url": "https://x.test"}, "callback_url"),
     case("unknown-field-tenant", {**VALID, "tenant": "someone-else"}, "tenant"),
@@ -258,11 +291,9 @@ async def test_trailing_whitespace_is_stripped_not_stored(
         pytest.param({"aspect_ratio": "1:1"}, "brief.aspect_ratio", "1:1", id="aspect_ratio"),
         pytest.param({"priority": "high"}, "priority", "high", id="priority"),
         pytest.param({"max_retries": 0}, "max_retries", 0, id="max_retries-0"),
-        pytest.param({"max_retries": 10}, "max_retries", 10, id="max_retries-10"),
+        pytest.param({"max_retries": 3}, "max_retries", 3, id="max_retries-at-setting"),
         pytest.param({"delay_s": 3600}, "status", "scheduled", id="delay_s"),
-        pytest.param(
-            {"run_at": "2999-01-01T00:00:00Z"}, "run_at", "2999-01-01T00:00:00+00:00", id="run_at"
-        ),
+        pytest.param({"run_at": SOON}, "run_at", SOON.replace("Z", "+00:00"), id="run_at"),
         pytest.param(
             {"webhook_url": "https://hooks.example.com/v"}, "status", "queued", id="webhook_url"
         ),
@@ -351,6 +382,20 @@ async def test_every_route_needs_a_valid_key(
     assert_error(response, 401, "unauthorized")
     assert api_key not in response.text
     assert await count_jobs(sessions, tenant) == 1
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+async def test_two_authorization_headers_are_refused_even_if_one_is_valid(
+    asgi_client: httpx.AsyncClient, api_key: str, method: str, path: str
+) -> None:
+    job = await create(asgi_client, api_key)
+    for pair in ([api_key, "vq_" + uuid.uuid4().hex], ["vq_" + uuid.uuid4().hex, api_key]):
+        headers = [("Authorization", f"Bearer {key}") for key in pair]
+        response = await asgi_client.request(
+            method, path.format(id=job["id"]), json=VALID if method == "POST" else None,
+            headers=headers,
+        )  # fmt: skip
+        assert_error(response, 401, "unauthorized")
 
 
 async def test_health_needs_no_key(asgi_client: httpx.AsyncClient) -> None:
@@ -485,6 +530,23 @@ async def test_idempotency_key_is_scoped_by_tenant(
         assert await count_jobs(sessions, await tenant_of(sessions, tenant_key)) == 1
 
 
+async def test_idempotency_key_sent_with_another_body_is_refused(
+    asgi_client: httpx.AsyncClient, sessions: Any, api_key: str
+) -> None:
+    key = {"Idempotency-Key": f"order-{uuid.uuid4()}", **auth(api_key)}
+    body = {"product_name": "Kettle", "duration_s": 10}
+    first = await asgi_client.post("/v1/jobs", json=body, headers=key)
+    # The same request with its defaults spelled out is the same request.
+    same = await asgi_client.post(
+        "/v1/jobs", json={**body, "style": "minimal", "aspect_ratio": "9:16"}, headers=key
+    )
+    other = await asgi_client.post("/v1/jobs", json={**body, "duration_s": 20}, headers=key)
+    assert (first.status_code, same.status_code) == (202, 200)
+    assert same.json()["id"] == first.json()["id"]
+    assert_error(other, 422, "idempotency_key_reused")
+    assert await count_jobs(sessions, await tenant_of(sessions, api_key)) == 1
+
+
 @pytest.mark.parametrize("value", ["", "k" * 201], ids=["empty", "201-chars"])
 async def test_idempotency_key_length_is_checked(
     asgi_client: httpx.AsyncClient, sessions: Any, api_key: str, value: str
@@ -592,6 +654,14 @@ def b64(raw: str) -> str:
         pytest.param(b64("2030-01-01T00:00:00+00:00|not-a-uuid"), id="bad-id"),
         pytest.param(b64("2030-01-01T00:00:00+00:00"), id="no-id"),
         pytest.param(base64.urlsafe_b64encode(b"\xff\xfe|\x80").decode(), id="not-utf8"),
+        # Well formed, but values PostgreSQL cannot compare or store: refused at the edge.
+        pytest.param(b64(f"2030-01-01T00:00:00|{uuid.uuid4()}"), id="no-timezone"),
+        pytest.param(b64(f"0001-01-01T00:00:00-23:59|{uuid.uuid4()}"), id="before-year-1-utc"),
+        pytest.param(b64(f"9999-12-31T23:59:59-23:59|{uuid.uuid4()}"), id="after-year-9999-utc"),
+        pytest.param(b64(f"0001-01-01T00:00:00+00:00|{uuid.uuid4()}"), id="year-1"),
+        pytest.param(b64(f"2030-01-01T00:00:00+00:00|{uuid.uuid4()}|extra"), id="extra-part"),
+        pytest.param(b64("2030-01-01T00:00:00+00:00|" + str(uuid.uuid4()) * 10), id="long"),
+        pytest.param("A" * 5000, id="huge"),
     ],
 )
 async def test_list_refuses_a_bad_cursor(
@@ -655,6 +725,19 @@ async def test_video_of_a_succeeded_job_is_served_with_ranges(
     assert whole.headers["content-type"] == "video/mp4"
     part = await asgi_client.get(path, headers={**auth(api_key), "Range": "bytes=2-5"})
     assert part.status_code == 206 and part.content == b"2345"
+    assert part.headers["content-range"] == "bytes 2-5/10"
+    # Refusals carry the shared error shape, as every error does (was text/plain).
+    beyond = await asgi_client.get(path, headers={**auth(api_key), "Range": "bytes=50-"})
+    assert_error(beyond, 416, "range_not_satisfiable")
+    assert beyond.headers["content-range"] == "bytes */10"
+    # Forms this server does not serve (several ranges, other units, nonsense) get the whole
+    # video, as RFC 9110 allows: never a text/plain 400.
+    for ignored in ("bytes=0-1,4-5", "items=0-1", "bytes=abc", "bytes=5-2"):
+        answer = await asgi_client.get(path, headers={**auth(api_key), "Range": ignored})
+        if answer.status_code == 416:
+            assert_error(answer, 416, "range_not_satisfiable")
+        else:
+            assert answer.status_code == 200 and answer.content == b"0123456789", ignored
 
 
 # --- 7. Health ------------------------------------------------------------------------------------

@@ -153,6 +153,12 @@ class Gone(VideoqError):
     code = "gone"
 
 
+class IdempotencyKeyReused(VideoqError):
+    """An ``Idempotency-Key`` sent again with another request body than the first time."""
+
+    code = "idempotency_key_reused"
+
+
 class DatabaseUnavailable(VideoqError):
     """PostgreSQL cannot serve the request now: it is stopped, starting up or shutting down,
     out of reach, dropped the connection, or has no connection free. Which database errors are

@@ -1,6 +1,8 @@
 """The guard on URLs videoq itself calls (outbound webhooks): it refuses anything but http(s),
 and hosts that are, or resolve to, loopback, private, link-local (cloud metadata), shared,
-unspecified, multicast or otherwise non-global addresses, unless an allow-listed network
+unspecified, multicast or otherwise non-global addresses, IPv6 addresses that embed such an
+IPv4 address in any of the standard forms, and the cloud platform endpoints of
+:data:`PLATFORM_ENDPOINTS`, unless an allow-listed network
 (``settings.webhook_allowed_networks``) contains them. The caller connects to the address that
 was checked (:func:`resolve_checked`), so DNS rebinding cannot swap in another.
 """
@@ -20,11 +22,36 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-# Not global in practice, though some Python versions call parts of them global: IETF protocol
-# assignments (Oracle Cloud's metadata service is 192.0.0.192) and NAT64 / 6to4 wrappers, whose
-# embedded IPv4 address is checked on its own.
-_ALSO_BLOCKED = [ipaddress.ip_network("192.0.0.0/24")]
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: Cloud platform endpoints (metadata, DNS, agents) on addresses that are otherwise public, or
+#: that some Python versions call global: never a webhook's. Each with its source.
+PLATFORM_ENDPOINTS: dict[str, str] = {
+    # Azure's WireServer and DNS: "a virtual public IP address" (learn.microsoft.com, "What is
+    # IP address 168.63.129.16?").
+    "168.63.129.16/32": "Azure WireServer",
+    # IBM Cloud's service network, public addresses reachable only from inside the platform
+    # (cloud.ibm.com/docs/vpc, "service endpoints": 161.26.0.0/16).
+    "161.26.0.0/16": "IBM Cloud service network",
+    # Oracle Cloud's metadata service (docs.oracle.com, "Getting Instance Metadata"), in the
+    # IETF protocol assignments block 192.0.0.0/24 (RFC 6890), which is not global anyway.
+    "192.0.0.0/24": "IETF protocol assignments (Oracle Cloud metadata 192.0.0.192)",
+    # AWS's IMDS on IPv6 (docs.aws.amazon.com, "instance metadata service endpoints"); a ULA,
+    # listed for the record.
+    "fd00:ec2::/32": "AWS instance metadata (IPv6)",
+}
+_PLATFORM = [ipaddress.ip_network(net) for net in PLATFORM_ENDPOINTS]
+
+#: IPv6 forms that carry an IPv4 address in their last 32 bits, judged by that address: NAT64's
+#: well-known prefix (RFC 6052), IPv4-translated (RFC 2765, ``::ffff:0:a.b.c.d``) and
+#: IPv4-compatible (RFC 4291, deprecated, ``::a.b.c.d``).
+_EMBEDS_IPV4_LOW = [
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
+    ipaddress.ip_network("::/96"),
+]
+#: IPv6 ranges that are not globally routable, though some Python versions call them global:
+#: NAT64's local-use prefix (RFC 8215), whose IPv4 address can sit anywhere by its operator's
+#: choice, and the deprecated site-local ``fec0::/10`` (RFC 3879).
+_NOT_GLOBAL_V6 = [ipaddress.ip_network("64:ff9b:1::/48"), ipaddress.ip_network("fec0::/10")]
 
 
 def parse_networks(values: Iterable[str]) -> list[IPNetwork]:
@@ -33,15 +60,15 @@ def parse_networks(values: Iterable[str]) -> list[IPNetwork]:
 
 
 def _judged(ip: IPAddress) -> list[IPAddress]:
-    """The addresses that decide about ``ip``: an IPv6 address wrapping an IPv4 one (mapped,
-    6to4, Teredo, NAT64) is whatever it wraps."""
+    """The addresses that decide about ``ip``: an IPv6 address wrapping IPv4 ones (mapped,
+    translated, compatible, 6to4, Teredo, NAT64) is whatever it wraps, and each must pass."""
     if isinstance(ip, ipaddress.IPv6Address):
         inner: list[IPAddress] = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
         inner += list(ip.teredo or ())
-        if ip in _NAT64:
+        if any(ip in net for net in _EMBEDS_IPV4_LOW):
             inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         if inner:
-            return inner
+            return list(dict.fromkeys(inner))
     return [ip]
 
 
@@ -49,9 +76,14 @@ def address_refusal(ip: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
     """Why videoq must not connect to ``ip`` (e.g. "a loopback address"), or None when it may."""
     if any(ip in net for net in allowed if net.version == ip.version):
         return None
+    if any(ip in net for net in _NOT_GLOBAL_V6 if net.version == ip.version):
+        return "a private or reserved address"
     for inner in _judged(ip):
         if any(inner in net for net in allowed if net.version == inner.version):
             continue
+        platform = next((n for n in _PLATFORM if n.version == inner.version and inner in n), None)
+        if platform is not None:
+            return f"a cloud platform endpoint ({PLATFORM_ENDPOINTS[str(platform)]})"
         if inner.is_loopback:
             return "a loopback address"
         if inner.is_unspecified:
@@ -60,7 +92,7 @@ def address_refusal(ip: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
             return "a link-local address (where cloud metadata services live)"
         if inner.is_multicast:
             return "a multicast address"
-        if inner.is_private or not inner.is_global or any(inner in n for n in _ALSO_BLOCKED):
+        if inner.is_private or not inner.is_global:
             return "a private or reserved address"
     return None
 

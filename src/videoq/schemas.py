@@ -3,9 +3,11 @@ names its field."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import unicodedata
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,6 +21,9 @@ from pydantic import (
 
 from videoq.netguard import parse_networks, refusal
 
+if TYPE_CHECKING:
+    from videoq.settings import Settings
+
 Style = Literal["minimal", "bold", "cinematic", "playful"]
 AspectRatio = Literal["9:16", "16:9", "1:1"]
 Priority = Literal["high", "normal", "low"]
@@ -29,15 +34,44 @@ def _has_control_chars(value: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t" for c in value)
 
 
+#: How far ahead a job may be scheduled, by ``run_at`` or ``delay_s``.
+MAX_SCHEDULE_S = 30 * 24 * 3600
+
+
+def job_context(settings: Settings) -> dict[str, Any]:
+    """The validation context of a :class:`JobCreate` on this server: the networks webhooks
+    may reach, and the operator's limits a job's own values may lower but never raise."""
+    return {
+        "webhook_allowed_networks": settings.webhook_allowed_networks,
+        "limits": {
+            "job_timeout_s": settings.job_timeout_s,
+            "stage_timeout_s": settings.stage_timeout_s,
+            "max_retries": settings.max_retries,
+        },
+    }
+
+
+def _within_limit(value: float | None, info: ValidationInfo) -> float | None:
+    """``value``, refused above the operator's setting of the same name (from the context)."""
+    context = info.context if isinstance(info.context, dict) else {}
+    limit = (context.get("limits") or {}).get(info.field_name)
+    if value is not None and limit is not None and value > limit:
+        raise ValueError(f"must be at most {limit:g}, this server's {info.field_name}")
+    return value
+
+
 class JobOptions(BaseModel):
-    """Per-job overrides of settings (see :data:`videoq.settings.JOB_OVERRIDABLE`)."""
+    """Per-job overrides of settings (see :data:`videoq.settings.JOB_OVERRIDABLE`): typed as
+    strictly as the top-level fields, and the limits may only be lowered."""
 
     model_config = ConfigDict(extra="forbid")
 
     providers: Literal["auto", "offline"] | None = None
-    job_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
-    stage_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
-    anthropic_model: str | None = Field(default=None, min_length=1, max_length=100)
+    job_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600, strict=True)
+    stage_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600, strict=True)
+    anthropic_model: str | None = Field(default=None, min_length=1, max_length=100, strict=True)
+
+    _limited = field_validator("job_timeout_s", "stage_timeout_s")(_within_limit)
 
     @field_validator("anthropic_model")
     @classmethod
@@ -61,7 +95,7 @@ class JobCreate(BaseModel):
     voice: str | None = Field(default=None, min_length=1, max_length=100)
     priority: Priority = "normal"
     run_at: datetime | None = None
-    delay_s: float | None = Field(default=None, ge=0, le=30 * 24 * 3600, strict=True)
+    delay_s: float | None = Field(default=None, ge=0, le=MAX_SCHEDULE_S, strict=True)
     max_retries: int | None = Field(default=None, ge=0, le=10, strict=True)
     webhook_url: HttpUrl | None = None
     options: JobOptions = Field(default_factory=JobOptions)
@@ -73,15 +107,27 @@ class JobCreate(BaseModel):
             raise ValueError("must not contain control characters")
         return value
 
-    @field_validator("run_at")
+    _limited = field_validator("max_retries")(_within_limit)
+
+    @field_validator("run_at", mode="before")
     @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        value = value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+    def _iso_8601(cls, value: Any) -> datetime | None:
+        """Only an ISO 8601 date-time string (no number of seconds, no other formats), in the
+        next :data:`MAX_SCHEDULE_S` (a time past means now); no time zone means UTC."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError("must be an ISO 8601 date-time string, e.g. 2030-01-01T09:00:00Z")
         try:
-            value and value.astimezone(UTC)  # e.g. year 9999 at UTC-12 is past the calendar
-        except OverflowError:
-            raise ValueError("out of range") from None
-        return value
+            when = datetime.fromisoformat(value)
+            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        except (ValueError, OverflowError):  # e.g. year 9999 at UTC-12 is past the calendar
+            raise ValueError(
+                "must be an ISO 8601 date-time string, e.g. 2030-01-01T09:00:00Z"
+            ) from None
+        if when > datetime.now(UTC) + timedelta(seconds=MAX_SCHEDULE_S):
+            raise ValueError(f"must be at most {MAX_SCHEDULE_S // 86400} days ahead")
+        return when
 
     @field_validator("delay_s")
     @classmethod
@@ -102,6 +148,12 @@ class JobCreate(BaseModel):
             if why:
                 raise ValueError(why)
         return value
+
+    def fingerprint(self) -> str:
+        """A digest of the request as validated (defaults filled in): what an
+        ``Idempotency-Key`` is bound to."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def brief(self) -> dict[str, Any]:
         """The fields the pipeline needs, as stored in the job row."""

@@ -308,8 +308,14 @@ class Settings(BaseSettings):
         return self.scratch_dir or self.home / "scratch"
 
     def for_job(self, options: dict[str, Any] | None) -> Settings:
-        """These settings with a job's ``options`` applied (only :data:`JOB_OVERRIDABLE` keys)."""
+        """These settings with a job's ``options`` applied (only :data:`JOB_OVERRIDABLE` keys;
+        a limit only lowered, never raised: a job stored before the API checked that, or
+        under a higher setting since lowered, gets the operator's value)."""
         if not options:
             return self
         allowed = {k: v for k, v in options.items() if k in JOB_OVERRIDABLE}
+        for limit in ("job_timeout_s", "stage_timeout_s", "max_retries"):
+            value = allowed.get(limit)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                allowed[limit] = min(value, getattr(self, limit))
         return self.model_validate({**self.model_dump(), **allowed}) if allowed else self

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,8 @@ from tests.security.conftest import (
     table_counts,
 )
 from tests.test_api import assert_error, named_fields
+from videoq.api import create_app
+from videoq.api import errors as api_errors
 from videoq.settings import Settings
 
 VALID: dict[str, Any] = {"product_name": "Nimbus Headphones"}
@@ -451,3 +453,48 @@ async def test_a_uuid_lookalike_of_another_shape_is_404(
     for job_id in (str(uuid.uuid4()).upper(), "{" + str(uuid.uuid4()) + "}", uuid.uuid4().hex):
         response = await secure_client.get(f"/v1/jobs/{job_id}", headers=auth(key))
         assert_error(response, 404, "not_found")
+
+
+class Recorder:
+    """Stands in for a module's structlog logger: which events it logged, at which level."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def record(event: str, **_: Any) -> None:
+            self.events.append((level, event))
+
+        return record
+
+
+async def test_a_client_gone_mid_body_is_logged_as_such_not_as_a_server_error(
+    settings: Settings, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder()
+    monkeypatch.setattr(api_errors, "log", recorder)
+    app = create_app(settings)
+    sent: list[MutableMapping[str, Any]] = []
+    parts: list[MutableMapping[str, Any]] = [
+        {"type": "http.request", "body": b'{"product_name": "Nim', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> MutableMapping[str, Any]:
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 5000), "server": ("videoq", 80),
+        "headers": [(b"authorization", f"Bearer {api_key}".encode()),
+                    (b"content-type", b"application/json"), (b"content-length", b"200")],
+    }  # fmt: skip
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+    assert recorder.events == [("info", "client_disconnected")]
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400

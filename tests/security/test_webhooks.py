@@ -112,8 +112,18 @@ REFUSED = [
     "192.168.0.1", "169.254.169.254", "fe80::1", "fd00:ec2::254", "100.100.100.200",
     "192.0.0.192", "224.0.0.251", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
     "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "198.18.0.1", "240.0.0.1", "255.255.255.255",
+    # IPv4 addresses embedded in the other standard IPv6 forms: compatible (::/96), translated
+    # (::ffff:0:0:0/96), NAT64 local-use (64:ff9b:1::/48); and deprecated site-local fec0::/10
+    "::7f00:1", "::a9fe:a9fe", "::ffff:0:7f00:1", "::ffff:0:a9fe:a9fe", "64:ff9b:1::7f00:1",
+    "64:ff9b:1:a9fe:a9:fe00::", "fec0::1", "2001:0:4136:e378:8000:63bf:80ff:fffe",
+    # cloud platform endpoints on public addresses
+    "168.63.129.16", "161.26.0.10",
 ]  # fmt: skip
-ALLOWED = ["93.184.215.14", "1.1.1.1", "2606:4700:4700::1111", "8.8.8.8"]
+ALLOWED = [
+    "93.184.215.14", "1.1.1.1", "2606:4700:4700::1111", "8.8.8.8",
+    # a public IPv4 address in the embedding forms is judged by that address
+    "64:ff9b::808:808",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("address", REFUSED)

@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
 from videoq import broker, outbox, store
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> Starlette:
     handlers: dict[Any, Any] = {
         VideoqError: errors.videoq_error,
         HTTPException: errors.http_error,
+        ClientDisconnect: errors.client_gone,
         **dict.fromkeys(store.OUTAGE_SOURCES, errors.database_error),
         Exception: errors.internal_error,
     }

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 
-from videoq.errors import Forbidden
+from videoq.errors import Forbidden, Unauthorized
 from videoq.store.apikeys import Principal, authenticate
 
 if TYPE_CHECKING:
@@ -52,8 +52,13 @@ def bearer(header: str | None) -> str | None:
 
 
 async def principal(conn: HTTPConnection, *, token_in_query: bool = False) -> Principal:
-    """The caller, from its API key; :class:`~videoq.errors.Unauthorized` without a valid one."""
-    key = bearer(conn.headers.get("authorization"))
+    """The caller, from its API key; :class:`~videoq.errors.Unauthorized` without a valid one,
+    or with more than one ``Authorization`` header (which one counts is not the caller's to
+    leave to us, nor to a proxy that may pick another)."""
+    sent = conn.headers.getlist("authorization")
+    if len(sent) > 1:
+        raise Unauthorized("send one Authorization header, not several")
+    key = bearer(sent[0] if sent else None)
     # Browsers cannot set headers on a WebSocket, nor on a page they navigate to.
     if key is None and (token_in_query or conn.scope["type"] == "websocket"):
         key = conn.query_params.get("token")

@@ -29,6 +29,7 @@ from videoq.errors import (
     DatabaseUnavailable,
     Forbidden,
     Gone,
+    IdempotencyKeyReused,
     NotFound,
     NotMigrated,
     RateLimited,
@@ -48,6 +49,7 @@ STATUS: dict[type[VideoqError], int] = {
     Conflict: 409,
     Gone: 410,
     UnsafeUrl: 422,
+    IdempotencyKeyReused: 422,
     RateLimited: 429,
     NotMigrated: 503,
     DatabaseUnavailable: 503,
@@ -116,6 +118,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
         exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail), None,
         dict(exc.headers or {}),
     )  # fmt: skip
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away before its body arrived: logged as that (no traceback, nothing
+    failed here); the answer is for the record, nobody reads it."""
+    log.info("client_disconnected", path=request.url.path, request_id=request_id_of(request.scope))
+    return error_response(400, "client_disconnected", "the request body did not arrive")
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

@@ -13,7 +13,7 @@ from videoq import lifecycle
 from videoq.api.deps import base_url, principal, read_json, state_of
 from videoq.api.errors import error_response, invalid
 from videoq.api.video import video_response
-from videoq.schemas import JobCreate
+from videoq.schemas import JobCreate, job_context
 from videoq.store import jobs
 from videoq.types import JobStatus
 from videoq.views import job_view
@@ -31,8 +31,7 @@ async def create_job(request: Request) -> Response:
             [{"field": "body", "message": "must be a JSON object", "type": "object_type"}],
         )  # fmt: skip
     try:
-        context = {"webhook_allowed_networks": st.settings.webhook_allowed_networks}
-        body = JobCreate.model_validate(payload, context=context)
+        body = JobCreate.model_validate(payload, context=job_context(st.settings))
     except ValidationError as exc:
         return invalid(exc)
     key = request.headers.get("idempotency-key")

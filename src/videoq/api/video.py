@@ -1,6 +1,7 @@
-"""``GET /v1/jobs/{id}/video``, from any API process: a file store's file as it is, an object
-store's object streamed (``Range`` honoured, one range per request) or, with
-``VIDEOQ_VIDEO_REDIRECT``, a ``307`` to a short-lived signed URL.
+"""``GET /v1/jobs/{id}/video``, from any API process: a file store's file as it is, a ranged
+request or an object store's object streamed (``Range`` honoured, one range per request; a
+refusal in the shared error shape) or, with ``VIDEOQ_VIDEO_REDIRECT``, a ``307`` to a
+short-lived signed URL.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ async def video_response(request: Request, st: State, job: Job) -> Response:
     key = video_key(job.id)
     name = f"{job.id}.mp4"
     store = st.artifacts
-    if store.local_root is not None:
+    if store.local_root is not None and "range" not in request.headers:
+        # The whole file, sent by the server (sendfile). A ranged request takes the path below,
+        # whose refusals carry the shared error shape (FileResponse's are text/plain).
         path = store.local_root / key
         if not path.is_file():
             raise NotFound(f"the video of job {job.id} is no longer stored")

@@ -27,7 +27,7 @@ from videoq.api.deps import base_url, json_object, principal, state_of
 from videoq.api.errors import error_response, invalid
 from videoq.broker import BROKER_ERRORS, inbound
 from videoq.errors import Conflict, NotFound, Unauthorized
-from videoq.schemas import JobCreate
+from videoq.schemas import JobCreate, job_context
 from videoq.signing import verify
 from videoq.store import webhooks as webhook_rows
 from videoq.views import job_view
@@ -93,9 +93,8 @@ async def github(request: Request) -> Response:
     fields = _github_brief(event, data)
     if fields is None:
         return JSONResponse({"ignored": event[:100]})
-    context = {"webhook_allowed_networks": st.settings.webhook_allowed_networks}
     try:
-        brief = JobCreate.model_validate(fields, context=context)
+        brief = JobCreate.model_validate(fields, context=job_context(st.settings))
     except ValidationError as exc:
         return invalid(exc, "the event makes no valid brief")
     tenant = st.settings.github_webhook_tenant

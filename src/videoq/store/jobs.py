@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from videoq.errors import Conflict, NotFound
+from videoq.errors import Conflict, IdempotencyKeyReused, NotFound
 from videoq.schemas import JobCreate
 from videoq.store.tables import Job
 from videoq.types import RETRYABLE, TERMINAL, TRANSITIONS, WAITING, JobStatus, sources
@@ -36,8 +36,11 @@ async def create_job(
     queue: str = "videoq:queue",
 ) -> tuple[Job, bool]:
     """Insert a job; returns ``(job, created)``. A repeated ``idempotency_key`` returns the
-    tenant's original job and ``created=False``."""
+    tenant's original job and ``created=False`` when it comes with the same request, and raises
+    :class:`IdempotencyKeyReused` when it comes with another (IETF
+    draft-ietf-httpapi-idempotency-key-header: 422)."""
     now = datetime.now(UTC)
+    fingerprint = body.fingerprint() if idempotency_key is not None else None
     run_at = body.scheduled_for(now)
     job = Job(
         id=uuid.uuid4(),
@@ -52,6 +55,7 @@ async def create_job(
         options=body.options.model_dump(exclude_none=True),
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
         idempotency_key=idempotency_key,
+        idempotency_fingerprint=fingerprint,
         run_at=run_at,
         created_at=now,
         updated_at=now,
@@ -68,6 +72,11 @@ async def create_job(
                 select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)
             )
         ).scalar_one()
+        if existing.idempotency_fingerprint not in (None, fingerprint):
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was first sent with another request body; "
+                "use a new key for a new job"
+            ) from None
         return existing, False
     return job, True
 
@@ -93,12 +102,28 @@ def _encode_cursor(job: Job) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+#: The longest cursor :func:`_encode_cursor` makes (with room to spare), and the span of the
+#: creation times it can hold: anything else was not made here, and is refused before it
+#: reaches PostgreSQL (which cannot compare a naive time with a ``timestamptz``, nor store one
+#: outside its range).
+_CURSOR_MAX_CHARS = 128
+_CURSOR_SPAN = (datetime(2000, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
+        if len(cursor) > _CURSOR_MAX_CHARS:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, key = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(key)
-    except (ValueError, UnicodeDecodeError) as exc:
+        created_text, key = raw.split("|")
+        created = datetime.fromisoformat(created_text)
+        if created.tzinfo is None:
+            raise ValueError("no time zone")
+        created = created.astimezone(UTC)
+        if not _CURSOR_SPAN[0] <= created < _CURSOR_SPAN[1]:
+            raise ValueError("out of range")
+        return created, uuid.UUID(key)
+    except (ValueError, OverflowError, UnicodeDecodeError) as exc:
         raise ValueError("invalid cursor") from exc
 
 

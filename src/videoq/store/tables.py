@@ -101,6 +101,8 @@ class Job(Base):
     options: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    #: A digest of the request the key first came with: the same key with another body is refused.
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64))
     run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker_id: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[dict[str, Any] | None] = mapped_column(Json)
