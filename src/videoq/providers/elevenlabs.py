@@ -277,18 +277,7 @@ class ElevenLabsVoiceProvider:
 
     async def _history(self, params: dict[str, Any]) -> dict[str, Any]:
         async def once() -> dict[str, Any]:
-            try:
-                response = await self._client.get("/v1/history", params=params)
-            except httpx.TransportError as exc:
-                raise transport_error("elevenlabs", exc) from exc
-            if response.status_code != 200:
-                raise error_for(response)
-            try:
-                data = response.json()
-            except ValueError as exc:
-                raise RetryableError("elevenlabs sent invalid JSON", code="invalid_audio") from exc
-            if not isinstance(data, dict):
-                raise RetryableError("elevenlabs sent an unexpected body", code="invalid_audio")
+            data, _ = await self._object("GET", "/v1/history", params=params)
             return data
 
         return await call_with_retries(once, policy=self._policy, what="elevenlabs.history")
@@ -314,15 +303,12 @@ class ElevenLabsVoiceProvider:
         ids = {"history_item_id": item_id, "request_id": item.get("request_id")}
         return data, {k: v for k, v in ids.items() if isinstance(v, str)}
 
-    async def _request(
-        self, voice_id: str, text: str, output_format: str
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        url = f"/v1/text-to-speech/{quote(voice_id, safe='')}/with-timestamps"
-        body = {"text": text, "model_id": self._settings.elevenlabs_model_id}
+    async def _object(
+        self, method: str, url: str, **kwargs: Any
+    ) -> tuple[dict[str, Any], httpx.Headers]:
+        """A request answered by a JSON object, and the answer's headers; failures classified."""
         try:
-            response = await self._client.post(
-                url, params={"output_format": output_format}, json=body
-            )
+            response = await self._client.request(method, url, **kwargs)
         except httpx.TransportError as exc:
             raise transport_error("elevenlabs", exc) from exc
         if response.status_code != 200:
@@ -333,10 +319,20 @@ class ElevenLabsVoiceProvider:
             raise RetryableError("elevenlabs sent invalid JSON", code="invalid_audio") from exc
         if not isinstance(data, dict):
             raise RetryableError("elevenlabs sent an unexpected body", code="invalid_audio")
+        return data, response.headers
+
+    async def _request(
+        self, voice_id: str, text: str, output_format: str
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        url = f"/v1/text-to-speech/{quote(voice_id, safe='')}/with-timestamps"
+        body = {"text": text, "model_id": self._settings.elevenlabs_model_id}
+        data, headers = await self._object(
+            "POST", url, params={"output_format": output_format}, json=body
+        )
         # The history item holds the audio again (GET /v1/history/{id}/audio).
         ids = {
-            "request_id": response.headers.get("request-id"),
-            "history_item_id": response.headers.get("history-item-id"),
+            "request_id": headers.get("request-id"),
+            "history_item_id": headers.get("history-item-id"),
         }
         return data, {k: v for k, v in ids.items() if v is not None}
 

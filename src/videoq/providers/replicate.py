@@ -322,21 +322,7 @@ class ReplicateVideoProvider:
 
     async def _list(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
         async def once() -> dict[str, Any]:
-            try:
-                response = await self._client.get(url, params=params, headers=self._auth)
-            except httpx.TransportError as exc:
-                raise transport_error("replicate", exc) from exc
-            if response.status_code >= 400:
-                raise error_for(response)
-            try:
-                data = response.json()
-            except ValueError as exc:
-                raise RetryableError(
-                    "replicate sent invalid JSON", code="invalid_response"
-                ) from exc
-            if not isinstance(data, dict):
-                raise RetryableError("replicate sent no prediction list", code="invalid_response")
-            return data
+            return await self._object("GET", url, params=params, headers=self._auth)
 
         return await call_with_retries(once, policy=self._policy, what="replicate.list")
 
@@ -347,6 +333,14 @@ class ReplicateVideoProvider:
         return await call_with_retries(once, policy=self._policy, what="replicate.get")
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """A request answered by one prediction."""
+        data = await self._object(method, url, **kwargs)
+        if not isinstance(data.get("id"), str):
+            raise RetryableError("replicate sent no prediction", code="invalid_response")
+        return data
+
+    async def _object(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """A request answered by a JSON object; failures classified."""
         try:
             response = await self._client.request(method, url, **kwargs)
         except httpx.TransportError as exc:
@@ -357,8 +351,8 @@ class ReplicateVideoProvider:
             data = response.json()
         except ValueError as exc:
             raise RetryableError("replicate sent invalid JSON", code="invalid_response") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
-            raise RetryableError("replicate sent no prediction", code="invalid_response")
+        if not isinstance(data, dict):
+            raise RetryableError("replicate sent no JSON object", code="invalid_response")
         return data
 
     async def _wait(self, prediction: dict[str, Any]) -> dict[str, Any]:
