@@ -1,7 +1,8 @@
 """A mock of the Anthropic Messages API (``POST /v1/messages``), checked against the spec.
 
 It behaves like a model that follows the system prompt: it answers the forced tool call with
-as many scenes as the prompt asks for. ``stop_reason`` and ``scene_count`` make it misbehave.
+as many scenes as the prompt asks for. ``stop_reason``, ``scene_count`` and ``malformed`` make
+it misbehave.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class AnthropicMock(MockProvider):
         super().__init__(key=key, latency=latency)
         self.stop_reason: str = "tool_use"
         self.scene_count: int | None = None
+        #: How many of the next answers are malformed (a script with no scenes).
+        self.malformed = 0
         self.request_checker = spec.request_validator("anthropic", PATH, "post")
         self.response_checker = spec.response_validator("anthropic", PATH, "post", "200")
         self.app = Starlette(routes=[Route(PATH, self.messages, methods=["POST"])])
@@ -105,6 +108,9 @@ class AnthropicMock(MockProvider):
             if self.scene_count is not None
             else (int(found.group(1)) if found else 3)
         )
+        if self.malformed > 0:
+            self.malformed -= 1
+            count = 0
         product = "the product"
         for message in body["messages"]:
             said = message.get("content")

@@ -128,6 +128,15 @@ async def test_refusal_is_permanent_and_paid_answers_are_used_not_bought_again(
         await script_provider(pool).write_script(brief)
     assert malformed.value.code == "invalid_script" and mocks.anthropic.calls["messages"] == 2
 
+    # Malformed once, then good: both answers are in the script's cost.
+    mocks.anthropic.calls.clear()
+    mocks.anthropic.scene_count = None
+    mocks.anthropic.malformed = 1
+    script = await script_provider(pool).write_script(brief)
+    assert mocks.anthropic.calls["messages"] == 2 and script.cost["asks"] == 2
+    one = (await script_provider(pool).write_script(brief)).cost
+    assert script.cost["input_tokens"] == 2 * one["input_tokens"]  # both prompts were paid
+
 
 async def test_client_reaches_a_real_server_by_base_url(live_settings: Settings) -> None:
     anthropic_mock = mock.AnthropicMock()

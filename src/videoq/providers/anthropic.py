@@ -173,13 +173,22 @@ class AnthropicScriptProvider:
             async with self._limiter.slot():
                 return await self._create(brief, count)
 
+        spent = {"input_tokens": 0, "output_tokens": 0}
         for ask in range(1, MAX_ASKS + 1):
             message = await call_with_retries(once, policy=self._policy, what="anthropic.messages")
             try:
-                return self._parse(message, brief, count)
+                script = self._parse(message, brief, count)
             except PermanentError as exc:
                 if exc.code != "invalid_script" or ask == MAX_ASKS:
                     raise
+                # Paid for all the same: counted in the cost of the script that follows.
+                spent["input_tokens"] += message.usage.input_tokens
+                spent["output_tokens"] += message.usage.output_tokens
+                continue
+            for name, tokens in spent.items():
+                script.cost[name] += tokens
+            script.cost["asks"] = ask
+            return script
         raise AssertionError("unreachable")
 
     async def _create(self, brief: Brief, count: int) -> Message:
