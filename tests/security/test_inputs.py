@@ -8,7 +8,9 @@ validation table of ``POST /v1/jobs``; these are the hostile ones.)
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 import time
 import uuid
 from collections.abc import Callable, MutableMapping
@@ -498,3 +500,51 @@ async def test_a_client_gone_mid_body_is_logged_as_such_not_as_a_server_error(
     assert recorder.events == [("info", "client_disconnected")]
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 400
+
+
+def crafted_times(rng: random.Random, n: int) -> list[str]:
+    """ISO 8601 date-times at the calendar's and PostgreSQL's edges, in every offset form."""
+    years = [1, 2, 1969, 1970, 1999, 2000, 2038, 2100, 8999, 9000, 9998, 9999]
+    offsets = ["", "Z", "+00:00", "-23:59", "+23:59", "+14:00", "-12:00"]
+    out = []
+    for _ in range(n):
+        year = rng.choice(years)
+        month, day = rng.choice([(1, 1), (12, 31), (2, 28), (6, 15)])
+        clock = rng.choice(["00:00:00", "23:59:59", "23:59:59.999999", "12:00"])
+        out.append(f"{year:04d}-{month:02d}-{day:02d}T{clock}{rng.choice(offsets)}")
+    return out
+
+
+def b64(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+async def test_crafted_values_at_their_extremes_never_make_a_500(
+    asgi_client: httpx.AsyncClient, api_key: str
+) -> None:
+    """Semantically crafted values, not only malformed syntax: cursors and ``run_at`` times at
+    the edges of the calendar and of PostgreSQL's types, ids of every shape, numbers at the
+    limits of floats. Each is refused with a 422 naming its field, or accepted."""
+    rng = random.Random(16)
+    ids = [str(uuid.uuid4()), str(uuid.UUID(int=0)), str(uuid.UUID(int=2**128 - 1)), "0" * 32]
+    headers = auth(api_key)
+    for when in crafted_times(rng, 120):
+        cursor = b64(f"{when}|{rng.choice(ids)}")
+        listed = await asgi_client.get("/v1/jobs", params={"cursor": cursor}, headers=headers)
+        assert listed.status_code in (200, 422), (cursor, when, listed.text)
+        if listed.status_code == 422:
+            assert named_fields(assert_error(listed, 422, "validation_error")) == ["cursor"]
+        created = await asgi_client.post(
+            "/v1/jobs", json={"product_name": "Edge", "run_at": when}, headers=headers
+        )
+        assert created.status_code in (202, 422), (when, created.text)
+        if created.status_code == 422:
+            assert named_fields(assert_error(created, 422, "validation_error")) == ["run_at"]
+    for number in ["0", "-0.0", "1e-320", "1e308", "1e309", "-1e309", "NaN", "Infinity"]:
+        for field in ('"delay_s"', '"max_retries"', '"options": {"job_timeout_s"'):
+            closing = "}}" if "{" in field else "}"
+            content = f'{{"product_name": "Edge", {field}: {number}{closing}'
+            answer = await asgi_client.post(
+                "/v1/jobs", content=content, headers={**headers, "Content-Type": "application/json"}
+            )
+            assert answer.status_code in (202, 400, 422), (content, answer.text)
