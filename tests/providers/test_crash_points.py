@@ -30,9 +30,10 @@ import os
 import random
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import httpx2
@@ -51,6 +52,8 @@ from videoq.store import jobs
 from videoq.store.checkpoints import DbCheckpoints
 from videoq.store.grouped import GroupedWriter
 from videoq.types import Brief, scene_count
+
+R = TypeVar("R", httpx.Response, httpx2.Response)
 
 BRIEF = Brief(product_name="Solar Kettle", duration_s=15, aspect_ratio="1:1", cta_text="Buy")
 SCENES = scene_count(BRIEF.duration_s)
@@ -80,6 +83,15 @@ class Plan:
             self.dead = True
             raise Killed(label)
 
+    async def around(self, label: str, send: Callable[[], Awaitable[R]]) -> R:
+        """A point before a request leaves and one after the provider answered it (its body
+        read): between them the provider did the work."""
+        await self.point(f"{label} sent")
+        response = await send()
+        await response.aread()
+        await self.point(f"{label} answered")
+        return response
+
     @property
     def died_at(self) -> str | None:
         return self.points[-1] if self.dead else None
@@ -93,11 +105,7 @@ class PointedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         label = f"{self.name} {request.method} {request.url.path}"
-        await self.plan.point(f"{label} sent")
-        response = await self.inner.handle_async_request(request)
-        await response.aread()
-        await self.plan.point(f"{label} answered")
-        return response
+        return await self.plan.around(label, lambda: self.inner.handle_async_request(request))
 
 
 class PointedTransport2(httpx2.AsyncBaseTransport):
@@ -108,11 +116,7 @@ class PointedTransport2(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         label = f"{self.name} {request.method} {request.url.path}"
-        await self.plan.point(f"{label} sent")
-        response = await self.inner.handle_async_request(request)
-        await response.aread()
-        await self.plan.point(f"{label} answered")
-        return response
+        return await self.plan.around(label, lambda: self.inner.handle_async_request(request))
 
 
 class PointedCheckpoints:
