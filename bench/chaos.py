@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import re
 import signal
@@ -484,8 +483,6 @@ async def account(here: World, figures: Figures, finals: dict[str, Any]) -> None
             else:
                 figures.lost += 1
         figures.resumed_s += resumed_after_kill(history, job, kills)
-        if os.environ.get("CHAOS_DEBUG"):
-            print("JOB", job.id, job.status, job.started_at, kills, json.dumps(history), flush=True)
     engine = store.create_engine(here.postgres.url)
     try:
         async with store.sessionmaker(engine)() as session:
@@ -511,20 +508,6 @@ async def account(here: World, figures: Figures, finals: dict[str, Any]) -> None
     figures.scripts = (here.anthropic.paid, scripted)
     figures.voices = (here.elevenlabs.paid, voiced)
     figures.clips = (len(succeeded), len(succeeded & held))
-    if os.environ.get("CHAOS_DEBUG"):
-        for prediction in here.replicate.predictions.values():
-            print(
-                "PRED",
-                prediction.id[:8],
-                prediction.status,
-                prediction.created_at,
-                prediction.id in held,
-                prediction.input.get("prompt", "")[:40],
-                flush=True,
-            )
-        for (job_id, stage), output in stages.items():
-            if stage == "video_gen.notes":
-                print("NOTES", job_id[:8], json.dumps(output), flush=True)
 
 
 def resumed_after_kill(
