@@ -91,7 +91,8 @@ class Figures:
     api_503s: int = 0
     drain_s: float = 0.0
     resumed_s: list[float] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    #: Workers SIGKILLed: (pid, time.time() of the kill).
+    kills: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def extra_paid(self) -> int:
@@ -361,7 +362,7 @@ async def kill_storm(here: World, figures: Figures, job_ids: list[str], *, secon
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             figures.faults += 1
-            figures.notes.append(f"kill {victim.pid} {time.time()}")
+            figures.kills.append((victim.pid, time.time()))
         here.start_worker()
 
 
@@ -467,10 +468,6 @@ async def account(here: World, figures: Figures, finals: dict[str, Any]) -> None
     """Lost jobs, duplicate successes, paid outputs against the minimum, takeover times."""
     figures.lost = figures.jobs - len(finals)
     failed_as_meant = 0
-    kills = [
-        (int(pid), float(at))
-        for pid, at in (n.split()[1:] for n in figures.notes if n.startswith("kill "))
-    ]
     for job in finals.values():
         extra = job.model_extra or {}
         history = extra.get("history") or []
@@ -482,7 +479,7 @@ async def account(here: World, figures: Figures, finals: dict[str, Any]) -> None
                 failed_as_meant += 1
             else:
                 figures.lost += 1
-        figures.resumed_s += resumed_after_kill(history, job, kills)
+        figures.resumed_s += resumed_after_kill(history, job, figures.kills)
     engine = store.create_engine(here.postgres.url)
     try:
         async with store.sessionmaker(engine)() as session:

@@ -23,16 +23,15 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from tests.conftest import LiveApi, bookkeeper, running_worker, serving
+from tests.test_events import archived
 from videoq.broker import events
 from videoq.client import Client
 from videoq.embedded import start_redis
 from videoq.pipeline import STAGE_RANGES, STAGES, Checkpoints, Reporter
 from videoq.settings import Settings
-from videoq.store import JobEvent
 from videoq.store.apikeys import authenticate
 from videoq.types import Brief, Result, make_event
 
@@ -173,16 +172,6 @@ async def replay(api: LiveApi, job_id: str, key: str) -> list[dict[str, Any]]:
     socket = Socket(ws_url(api, f"/v1/jobs/{job_id}/events?after=0"), key)
     await socket.closed()
     return socket.events
-
-
-async def archived(sessions: Any, job_id: str) -> list[dict[str, Any]]:
-    async with sessions() as session:
-        rows = await session.execute(
-            select(JobEvent.event)
-            .where(JobEvent.job_id == uuid.UUID(job_id))
-            .order_by(JobEvent.seq)
-        )
-        return list(rows.scalars())
 
 
 def assert_exact(history: list[dict[str, Any]]) -> None:
