@@ -6,6 +6,9 @@ blocks from stdout while draining stderr, and on cancellation or timeout stops t
 and every child is tied to its process (:mod:`videoq.children`), so none outlives a worker that
 is killed.
 Outputs are written under a temporary name and renamed on success (:func:`atomic_output`).
+FFmpeg is the worker's CPU-bound work: at most ``ffmpeg_slots`` runs at once per process
+(:func:`cpu_slots`), granted fairly between tenants (:mod:`videoq.fair`), however many jobs
+the worker holds while they wait on providers.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 import shutil
 import textwrap
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,7 @@ from typing import Any
 
 from videoq.children import preexec
 from videoq.errors import FFmpegError, PermanentError, RetryableError
+from videoq.fair import FairSlots
 from videoq.settings import Settings
 
 ProgressCallback = Callable[[float], Awaitable[None]]
@@ -43,6 +48,9 @@ FONT_CANDIDATES: tuple[Path, ...] = (
 )
 
 _STDERR_TAIL_BYTES = 2048
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, FairSlots]] = (
+    weakref.WeakKeyDictionary()
+)
 _PROBE_TIMEOUT_S = 30.0
 
 
@@ -187,6 +195,15 @@ def ffmpeg_command(args: Sequence[str], settings: Settings) -> list[str]:
     ]
 
 
+def cpu_slots(settings: Settings) -> FairSlots:
+    """This process's FFmpeg slots (``settings.cpu_slots``), shared by every job it runs."""
+    limit = settings.cpu_slots
+    by_limit = _slots.setdefault(asyncio.get_running_loop(), {})
+    if limit not in by_limit:
+        by_limit[limit] = FairSlots(limit)
+    return by_limit[limit]
+
+
 async def run_ffmpeg(
     args: Sequence[str],
     *,
@@ -202,9 +219,23 @@ async def run_ffmpeg(
     ``on_progress`` receives the fraction done (0–1, non-decreasing), computed from the
     ``out_time_us`` of each ``-progress`` block against ``duration_s``; ``on_start`` receives
     the child's pid. Raises :class:`FFmpegError` on a non-zero exit and
-    :class:`RetryableError` when ``timeout_s`` expires. On cancellation, timeout or any error
-    the child is stopped ('q', then terminate, then kill, ``grace_s`` apart) before re-raising.
+    :class:`RetryableError` when ``timeout_s`` expires (counted from the start of the child, not
+    from the wait for a slot). On cancellation, timeout or any error the child is stopped ('q',
+    then terminate, then kill, ``grace_s`` apart) before re-raising.
     """
+    async with cpu_slots(settings).slot():
+        await _run(args, settings, duration_s, on_progress, timeout_s, on_start, grace_s)
+
+
+async def _run(
+    args: Sequence[str],
+    settings: Settings,
+    duration_s: float | None,
+    on_progress: ProgressCallback | None,
+    timeout_s: float | None,
+    on_start: Callable[[int], None] | None,
+    grace_s: float | None,
+) -> None:
     argv = ffmpeg_command(args, settings)
     # stdin is a pipe (not -nostdin) so that 'q' can ask FFmpeg to finish the file and exit.
     proc = await _spawn(argv, stdin=asyncio.subprocess.PIPE)

@@ -169,6 +169,17 @@ class JobCreate(BaseModel):
         return when if when is not None and when > now else None
 
 
+class TenantUpdate(BaseModel):
+    """``PUT /v1/tenants/{tenant}``: the tenant's fair share. A field left out keeps its value
+    (weight 1 and no limit for a tenant never configured)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float | None = Field(default=None, gt=0, le=1000, strict=True)
+    #: None (sent as null) lifts the limit; 0 holds the tenant's jobs until it is raised.
+    max_running: int | None = Field(default=None, ge=0, le=100_000, strict=True)
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """Pydantic errors as ``[{"field": "duration_s", "message": ...}]``."""
     out = []

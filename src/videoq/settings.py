@@ -6,6 +6,7 @@ Precedence, highest first: a job's ``options`` (see :meth:`Settings.for_job`) > 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +93,19 @@ class Settings(BaseSettings):
 
     # Worker.
     queue_name: str = "videoq:queue"
-    max_jobs: int = Field(default=4, description="Jobs one worker process runs at once.")
+    max_jobs: int = Field(
+        default=200,
+        ge=1,
+        description="Jobs one worker process holds at once. A job spends nearly all its life "
+        "waiting on providers, which costs a coroutine; the CPU-bound part (FFmpeg) has its own "
+        "limit, `ffmpeg_slots`. Bounded by memory (docs/benchmarks.md, Waiting), not by cores.",
+    )
+    ffmpeg_slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="FFmpeg runs one worker process allows at once, granted fairly between "
+        "tenants. Default: the cores this process may use.",
+    )
     poll_delay_s: float = Field(
         default=0.5,
         description="Idle poll interval. `videoq worker` is woken at once by new jobs and polls "
@@ -215,7 +228,11 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Your plan's limit (Creator: 5 on multilingual v2)."
     )
     replicate_concurrency: int = Field(
-        default=16, ge=1, description="Predictions in flight at once, across all workers."
+        default=400,
+        ge=1,
+        description="Predictions in flight at once, across all workers. Replicate limits the "
+        "rate of creates (600 a minute), not how many run; this caps what one deployment has "
+        "rendering (and paying) at once.",
     )
     limit_lease_s: float = Field(
         default=60.0, description="A held slot expires this long after its last renewal."
@@ -284,6 +301,14 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().strip():
             return None
         return value
+
+    @property
+    def cpu_slots(self) -> int:
+        """``ffmpeg_slots``, or the cores this process may use."""
+        if self.ffmpeg_slots is not None:
+            return self.ffmpeg_slots
+        affinity = getattr(os, "sched_getaffinity", None)
+        return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
     @model_validator(mode="after")
     def _heartbeats_outrun_staleness(self) -> Settings:

@@ -6,6 +6,7 @@
     jobs        the job routes
     events      the WebSockets: one job's events, a tenant's
     webhooks    inbound webhooks (GitHub, Replicate) and the tenant's signing secret
+    tenants     a tenant's fair share of the workers (admins set it)
     ops         workers, queue stats, /metrics, /health, the dashboard page
     middleware  request ids, security headers, CORS, body limits
     metrics     Prometheus figures; openapi: /openapi.json; dashboard: the page
@@ -28,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
 from videoq import broker, outbox, store
-from videoq.api import errors, events, jobs, metrics, middleware, openapi, ops, webhooks
+from videoq.api import errors, events, jobs, metrics, middleware, openapi, ops, tenants, webhooks
 from videoq.api.deps import State
 from videoq.artifacts import open_store
 from videoq.broker.fanout import Broadcaster
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", openapi.route),
         *webhooks.ROUTES,
         *jobs.ROUTES,
+        *tenants.ROUTES,
         *ops.ROUTES,
         WebSocketRoute("/v1/jobs/{job_id}/events", events.job_events_socket),
         WebSocketRoute("/v1/events", events.tenant_events_socket),

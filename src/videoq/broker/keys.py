@@ -11,8 +11,11 @@ __all__ = [
     "LIMIT_PREFIX",
     "RATE_LIMIT_PREFIX",
     "TASK",
+    "TENANT_MAX_RUNNING",
+    "TENANT_WEIGHTS",
     "WORKERS",
     "bucket",
+    "fair",
     "in_progress",
     "in_progress_key_prefix",
     "job_channel",
@@ -51,6 +54,19 @@ def job_try(job_id: str) -> str:
 def in_progress(job_id: str) -> str:
     """arq's in-progress key: set while a worker holds the job."""
     return in_progress_key_prefix + job_id
+
+
+def fair(queue_name: str, what: str) -> str:
+    """The tenants' shares of ``queue_name`` (:mod:`videoq.broker.shares`): ``tenants`` (each
+    waiting tenant's virtual time), ``clock``, ``of`` (each job's tenant), ``t:<tenant>`` (its
+    waiting jobs) and ``run:<tenant>`` (its running jobs). The Lua scripts spell the same names
+    from the queue's name (:data:`videoq.broker.shares.FAIR_LUA`)."""
+    return f"{queue_name}:fair:{what}"
+
+
+#: Each tenant's weight and running-job limit, as admins set them (the copy of ``tenants``).
+TENANT_WEIGHTS = "videoq:tenants:weight"
+TENANT_MAX_RUNNING = "videoq:tenants:max_running"
 
 
 def wake_channel(queue_name: str) -> str:

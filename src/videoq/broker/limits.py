@@ -27,6 +27,7 @@ import structlog
 
 from videoq.broker import keys
 from videoq.broker.scripts import LuaScript
+from videoq.fair import FairSlots
 from videoq.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -75,9 +76,11 @@ def shared(settings: Settings, redis: Any) -> dict[str, RedisSemaphore]:
 class RedisSemaphore:
     """A limiter shared through Redis by every process that uses the same ``name``.
 
-    ``redis`` is a ``redis.asyncio.Redis`` (arq's ``ArqRedis`` is one). Waiters poll, starting at
-    ``poll_s`` and backing off to ``poll_max_s``; a release in this process wakes its own
-    waiters at once.
+    ``redis`` is a ``redis.asyncio.Redis`` (arq's ``ArqRedis`` is one). In each process one
+    waiter at a time asks Redis, polling from ``poll_s`` backing off to ``poll_max_s`` (a
+    release in this process wakes it at once); the others wait their turn, which goes to the
+    tenants fairly (:class:`videoq.fair.FairSlots`). So a worker holding hundreds of jobs sends
+    one poll at a time, not hundreds, and one tenant's calls cannot crowd out another's.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class RedisSemaphore:
         self._poll_s = poll_s
         self._poll_max_s = poll_max_s
         self._released = asyncio.Event()
+        self._turn = FairSlots(1)  # which of this process's waiters asks Redis next
 
     async def try_acquire(self) -> str | None:
         """Take a slot if one is free now: its lease token, or None."""
@@ -114,17 +118,18 @@ class RedisSemaphore:
 
     async def acquire(self) -> str:
         """Wait for a slot; its lease token."""
-        delay = self._poll_s
-        while True:
-            token = await self.try_acquire()
-            if token is not None:
-                return token
-            self._released.clear()
-            # Wake on a release in this process, or poll again (a release in another one).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._released.wait()
-            delay = min(self._poll_max_s, delay * 2)
+        async with self._turn.slot():
+            delay = self._poll_s
+            while True:
+                self._released.clear()
+                token = await self.try_acquire()
+                if token is not None:
+                    return token
+                # Wake on a release in this process, or poll again (a release in another one).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._released.wait()
+                delay = min(self._poll_max_s, delay * 2)
 
     async def renew(self, token: str) -> bool:
         """Extend the lease by ``lease_s`` from now; False if it had already been lost."""

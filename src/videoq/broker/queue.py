@@ -5,6 +5,8 @@ Priorities are score offsets on arq's queue (the approach arq's maintainer sugge
 is ready now is queued as if it had been enqueued ``-offset`` seconds ago, so a ``high`` job
 overtakes ``normal`` jobs queued in the last 5 minutes and ``low`` jobs queued in the last 10,
 and a ``low`` job waits at most 10 minutes behind fresh ``high`` work: nothing starves.
+Every job is also indexed under its tenant (:mod:`videoq.broker.shares`), whose fair order
+``videoq worker`` takes jobs in.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
-from videoq.broker import keys
+from videoq.broker import keys, shares
 from videoq.broker.scripts import LuaScript
 from videoq.settings import Settings
 
@@ -37,6 +39,8 @@ class QueuedJob(Protocol):
 
     @property
     def id(self) -> Any: ...
+    @property
+    def tenant(self) -> str: ...
     @property
     def priority(self) -> str: ...
     @property
@@ -113,8 +117,8 @@ def score_time(priority: str, run_at: datetime | None) -> datetime:
 
 
 async def enqueue_job(redis: ArqRedis, settings: Settings, job: QueuedJob) -> bool:
-    """Put the job on the arq queue, its priority and schedule in the score; False when it is
-    already there (arq dedupes by job id)."""
+    """Put the job on the arq queue, its priority and schedule in the score, and index it under
+    its tenant; False when it was already there (arq dedupes by job id)."""
     job_id = str(job.id)
     queued = await redis.enqueue_job(
         keys.TASK,
@@ -123,6 +127,7 @@ async def enqueue_job(redis: ArqRedis, settings: Settings, job: QueuedJob) -> bo
         _queue_name=settings.queue_name,
         _defer_until=score_time(job.priority, job.run_at),
     )
+    await shares.index(redis, settings.queue_name, [(job_id, job.tenant)])
     return queued is not None
 
 
@@ -140,19 +145,18 @@ async def announce_created(redis: ArqRedis, settings: Settings, job: QueuedJob) 
 
 async def remove(redis: ArqRedis, settings: Settings, job_id: str) -> None:
     """Take a job that is not running off the queue, so a later retry can enqueue it afresh."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zrem(settings.queue_name, job_id)
-        pipe.delete(keys.job_data(job_id))
-        await pipe.execute()
+    await shares.remove(redis, settings.queue_name, job_id)
 
 
 async def release_orphan(redis: ArqRedis, settings: Settings, job: QueuedJob) -> None:
     """Let arq start a job whose worker died now, not when arq's in-progress key expires
     (the job timeout plus 10 s), and wake idle workers to take it over at once."""
-    await redis.delete(keys.in_progress(str(job.id)))
+    job_id = str(job.id)
+    await shares.release(redis, settings.queue_name, job_id)
     if not await enqueue_job(redis, settings, job):
-        # The job's arq entry survived; make sure it is in the queue and due.
-        await redis.zadd(settings.queue_name, {str(job.id): time.time() * 1000}, nx=True)
+        # The job's arq entry survived; make sure it is in the queue, due, and indexed.
+        await redis.zadd(settings.queue_name, {job_id: time.time() * 1000}, nx=True)
+        await shares.index(redis, settings.queue_name, [(job_id, job.tenant)])
     await redis.publish(keys.wake_channel(settings.queue_name), b"1")
 
 

@@ -6,10 +6,10 @@ tests) uses :class:`LocalLimiter`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Protocol
+
+from videoq.fair import FairSlots
 
 
 class Limiter(Protocol):
@@ -22,14 +22,6 @@ class Limiter(Protocol):
         ...
 
 
-class LocalLimiter:
-    """A :class:`Limiter` for one process: an :class:`asyncio.Semaphore`."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._semaphore = asyncio.Semaphore(limit)
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._semaphore:
-            yield
+class LocalLimiter(FairSlots):
+    """A :class:`Limiter` for one process, its slots granted fairly between tenants
+    (:class:`videoq.fair.FairSlots`)."""

@@ -7,6 +7,7 @@ grouped      a worker's hot writes, grouped across its jobs, on raw asyncpg
 checkpoints  a stage's outputs and paid work in progress, for one attempt
 events       the archive of every job's events
 apikeys      API keys
+tenants      tenants' fair shares, as admins set them
 webhooks     outbound deliveries, tenant secrets, inbound receipts
 """
 
@@ -30,6 +31,7 @@ from videoq.store.tables import (
     Job,
     JobEvent,
     StageCheckpoint,
+    Tenant,
     WebhookAttempt,
     WebhookDelivery,
     WebhookSecret,
@@ -44,6 +46,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "StageCheckpoint",
+    "Tenant",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookSecret",

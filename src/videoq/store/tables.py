@@ -121,6 +121,27 @@ class Job(Base):
     artifacts_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Attempts made before the last manual retry: each retry gets a fresh ``max_retries``.
     retry_base: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: The ``eta_s`` the job was given when it was created: its error is measured at the end.
+    eta_at_submit_s: Mapped[float | None] = mapped_column(Float)
+
+
+class Tenant(Base):
+    """A tenant an admin configured (``PUT /v1/tenants/{tenant}``): its weight against other
+    tenants in the workers' fair order, and how many of its jobs may run at once (None: no
+    limit). Tenants without a row have weight 1 and no limit."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("weight > 0", name="tenants_weight_positive"),
+        CheckConstraint("max_running IS NULL OR max_running >= 0", name="tenants_max_running"),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default=text("1"))
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
 
 class StageCheckpoint(Base):

@@ -58,6 +58,9 @@ class WorkerState:
     accepting: bool = True
     #: Free bytes of the scratch disk at the last heartbeat.
     scratch_free_bytes: int | None = None
+    #: Tenants' weights (those not 1), refreshed with each heartbeat: their shares of this
+    #: process's FFmpeg slots and provider calls (:mod:`videoq.fair`).
+    weights: dict[str, float] = field(default_factory=dict)
     #: Live provider clients, opened once per process and shared by its jobs.
     providers: ProviderPool | None = None
     #: Where jobs' files outlive this worker's scratch (``settings.storage_url``).

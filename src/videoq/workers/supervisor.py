@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from videoq import outbox
-from videoq.broker import BROKER_ERRORS, keys, queue, registry
+from videoq.broker import BROKER_ERRORS, keys, queue, registry, shares
 from videoq.store import DATABASE_ERRORS
 from videoq.store import jobs as job_rows
+from videoq.store import tenants as tenant_rows
 from videoq.types import JobStatus
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ async def beat(state: WorkerState) -> None:
     try:
         ttl = state.settings.worker_stale_s * 6
         await registry.heartbeat(state.redis, state.worker_id, worker_info(state), ttl)
+        state.weights = await shares.weights(state.redis)
     except Exception as exc:
         log.warning("heartbeat_failed", store="redis", error=str(exc))
 
@@ -143,6 +145,10 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
     async with state.sessions() as session:
         waiting = await job_rows.waiting(session, settings.queue_name)
         orphans = await job_rows.orphans(session, settings.queue_name, settings.worker_stale_s)
+        configured = await tenant_rows.every(session)
+    await shares.sync(
+        state.redis, {t.tenant: shares.TenantShare(t.weight, t.max_running) for t in configured}
+    )
     requeued = 0
     if waiting:
         present = await queue.held(state.redis, [str(job.id) for job in waiting])
@@ -155,6 +161,17 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
                     log.info("job_reenqueued", job_id=str(job.id), status=job.status)
             elif job.updated_at < stale and (job.run_at is None or job.run_at < stale):
                 held.append(str(job.id))
+        # Held by arq, but the index under its tenant may be gone (Redis restarted and was
+        # refilled by arq's own enqueue, or the index was written by an older release).
+        await shares.index(
+            state.redis,
+            settings.queue_name,
+            [
+                (str(job.id), job.tenant)
+                for job, exists in zip(waiting, present, strict=True)
+                if exists
+            ],
+        )
         # Taken by a worker long ago, yet the row never became running: the worker died between
         # recording the outcome and arq clearing its in-progress key, which would block the job
         # until the key expires (the job timeout). A key set moments ago is a worker starting

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from arq import Retry
 
-from videoq import lifecycle
+from videoq import fair, lifecycle
 from videoq.artifacts import VIDEO
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
@@ -113,6 +113,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     assert task is not None
     running = RunningJob(task, job.attempts)
     structlog.contextvars.bind_contextvars(attempt=job.attempts)
+    fair.share.set(fair.Share(job.tenant, state.weights.get(job.tenant, 1.0)))
     checkpoints = DbCheckpoints(state.books, job.id, job.attempts)
     reporter = EventReporter(state.publish, state.books, state.worker_id, job, checkpoints)
     settings = state.settings.for_job(job.options)

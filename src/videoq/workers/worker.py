@@ -27,68 +27,145 @@ from arq import Retry, Worker
 from arq.jobs import deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 
-from videoq.broker.keys import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from videoq.broker.keys import (
+    TENANT_MAX_RUNNING,
+    TENANT_WEIGHTS,
+    in_progress_key_prefix,
+    job_key_prefix,
+    retry_key_prefix,
+)
 from videoq.broker.scripts import LuaScript
+from videoq.broker.shares import FAIR_LUA
 from videoq.groupcommit import GroupCommit
 
 log = structlog.get_logger(__name__)
 
-#: Take up to ARGV[3] due jobs of the queue (KEYS[1]) in one round trip: each is taken by
-#: setting its arq in-progress key (prefix ARGV[4], for ARGV[2] ms) if no worker holds it —
-#: what arq's ``start_jobs`` does with a WATCH/MULTI per job — to this worker's token
-#: (ARGV[8]; arq writes ``1``, and only the key's presence means anything to arq), and then,
-#: as arq's ``run_job`` does, its data (prefix ARGV[6]) is read and its try counted (prefix
-#: ARGV[7]). Running jobs stay in the queue until they finish, so up to ARGV[5] due entries are
-#: looked at (:data:`TAKE_SCAN_LIMIT`). Returns id, score, data (nil: expired), try, id, ….
-_TAKE_JOBS = LuaScript("""
-local taken, offset = {}, 0
+#: Take up to ARGV[3] due jobs of the queue (KEYS[1]) in one round trip, tenant by tenant in
+#: weighted fair order (:mod:`videoq.broker.shares`; KEYS[2] and KEYS[3] are the tenants'
+#: weights and running-job limits). Each is taken by setting its arq in-progress key (prefix
+#: ARGV[4], for ARGV[2] ms) if no worker holds it — what arq's ``start_jobs`` does with a
+#: WATCH/MULTI per job — to this worker's token (ARGV[8]; arq writes ``1``, and only the key's
+#: presence means anything to arq), and then, as arq's ``run_job`` does, its data (prefix
+#: ARGV[6]) is read and its try counted (prefix ARGV[7]). Jobs that are not indexed under a
+#: tenant (enqueued by arq's own API) are taken after, in arq's order, looking at up to ARGV[5]
+#: due entries (:data:`TAKE_SCAN_LIMIT`): running jobs stay on the queue until they finish.
+#: Returns id, score, data (nil: expired), try, id, ….
+_TAKE_JOBS = LuaScript(
+    FAIR_LUA
+    + """
+local taken = {}
 local want, cap = tonumber(ARGV[3]) * 4, tonumber(ARGV[5])
+local fair = KEYS[1] .. ':fair:'
+local function take(id, score)
+  if not redis.call('SET', ARGV[4] .. id, ARGV[8], 'PX', ARGV[2], 'NX') then return false end
+  local try = redis.call('INCR', ARGV[7] .. id)
+  redis.call('EXPIRE', ARGV[7] .. id, 88400)
+  taken[#taken + 1] = id
+  taken[#taken + 1] = score
+  taken[#taken + 1] = redis.call('GET', ARGV[6] .. id)
+  taken[#taken + 1] = try
+  return true
+end
+local blocked = {}  -- tenants with nothing to take this look (at their limit, nothing due)
+local function under_limit(tenant, run)
+  local limit = tonumber(redis.call('HGET', KEYS[3], tenant) or '0')
+  if limit <= 0 or redis.call('SCARD', run) < limit then return true end
+  for _, id in ipairs(redis.call('SMEMBERS', run)) do  -- forget jobs no worker holds
+    if redis.call('EXISTS', ARGV[4] .. id) == 0 then redis.call('SREM', run, id) end
+  end
+  return redis.call('SCARD', run) < limit
+end
+-- The next job of the tenant: true when one was taken.
+local function take_from(tenant, time)
+  local run, waiting = fair .. 'run:' .. tenant, fair .. 't:' .. tenant
+  if not under_limit(tenant, run) then return false end
+  while true do
+    local head = redis.call('ZRANGEBYSCORE', waiting, '-inf', ARGV[1], 'LIMIT', 0, 1)
+    if #head == 0 then
+      if redis.call('EXISTS', waiting) == 0 then redis.call('ZREM', fair .. 'tenants', tenant) end
+      return false
+    end
+    local id = head[1]
+    redis.call('ZREM', waiting, id)
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    -- Not on the queue any more, or held by a worker: the entry is dropped (an end indexes
+    -- the job again if it is to run again).
+    if score and take(id, score) then
+      local clock = math.max(tonumber(redis.call('GET', fair .. 'clock') or '0'), time)
+      local weight = tonumber(redis.call('HGET', KEYS[2], tenant) or '1')
+      redis.call('SET', fair .. 'clock', tostring(clock))
+      redis.call('ZADD', fair .. 'tenants', clock + 1 / weight, tenant)
+      redis.call('SADD', run, id)
+      return true
+    end
+  end
+end
+while #taken < want do
+  local progressed = false
+  local page = redis.call('ZRANGE', fair .. 'tenants', 0, 999, 'WITHSCORES')
+  for i = 1, #page, 2 do
+    local tenant = page[i]
+    if not blocked[tenant] then
+      if take_from(tenant, tonumber(page[i + 1])) then
+        progressed = true
+        break
+      end
+      blocked[tenant] = true
+    end
+  end
+  if not progressed then break end
+end
+local offset = 0
 while #taken < want and offset < cap do
   local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
                           'LIMIT', offset, 200)
   if #page == 0 then break end
   for i = 1, #page, 2 do
-    local id = page[i]
-    if #taken < want and redis.call('SET', ARGV[4] .. id, ARGV[8], 'PX', ARGV[2], 'NX') then
-      local try = redis.call('INCR', ARGV[7] .. id)
-      redis.call('EXPIRE', ARGV[7] .. id, 88400)
-      taken[#taken + 1] = id
-      taken[#taken + 1] = page[i + 1]
-      taken[#taken + 1] = redis.call('GET', ARGV[6] .. id)
-      taken[#taken + 1] = try
+    if #taken < want and redis.call('HEXISTS', fair .. 'of', page[i]) == 0 then
+      take(page[i], page[i + 1])
     end
   end
   offset = offset + 200
 end
 return taken
-""")
+"""
+)
 
 #: End jobs of the queue (KEYS[1]), each given as id, how, score increment (ARGV[5…]):
 #: ``done`` removes it and its data and try count (arq's finish); ``later`` moves its score by
 #: the increment (arq's ``Retry(defer=…)``); ``again`` only lets go of it, to run again (arq's
 #: cancelled job); ``back`` lets go of a job taken ahead that never started, uncounting its
-#: try. Every job's in-progress key (prefix ARGV[1]) goes last, so no worker can take a job
-#: that is still being ended. ARGV[2] and ARGV[3] are the data and try prefixes. A job whose
-#: in-progress key no longer holds this worker's token (ARGV[4]) is left alone: its key
-#: expired and another worker took it, or this end was already written (a batch whose reply
-#: was lost is written again, one end at a time).
-_END_JOBS = LuaScript("""
+#: try. A job that is to run again goes back among its tenant's waiting jobs. Every job's
+#: in-progress key (prefix ARGV[1]) goes last, so no worker can take a job that is still being
+#: ended. ARGV[2] and ARGV[3] are the data and try prefixes. A job whose in-progress key no
+#: longer holds this worker's token (ARGV[4]) is left alone: its key expired and another worker
+#: took it, or this end was already written (a batch whose reply was lost is written again, one
+#: end at a time).
+_END_JOBS = LuaScript(
+    FAIR_LUA
+    + """
 for i = 5, #ARGV, 3 do
   local id, how = ARGV[i], ARGV[i + 1]
   if redis.call('GET', ARGV[1] .. id) == ARGV[4] then
+    local tenant = fair_unrun(KEYS[1], id)
     if how == 'done' then
       redis.call('ZREM', KEYS[1], id)
       redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
-    elseif how == 'later' then
-      redis.call('ZINCRBY', KEYS[1], ARGV[i + 2], id)
-    elseif how == 'back' then
-      redis.call('DECR', ARGV[3] .. id)
+      redis.call('HDEL', KEYS[1] .. ':fair:of', id)
+    else
+      if how == 'later' then
+        redis.call('ZINCRBY', KEYS[1], ARGV[i + 2], id)
+      elseif how == 'back' then
+        redis.call('DECR', ARGV[3] .. id)
+      end
+      if tenant then fair_index(KEYS[1], id, tenant) end
     end
     redis.call('DEL', ARGV[1] .. id)
   end
 end
 return #ARGV
-""")
+"""
+)
 
 
 #: Due entries one look may pass over: every worker's running jobs sit at the head of the
@@ -258,7 +335,8 @@ class VideoqWorker(Worker):
         args = (timestamp_ms(), int(self.in_progress_timeout_s * 1000), want,
                 in_progress_key_prefix, max(TAKE_SCAN_LIMIT, self.queue_read_limit),
                 job_key_prefix, retry_key_prefix, self.token)  # fmt: skip
-        taken = await _TAKE_JOBS(self.pool, [self.queue_name], args)
+        names = [self.queue_name, TENANT_WEIGHTS, TENANT_MAX_RUNNING]
+        taken = await _TAKE_JOBS(self.pool, names, args)
         self.backlog = len(taken) // 4 == want
         now = self.loop.time()
         for i in range(0, len(taken), 4):
