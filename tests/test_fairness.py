@@ -128,7 +128,7 @@ async def test_a_job_to_run_again_goes_back_among_its_tenants_jobs(
     assert await take(arq_redis, settings) == [job]
     await end(arq_redis, settings, job, "done")
     assert await take(arq_redis, settings) == []
-    assert not await arq_redis.hexists(keys.fair(settings.queue_name, "of"), job)
+    assert not await arq_redis.hexists(keys.fair(settings.queue_name, "of"), job)  # type: ignore[misc]
 
 
 async def test_jobs_enqueued_by_arq_alone_are_still_taken(
@@ -188,8 +188,8 @@ async def test_tenants_route_is_for_admins_and_names_bad_fields(
     assert kept.json()["max_running"] == 2  # left out: kept
     lifted = await asgi_client.put(path, json={"max_running": None}, headers=auth(admin))
     assert lifted.json() == {"tenant": tenant, "weight": 2.0, "max_running": None}
-    assert float(await arq_redis.hget(keys.TENANT_WEIGHTS, tenant)) == 2.0
-    assert not await arq_redis.hexists(keys.TENANT_MAX_RUNNING, tenant)
+    assert float(await arq_redis.hget(keys.TENANT_WEIGHTS, tenant)) == 2.0  # type: ignore[misc]
+    assert not await arq_redis.hexists(keys.TENANT_MAX_RUNNING, tenant)  # type: ignore[misc]
     assert (await asgi_client.get(path, headers=auth(own))).json()["weight"] == 2.0
 
 
