@@ -21,9 +21,8 @@ from rich.table import Table
 from videoq.embedded import resolve
 from videoq.logs import configure_logging
 from videoq.settings import Settings
-from videoq.types import JobStatus
+from videoq.types import STAGES, JobStatus
 
-STAGES = ("script_gen", "voice_gen", "video_gen", "compositing")
 STATUSES = [str(status) for status in JobStatus]
 err = Console(stderr=True)
 out = Console(width=140)

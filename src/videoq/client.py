@@ -141,6 +141,11 @@ class Job(BaseModel):
     worker_id: str | None = None
     error: JobError | None = None
     result: JobResult | None = None
+    #: While waiting: the jobs that go first, in fair order between tenants.
+    queue_position: int | None = None
+    #: While not finished: seconds until it should (None until the service has measured its
+    #: stages).
+    eta_s: float | None = None
 
     @property
     def done(self) -> bool:
@@ -162,6 +167,8 @@ class Event(BaseModel):
     worker_id: str | None = None
     ts: datetime | None = None
     message: str | None = None
+    #: On ``stage`` events: the job's ETA as the stage starts, when one could be estimated.
+    eta_s: float | None = None
 
     @property
     def terminal(self) -> bool:

@@ -34,6 +34,22 @@ class Share:
 share: ContextVar[Share] = ContextVar("videoq_share", default=Share(""))  # noqa: B039  frozen
 
 
+@dataclass
+class Spent:
+    """What a job's limited work took so far (the worker sets one per job in :data:`spent`):
+    ``waited_s`` waiting for slots, ``ran_s`` holding them, and ``alone_s``, the holding time
+    as if alone (each run's time divided by the slots busy when it started: on a machine whose
+    FFmpeg runs share the cores, what the run would have taken by itself)."""
+
+    waited_s: float = 0.0
+    ran_s: float = 0.0
+    alone_s: float = 0.0
+
+
+#: The current job's :class:`Spent` (None outside jobs: nothing is counted).
+spent: ContextVar[Spent | None] = ContextVar("videoq_spent", default=None)
+
+
 class FairSlots:
     """At most ``limit`` holders at once, granted fairly between tenants (see the module)."""
 

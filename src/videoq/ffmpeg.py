@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import textwrap
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 
 from videoq.children import preexec
 from videoq.errors import FFmpegError, PermanentError, RetryableError
-from videoq.fair import FairSlots
+from videoq.fair import FairSlots, spent
 from videoq.settings import Settings
 
 ProgressCallback = Callable[[float], Awaitable[None]]
@@ -223,8 +224,17 @@ async def run_ffmpeg(
     from the wait for a slot). On cancellation, timeout or any error the child is stopped ('q',
     then terminate, then kill, ``grace_s`` apart) before re-raising.
     """
-    async with cpu_slots(settings).slot():
-        await _run(args, settings, duration_s, on_progress, timeout_s, on_start, grace_s)
+    slots, started = cpu_slots(settings), time.monotonic()
+    async with slots.slot():
+        granted, busy = time.monotonic(), slots.busy
+        try:
+            await _run(args, settings, duration_s, on_progress, timeout_s, on_start, grace_s)
+        finally:
+            if (account := spent.get()) is not None:
+                ran = time.monotonic() - granted
+                account.waited_s += granted - started
+                account.ran_s += ran
+                account.alone_s += ran / busy
 
 
 async def _run(

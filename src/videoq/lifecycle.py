@@ -11,12 +11,13 @@ one place.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from videoq import outbox
-from videoq.broker import BROKER_ERRORS, events, limits, queue
+from videoq import eta, outbox
+from videoq.broker import BROKER_ERRORS, estimates, events, limits, queue, registry, shares
 from videoq.broker import keys as redis_keys
 from videoq.errors import RateLimited
 from videoq.schemas import JobCreate
@@ -24,7 +25,7 @@ from videoq.settings import Settings
 from videoq.store import Job
 from videoq.store import jobs as job_rows
 from videoq.store.events import EventArchive
-from videoq.types import TERMINAL, JobStatus, make_event
+from videoq.types import STAGE_RANGES, TERMINAL, JobStatus, make_event
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -91,13 +92,53 @@ async def submit(
     unreachable the row stays waiting and the workers' reconciler enqueues it later."""
     async with svc.sessions() as session:
         await admit(svc, session, tenant)
+        settings = svc.settings.for_job(body.options.model_dump(exclude_none=True))
+        eta_s = await estimate(svc, session, settings)
+        if eta_s is not None and (run_at := body.scheduled_for(datetime.now(UTC))) is not None:
+            eta_s += (run_at - datetime.now(UTC)).total_seconds()
         job, created = await job_rows.create_job(
             session, tenant, body, default_max_retries=svc.settings.max_retries,
-            idempotency_key=idempotency_key, queue=svc.settings.queue_name,
+            idempotency_key=idempotency_key, queue=svc.settings.queue_name, eta_s=eta_s,
         )  # fmt: skip
     if created:
         await queue.announce_created(svc.redis, svc.settings, job)
     return job, created
+
+
+async def estimate(
+    svc: Services, session: AsyncSession, settings: Settings, job: Job | None = None
+) -> float | None:
+    """Seconds until ``job`` (run with ``settings``) should finish, or a job submitted now
+    (:mod:`videoq.eta`); None while the stages' durations are unknown or Redis is away."""
+    try:
+        times = eta.stage_times(settings, await estimates.durations(svc.redis, settings.queue_name))
+        workers = await registry.count_workers(svc.redis, settings.worker_stale_s)
+    except BROKER_ERRORS:
+        return None
+    if times is None:
+        return None
+    created = job.created_at if job is not None else None
+    ahead = await job_rows.unfinished_before(session, settings.queue_name, created)
+    if job is None or job.status != JobStatus.RUNNING or job.stage is None:
+        return eta.estimate(times, stage=None, ahead=ahead, workers=workers)
+    # Time in the stage is not recorded; its progress says how far it is.
+    low, high = STAGE_RANGES.get(job.stage, (0.0, 100.0))
+    done = min(1.0, max(0.0, (job.progress - low) / (high - low)))
+    elapsed = times.get(job.stage, 0.0) * done
+    return eta.estimate(times, stage=job.stage, elapsed_s=elapsed, ahead=ahead, workers=workers)
+
+
+async def position(svc: Services, job: Job) -> int | None:
+    """How many jobs go before a waiting ``job`` in fair order (None: not waiting, or Redis is
+    away)."""
+    if job.status not in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.SCHEDULED):
+        return None
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    try:
+        found = await shares.position(svc.redis, job.queue, job.tenant, str(job.id), now_ms)
+    except BROKER_ERRORS:
+        return None
+    return found if found >= 0 else None
 
 
 async def cancel(svc: Services, job_id: str, tenant: str) -> Job:

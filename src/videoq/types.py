@@ -12,6 +12,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+#: A job's stages, in the order they run.
+STAGES: tuple[str, ...] = ("script_gen", "voice_gen", "video_gen", "compositing")
+#: The span of a job's progress (0-100) each stage covers.
+STAGE_RANGES: dict[str, tuple[float, float]] = {
+    "script_gen": (0.0, 25.0),
+    "voice_gen": (25.0, 50.0),
+    "video_gen": (50.0, 75.0),
+    "compositing": (75.0, 100.0),
+}
+
 
 class JobStatus(StrEnum):
     """A job's state (DESIGN.md "Job states"). Stored in ``jobs.status`` as its value."""
@@ -232,9 +242,11 @@ def make_event(
     worker_id: str | None = None,
     message: str | None = None,
     seq: int | None = None,
+    eta_s: float | None = None,
 ) -> dict[str, Any]:
-    """One event, as every client receives it; ``seq`` is given when it is published."""
-    return {
+    """One event, as every client receives it; ``seq`` is given when it is published. A
+    ``stage`` event carries the job's ``eta_s`` too, when one could be estimated."""
+    event = {
         "job_id": job_id,
         "seq": seq,
         "type": type_,
@@ -245,3 +257,6 @@ def make_event(
         "ts": datetime.now(UTC).isoformat(),
         "message": message,
     }
+    if eta_s is not None:
+        event["eta_s"] = round(eta_s, 1)
+    return event

@@ -7,11 +7,18 @@ from datetime import datetime
 from typing import Any
 
 from videoq.store.tables import Job
-from videoq.types import JobStatus
+from videoq.types import TERMINAL, JobStatus
 
 
-def job_view(job: Job, base_url: str = "") -> dict[str, Any]:
-    """The job as the API shows it (DESIGN.md, ``GET /v1/jobs/{id}``)."""
+def job_view(
+    job: Job,
+    base_url: str = "",
+    *,
+    queue_position: int | None = None,
+    eta_s: float | None = None,
+) -> dict[str, Any]:
+    """The job as the API shows it (DESIGN.md, ``GET /v1/jobs/{id}``): ``queue_position`` and
+    ``eta_s`` as estimated by the caller (null where none was)."""
 
     def ts(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
@@ -45,6 +52,8 @@ def job_view(job: Job, base_url: str = "") -> dict[str, Any]:
         "worker_id": job.worker_id,
         "error": job.error,
         "result": result,
+        "queue_position": queue_position,
+        "eta_s": None if job.status in TERMINAL or eta_s is None else round(eta_s, 1),
         "links": {
             "self": f"{base_url}{path}",
             "events": f"{base_url.replace('http', 'ws', 1)}{path}/events",

@@ -15,7 +15,7 @@ from videoq.api.errors import error_response, invalid
 from videoq.api.video import video_response
 from videoq.schemas import JobCreate, job_context
 from videoq.store import jobs
-from videoq.types import JobStatus
+from videoq.types import TERMINAL, JobStatus
 from videoq.views import job_view
 
 _STATUSES = tuple(JobStatus)
@@ -41,14 +41,20 @@ async def create_job(request: Request) -> Response:
             [{"field": "Idempotency-Key", "message": "must be 1-200 characters"}],
         )  # fmt: skip
     job, created = await lifecycle.submit(st, who.tenant, body, idempotency_key=key)
-    return JSONResponse(job_view(job, base_url(request)), status_code=202 if created else 200)
+    view = job_view(job, base_url(request), eta_s=job.eta_at_submit_s)
+    return JSONResponse(view, status_code=202 if created else 200)
 
 
 async def get_job(request: Request) -> Response:
     who = await principal(request)
-    async with state_of(request).sessions() as session:
+    st = state_of(request)
+    async with st.sessions() as session:
         job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
-    return JSONResponse(job_view(job, base_url(request)))
+        eta_s = None
+        if job.status not in TERMINAL:
+            eta_s = await lifecycle.estimate(st, session, st.settings.for_job(job.options), job)
+    position = await lifecycle.position(st, job)
+    return JSONResponse(job_view(job, base_url(request), queue_position=position, eta_s=eta_s))
 
 
 async def list_jobs(request: Request) -> Response:

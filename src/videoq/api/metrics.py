@@ -21,7 +21,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from videoq.types import TRANSITIONS
@@ -122,6 +127,21 @@ def service_families(stats: dict[str, Any], workers: list[dict[str, Any]]) -> li
         for outcome, count in sorted(worker.get("counts", {}).items()):
             outcomes.add_metric([worker_id, outcome], count)
     return [jobs, oldest, length, live, running, slots, outcomes]
+
+
+def eta_error_family(counts: dict[str, float], buckets: Iterable[float]) -> Metric:
+    """The relative error of the ETAs succeeded jobs were given at submit
+    (:func:`videoq.broker.estimates.errors` counts, per bucket; here cumulative)."""
+    family = HistogramMetricFamily(
+        "videoq_eta_error_ratio",
+        "|eta at submit - actual| / actual, over jobs that succeeded.",
+    )
+    cumulative, rows = 0.0, []
+    for bound in (*(f"{b:g}" for b in buckets), "+Inf"):
+        cumulative += counts.get(bound, 0.0)
+        rows.append((bound, cumulative))
+    family.add_metric([], rows, counts.get("sum", 0.0))
+    return family
 
 
 def render(own: CollectorRegistry, families: list[Metric]) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from videoq.schemas import JobCreate
+from videoq.schemas import JobCreate, TenantUpdate
 from videoq.types import JobStatus
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -61,6 +61,12 @@ JOB_ID = {
 }
 
 _TS = {"type": ["string", "null"], "format": "date-time"}
+TENANT = {
+    "name": "tenant",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+}
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -113,10 +119,30 @@ SCHEMAS: dict[str, Any] = {
                     "size_bytes": {"type": ["integer", "null"]},
                 },
             },
+            "queue_position": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "While waiting: the jobs that go first, in fair order.",
+            },
+            "eta_s": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "While not finished: seconds until it should (null until the "
+                "stages' recent durations are known).",
+            },
             "links": {
                 "type": "object",
                 "properties": {k: {"type": "string"} for k in ("self", "events", "video")},
             },
+        },
+    },
+    "Tenant": {
+        "type": "object",
+        "required": ["tenant", "weight", "max_running"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "weight": {"type": "number", "exclusiveMinimum": 0},
+            "max_running": {"type": ["integer", "null"], "minimum": 0},
         },
     },
     "JobList": {
@@ -263,6 +289,26 @@ def _operations() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/tenants/{tenant}": {
+            "get": {
+                "summary": "A tenant's fair share of the workers (admin, or the tenant's own key)",
+                "parameters": [TENANT],
+                "responses": {"200": _json(_ref("Tenant"), "The share."), **_errors(401, 403, 422)},
+            },
+            "put": {
+                "summary": "Set a tenant's weight and max_running (admin); fields left out keep "
+                "their value",
+                "parameters": [TENANT],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("TenantUpdate")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Tenant"), "The share, as stored."),
+                    **_errors(400, 401, 403, 413, 422),
+                },
+            },
+        },
         "/v1/workers": {
             "get": {
                 "summary": "Registered workers (admin)",
@@ -398,6 +444,7 @@ def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document (built once per process)."""
     schema = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas = {**schema.pop("$defs", {}), "JobCreate": schema, **SCHEMAS}
+    schemas["TenantUpdate"] = TenantUpdate.model_json_schema()
     error = _ref("Error")
     responses = {
         f"E{status}": {

@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from videoq import store
+from videoq import eta, store
 from videoq.api import dashboard, metrics
 from videoq.api.deps import State, admin, principal, state_of
-from videoq.broker import queue, registry
+from videoq.broker import estimates, queue, registry
 from videoq.store import jobs
 
 log = structlog.get_logger(__name__)
@@ -62,6 +62,8 @@ async def metrics_text(request: Request) -> Response:
     figures = await _queue_figures(st)
     workers = await registry.list_workers(st.redis, st.settings.worker_stale_s)
     families = metrics.service_families(figures, workers)
+    errors = await estimates.errors(st.redis, st.settings.queue_name)
+    families.append(metrics.eta_error_family(errors, eta.ERROR_BUCKETS))
     body = metrics.render(request.app.state.metrics, families)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 

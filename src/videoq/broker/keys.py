@@ -15,6 +15,8 @@ __all__ = [
     "TENANT_WEIGHTS",
     "WORKERS",
     "bucket",
+    "estimate_errors",
+    "estimates",
     "fair",
     "in_progress",
     "in_progress_key_prefix",
@@ -62,6 +64,16 @@ def fair(queue_name: str, what: str) -> str:
     waiting jobs) and ``run:<tenant>`` (its running jobs). The Lua scripts spell the same names
     from the queue's name (:data:`videoq.broker.shares.FAIR_LUA`)."""
     return f"{queue_name}:fair:{what}"
+
+
+def estimates(queue_name: str) -> str:
+    """Recent stage durations of ``queue_name``'s jobs, by stage and provider/model."""
+    return f"videoq:eta:{queue_name}"
+
+
+def estimate_errors(queue_name: str) -> str:
+    """How far the ETAs given at submit were from the truth: a histogram's counts."""
+    return f"videoq:eta-errors:{queue_name}"
 
 
 #: Each tenant's weight and running-job limit, as admins set them (the copy of ``tenants``).

@@ -22,10 +22,11 @@ from videoq.ffmpeg import find_font
 from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
 from videoq.providers import Providers
 from videoq.settings import Settings
-from videoq.types import Brief, Result, Script, VoiceTrack
+from videoq.types import STAGE_RANGES, STAGES, Brief, Result, Script, VoiceTrack
 
 __all__ = [
     "STAGES",
+    "STAGE_RANGES",
     "Artifacts",
     "Checkpoints",
     "MemoryCheckpoints",
@@ -36,13 +37,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-STAGES: tuple[str, ...] = ("script_gen", "voice_gen", "video_gen", "compositing")
-STAGE_RANGES: dict[str, tuple[float, float]] = {
-    "script_gen": (0.0, 25.0),
-    "voice_gen": (25.0, 50.0),
-    "video_gen": (50.0, 75.0),
-    "compositing": (75.0, 100.0),
-}
 #: The stages whose outputs each stage consumes: when one of them runs again, so does it.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "script_gen": (),

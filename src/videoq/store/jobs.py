@@ -34,6 +34,7 @@ async def create_job(
     default_max_retries: int,
     idempotency_key: str | None = None,
     queue: str = "videoq:queue",
+    eta_s: float | None = None,
 ) -> tuple[Job, bool]:
     """Insert a job; returns ``(job, created)``. A repeated ``idempotency_key`` returns the
     tenant's original job and ``created=False`` when it comes with the same request, and raises
@@ -59,6 +60,7 @@ async def create_job(
         run_at=run_at,
         created_at=now,
         updated_at=now,
+        eta_at_submit_s=eta_s,
     )
     session.add(job)
     try:
@@ -380,6 +382,24 @@ async def waiting_count(session: AsyncSession, tenant: str) -> int:
     """The tenant's jobs that wait to run (queued, scheduled, or between retries)."""
     query = select(func.count()).select_from(Job).where(Job.tenant == tenant)
     return int((await session.execute(query.where(Job.status.in_(WAITING)))).scalar_one())
+
+
+async def unfinished_before(
+    session: AsyncSession, queue: str, created_at: datetime | None = None
+) -> int:
+    """Jobs of ``queue`` that are queued, running or waiting to retry, created before
+    ``created_at`` (all of them when None): those a new job's ETA waits behind."""
+    query = (
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.queue == queue,
+            Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING)),
+        )
+    )
+    if created_at is not None:
+        query = query.where(Job.created_at < created_at)
+    return int((await session.execute(query)).scalar_one())
 
 
 async def statuses(session: AsyncSession, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:

@@ -4,11 +4,15 @@ PostgreSQL) and the job row's stage and progress, ordered behind the attempt's c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from videoq import fair
 from videoq.broker.events import LastSeq
 from videoq.store import Job
 from videoq.store.checkpoints import DbCheckpoints
@@ -51,8 +55,18 @@ class EventReporter:
         worker_id: str,
         job: Job,
         checkpoints: DbCheckpoints,
+        *,
+        eta: Callable[[str], float | None] | None = None,
+        on_stage_done: Callable[[str, float], None] | None = None,
     ) -> None:
         self.publish = publish
+        #: The job's ETA as a stage starts (carried by its ``stage`` event).
+        self.eta = eta
+        #: Told each stage that ran to its end, and how long it took (without its waits for
+        #: FFmpeg slots, see :class:`videoq.fair.Spent`).
+        self.on_stage_done = on_stage_done
+        self.spent = fair.Spent()
+        self._stage_since = (0.0, fair.Spent())
         self.books = books
         self.worker_id = worker_id
         self.job_id = job.id
@@ -68,12 +82,12 @@ class EventReporter:
         self._held: list[_Held] = []
 
     def emit(
-        self, type_: str, status: str, message: str | None = None
+        self, type_: str, status: str, message: str | None = None, *, eta_s: float | None = None
     ) -> asyncio.Future[int | None]:
         """Publish an event without waiting; await the result to know it went out."""
         event = make_event(
             str(self.job_id), type_, status=status, stage=self.stage, progress=self.progress,
-            worker_id=self.worker_id, message=message,
+            worker_id=self.worker_id, message=message, eta_s=eta_s,
         )  # fmt: skip
         saving = self.checkpoints.pending()
         if saving is None and not self._held:
@@ -105,16 +119,28 @@ class EventReporter:
             self.stage, self.progress = stage, progress
             structlog.contextvars.bind_contextvars(stage=stage)
             self._store()
-            self.emit("stage", JobStatus.RUNNING, message or f"{stage} started")
+            self._stage_since = (time.monotonic(), dataclasses.replace(self.spent))
+            eta_s = self.eta(stage) if self.eta is not None else None
+            self.emit("stage", JobStatus.RUNNING, message or f"{stage} started", eta_s=eta_s)
             # A stage whose checkpoint an earlier attempt recorded is skipped, not run again.
             log.info("stage_skipped" if message == "skipped" else "stage_started")
             return
+        if message == "completed" and self.on_stage_done is not None:
+            self.on_stage_done(stage, self._stage_time())
         if progress - self.progress < 0.5 and message is None:
             return  # sub-percent steps are noise for every client
         self.progress = progress
         if progress - self.stored_progress >= 5.0:
             self._store()
         self.emit("progress", JobStatus.RUNNING, message)
+
+    def _stage_time(self) -> float:
+        """How long the current stage took, its FFmpeg runs counted as if alone and without
+        their waits for a slot."""
+        since, before = self._stage_since
+        now = self.spent
+        ffmpeg = (now.alone_s - before.alone_s) - (now.ran_s - before.ran_s)
+        return time.monotonic() - since - (now.waited_s - before.waited_s) + ffmpeg
 
     def _store(self) -> None:
         self.books.progress(self.job_id, self.attempt, self.stage or "", self.progress)

@@ -61,6 +61,11 @@ class WorkerState:
     #: Tenants' weights (those not 1), refreshed with each heartbeat: their shares of this
     #: process's FFmpeg slots and provider calls (:mod:`videoq.fair`).
     weights: dict[str, float] = field(default_factory=dict)
+    #: Recent stage durations by stage key (:mod:`videoq.eta`), refreshed with each heartbeat.
+    durations: dict[str, float] = field(default_factory=dict)
+    #: Stage durations and ETA errors measured since the last heartbeat, which sends them.
+    stage_times: list[tuple[str, float]] = field(default_factory=list)
+    eta_errors: list[float] = field(default_factory=list)
     #: Live provider clients, opened once per process and shared by its jobs.
     providers: ProviderPool | None = None
     #: Where jobs' files outlive this worker's scratch (``settings.storage_url``).

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from videoq import outbox
-from videoq.broker import BROKER_ERRORS, keys, queue, registry, shares
+from videoq import eta, outbox
+from videoq.broker import BROKER_ERRORS, estimates, keys, queue, registry, shares
 from videoq.store import DATABASE_ERRORS
 from videoq.store import jobs as job_rows
 from videoq.store import tenants as tenant_rows
@@ -100,8 +100,21 @@ async def beat(state: WorkerState) -> None:
         ttl = state.settings.worker_stale_s * 6
         await registry.heartbeat(state.redis, state.worker_id, worker_info(state), ttl)
         state.weights = await shares.weights(state.redis)
+        await _send_estimates(state)
     except Exception as exc:
         log.warning("heartbeat_failed", store="redis", error=str(exc))
+
+
+async def _send_estimates(state: WorkerState) -> None:
+    """Send the stage durations and ETA errors measured since the last heartbeat; fetch
+    everyone's."""
+    queue_name = state.settings.queue_name
+    measured, state.stage_times = state.stage_times, []
+    errors, state.eta_errors = state.eta_errors, []
+    await estimates.record(state.redis, queue_name, measured)
+    for error in errors:
+        await estimates.record_error(state.redis, queue_name, error, eta.ERROR_BUCKETS)
+    state.durations = await estimates.durations(state.redis, queue_name)
 
 
 async def _heartbeats(state: WorkerState) -> None:

@@ -14,13 +14,14 @@ import shutil
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 from arq import Retry
 
-from videoq import fair, lifecycle
+from videoq import eta, fair, lifecycle
 from videoq.artifacts import VIDEO
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
@@ -115,8 +116,15 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     structlog.contextvars.bind_contextvars(attempt=job.attempts)
     fair.share.set(fair.Share(job.tenant, state.weights.get(job.tenant, 1.0)))
     checkpoints = DbCheckpoints(state.books, job.id, job.attempts)
-    reporter = EventReporter(state.publish, state.books, state.worker_id, job, checkpoints)
     settings = state.settings.for_job(job.options)
+    reporter = EventReporter(
+        state.publish, state.books, state.worker_id, job, checkpoints,
+        eta=partial(_eta, state, settings, job.id),
+        on_stage_done=lambda stage, took: state.stage_times.append(
+            (eta.stage_key(settings, stage), took)
+        ),
+    )  # fmt: skip
+    fair.spent.set(reporter.spent)
     workdir = settings.scratch / str(job.id)
     artifacts = state.artifacts.for_job(job.id, workdir)
     try:
@@ -169,6 +177,16 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     return state.wrap_up(_succeeded(state, reporter, job, result, workdir))
 
 
+def _eta(state: WorkerState, settings: Settings, job_id: uuid.UUID, stage: str) -> float | None:
+    """The job's ETA as ``stage`` starts: behind this worker's jobs that started before it
+    (they composite first), from the stages' recent durations."""
+    times = eta.stage_times(settings, state.durations)
+    if times is None:
+        return None
+    ahead = next((i for i, other in enumerate(state.running) if other == job_id), 0)
+    return eta.estimate(times, stage=stage, ahead=ahead)
+
+
 async def _succeeded(
     state: WorkerState, reporter: EventReporter, job: Job, result: Result, workdir: Path
 ) -> None:
@@ -195,6 +213,9 @@ async def _succeeded(
         return  # cancelled or taken over meanwhile: its scratch is not ours to clean
     await _clear_scratch(workdir)
     state.counts["succeeded"] += 1
+    if job.eta_at_submit_s is not None:
+        took = (datetime.now(UTC) - job.created_at).total_seconds()
+        state.eta_errors.append(eta.relative_error(job.eta_at_submit_s, took))
     log.info("job_succeeded", duration_s=result.duration_s, size_bytes=result.size_bytes)
 
 

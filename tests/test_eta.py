@@ -1,0 +1,78 @@
+"""ETAs: the estimate's arithmetic, and the whole loop — stages measured on a worker, the
+figures shared through Redis, ``eta_s`` on the job and its stage events, its error measured
+when the job succeeds (``/metrics``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.conftest import LiveApi, auth, new_key, running_worker
+from videoq import eta
+from videoq.client import Client
+from videoq.settings import Settings
+
+TIMES = {"script_gen": 1.0, "voice_gen": 2.0, "video_gen": 20.0, "compositing": 4.0}
+
+
+def test_a_job_alone_takes_its_stages() -> None:
+    assert eta.estimate(TIMES, stage=None) == pytest.approx(27.0)
+    assert eta.estimate(TIMES, stage="video_gen", elapsed_s=5.0) == pytest.approx(19.0)
+    assert eta.estimate(TIMES, stage="compositing", elapsed_s=3.0) == pytest.approx(1.0)
+    assert eta.estimate(TIMES, stage="compositing", elapsed_s=9.0) == 0.0
+
+
+def test_jobs_ahead_queue_at_compositing_spread_over_workers() -> None:
+    # 10 ahead: their compositing (4 s each) ends long after this job's own path.
+    assert eta.estimate(TIMES, stage=None, ahead=10) == pytest.approx(23.0 + 44.0)
+    assert eta.estimate(TIMES, stage=None, ahead=10, workers=2) == pytest.approx(23.0 + 22.0)
+    # Few ahead: its own path is the longer.
+    assert eta.estimate(TIMES, stage=None, ahead=0, workers=4) == pytest.approx(27.0)
+
+
+def test_no_estimate_until_every_stage_was_measured() -> None:
+    settings = Settings(providers="offline")
+    known = {eta.stage_key(settings, stage): 1.0 for stage in TIMES}
+    assert eta.stage_times(settings, known) == dict.fromkeys(TIMES, 1.0)
+    del known[eta.stage_key(settings, "voice_gen")]
+    assert eta.stage_times(settings, known) is None
+    live = Settings(providers="auto", replicate_model="owner/model")
+    assert eta.stage_key(live, "video_gen") == "video_gen:owner/model"
+
+
+async def metric(client: Any, key: str, name: str) -> float:
+    body = (await client.get("/metrics", headers=auth(key))).text
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_eta_is_given_updated_and_its_error_measured(
+    live_api: LiveApi, settings: Settings, sessions: Any
+) -> None:
+    quick = settings.model_copy(update={"heartbeat_s": 0.1, "worker_stale_s": 5.0})
+    admin = await new_key(sessions, admin=True)
+    async with (
+        running_worker(quick),
+        Client(live_api.url, admin) as client,
+    ):
+        first = await client.submit(product_name="First Measure", duration_s=5)
+        assert first.eta_s is None  # nothing measured yet
+        assert (await client.wait(first.id, timeout=60)).status == "succeeded"
+        await asyncio.sleep(0.5)  # a heartbeat sends the stages' durations
+        second = await client.submit(product_name="Second Measure", duration_s=5)
+        assert second.eta_s is not None and second.eta_s > 0
+        seen = [ev async for ev in client.events(second.id) if ev.type == "stage"]
+        etas = [ev.eta_s for ev in seen]
+        assert [ev.stage for ev in seen] == ["script_gen", "voice_gen", "video_gen", "compositing"]
+        assert all(e is not None and e >= 0 for e in etas)
+        assert etas == sorted(etas, reverse=True)  # counts down as stages pass
+        final = await client.wait(second.id, timeout=60)
+        assert final.status == "succeeded" and final.eta_s is None
+        await asyncio.sleep(0.5)  # a heartbeat sends the error
+        http = client._http  # the SDK's own httpx client, already pointed at the API
+        assert await metric(http, admin, "videoq_eta_error_ratio_count") == 1.0
+        assert await metric(http, admin, "videoq_eta_error_ratio_sum") >= 0.0
