@@ -66,9 +66,9 @@ async def test_eta_is_given_updated_and_its_error_measured(
         second = await client.submit(product_name="Second Measure", duration_s=5)
         assert second.eta_s is not None and second.eta_s > 0
         seen = [ev async for ev in client.events(second.id) if ev.type == "stage"]
-        etas = [ev.eta_s for ev in seen]
         assert [ev.stage for ev in seen] == ["script_gen", "voice_gen", "video_gen", "compositing"]
-        assert all(e is not None and e >= 0 for e in etas)
+        etas = [ev.eta_s for ev in seen if ev.eta_s is not None]
+        assert len(etas) == 4 and min(etas) >= 0
         assert etas == sorted(etas, reverse=True)  # counts down as stages pass
         final = await client.wait(second.id, timeout=60)
         assert final.status == "succeeded" and final.eta_s is None
