@@ -183,11 +183,16 @@ class World:
     started: int = 0
 
     def start_worker(self) -> subprocess.Popen[bytes]:
+        return self.start_worker_with({})
+
+    def start_worker_with(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """A worker on a disk of its own, with ``env`` over the world's settings."""
         self.started += 1
         name = f"worker-{self.started}"
         disk = self.home / name
         env = {
             **self.worker_env,
+            **env,
             "VIDEOQ_HOME": str(disk),
             "VIDEOQ_ARTIFACTS_DIR": str(disk / "artifacts"),
             "VIDEOQ_SCRATCH_DIR": str(disk / "scratch"),

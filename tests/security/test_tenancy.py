@@ -39,6 +39,9 @@ HTTP = {
     ("GET", "/v1/workers"): "admin",
     ("POST", "/v1/workers/clear-stale"): "admin",
     ("GET", "/v1/queue/stats"): "admin",
+    # A tenant's own share, or any tenant's for admins: tests/test_fairness.py
+    ("GET", "/v1/tenants/{tenant}"): "own",
+    ("PUT", "/v1/tenants/{tenant}"): "own",
     ("GET", "/metrics"): "admin",
     ("GET", "/dashboard"): "tenant",  # a page with no data: its script reads the routes above
     ("GET", "/v1/webhooks/secret"): "tenant",
@@ -48,7 +51,7 @@ HTTP = {
 #: Every WebSocket: ``job`` sockets are scoped to one job, ``tenant`` ones to the caller.
 SOCKETS = {"/v1/jobs/{job_id}/events": "job", "/v1/events": "tenant"}
 
-KEYED = [(m, p) for (m, p), kind in HTTP.items() if kind in ("tenant", "job", "admin")]
+KEYED = [(m, p) for (m, p), kind in HTTP.items() if kind in ("tenant", "job", "admin", "own")]
 JOB_ROUTES = [(m, p) for (m, p), kind in HTTP.items() if kind == "job"]
 ADMIN_ROUTES = [(m, p) for (m, p), kind in HTTP.items() if kind == "admin"]
 
@@ -87,7 +90,7 @@ async def test_every_keyed_route_refuses_missing_unknown_and_revoked_keys(
     job = (
         await asgi_client.post("/v1/jobs", json={"product_name": "K"}, headers=auth(owner))
     ).json()
-    url = path.format(job_id=job["id"])
+    url = path.format(job_id=job["id"], tenant="someone")
     for headers in ({}, auth("vq_" + uuid.uuid4().hex), auth(await revoked(sessions))):
         response = await asgi_client.request(
             method, url, json={"product_name": "K"} if method == "POST" else None, headers=headers

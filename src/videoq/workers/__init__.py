@@ -76,6 +76,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         task.cancel()
     await asyncio.gather(*state.background, return_exceptions=True)
     with contextlib.suppress(*BROKER_ERRORS):
+        await supervisor.send_estimates(state)  # what was measured since the last heartbeat
+    with contextlib.suppress(*BROKER_ERRORS):
         await registry.forget_worker(state.redis, state.worker_id)
     if state.providers is not None:
         await state.providers.aclose()

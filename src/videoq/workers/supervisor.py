@@ -100,12 +100,12 @@ async def beat(state: WorkerState) -> None:
         ttl = state.settings.worker_stale_s * 6
         await registry.heartbeat(state.redis, state.worker_id, worker_info(state), ttl)
         state.weights = await shares.weights(state.redis)
-        await _send_estimates(state)
+        await send_estimates(state)
     except Exception as exc:
         log.warning("heartbeat_failed", store="redis", error=str(exc))
 
 
-async def _send_estimates(state: WorkerState) -> None:
+async def send_estimates(state: WorkerState) -> None:
     """Send the stage durations and ETA errors measured since the last heartbeat; fetch
     everyone's."""
     queue_name = state.settings.queue_name
