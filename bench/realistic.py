@@ -25,7 +25,6 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from bench.chaos import World, drain, world
 from bench.common import write_section
