@@ -18,6 +18,8 @@ SUITES = (
     "lifecycle",
     "memory",
     "storage",
+    "realistic",
+    "fairness",
 )
 
 

@@ -33,4 +33,5 @@ def _stages_of(stage_s: float, doc: str) -> Callable[..., Awaitable[Result]]:
 
 io = _stages_of(0.025, "Four stages awaiting 25 ms each: 0.1 s of provider I/O per job.")
 noop = _stages_of(0.0, "Four stages that do nothing: pure bookkeeping.")
+fair = _stages_of(0.2, "Four stages of 200 ms: 0.8 s a job, for the fairness benchmark.")
 hold = _stages_of(2.0, "Four stages of 2 s each: jobs that stay in flight while a benchmark looks.")
