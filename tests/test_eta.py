@@ -65,7 +65,7 @@ async def test_eta_is_given_updated_and_its_error_measured(
         await asyncio.sleep(0.5)  # a heartbeat sends the stages' durations
         second = await client.submit(product_name="Second Measure", duration_s=5)
         assert second.eta_s is not None and second.eta_s > 0
-        seen = [ev async for ev in client.events(second.id) if ev.type == "stage"]
+        seen = [ev async for ev in client.events(second.id, after=0) if ev.type == "stage"]
         assert [ev.stage for ev in seen] == ["script_gen", "voice_gen", "video_gen", "compositing"]
         etas = [ev.eta_s for ev in seen if ev.eta_s is not None]
         assert len(etas) == 4 and min(etas) >= 0
