@@ -152,6 +152,8 @@ def route_calls(job_id: str) -> dict[tuple[str, str], Callable[[], dict[str, Any
         ("GET", "/v1/workers"): plain("/v1/workers"),
         ("POST", "/v1/workers/clear-stale"): plain("/v1/workers/clear-stale"),
         ("GET", "/v1/queue/stats"): plain("/v1/queue/stats"),
+        ("GET", "/v1/tenants/{tenant}"): plain("/v1/tenants/someone"),
+        ("PUT", "/v1/tenants/{tenant}"): plain("/v1/tenants/someone", json={"weight": 2}),
         ("GET", "/metrics"): plain("/metrics"),
         ("GET", "/dashboard"): plain("/dashboard"),
     }

@@ -47,7 +47,7 @@ async def record_error(
 ) -> None:
     """Count one ETA's relative error in the first bucket (upper bound) it fits."""
     bucket = next((f"{b:g}" for b in buckets if error <= b), "+Inf")
-    async with redis.pipeline(transaction=True) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:  # counters: no MULTI needed
         name = keys.estimate_errors(queue_name)
         pipe.hincrby(name, bucket, 1)
         pipe.hincrbyfloat(name, "sum", error)

@@ -162,29 +162,39 @@ async def position(redis: Redis, queue_name: str, tenant: str, job_id: str, now_
     return int(await _POSITION(redis, [queue_name, keys.TENANT_WEIGHTS], args))
 
 
+#: KEYS the weights and the limits hashes; ARGV: 1 to replace both first (else 0), then
+#: tenant, weight, limit ('' for none) triples.
+_CONFIGURE = LuaScript("""
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1], KEYS[2]) end
+for i = 2, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if ARGV[i + 2] == '' then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  else
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+  end
+end
+return 1
+""")
+
+
 async def configure(redis: Redis, tenant: str, share: TenantShare) -> None:
     """Copy one tenant's share into Redis, where looks read it."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.TENANT_WEIGHTS, tenant, repr(share.weight))
-        if share.max_running is None:
-            pipe.hdel(keys.TENANT_MAX_RUNNING, tenant)
-        else:
-            pipe.hset(keys.TENANT_MAX_RUNNING, tenant, str(share.max_running))
-        await pipe.execute()
+    await _configure(redis, {tenant: share}, replace=False)
 
 
 async def sync(redis: Redis, shares: Mapping[str, TenantShare]) -> None:
     """Make Redis's copy of every tenant's share exactly ``shares`` (after a Redis loss, or a
-    change made while Redis was away)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.TENANT_WEIGHTS, keys.TENANT_MAX_RUNNING)
-        weights = {t: repr(s.weight) for t, s in shares.items()}
-        limits = {t: str(s.max_running) for t, s in shares.items() if s.max_running is not None}
-        if weights:
-            pipe.hset(keys.TENANT_WEIGHTS, mapping=weights)
-        if limits:
-            pipe.hset(keys.TENANT_MAX_RUNNING, mapping=limits)
-        await pipe.execute()
+    change made while Redis was away), in one step."""
+    await _configure(redis, shares, replace=True)
+
+
+async def _configure(redis: Redis, shares: Mapping[str, TenantShare], *, replace: bool) -> None:
+    args: list[str] = ["1" if replace else "0"]
+    for tenant, share in shares.items():
+        limit = "" if share.max_running is None else str(share.max_running)
+        args += (tenant, repr(share.weight), limit)
+    await _CONFIGURE(redis, [keys.TENANT_WEIGHTS, keys.TENANT_MAX_RUNNING], args)
 
 
 async def weights(redis: Redis) -> dict[str, float]:
