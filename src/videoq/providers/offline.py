@@ -7,7 +7,6 @@ script, a tone for the voice, and one coloured clip per scene with its narration
 from __future__ import annotations
 
 import asyncio
-import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,7 +111,9 @@ class OfflineVoiceProvider:
 
 
 class OfflineVideoProvider:
-    """A solid-colour clip per scene at the target size and rate, with the narration on it."""
+    """A solid-colour clip per scene at the target size and rate, with the narration on it.
+    Scenes arrive all at once; their encodes share the process's FFmpeg slots
+    (:func:`videoq.ffmpeg.cpu_slots`)."""
 
     def __init__(self, settings: Settings, *, font_candidates: Sequence[Path] = FONT_CANDIDATES):
         self._settings = settings
@@ -120,8 +121,6 @@ class OfflineVideoProvider:
         self._font: Font | None = None
         self._font_resolved = False
         self._font_lock = asyncio.Lock()
-        # Scenes arrive all at once; more encoders than cores only costs memory.
-        self._slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
 
     async def font(self) -> Font | None:
         """The font used for scene text (resolved once), or None to render without text."""
@@ -161,15 +160,14 @@ class OfflineVideoProvider:
             )
         path = out_dir / f"scene_{index:02d}.mp4"
         vf = ["-vf", ",".join(filters)] if filters else []
-        async with self._slots:
-            with atomic_output(path) as tmp:
-                await run_ffmpeg(
-                    [
-                        *("-f", "lavfi", "-i", source, *vf),
-                        *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"),
-                        *("-an", str(tmp)),
-                    ],
-                    settings=self._settings,
-                    duration_s=scene.duration_s,
-                )
+        with atomic_output(path) as tmp:
+            await run_ffmpeg(
+                [
+                    *("-f", "lavfi", "-i", source, *vf),
+                    *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"),
+                    *("-an", str(tmp)),
+                ],
+                settings=self._settings,
+                duration_s=scene.duration_s,
+            )
         return path
