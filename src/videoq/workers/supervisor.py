@@ -174,8 +174,8 @@ async def reconcile_once(state: WorkerState) -> dict[str, int]:
                     log.info("job_reenqueued", job_id=str(job.id), status=job.status)
             elif job.updated_at < stale and (job.run_at is None or job.run_at < stale):
                 held.append(str(job.id))
-        # Held by arq, but the index under its tenant may be gone (Redis restarted and was
-        # refilled by arq's own enqueue, or the index was written by an older release).
+        # Held by arq but maybe not indexed under its tenant (enqueued by a release before
+        # shares, or the index evicted): indexing again is harmless.
         await shares.index(
             state.redis,
             settings.queue_name,
