@@ -49,6 +49,7 @@ class Run:
     failed: int = 0
     eta_errors: list[float] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
+    eta_bias: list[float] = field(default_factory=list)  # signed: > 0 too late
 
     @property
     def per_hour(self) -> float:
@@ -96,6 +97,7 @@ async def batch(here: World, name: str, n: int, env: dict[str, str]) -> Run:
                 elif job.eta_s is not None and final.finished_at and job.created_at:
                     took = (final.finished_at - job.created_at).total_seconds()
                     run.eta_errors.append(abs(job.eta_s - took) / took)
+                    run.eta_bias.append((job.eta_s - took) / took)
     finally:
         worker.terminate()  # its shutdown sends what it measured
         worker.wait()
@@ -136,6 +138,9 @@ async def main(jobs: int, quick: bool) -> None:
          f"{100 * pct(now.eta_errors, 0.9):.0f} % ({len(now.eta_errors)} jobs)",
          f"{100 * statistics.median(before.eta_errors or [float('nan')]):.0f} % / "
          f"{100 * pct(before.eta_errors, 0.9):.0f} %", ""),
+        ("ETA at submit, median signed error (+: said later than it was)",
+         f"{100 * statistics.median(now.eta_bias or [float('nan')]):+.0f} %",
+         f"{100 * statistics.median(before.eta_bias or [float('nan')]):+.0f} %", ""),
     ]  # fmt: skip
     table = "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
     body = f"""`python -m bench.realistic --jobs {jobs}`: {jobs} jobs of {DURATION_S} s submitted
