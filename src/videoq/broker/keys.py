@@ -13,6 +13,7 @@ __all__ = [
     "TASK",
     "WORKERS",
     "bucket",
+    "death_watch_lock",
     "in_progress",
     "in_progress_key_prefix",
     "job_channel",
@@ -65,6 +66,11 @@ CANCEL_CHANNEL = "videoq:cancel"
 def reconcile_lock(queue_name: str) -> str:
     """Held by the one worker reconciling ``queue_name`` in this period."""
     return f"videoq:reconcile-lock:{queue_name}"
+
+
+def death_watch_lock(queue_name: str) -> str:
+    """Held by the one worker looking for dead workers of ``queue_name`` in this period."""
+    return f"videoq:death-watch-lock:{queue_name}"
 
 
 # Events (DESIGN.md "Events"): per job a seq counter and a capped stream, and two channels.
