@@ -127,14 +127,17 @@ async def _keep_lock(state: WorkerState) -> None:
     while True:
         await state.lock.lost(check_s=settings.heartbeat_s)
         log.warning("worker_lock_lost")
+        failures = 0
         while not state.lock.held:
             try:
                 await state.lock.take()
             except Exception as exc:  # the loop must outlive any one failure
-                log.warning("worker_lock_failed", error=str(exc))
+                if not failures:  # (an outage would log one every try)
+                    log.warning("worker_lock_failed", error=str(exc))
+                failures += 1
                 # As often as the death watch looks: the lock must be back before it is judged.
                 await asyncio.sleep(settings.death_watch_s or settings.heartbeat_s)
-        log.warning("worker_lock_taken_again")
+        log.warning("worker_lock_taken_again", failed_tries=failures)
         await beat(state)
 
 
