@@ -13,6 +13,7 @@ SUITES = (
     "providers",
     "compositing",
     "pickup",
+    "takeover",
     "throughput",
     "events",
     "lifecycle",

@@ -6,8 +6,8 @@
   ``POST /cancel`` until the FFmpeg child is gone. Raw arq: from ``Job.abort()`` until arq
   reports the job aborted (its poll interval, 0.5 s by default, is the floor).
 - **crash recovery**: the worker running a job is killed with SIGKILL and a fresh worker
-  starts at once. videoq (default settings: heartbeat 2 s, stale after 10 s, reconcile every
-  5 s): until the new worker resumes the job. Raw arq: until it restarts the job, which arq
+  starts at once. videoq (default settings): until the new worker resumes the job, which its
+  first death-watch look hands it (the dead worker's PostgreSQL session lock is free). Raw arq: until it restarts the job, which arq
   allows only once its in-progress key expires (job timeout + 10 s; the run below uses a 20 s
   job timeout, so 30 s — with arq's default 300 s it is 310 s).
 """
@@ -157,8 +157,11 @@ async def main(runs: int, quick: bool) -> None:
 (job timeout {arq_timeout:.0f} s; 310 s at arq's default) | {recovery_ratio:.1f}× |
 
 videoq's cancel is a pub/sub signal to the worker, which cancels the job's task; FFmpeg gets
-`q`, then SIGTERM, then SIGKILL. Recovery is bounded by the settings `worker_stale_s` (10 s) +
-`reconcile_s` (5 s) + the new worker's start-up; lower them for faster takeover.
+`q`, then SIGTERM, then SIGKILL. Recovery is the new worker's start-up: its first death-watch
+look finds the dead worker's PostgreSQL session lock free and hands it the job (with a worker
+already running, a takeover takes under a second: "Takeover" below). A machine lost without
+closing its connections is noticed by the heartbeat timeout instead: `worker_stale_s` (10 s) +
+`reconcile_s` (5 s).
 """
     print(body)
     if not quick:

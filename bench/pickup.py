@@ -146,7 +146,8 @@ process; each percentile is the median (min–max) over {reps} repetitions of {n
 videoq's figure includes its bookkeeping (the job row claimed in PostgreSQL, the `running`
 event through Redis and the API's WebSocket); arq's is the bare start of a function. videoq
 workers are woken by a pub/sub message when a job is enqueued and poll only every 0.5 s when
-idle; the idle cost counts that poll, heartbeats (every 2 s) and the reconciler lock (every 5 s).
+idle; the idle cost counts that poll, heartbeats (every 2 s), the death watch's turn (every
+0.5 s) and the reconciler lock (every 5 s).
 Each job is submitted 50 ms after the previous one started, which phase-locks with arq's poll
 timer: its figures sit near the poll interval rather than at half of it.
 Goal: p50 ≤ 10 ms, p99 ≤ 50 ms.

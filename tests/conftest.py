@@ -1,5 +1,6 @@
 """Shared fixtures: one real embedded PostgreSQL and Redis per test session (in a temporary
-directory), migrated once; a real uvicorn API and an in-process arq worker on top of them.
+directory), migrated once; a real uvicorn API and an in-process arq worker on top of them;
+the spec-checked provider mocks served on loopback, for worker processes.
 
 Tests isolate themselves by tenant (every test gets fresh API keys), not by wiping tables.
 """
@@ -11,9 +12,11 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,19 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 from redis.asyncio import Redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from tests.mocks.anthropic import AnthropicMock
+from tests.mocks.base import MockProvider
+from tests.mocks.elevenlabs import ElevenLabsMock
+from tests.mocks.replicate import ReplicateMock
 from tests.mocks.server import serve
+from tests.processes import WorkerProcess
 from videoq import store
 from videoq.api import create_app
 from videoq.client import Client
 from videoq.embedded import embedded_services
+from videoq.pipeline.video_gen import note_key
 from videoq.settings import Settings
 from videoq.store.apikeys import create_key
 from videoq.store.grouped import GroupedWriter
@@ -232,3 +241,89 @@ async def worker(settings: Settings) -> AsyncIterator[VideoqWorker]:
 async def client(live_api: LiveApi, api_key: str) -> AsyncIterator[Client]:
     async with Client(live_api.url, api_key) as c:
         yield c
+
+
+#: Predictions that never finish by themselves: the kill always lands mid-``video_gen``.
+FOREVER = 10**9
+
+
+@dataclass
+class Providers:
+    """The three mocks, each on a real loopback port, and the worker environment for them."""
+
+    anthropic: AnthropicMock
+    elevenlabs: ElevenLabsMock
+    replicate: ReplicateMock
+    env: dict[str, str]
+
+    def all(self) -> tuple[MockProvider, ...]:
+        return (self.anthropic, self.elevenlabs, self.replicate)
+
+    def release(self) -> None:
+        """Let every prediction (and any later one) finish at its next poll."""
+        self.replicate.polls = 1
+        for prediction in self.replicate.predictions.values():
+            prediction.polls_left = min(prediction.polls_left, 1)
+
+
+@pytest.fixture
+async def providers() -> AsyncIterator[Providers]:
+    anthropic, elevenlabs = AnthropicMock(), ElevenLabsMock()
+    replicate = ReplicateMock(polls=FOREVER)
+    async with AsyncExitStack() as stack:
+        urls = [
+            await stack.enter_async_context(serve(mock.app))
+            for mock in (anthropic, elevenlabs, replicate)
+        ]
+        env = {
+            "VIDEOQ_PROVIDERS": "auto",
+            "ANTHROPIC_API_KEY": anthropic.key,
+            "ELEVENLABS_API_KEY": elevenlabs.key,
+            "REPLICATE_API_TOKEN": replicate.key,
+            "VIDEOQ_ANTHROPIC_BASE_URL": urls[0],
+            "VIDEOQ_ELEVENLABS_BASE_URL": urls[1],
+            "VIDEOQ_REPLICATE_BASE_URL": urls[2],
+            "VIDEOQ_REPLICATE_POLL_S": "0.2",
+            "VIDEOQ_REPLICATE_POLL_MAX_S": "0.5",
+        }
+        yield Providers(anthropic, elevenlabs, replicate, env)
+
+
+def home(root: Path, name: str, storage_url: str) -> dict[str, str]:
+    """The environment of a process whose disk is its own: home, scratch, no local store."""
+    return {
+        "VIDEOQ_HOME": str(root / name),
+        "VIDEOQ_ARTIFACTS_DIR": str(root / name / "artifacts"),
+        "VIDEOQ_SCRATCH_DIR": str(root / name / "scratch"),
+        "VIDEOQ_STORAGE_URL": storage_url,
+    }
+
+
+async def stage_rows(sessions: Any, job_id: str) -> dict[str, tuple[int, dict[str, Any]]]:
+    """The job's ``job_stages`` rows: stage -> (attempt, output)."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                store.StageCheckpoint.stage,
+                store.StageCheckpoint.attempt,
+                store.StageCheckpoint.output,
+            ).where(store.StageCheckpoint.job_id == uuid.UUID(job_id))
+        )
+        return {stage: (attempt, output) for stage, attempt, output in rows.all()}
+
+
+async def until_every_scene_noted(
+    sessions: Any, job_id: str, scenes: int, worker: WorkerProcess, timeout: float = 60
+) -> dict[str, Any]:
+    """Poll PostgreSQL until the job's ``video_gen.notes`` row records the prediction id of
+    each of its ``scenes`` scenes; returns the notes."""
+    wanted = {note_key(i) for i in range(scenes)}
+    deadline = time.monotonic() + timeout
+    while True:
+        notes = (await stage_rows(sessions, job_id)).get("video_gen.notes", (0, {}))[1]
+        if all((notes.get(key) or {}).get("id") for key in wanted):
+            return notes
+        assert time.monotonic() < deadline, f"notes {notes} never covered {wanted}:\n" + (
+            worker.output()
+        )
+        await asyncio.sleep(0.05)

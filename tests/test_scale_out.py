@@ -14,26 +14,24 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select
 
-from tests.conftest import S3Server, auth, new_key, serving
-from tests.mocks.anthropic import AnthropicMock
-from tests.mocks.base import MockProvider
-from tests.mocks.elevenlabs import ElevenLabsMock
-from tests.mocks.replicate import ReplicateMock
-from tests.mocks.server import serve
+from tests.conftest import (
+    Providers,
+    S3Server,
+    auth,
+    home,
+    new_key,
+    serving,
+    stage_rows,
+    until_every_scene_noted,
+)
 from tests.processes import WorkerProcess
-from videoq import store
 from videoq.client import Client
 from videoq.pipeline import STAGES
 from videoq.pipeline.video_gen import note_key
@@ -42,73 +40,6 @@ from videoq.types import scene_count
 
 DURATION_S = 15
 SCENES = scene_count(DURATION_S)
-#: Predictions that never finish by themselves: the kill always lands mid-``video_gen``.
-FOREVER = 10**9
-
-
-@dataclass
-class Providers:
-    """The three mocks, each on a real loopback port, and the worker environment for them."""
-
-    anthropic: AnthropicMock
-    elevenlabs: ElevenLabsMock
-    replicate: ReplicateMock
-    env: dict[str, str]
-
-    def all(self) -> tuple[MockProvider, ...]:
-        return (self.anthropic, self.elevenlabs, self.replicate)
-
-    def release(self) -> None:
-        """Let every prediction (and any later one) finish at its next poll."""
-        self.replicate.polls = 1
-        for prediction in self.replicate.predictions.values():
-            prediction.polls_left = min(prediction.polls_left, 1)
-
-
-@pytest.fixture
-async def providers() -> AsyncIterator[Providers]:
-    anthropic, elevenlabs = AnthropicMock(), ElevenLabsMock()
-    replicate = ReplicateMock(polls=FOREVER)
-    async with AsyncExitStack() as stack:
-        urls = [
-            await stack.enter_async_context(serve(mock.app))
-            for mock in (anthropic, elevenlabs, replicate)
-        ]
-        env = {
-            "VIDEOQ_PROVIDERS": "auto",
-            "ANTHROPIC_API_KEY": anthropic.key,
-            "ELEVENLABS_API_KEY": elevenlabs.key,
-            "REPLICATE_API_TOKEN": replicate.key,
-            "VIDEOQ_ANTHROPIC_BASE_URL": urls[0],
-            "VIDEOQ_ELEVENLABS_BASE_URL": urls[1],
-            "VIDEOQ_REPLICATE_BASE_URL": urls[2],
-            "VIDEOQ_REPLICATE_POLL_S": "0.2",
-            "VIDEOQ_REPLICATE_POLL_MAX_S": "0.5",
-        }
-        yield Providers(anthropic, elevenlabs, replicate, env)
-
-
-def home(root: Path, name: str, storage_url: str) -> dict[str, str]:
-    """The environment of a process whose disk is its own: home, scratch, no local store."""
-    return {
-        "VIDEOQ_HOME": str(root / name),
-        "VIDEOQ_ARTIFACTS_DIR": str(root / name / "artifacts"),
-        "VIDEOQ_SCRATCH_DIR": str(root / name / "scratch"),
-        "VIDEOQ_STORAGE_URL": storage_url,
-    }
-
-
-async def stage_rows(sessions: Any, job_id: str) -> dict[str, tuple[int, dict[str, Any]]]:
-    """The job's ``job_stages`` rows: stage -> (attempt, output)."""
-    async with sessions() as session:
-        rows = await session.execute(
-            select(
-                store.StageCheckpoint.stage,
-                store.StageCheckpoint.attempt,
-                store.StageCheckpoint.output,
-            ).where(store.StageCheckpoint.job_id == uuid.UUID(job_id))
-        )
-        return {stage: (attempt, output) for stage, attempt, output in rows.all()}
 
 
 async def until_stage(client: Client, job_id: str, stage: str) -> None:
@@ -116,23 +47,6 @@ async def until_stage(client: Client, job_id: str, stage: str) -> None:
         if event.stage == stage:
             return
     raise AssertionError(f"job {job_id} ended before {stage}: {await client.get(job_id)}")
-
-
-async def until_every_scene_noted(
-    sessions: Any, job_id: str, worker: WorkerProcess, timeout: float = 60
-) -> dict[str, Any]:
-    """Poll PostgreSQL until the job's ``video_gen.notes`` row records every scene's
-    prediction id; returns the notes."""
-    wanted = {note_key(i) for i in range(SCENES)}
-    deadline = time.monotonic() + timeout
-    while True:
-        notes = (await stage_rows(sessions, job_id)).get("video_gen.notes", (0, {}))[1]
-        if all((notes.get(key) or {}).get("id") for key in wanted):
-            return notes
-        assert time.monotonic() < deadline, f"notes {notes} never covered {wanted}:\n" + (
-            worker.output()
-        )
-        await asyncio.sleep(0.05)
 
 
 async def until_gone(path: Path, worker: WorkerProcess, timeout: float = 30) -> None:
@@ -177,7 +91,7 @@ async def test_kill_9_mid_video_gen_finishes_on_another_machine_buying_nothing_t
             await first.registered(redis, timeout=60)
             job = await client.submit(product_name="Scale Out", duration_s=DURATION_S)
             await asyncio.wait_for(until_stage(client, job.id, "video_gen"), 90)
-            notes = await until_every_scene_noted(sessions, job.id, first)
+            notes = await until_every_scene_noted(sessions, job.id, SCENES, first)
             assert providers.replicate.calls["create"] == SCENES, first.output()
             first.signal(signal.SIGKILL)
             await first.exited()

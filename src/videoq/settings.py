@@ -116,7 +116,16 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=3, description="Retries after the first attempt.")
     heartbeat_s: float = Field(default=2.0, description="How often workers heartbeat their jobs.")
     worker_stale_s: float = Field(
-        default=10.0, description="A running job whose heartbeat is older belongs to a dead worker."
+        default=10.0,
+        description="A running job whose heartbeat is older belongs to a dead worker: how a "
+        "lost machine (or a worker whose death PostgreSQL did not see) is noticed.",
+    )
+    death_watch_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="How often one worker looks for workers whose PostgreSQL session lock was "
+        "let go (their process died) and hands their running jobs to others at once; 0: off, "
+        "dead workers are noticed by `worker_stale_s` only.",
     )
     reconcile_s: float = Field(
         default=5.0, description="How often workers re-enqueue jobs Redis lost or a worker left."

@@ -15,6 +15,7 @@ __all__ = [
     "TENANT_WEIGHTS",
     "WORKERS",
     "bucket",
+    "death_watch_lock",
     "estimate_errors",
     "estimates",
     "fair",
@@ -93,6 +94,11 @@ CANCEL_CHANNEL = "videoq:cancel"
 def reconcile_lock(queue_name: str) -> str:
     """Held by the one worker reconciling ``queue_name`` in this period."""
     return f"videoq:reconcile-lock:{queue_name}"
+
+
+def death_watch_lock(queue_name: str) -> str:
+    """Held by the one worker looking for dead workers of ``queue_name`` in this period."""
+    return f"videoq:death-watch-lock:{queue_name}"
 
 
 # Events (DESIGN.md "Events"): per job a seq counter and a capped stream, and two channels.

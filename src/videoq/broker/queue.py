@@ -178,10 +178,9 @@ async def held(redis: Redis, job_ids: Sequence[str]) -> list[bool]:
         return [bool(found) for found in await pipe.execute()]
 
 
-async def take_turn(redis: Redis, queue_name: str, holder: str, period_s: float) -> bool:
-    """Whether ``holder`` reconciles ``queue_name`` this period: one worker per period does it,
-    and a dead one's turn passes to the others by itself (the lock expires just before the
-    period ends)."""
+async def take_turn(redis: Redis, lock: str, holder: str, period_s: float) -> bool:
+    """Whether ``holder`` does the duty of ``lock`` (a :mod:`~videoq.broker.keys` lock name)
+    this period: one worker per period does it, and a dead one's turn passes to the others by
+    itself (the lock expires just before the period ends)."""
     period_ms = int(period_s * 1000)
-    lock = keys.reconcile_lock(queue_name)
     return bool(await redis.set(lock, holder, nx=True, px=max(period_ms - 50, 1)))

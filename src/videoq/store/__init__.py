@@ -4,6 +4,7 @@ tables       the schema, as models
 engine       engine, sessions, migrations, what a failing database raises, outages
 jobs         jobs: creation, tenant-scoped reads, every guarded state transition
 grouped      a worker's hot writes, grouped across its jobs, on raw asyncpg
+liveness     workers' session locks, and the jobs of workers whose lock is gone
 checkpoints  a stage's outputs and paid work in progress, for one attempt
 events       the archive of every job's events
 apikeys      API keys

@@ -4,7 +4,7 @@ state       what one worker process holds
 task        the arq task: claim, run the pipeline, record the outcome
 worker      VideoqWorker, arq's worker woken by enqueues, taking and ending jobs in groups
 progress    the pipeline's events and progress, behind its checkpoints
-supervisor  heartbeats, cancel signals, reconciliation
+supervisor  heartbeats, the session lock, death watch, cancel signals, reconciliation
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     await state.artifacts.check()  # a store it cannot use fails the start, not the first job
     state.wake = ctx.get("wake")
     state.providers = ProviderPool(settings, limiters=limits.shared(settings, ctx["redis"]))
+    # Before the first job is claimed: a worker running jobs without its lock looks dead.
+    await state.lock.take()
     state.background = supervisor.start(state)
     ctx["videoq"] = state
     _settle_heap()
@@ -83,6 +85,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await state.providers.aclose()
     await state.publish.aclose()  # before the books: what it published is archived there
     await state.books.aclose()
+    await state.lock.aclose()  # last: what is still running now is handed to others at once
     await state.engine.dispose()
     log.info("worker_shutdown_complete", worker_id=state.worker_id)
 

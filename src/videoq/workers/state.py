@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from videoq.artifacts import ArtifactStore, open_store
 from videoq.broker import events
 from videoq.store.grouped import GroupedWriter
+from videoq.store.liveness import SessionLock
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -72,6 +73,8 @@ class WorkerState:
     artifacts: ArtifactStore = field(init=False)
     #: The worker's grouped writes to PostgreSQL (claims, checkpoints, progress, events).
     books: GroupedWriter = field(init=False)
+    #: Held while the worker lives: others see it dead the moment PostgreSQL lets go of it.
+    lock: SessionLock = field(init=False)
     #: The worker's grouped event publishing; what Redis took is archived in PostgreSQL
     #: (``books``).
     publish: events.Publisher = field(init=False)
@@ -79,6 +82,7 @@ class WorkerState:
     def __post_init__(self) -> None:
         self.artifacts = open_store(self.settings)
         self.books = GroupedWriter(self.settings.database_url or "", self.worker_id)
+        self.lock = SessionLock(self.settings.database_url or "", self.worker_id)
         self.publish = events.Publisher(self.redis, keep=self.books.keep_events)
 
     def wrap_up(self, work: Awaitable[None]) -> asyncio.Future[None]:

@@ -3,12 +3,19 @@
 - **heartbeats**: every ``heartbeat_s`` the worker marks its running attempts alive in
   PostgreSQL (and itself in the Redis registry). An attempt it no longer owns — cancelled, or
   taken over after this worker was presumed dead — is stopped at once.
+- **the session lock**: the worker holds an advisory lock in PostgreSQL on a connection of its
+  own (:class:`~videoq.store.liveness.SessionLock`), takes it again at once when that
+  connection drops, and checks the connection every ``heartbeat_s``.
+- **death watch**: every ``death_watch_s`` one worker (a Redis lock elects it) looks for
+  running jobs whose worker's lock PostgreSQL let go of (the process died, and its connection
+  with it), and hands them back to the queue for another worker to resume now.
 - **cancel signals**: one pub/sub subscription; a cancel request stops the job's task within
   milliseconds, on whichever worker runs it (arq's own abort polls, and only on its own queue).
 - **reconciliation**: every ``reconcile_s`` one worker (a Redis lock elects it) re-enqueues what
   PostgreSQL says should be queued but Redis does not hold (Redis restarted empty, or was down at
   submit), and releases running jobs whose worker stopped heartbeating, so another worker
-  resumes them from their checkpoints instead of waiting for arq's in-progress key to expire;
+  resumes them from their checkpoints instead of waiting for arq's in-progress key to expire
+  (the slow path of the death watch, for deaths PostgreSQL did not see: a machine lost);
   it also deletes the stored files of jobs finished more than ``artifact_ttl_days`` ago.
 - **scratch space**: with each heartbeat the worker checks its scratch disk, and takes no new
   jobs while less than ``scratch_min_free_bytes`` is free (its heartbeat says so).
@@ -29,7 +36,7 @@ import structlog
 
 from videoq import eta, outbox
 from videoq.broker import BROKER_ERRORS, estimates, keys, queue, registry, shares
-from videoq.store import DATABASE_ERRORS
+from videoq.store import DATABASE_ERRORS, liveness
 from videoq.store import jobs as job_rows
 from videoq.store import tenants as tenant_rows
 from videoq.types import JobStatus
@@ -43,11 +50,15 @@ _INFRA_ERRORS = (*DATABASE_ERRORS, *BROKER_ERRORS)
 
 
 def start(state: WorkerState) -> list[asyncio.Task[None]]:
-    return [
+    tasks = [
         asyncio.create_task(_heartbeats(state), name="videoq-heartbeat"),
+        asyncio.create_task(_keep_lock(state), name="videoq-session-lock"),
         asyncio.create_task(_cancel_signals(state), name="videoq-cancel-signals"),
         asyncio.create_task(_reconcile(state), name="videoq-reconcile"),
     ]
+    if state.settings.death_watch_s > 0:
+        tasks.append(asyncio.create_task(_death_watch(state), name="videoq-death-watch"))
+    return tasks
 
 
 def worker_info(state: WorkerState) -> dict[str, Any]:
@@ -121,6 +132,63 @@ async def _heartbeats(state: WorkerState) -> None:
     while True:
         await beat(state)
         await asyncio.sleep(state.settings.heartbeat_s)
+
+
+async def _keep_lock(state: WorkerState) -> None:
+    """Hold the worker's session lock (taken at start-up): take it again when its connection
+    is gone, then heartbeat at once, so that an attempt another worker took over meanwhile
+    stops now rather than at the next heartbeat."""
+    settings = state.settings
+    while True:
+        await state.lock.lost(check_s=settings.heartbeat_s)
+        log.warning("worker_lock_lost")
+        failures = 0
+        while not state.lock.held:
+            try:
+                await state.lock.take()
+            except Exception as exc:  # the loop must outlive any one failure
+                if not failures:  # (an outage would log one every try)
+                    log.warning("worker_lock_failed", error=str(exc))
+                failures += 1
+                # As often as the death watch looks: the lock must be back before it is judged.
+                await asyncio.sleep(settings.death_watch_s or settings.heartbeat_s)
+        log.warning("worker_lock_taken_again", failed_tries=failures)
+        await beat(state)
+
+
+async def release_dead(state: WorkerState) -> int:
+    """Hand the running jobs of workers whose session lock is free back to the queue, and wake
+    workers to take them; returns how many."""
+    settings = state.settings
+    async with state.sessions() as session:
+        leases = await liveness.unlocked(session, settings.queue_name, state.worker_id)
+    if not leases:
+        return 0
+    # A live worker whose lock's connection dropped takes the lock again within milliseconds;
+    # one still free a moment later is a dead worker's.
+    await asyncio.sleep(settings.death_watch_s / 2)
+    async with state.sessions() as session:
+        released = await liveness.release(session, leases)
+    dead = {job_id: worker_id for job_id, _, worker_id in leases}
+    for job in released:
+        await queue.release_orphan(state.redis, settings, job)
+        log.warning("job_released_worker_dead", job_id=str(job.id), dead_worker=dead[job.id])
+    return len(released)
+
+
+async def _death_watch(state: WorkerState) -> None:
+    settings = state.settings
+    lock = keys.death_watch_lock(settings.queue_name)
+    while True:
+        try:
+            # A worker that took its own lock again just now judges nobody yet (settled()).
+            if state.lock.settled(settings.worker_stale_s) and await queue.take_turn(
+                state.redis, lock, state.worker_id, settings.death_watch_s
+            ):
+                await release_dead(state)
+        except Exception as exc:  # the loop must outlive any one failure
+            log.warning("death_watch_failed", error=str(exc))
+        await asyncio.sleep(settings.death_watch_s)
 
 
 async def _cancel_signals(state: WorkerState) -> None:
@@ -217,9 +285,8 @@ async def _reconcile(state: WorkerState) -> None:
     while True:
         try:
             settings = state.settings
-            if await queue.take_turn(
-                state.redis, settings.queue_name, state.worker_id, settings.reconcile_s
-            ):
+            lock = keys.reconcile_lock(settings.queue_name)
+            if await queue.take_turn(state.redis, lock, state.worker_id, settings.reconcile_s):
                 await reconcile_once(state)
         except Exception as exc:
             log.warning("reconcile_failed", error=str(exc))
