@@ -17,6 +17,7 @@ SUITES = (
     "events",
     "lifecycle",
     "memory",
+    "waiting",
     "storage",
 )
 

@@ -121,6 +121,9 @@ class ReplicateMock(MockProvider):
         self.deliveries: list[int] = []
         self._timers: set[asyncio.Task[None]] = set()
         self._sender: httpx.AsyncClient | None = None
+        # Thousands of deliveries queued in one httpx pool cost it quadratic time (httpcore
+        # walks its whole queue per freed connection): a few at a time, as a sender would.
+        self._sending = asyncio.Semaphore(32)
         self.outcomes: deque[str] = deque()
         #: Faults for GET /v1/predictions/{id} (``faults`` answers creates).
         self.get_faults: deque[Reply] = deque()
@@ -289,22 +292,25 @@ class ReplicateMock(MockProvider):
         if not self.send_webhooks or prediction.webhook is None:
             return
         assert self.webhook_secret is not None, "a webhook asked for, but no secret to sign it"
-        body = json.dumps(self.body(prediction.base, prediction)).encode()
-        msg_id, stamp = f"msg_{secrets.token_hex(12)}", int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(stamp),
-            "webhook-signature": signing.sign(self.webhook_secret, msg_id, stamp, body),
-        }
         if self._sender is None:
             self._sender = httpx.AsyncClient(timeout=30)
-        try:
-            response = await self._sender.post(prediction.webhook, content=body, headers=headers)
-        except httpx.TransportError:
-            self.deliveries.append(0)
-        else:
-            self.deliveries.append(response.status_code)
+        async with self._sending:
+            body = json.dumps(self.body(prediction.base, prediction)).encode()
+            msg_id, stamp = f"msg_{secrets.token_hex(12)}", int(time.time())
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(stamp),
+                "webhook-signature": signing.sign(self.webhook_secret, msg_id, stamp, body),
+            }
+            try:
+                response = await self._sender.post(
+                    prediction.webhook, content=body, headers=headers
+                )
+            except httpx.TransportError:
+                self.deliveries.append(0)
+            else:
+                self.deliveries.append(response.status_code)
 
     async def aclose(self) -> None:
         """Stop the predictions' timers and close the webhook sender."""
