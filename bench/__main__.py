@@ -18,6 +18,7 @@ SUITES = (
     "events",
     "lifecycle",
     "memory",
+    "waiting",
     "storage",
     "realistic",
     "fairness",

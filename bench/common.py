@@ -115,8 +115,9 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-async def wait_for(predicate: object, timeout: float, what: str) -> float:
-    """Poll ``predicate()`` (sync or async) every 5 ms; returns when it first held."""
+async def wait_for(predicate: object, timeout: float, what: str, every: float = 0.005) -> float:
+    """Poll ``predicate()`` (sync or async) every ``every`` seconds; returns when it first
+    held."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()  # type: ignore[operator]
@@ -126,7 +127,7 @@ async def wait_for(predicate: object, timeout: float, what: str) -> float:
             return time.monotonic()
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(every)
 
 
 def summary(values: Sequence[float]) -> str:

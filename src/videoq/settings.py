@@ -211,6 +211,18 @@ class Settings(BaseSettings):
     )
     replicate_poll_s: float = Field(default=1.0, description="First poll interval; it grows.")
     replicate_poll_max_s: float = Field(default=10.0, description="Longest poll interval.")
+    public_url: str | None = Field(
+        default=None,
+        description="The API's public base URL, as Replicate reaches it. With "
+        "replicate_webhook_secret set, predictions report their end to "
+        "<public_url>/v1/webhooks/replicate and the stage waits for that instead of polling.",
+    )
+    replicate_webhook_poll_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="While a prediction's webhook is awaited, it is still read this often: a "
+        "lost or late webhook costs at most this long.",
+    )
     replicate_cancel_after: str = Field(
         default="30m", description="`Cancel-After` on create: Replicate stops runaway predictions."
     )
@@ -335,6 +347,14 @@ class Settings(BaseSettings):
         """The file store's directory (one sub-directory per job id) when ``storage_url`` is
         unset."""
         return self.artifacts_dir or self.home / "artifacts"
+
+    @property
+    def replicate_webhook_url(self) -> str | None:
+        """Where Replicate sends a prediction's completion: set when ``public_url`` and
+        ``replicate_webhook_secret`` both are (the route refuses webhooks without the secret)."""
+        if self.public_url is None or self.replicate_webhook_secret is None:
+            return None
+        return f"{self.public_url.rstrip('/')}/v1/webhooks/replicate"
 
     @property
     def scratch(self) -> Path:

@@ -6,10 +6,17 @@ for ``latency`` seconds from its create. A create with ``Prefer: wait`` is held 
 reaches its outcome at the first GET after both its run time and ``polls`` GETs
 (``processing`` in between). ``GET /v1/predictions`` lists them newest first, a page at a
 time, filtered by ``created_after``. Succeeded outputs are URLs served by the mock itself.
+
+A create naming a ``webhook`` (for ``completed`` events, or all events) instead ends by itself
+once its run time is over, or when :meth:`ReplicateMock.complete` ends it; its webhook is then
+POSTed, signed with ``webhook_secret`` as Replicate signs them (Standard Webhooks), unless
+``send_webhooks`` is off. Call :meth:`ReplicateMock.aclose` when done.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import secrets
 import time
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,6 +33,7 @@ from starlette.routing import Route
 
 from tests.mocks import media, spec
 from tests.mocks.base import MockProvider, Reply
+from videoq import signing
 
 CREATE = "/predictions"
 CREATE_FOR_MODEL = "/models/{model_owner}/{model_name}/predictions"
@@ -62,6 +71,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
 def _parse(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
@@ -80,14 +93,37 @@ class Prediction:
     created_at: str = field(default_factory=_now)
     completed_at: str | None = None
     data_removed: bool = False
+    #: Where its ``completed`` webhook goes, and the API root its body's URLs name.
+    webhook: str | None = None
+    base: str = ""
 
 
 class ReplicateMock(MockProvider):
     def __init__(
-        self, *, key: str = "r8_test", latency: float = 0.0, polls: int = 0, wait: bool = True
+        self,
+        *,
+        key: str = "r8_test",
+        latency: float = 0.0,
+        polls: int = 0,
+        wait: bool = True,
+        webhook_secret: str | None = None,
     ) -> None:
         super().__init__(key=key, latency=latency)
         self.polls = polls
+        self.webhook_secret = webhook_secret
+        #: Off: predictions asking for a webhook still end, but none is sent.
+        self.send_webhooks = True
+        #: On: a create asking for a webhook ends its prediction and sends the webhook before
+        #: it answers (with the prediction as it was created), as a prediction finishing while
+        #: its create's answer is on the way would.
+        self.webhook_before_answer = False
+        #: The status each webhook delivery was answered with.
+        self.deliveries: list[int] = []
+        self._timers: set[asyncio.Task[None]] = set()
+        self._sender: httpx.AsyncClient | None = None
+        # Thousands of deliveries queued in one httpx pool cost it quadratic time (httpcore
+        # walks its whole queue per freed connection): a few at a time, as a sender would.
+        self._sending = asyncio.Semaphore(32)
         self.outcomes: deque[str] = deque()
         #: Faults for GET /v1/predictions/{id} (``faults`` answers creates).
         self.get_faults: deque[Reply] = deque()
@@ -159,8 +195,16 @@ class ReplicateMock(MockProvider):
                 outcome=self.outcomes.popleft() if self.outcomes else "succeeded",
                 polls_left=self.polls,
                 ready_at=arrived + self.latency,
+                webhook=body.get("webhook")
+                if "completed" in body.get("webhook_events_filter", ["completed"])
+                else None,
+                base=str(request.base_url).rstrip("/"),
             )
             self.predictions[prediction.id] = prediction
+            if prediction.webhook is not None:
+                timer = asyncio.create_task(self._end_on_time(prediction))
+                self._timers.add(timer)
+                timer.add_done_callback(self._timers.discard)
             self.paid += 1
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
@@ -168,6 +212,8 @@ class ReplicateMock(MockProvider):
                 self.finish(prediction)  # done within the wait: the model ran meanwhile
             status = 201 if prediction.status in ("succeeded", "failed", "canceled") else 202
             response = self.respond(request, prediction, status)
+            if self.webhook_before_answer:
+                await self.complete(prediction.id)
             if prefer is not None:
                 await self.delay(arrived)  # the request is held while the model runs
             return response
@@ -185,7 +231,7 @@ class ReplicateMock(MockProvider):
             if prediction.status in ("starting", "processing"):
                 running = time.monotonic() < prediction.ready_at
                 prediction.polls_left -= 0 if running else 1
-                if prediction.polls_left <= 0 and not running:
+                if prediction.webhook is None and prediction.polls_left <= 0 and not running:
                     self.finish(prediction)
                 else:
                     prediction.status = "processing"
@@ -214,7 +260,7 @@ class ReplicateMock(MockProvider):
             body = {
                 "next": f"{base}?{query}" if more else None,
                 "previous": None,
-                "results": [self.body(request, p) for p in page],
+                "results": [self.body(_base(request), p) for p in page],
             }
             error = spec.errors(self.list_checker, body)
             if error is not None:
@@ -231,6 +277,49 @@ class ReplicateMock(MockProvider):
                 self.finish(prediction)
             return self.respond(request, prediction, 200)
 
+    async def complete(self, prediction_id: str) -> None:
+        """End a running prediction that asked for a webhook now, and send its webhook."""
+        prediction = self.predictions[prediction_id]
+        if prediction.status in ("starting", "processing"):
+            self.finish(prediction)
+            await self._deliver(prediction)
+
+    async def _end_on_time(self, prediction: Prediction) -> None:
+        await asyncio.sleep(max(0.0, prediction.ready_at - time.monotonic()))
+        await self.complete(prediction.id)
+
+    async def _deliver(self, prediction: Prediction) -> None:
+        if not self.send_webhooks or prediction.webhook is None:
+            return
+        assert self.webhook_secret is not None, "a webhook asked for, but no secret to sign it"
+        if self._sender is None:
+            self._sender = httpx.AsyncClient(timeout=30)
+        async with self._sending:
+            body = json.dumps(self.body(prediction.base, prediction)).encode()
+            msg_id, stamp = f"msg_{secrets.token_hex(12)}", int(time.time())
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(stamp),
+                "webhook-signature": signing.sign(self.webhook_secret, msg_id, stamp, body),
+            }
+            try:
+                response = await self._sender.post(
+                    prediction.webhook, content=body, headers=headers
+                )
+            except httpx.TransportError:
+                self.deliveries.append(0)
+            else:
+                self.deliveries.append(response.status_code)
+
+    async def aclose(self) -> None:
+        """Stop the predictions' timers and close the webhook sender."""
+        for timer in list(self._timers):
+            timer.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
+        if self._sender is not None:
+            await self._sender.aclose()
+
     async def download(self, request: Request) -> Response:
         with self.tracking("download"):
             return Response(media.clip_mp4(), media_type="video/mp4")
@@ -241,8 +330,8 @@ class ReplicateMock(MockProvider):
         prediction.status = prediction.outcome
         prediction.completed_at = _now()
 
-    def body(self, request: Request, prediction: Prediction) -> dict[str, Any]:
-        base = str(request.base_url).rstrip("/")
+    def body(self, base: str, prediction: Prediction) -> dict[str, Any]:
+        """The prediction as the API rooted at ``base`` shows it."""
         done = prediction.status == "succeeded" and not prediction.data_removed
         errors = {"failed": "CUDA out of memory", "aborted": "deadline exceeded before start"}
         body: dict[str, Any] = {
@@ -270,7 +359,7 @@ class ReplicateMock(MockProvider):
         return body
 
     def respond(self, request: Request, prediction: Prediction, status: int) -> Response:
-        body = self.body(request, prediction)
+        body = self.body(_base(request), prediction)
         error = spec.errors(self.response_checker, body)
         if error is not None:
             self.reject(f"mock response breaks the spec: {error}")

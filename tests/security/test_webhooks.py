@@ -544,7 +544,7 @@ async def test_a_verified_replicate_webhook_is_recorded_announced_and_never_repl
     body = json.dumps({"id": prediction_id, "status": "succeeded", "output": ["x"]}).encode()
     headers = replicate_headers(body)
     async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.replicate_channel(prediction_id))
+        await pubsub.subscribe(keys.REPLICATE_CHANNEL)
         await pubsub.get_message(timeout=1)  # the subscribe confirmation
         response = await secure_client.post("/v1/webhooks/replicate", content=body, headers=headers)
         assert response.status_code == 200, response.text

@@ -5,7 +5,7 @@ secret for the outbound ones (:mod:`videoq.outbox`).
 ``X-Hub-Signature-256`` verifies; the same signed body never makes two jobs.
 ``POST /v1/webhooks/replicate`` verifies Replicate's signature and timestamp (Standard
 Webhooks, :mod:`videoq.signing`), refuses replays (webhook ids are remembered in Redis and
-PostgreSQL) and records the receipt.
+PostgreSQL), records the receipt and announces the prediction to the workers.
 """
 
 from __future__ import annotations
@@ -115,8 +115,7 @@ async def github(request: Request) -> Response:
 
 async def replicate(request: Request) -> Response:
     """``POST /v1/webhooks/replicate``: a prediction changed state. Verified, deduplicated,
-    recorded, then announced on its prediction's channel (nothing waits on it yet: the
-    ``video_gen`` stage polls)."""
+    recorded, then announced to the workers (the one waiting on the prediction reads it)."""
     st = state_of(request)
     secret = st.settings.replicate_webhook_secret
     if secret is None:
@@ -147,7 +146,7 @@ async def replicate(request: Request) -> Response:
         raise Conflict(f"webhook {webhook_id} was already received")
     try:
         await inbound.announce_prediction(st.redis, prediction_id)
-    except BROKER_ERRORS as exc:  # a missed announcement loses nothing: the stage polls
+    except BROKER_ERRORS as exc:  # a missed announcement costs a wait: the stage still polls
         log.warning("replicate_webhook_publish_failed", prediction_id=prediction_id, error=str(exc))
     log.info("replicate_webhook_received", prediction_id=prediction_id, status=data.get("status"))
     return JSONResponse({"received": True, "prediction_id": prediction_id})

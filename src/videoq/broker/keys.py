@@ -10,6 +10,7 @@ __all__ = [
     "CANCEL_CHANNEL",
     "LIMIT_PREFIX",
     "RATE_LIMIT_PREFIX",
+    "REPLICATE_CHANNEL",
     "TASK",
     "TENANT_MAX_RUNNING",
     "TENANT_WEIGHTS",
@@ -27,7 +28,6 @@ __all__ = [
     "job_try",
     "lease_set",
     "reconcile_lock",
-    "replicate_channel",
     "retry_key_prefix",
     "seq",
     "stream",
@@ -151,6 +151,6 @@ def webhook_seen(source: str, webhook_id: str) -> str:
     return f"videoq:webhook-seen:{source}:{webhook_id}"
 
 
-def replicate_channel(prediction_id: str) -> str:
-    """Published on when a verified Replicate webhook reports on ``prediction_id``."""
-    return f"videoq:replicate:{prediction_id}"
+#: Published on with a prediction id when a verified Replicate webhook reports on it: every
+#: worker subscribes once and wakes its own waiter for that id, if any.
+REPLICATE_CHANNEL = "videoq:replicate"

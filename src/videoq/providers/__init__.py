@@ -12,6 +12,7 @@ opened once per process (a :class:`ProviderPool`) and shared by every job;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # the clients' modules are loaded only where a key is set
 __all__ = [
     "LIVE",
     "PaidWork",
+    "PredictionWatch",
     "ProviderPool",
     "Providers",
     "ResumableVideoProvider",
@@ -131,6 +133,17 @@ class ResumableVoiceProvider(Protocol):
         ...
 
 
+class PredictionWatch(Protocol):
+    """Word, in this process, that a Replicate prediction may have ended (a verified webhook
+    reported on it). The worker injects one fed by Redis
+    (:class:`videoq.broker.inbound.PredictionWatcher`); without one, predictions are polled."""
+
+    def expect(self, prediction_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set whenever ``prediction_id`` is announced while the block runs (never
+        for an announcement before it began)."""
+        ...
+
+
 def concurrency(settings: Settings, provider: str) -> int:
     """How many calls to a live provider may be in flight at once, across all workers."""
     limit: int = getattr(settings, f"{provider}_concurrency")
@@ -178,8 +191,10 @@ class ProviderPool:
     and shared by every job; :meth:`for_settings` gives a job its providers. ``limiters``
     holds each live provider's concurrency limit by name: the worker injects ones shared by
     every worker through Redis (:func:`videoq.broker.limits.shared`); a name missing gets a
-    :class:`~videoq.providers.limits.LocalLimiter`, for this process only. ``sleep`` and
-    ``rng`` feed the retry policy (tests inject them).
+    :class:`~videoq.providers.limits.LocalLimiter`, for this process only. ``watch`` wakes a
+    stage waiting on a Replicate prediction when its webhook comes (the worker injects one
+    fed by Redis; without it, predictions are polled). ``sleep`` and ``rng`` feed the retry
+    policy (tests inject them).
     """
 
     def __init__(
@@ -188,10 +203,12 @@ class ProviderPool:
         *,
         limiters: Mapping[str, Limiter] | None = None,
         transports: Transports | None = None,
+        watch: PredictionWatch | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
+        self.watch = watch
         self._sleep = sleep
         self._rng = rng or random.Random()
         transports = transports or Transports()
@@ -253,8 +270,9 @@ class ProviderPool:
             from videoq.providers.replicate import ReplicateVideoProvider
 
             video = ReplicateVideoProvider(
-                self.replicate, settings, limiter=self.limiters["replicate"], policy=policy
-            )
+                self.replicate, settings, limiter=self.limiters["replicate"], policy=policy,
+                watch=self.watch,
+            )  # fmt: skip
         return Providers(script=script, voice=voice, video=video)
 
     async def aclose(self) -> None:

@@ -9,7 +9,10 @@ Money is the point of this module. Each scene's purchase is noted in PostgreSQL 
 the stage's :class:`~videoq.providers.PaidWork`: that it is about to be bought (``since``,
 before the create request leaves) and the prediction's id (the moment the create answer names
 it). Creates do not hold the request open (no ``Prefer: wait``): the answer, and the id in it,
-comes back at once, and the clip is polled for. So a later attempt, on any worker:
+comes back at once. The clip is then polled for, or, when the settings name a webhook URL and
+the process has a :class:`~videoq.providers.PredictionWatch`, awaited on the prediction's
+webhook, read again each ``replicate_webhook_poll_s`` meanwhile. So a later attempt, on any
+worker:
 
 - with a noted id, re-attaches to that prediction while it runs or has its output;
 - with a purchase noted as under way but no id (the worker died, or the connection broke,
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import math
@@ -43,7 +47,7 @@ import structlog
 
 from videoq.errors import PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output
-from videoq.providers import PaidWork
+from videoq.providers import PaidWork, PredictionWatch
 from videoq.providers.http import (
     MAYBE_DONE,
     RetryPolicy,
@@ -147,11 +151,16 @@ class ReplicateVideoProvider:
         *,
         limiter: Limiter,
         policy: RetryPolicy,
+        watch: PredictionWatch | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
         self._limiter = limiter
         self._policy = policy
+        self._watch = watch
+        hook = settings.replicate_webhook_url
+        #: Sent with each create, beside the body (not part of the work's fingerprint).
+        self._webhook = {"webhook": hook, "webhook_events_filter": ["completed"]} if hook else {}
         token = settings.replicate_api_token
         self._auth = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
 
@@ -270,7 +279,9 @@ class ReplicateVideoProvider:
                 if found is not None:
                     return found
             try:
-                return await self._call("POST", url, json=body, headers=headers)
+                return await self._call(
+                    "POST", url, json={**body, **self._webhook}, headers=headers
+                )
             except ProviderError as exc:
                 failed.append(exc)
                 raise
@@ -356,18 +367,42 @@ class ReplicateVideoProvider:
         return data
 
     async def _wait(self, prediction: dict[str, Any]) -> dict[str, Any]:
-        """Poll until the prediction ends, each interval longer than the last (capped)."""
-        delay = self._settings.replicate_poll_s
-        while prediction.get("status") not in PREDICTION_ENDED:
-            await self._policy.sleep(delay)
-            delay = min(self._settings.replicate_poll_max_s, delay * 1.5)
-            prediction = await self._get(str(prediction["id"]))
+        """The prediction once it ended, with its output."""
+        if prediction.get("status") not in PREDICTION_ENDED:
+            if self._watch is not None and self._webhook:
+                prediction = await self._await_webhook(self._watch, str(prediction["id"]))
+            else:
+                prediction = await self._poll(prediction)
         if prediction["status"] != "succeeded":
             raise outcome_error(prediction)
         if prediction.get("data_removed"):
             raise RetryableError(
                 f"prediction {prediction['id']} output was already deleted", code="output_expired"
             )
+        return prediction
+
+    async def _poll(self, prediction: dict[str, Any]) -> dict[str, Any]:
+        """Read the prediction until it ends, each interval longer than the last (capped)."""
+        delay = self._settings.replicate_poll_s
+        while prediction.get("status") not in PREDICTION_ENDED:
+            await self._policy.sleep(delay)
+            delay = min(self._settings.replicate_poll_max_s, delay * 1.5)
+            prediction = await self._get(str(prediction["id"]))
+        return prediction
+
+    async def _await_webhook(self, watch: PredictionWatch, prediction_id: str) -> dict[str, Any]:
+        """Read the prediction each time its webhook is announced, and at the latest every
+        ``replicate_webhook_poll_s``, until it ends."""
+        with watch.expect(prediction_id) as announced:
+            # Read once after the waiter is in place: a webhook that came before (between the
+            # create's answer and now) is not missed, one that comes later wakes it.
+            prediction = await self._get(prediction_id)
+            while prediction.get("status") not in PREDICTION_ENDED:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.replicate_webhook_poll_s):
+                        await announced.wait()
+                announced.clear()  # before the read: an announcement during it wakes the next
+                prediction = await self._get(prediction_id)
         return prediction
 
     async def _download(self, url: str, path: Path) -> None:

@@ -21,7 +21,7 @@ import structlog
 from arq import func
 
 from videoq import store
-from videoq.broker import BROKER_ERRORS, keys, limits, queue, registry
+from videoq.broker import BROKER_ERRORS, inbound, keys, limits, queue, registry
 from videoq.embedded import resolve
 from videoq.logs import configure_logging
 from videoq.providers import ProviderPool
@@ -48,10 +48,17 @@ async def startup(ctx: dict[str, Any]) -> None:
     state = WorkerState(settings, engine, store.sessionmaker(engine), ctx["redis"], worker_id)
     await state.artifacts.check()  # a store it cannot use fails the start, not the first job
     state.wake = ctx.get("wake")
-    state.providers = ProviderPool(settings, limiters=limits.shared(settings, ctx["redis"]))
+    watch = None
+    if settings.replicate_webhook_url is not None:
+        watch = inbound.PredictionWatcher(ctx["redis"], retry_s=settings.heartbeat_s)
+    state.providers = ProviderPool(
+        settings, limiters=limits.shared(settings, ctx["redis"]), watch=watch
+    )
     # Before the first job is claimed: a worker running jobs without its lock looks dead.
     await state.lock.take()
     state.background = supervisor.start(state)
+    if watch is not None:
+        state.background.append(asyncio.create_task(watch.run(), name="videoq-predictions"))
     ctx["videoq"] = state
     _settle_heap()
     log.info("worker_started", worker_id=worker_id, queue=settings.queue_name)
