@@ -75,6 +75,14 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def not_an_object() -> JSONResponse:
+    """422 for a JSON body that is not an object."""
+    return error_response(
+        422, "validation_error", "the body must be a JSON object",
+        [{"field": "body", "message": "must be a JSON object", "type": "object_type"}],
+    )  # fmt: skip
+
+
 def invalid(exc: ValidationError, message: str | None = None) -> JSONResponse:
     """422 naming every invalid field of a request body."""
     errors = field_errors(exc)

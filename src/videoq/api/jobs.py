@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from videoq import lifecycle
 from videoq.api.deps import base_url, principal, read_json, state_of
-from videoq.api.errors import error_response, invalid
+from videoq.api.errors import error_response, invalid, not_an_object
 from videoq.api.video import video_response
 from videoq.schemas import JobCreate, job_context
 from videoq.store import jobs
@@ -26,10 +26,7 @@ async def create_job(request: Request) -> Response:
     st = state_of(request)
     payload = await read_json(request)
     if not isinstance(payload, dict):
-        return error_response(
-            422, "validation_error", "the body must be a JSON object",
-            [{"field": "body", "message": "must be a JSON object", "type": "object_type"}],
-        )  # fmt: skip
+        return not_an_object()
     try:
         body = JobCreate.model_validate(payload, context=job_context(st.settings))
     except ValidationError as exc:

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from videoq.api.deps import admin, principal, read_json, state_of
-from videoq.api.errors import error_response, invalid
+from videoq.api.errors import error_response, invalid, not_an_object
 from videoq.broker import BROKER_ERRORS, shares
 from videoq.errors import Forbidden
 from videoq.schemas import TenantUpdate
@@ -59,10 +59,7 @@ async def put_tenant(request: Request) -> Response:
         return _bad_name()
     payload = await read_json(request)
     if not isinstance(payload, dict):
-        return error_response(
-            422, "validation_error", "the body must be a JSON object",
-            [{"field": "body", "message": "must be a JSON object", "type": "object_type"}],
-        )  # fmt: skip
+        return not_an_object()
     try:
         body = TenantUpdate.model_validate(payload)
     except ValidationError as exc:
