@@ -135,9 +135,8 @@ of {SLOTS} slots, jobs of four 200 ms stages (0.8 s a slot).
 | weights 3 : 1, both backlogged ({backlog} jobs each): the heavy tenant's share of {in_c + in_d} starts (goal 0.75 ± 0.05) | {share:.3f} | |
 
 A newcomer's job is taken at the next free slot (the first look after it arrived), ahead of
-the backlog. These jobs are all alike, so the 8 slots turn over together, every 0.8 s; each B
-job is submitted just after the previous one started, at the start of a turnover, and waits
-about one turnover: the worst case. The shares are those of the
+the backlog: within one slot turnover (a job holds its slot 0.8 s; with 8 slots, one frees
+every 0.1 s on average, and up to all 8 at once when the jobs started together). The shares are those of the
 jobs started while both tenants had jobs waiting (after the first tenth of each tenant's
 starts, while submission was still going on)."""
     print(body)
