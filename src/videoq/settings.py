@@ -221,7 +221,8 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="While a prediction's webhook is awaited, it is still read this often: a "
-        "lost or late webhook costs at most this long.",
+        "lost or late webhook costs at most this long. Across the fleet that is up to "
+        "replicate_concurrency ÷ this reads a second (Replicate allows 50).",
     )
     replicate_cancel_after: str = Field(
         default="30m", description="`Cancel-After` on create: Replicate stops runaway predictions."
