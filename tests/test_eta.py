@@ -5,12 +5,15 @@ when the job succeeds (``/metrics``)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.conftest import LiveApi, auth, new_key, running_worker
 from videoq import eta
+from videoq.broker import estimates
 from videoq.client import Client
 from videoq.settings import Settings
 
@@ -50,8 +53,21 @@ async def metric(client: Any, key: str, name: str) -> float:
     return 0.0
 
 
+async def until(check: Callable[[], Awaitable[object]], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it returns something true (the worker's next heartbeat)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.05)
+
+
+async def stages_measured(redis: Redis, settings: Settings) -> bool:
+    durations = await estimates.durations(redis, settings.queue_name)
+    return eta.stage_times(settings, durations) is not None
+
+
 async def test_eta_is_given_updated_and_its_error_measured(
-    live_api: LiveApi, settings: Settings, sessions: Any
+    live_api: LiveApi, settings: Settings, sessions: Any, redis: Redis
 ) -> None:
     quick = settings.model_copy(update={"heartbeat_s": 0.1, "worker_stale_s": 5.0})
     admin = await new_key(sessions, admin=True)
@@ -62,7 +78,7 @@ async def test_eta_is_given_updated_and_its_error_measured(
         first = await client.submit(product_name="First Measure", duration_s=5)
         assert first.eta_s is None  # nothing measured yet
         assert (await client.wait(first.id, timeout=60)).status == "succeeded"
-        await asyncio.sleep(0.5)  # a heartbeat sends the stages' durations
+        await until(lambda: stages_measured(redis, quick))  # sent with a heartbeat
         second = await client.submit(product_name="Second Measure", duration_s=5)
         assert second.eta_s is not None and second.eta_s > 0
         seen = [ev async for ev in client.events(second.id, after=0) if ev.type == "stage"]
@@ -72,7 +88,8 @@ async def test_eta_is_given_updated_and_its_error_measured(
         assert etas == sorted(etas, reverse=True)  # counts down as stages pass
         final = await client.wait(second.id, timeout=60)
         assert final.status == "succeeded" and final.eta_s is None
-        await asyncio.sleep(0.5)  # a heartbeat sends the error
         http = client._http  # the SDK's own httpx client, already pointed at the API
-        assert await metric(http, admin, "videoq_eta_error_ratio_count") == 1.0
+        count = "videoq_eta_error_ratio_count"
+        await until(lambda: metric(http, admin, count))  # sent with a heartbeat
+        assert await metric(http, admin, count) == 1.0
         assert await metric(http, admin, "videoq_eta_error_ratio_sum") >= 0.0

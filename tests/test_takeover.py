@@ -7,9 +7,11 @@ spec-checked provider mocks count every output they would bill."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -126,26 +128,40 @@ def paid_once(providers: Providers) -> None:
         assert mock.invalid == [], f"{type(mock).__name__} saw requests off the spec"
 
 
+@contextlib.asynccontextmanager
+async def mid_job(
+    client: Client, settings: Settings, providers: Providers, redis: Redis, sessions: Any,
+    tmp_path: Any, name: str,
+) -> AsyncIterator[tuple[dict[str, WorkerProcess], Any, str]]:  # fmt: skip
+    """Two workers, and a job one of them runs with every scene's prediction noted (the
+    providers hold the renders): the workers by id, the job, its worker's id. Both workers
+    are stopped at the end."""
+    workers = pair(settings, providers, tmp_path)
+    try:
+        by_id = {await w.registered(redis): w for w in workers}
+        job = await client.submit(product_name=name, duration_s=DURATION_S)
+        await until_every_scene_noted(sessions, job.id, SCENES, workers[0])
+        owner = (await client.get(job.id)).worker_id
+        assert owner is not None
+        yield by_id, job, owner
+    finally:
+        for w in workers:
+            w.stop()
+
+
 @pytest.mark.timeout(180)
 async def test_kill_9_hands_the_job_to_the_other_worker_without_the_heartbeat_timeout(
     live_api: Any, client: Client, settings: Settings, providers: Providers, redis: Redis,
     sessions: Any, tmp_path: Any,
 ) -> None:  # fmt: skip
-    workers = pair(settings, providers, tmp_path)
-    try:
-        by_id = {await w.registered(redis): w for w in workers}
-        job = await client.submit(product_name="Takeover", duration_s=DURATION_S)
-        await until_every_scene_noted(sessions, job.id, SCENES, workers[0])
-        owner = (await client.get(job.id)).worker_id
-        assert owner is not None
+    async with mid_job(client, settings, providers, redis, sessions, tmp_path, "Takeover") as (
+        by_id, job, owner,
+    ):  # fmt: skip
         [(other_id, survivor)] = [(i, w) for i, w in by_id.items() if i != owner]
         by_id[owner].signal(signal.SIGKILL)
         await by_id[owner].exited()
         providers.release()
         final = await client.wait(job.id, timeout=60)
-    finally:
-        for w in workers:
-            w.stop()
     assert final.status == "succeeded", survivor.output()
     assert (final.attempts, final.worker_id) == (2, other_id)
     assert final.model_extra is not None
@@ -163,13 +179,9 @@ async def test_a_live_worker_whose_lock_connection_is_severed_keeps_its_job(
     live_api: Any, client: Client, settings: Settings, providers: Providers, redis: Redis,
     sessions: Any, tmp_path: Any,
 ) -> None:  # fmt: skip
-    workers = pair(settings, providers, tmp_path)
-    try:
-        by_id = {await w.registered(redis): w for w in workers}
-        job = await client.submit(product_name="Severed", duration_s=DURATION_S)
-        await until_every_scene_noted(sessions, job.id, SCENES, workers[0])
-        owner = (await client.get(job.id)).worker_id
-        assert owner is not None
+    async with mid_job(client, settings, providers, redis, sessions, tmp_path, "Severed") as (
+        by_id, job, owner,
+    ):  # fmt: skip
         severed = await lock_holder(sessions, owner)
         async with sessions() as session:
             await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": severed})
@@ -182,13 +194,10 @@ async def test_a_live_worker_whose_lock_connection_is_severed_keeps_its_job(
         assert (current.status, current.attempts, current.worker_id) == ("running", 1, owner)
         providers.release()
         final = await client.wait(job.id, timeout=60)
-    finally:
-        for w in workers:
-            w.stop()
     assert final.status == "succeeded", by_id[owner].output()
     assert (final.attempts, final.worker_id) == (1, owner)
     assert "worker_lock_taken_again" in by_id[owner].output()
-    assert not any("job_released_worker_dead" in w.output() for w in workers)
+    assert not any("job_released_worker_dead" in w.output() for w in by_id.values())
     events = [e async for e in client.events(job.id, after=0)]
     assert [e.status for e in events if e.type == "status"].count("succeeded") == 1
     paid_once(providers)
