@@ -1,14 +1,14 @@
 """Waiting on Replicate: one worker holding 1,000 jobs that each wait on 4 predictions, on
 webhooks, against the baseline measured in the same run, polling at today's defaults.
 
-    python -m bench.waiting [--jobs 1000] [--window 30] [--quick]
+    python -m bench.waiting [--jobs 1000] [--window 60] [--quick]
 
 Each mode gets fresh embedded PostgreSQL and Redis and the API (bench.common.stack), and the
 spec-checked Replicate mock of tests/mocks in a process of its own on loopback, whose
 predictions run for an hour: every one sits waiting. One real `videoq worker` process
 (max_jobs = jobs, replicate_concurrency = 4 × jobs) runs `bench.pipelines:predictions`, the
 real video_gen stage alone (notes in PostgreSQL, Redis-leased slots, live Replicate client).
-Webhooks: VIDEOQ_PUBLIC_URL and the webhook secret set, the slow poll at its default. Polling:
+Webhooks: VIDEOQ_PUBLIC_URL and the webhook secret set, the sweep at its default period. Polling:
 neither set, replicate_poll_s → replicate_poll_max_s at their defaults.
 
 The jobs are submitted to the running worker 20 a second. Once the mock has every create (or
@@ -108,6 +108,7 @@ class Figures:
     peak_rss_mb: float
     cpu_percent: float
     reads_per_s: float
+    pages_per_s: float
     drain_s: float
     ended: int
     failed: int
@@ -207,11 +208,16 @@ async def _measure(
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+    def rate(kind: str) -> float:
+        return (during["calls"].get(kind, 0) - before["calls"].get(kind, 0)) / elapsed
+
     return Figures(
         bought=bought,
         peak_rss_mb=peak,
         cpu_percent=100 * cpu / elapsed,
-        reads_per_s=(during["calls"].get("get", 0) - before["calls"].get("get", 0)) / elapsed,
+        reads_per_s=sum(rate(kind) for kind in ("get", "list")),
+        pages_per_s=rate("list"),
         drain_s=drain,
         ended=sum(outcomes.values()),
         failed=outcomes.get("failed", 0),
@@ -251,7 +257,8 @@ def table(jobs: int, window: float, hooked: Figures, polled: Figures) -> str:
         ("predictions bought when measured", f"{hooked.bought}", f"{polled.bought}"),
         ("peak RSS, MB", f"{hooked.peak_rss_mb:.0f}", f"{polled.peak_rss_mb:.0f}"),
         ("CPU, % of one core", f"{hooked.cpu_percent:.1f}", f"{polled.cpu_percent:.1f}"),
-        ("Replicate reads per second", f"{hooked.reads_per_s:.0f}", f"{polled.reads_per_s:.0f}"),
+        ("Replicate reads per second", f"{hooked.reads_per_s:.1f}", f"{polled.reads_per_s:.1f}"),
+        ("of them, list pages", f"{hooked.pages_per_s:.1f}", f"{polled.pages_per_s:.1f}"),
         ("all predictions end → every job ended, s", drained(hooked), drained(polled)),
         ("jobs failed", str(hooked.failed), str(polled.failed)),
         ("webhooks delivered and accepted", str(hooked.webhooks), str(polled.webhooks)),
@@ -271,8 +278,9 @@ holding {jobs} jobs, each waiting on {SCENES} predictions ({SCENES * jobs} in al
 submitted) and the polls settled (the figures are the worker's own; the mock and the API run in
 other processes on the same machine). Polling is
 the baseline at today's defaults (1 s growing to 10 s); webhooks read each prediction once
-after its waiter is in place, then every {slow_poll:.0f} s (`replicate_webhook_poll_s`) until
-the webhook comes. The jobs were submitted {SUBMIT_PER_S} a second to the running worker.
+after its waiter is in place and once more when it ended, while the worker's sweep lists the
+account's predictions every {slow_poll:.0f} s (`replicate_webhook_poll_s`) for webhooks that
+never came. The jobs were submitted {SUBMIT_PER_S} a second to the running worker.
 "Every job ended" is from the mock ending all predictions at once (and sending their
 webhooks) until PostgreSQL shows every job succeeded or failed (each downloads and keeps its
 {SCENES} clips meanwhile).
@@ -296,7 +304,9 @@ async def main(jobs: int, window: float, settle: float, quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--window", type=float, default=30.0, help="seconds measured")
+    parser.add_argument(
+        "--window", type=float, default=60.0, help="seconds measured (two sweep periods)"
+    )
     parser.add_argument("--quick", action="store_true", help="10 jobs, a 2 s window")
     parser.add_argument("--serve-mock", action="store_true", help=argparse.SUPPRESS)
     a = parser.parse_args()

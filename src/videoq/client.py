@@ -124,6 +124,20 @@ class JobResult(BaseModel):
     size_bytes: int | None = None
 
 
+class JobCost(BaseModel):
+    """A job's cost in US dollars (``Job.cost``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    currency: str = "USD"
+    estimated_usd: float | None = None
+    #: Settled calls at their cost (on the job's own page; None in lists).
+    actual_usd: float | None = None
+    #: Calls in flight, at their reservation.
+    reserved_usd: float | None = None
+    calls: list[dict[str, Any]] = []
+
+
 class Job(BaseModel):
     """A job as the API reports it."""
 
@@ -146,6 +160,8 @@ class Job(BaseModel):
     #: While not finished: seconds until it should (None until the service has measured its
     #: stages).
     eta_s: float | None = None
+    #: What it was estimated to cost at submit, and (on its own page) what its calls cost.
+    cost: JobCost | None = None
 
     @property
     def done(self) -> bool:

@@ -9,6 +9,7 @@ one place (:mod:`videoq.workers.task`).
     │   └── PermanentError          validation, other 4xx, unsupported input, too large
     │       └── FFmpegError         FFmpeg exited non-zero (carries return code, stderr tail)
     ├── AttemptSuperseded           this attempt no longer owns its job (cancelled, taken over)
+    ├── OverBudget                  the tenant's budget cannot cover a paid call (or a new job)
     ├── NotFound                    no such job / key (for this tenant)
     ├── Conflict                    the job's state forbids the operation
     ├── Unauthorized                missing or unknown API key
@@ -80,6 +81,14 @@ class AttemptSuperseded(VideoqError):
     took it over. The attempt stops without recording anything."""
 
     code = "attempt_superseded"
+
+
+class OverBudget(VideoqError):
+    """The tenant's daily or monthly budget cannot cover a paid call: the worker sets the job
+    to ``awaiting_budget`` (nothing bought, its checkpoints kept), and the API answers 402 to
+    a create when the tenant asked for that (``reject_when_over_budget``)."""
+
+    code = "over_budget"
 
 
 class NotFound(VideoqError):

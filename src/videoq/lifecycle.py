@@ -19,13 +19,14 @@ import structlog
 from videoq import eta, outbox
 from videoq.broker import BROKER_ERRORS, estimates, events, limits, queue, registry, shares
 from videoq.broker import keys as redis_keys
-from videoq.errors import RateLimited
+from videoq.errors import OverBudget, RateLimited
+from videoq.providers import prices
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
-from videoq.store import Job
+from videoq.store import Job, spend, tenants
 from videoq.store import jobs as job_rows
 from videoq.store.events import EventArchive
-from videoq.types import STAGE_RANGES, TERMINAL, JobStatus, make_event
+from videoq.types import STAGE_RANGES, TERMINAL, Brief, JobStatus, make_event
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -51,11 +52,19 @@ class Services(Protocol):
 
 
 async def admit(svc: Services, session: AsyncSession, tenant: str) -> None:
-    """Let the tenant create one job now, or raise :class:`RateLimited`: a cap on its waiting
+    """Let the tenant create one job now, or raise :class:`OverBudget` (a spent budget, when the
+    tenant asked for creates to be refused then) or :class:`RateLimited`: a cap on its waiting
     jobs (PostgreSQL, the record of truth) and a token bucket shared by every API process
     (Redis). If Redis is unreachable the bucket lets requests through: job creation keeps
     working through a Redis outage, and the cap still bounds what a tenant can queue."""
     settings = svc.settings
+    spent = await spend.over_budget(session, tenant)
+    if spent is not None:
+        log.info("job_refused_over_budget", tenant=tenant, budget=spent)
+        raise OverBudget(
+            f"the tenant's {spent} budget is spent, and it asked for new jobs to be refused "
+            "meanwhile (reject_when_over_budget)"
+        )
     if settings.max_queued_jobs:
         count = await job_rows.waiting_count(session, tenant)
         if count >= settings.max_queued_jobs:
@@ -96,9 +105,11 @@ async def submit(
         eta_s = await estimate(svc, session, settings)
         if eta_s is not None and (run_at := body.scheduled_for(datetime.now(UTC))) is not None:
             eta_s += (run_at - datetime.now(UTC)).total_seconds()
+        cost = prices.estimate(Brief(**body.brief()), settings).total
         job, created = await job_rows.create_job(
             session, tenant, body, default_max_retries=svc.settings.max_retries,
             idempotency_key=idempotency_key, queue=svc.settings.queue_name, eta_s=eta_s,
+            cost_estimate_usd=cost,
         )  # fmt: skip
     if created:
         await queue.announce_created(svc.redis, svc.settings, job)
@@ -173,6 +184,17 @@ async def retry(svc: Services, job_id: str, tenant: str) -> Job:
     except BROKER_ERRORS as exc:
         log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
     return job
+
+
+async def budget_changed(svc: Services, tenant: str) -> None:
+    """The tenant's budget was raised or lifted: its jobs awaiting the budget look again now,
+    not at their next recheck (best effort: they recheck by themselves)."""
+    async with svc.sessions() as session:
+        waiting = await tenants.awaiting_budget(session, tenant)
+    try:
+        await queue.run_now(svc.redis, svc.settings, [str(job.id) for job in waiting])
+    except BROKER_ERRORS as exc:
+        log.warning("budget_resume_deferred", tenant=tenant, error=str(exc))
 
 
 async def announce(svc: Services, job: Job, message: str) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import unicodedata
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
@@ -36,6 +37,8 @@ def _has_control_chars(value: str) -> bool:
 
 #: How far ahead a job may be scheduled, by ``run_at`` or ``delay_s``.
 MAX_SCHEDULE_S = 30 * 24 * 3600
+#: The largest budget a tenant may be given, in US dollars (a day or a month).
+MAX_BUDGET_USD = 10_000_000
 
 
 def job_context(settings: Settings) -> dict[str, Any]:
@@ -48,6 +51,9 @@ def job_context(settings: Settings) -> dict[str, Any]:
             "stage_timeout_s": settings.stage_timeout_s,
             "max_retries": settings.max_retries,
         },
+        "priced": {key for key in settings.prices},
+        "anthropic_live": settings.providers != "offline"
+        and settings.anthropic_api_key is not None,
     }
 
 
@@ -75,9 +81,14 @@ class JobOptions(BaseModel):
 
     @field_validator("anthropic_model")
     @classmethod
-    def _printable(cls, value: str | None) -> str | None:
+    def _printable(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and _has_control_chars(value):
             raise ValueError("must not contain control characters")
+        context = info.context or {}
+        priced = context.get("priced")
+        unpriced = priced is not None and f"anthropic:{value}" not in priced
+        if value is not None and context.get("anthropic_live") and unpriced:
+            raise ValueError("this server has no price for that model (settings: prices)")
         return value
 
 
@@ -170,14 +181,31 @@ class JobCreate(BaseModel):
 
 
 class TenantUpdate(BaseModel):
-    """``PUT /v1/tenants/{tenant}``: the tenant's fair share. A field left out keeps its value
-    (weight 1 and no limit for a tenant never configured)."""
+    """``PUT /v1/tenants/{tenant}``: the tenant's fair share and spend budgets. A field left
+    out keeps its value (weight 1, no limit and no budget for a tenant never configured)."""
 
     model_config = ConfigDict(extra="forbid")
 
     weight: float | None = Field(default=None, gt=0, le=1000, strict=True)
     #: None (sent as null) lifts the limit; 0 holds the tenant's jobs until it is raised.
     max_running: int | None = Field(default=None, ge=0, le=100_000, strict=True)
+    #: US dollars a UTC day / month; None (null) lifts the budget, 0 stops paid calls.
+    daily_budget_usd: Decimal | None = Field(
+        default=None, ge=0, le=MAX_BUDGET_USD, max_digits=14, decimal_places=6
+    )
+    monthly_budget_usd: Decimal | None = Field(
+        default=None, ge=0, le=MAX_BUDGET_USD, max_digits=14, decimal_places=6
+    )
+    #: Creates are answered 402 while a budget is spent (else jobs wait in awaiting_budget).
+    reject_when_over_budget: bool | None = Field(default=None, strict=True)
+
+    @field_validator("daily_budget_usd", "monthly_budget_usd", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        # JSON numbers only: "12" or true are refused, not read as 12 or 1.
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return value
+        raise ValueError("must be a number of US dollars, or null")
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, Any]]:

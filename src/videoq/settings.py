@@ -7,10 +7,19 @@ Precedence, highest first: a job's ``options`` (see :meth:`Settings.for_job`) > 
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +31,38 @@ from pydantic_settings import (
 JOB_OVERRIDABLE = frozenset(
     {"providers", "job_timeout_s", "stage_timeout_s", "max_retries", "anthropic_model"}
 )
+
+
+class Price(BaseModel):
+    """What one model of a provider charges, in US dollars per unit; a call costs the sum over
+    the units it used (docs/providers.md, "Prices")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_token: Decimal = Field(default=Decimal(0), ge=0, le=1)
+    output_token: Decimal = Field(default=Decimal(0), ge=0, le=1)
+    character: Decimal = Field(default=Decimal(0), ge=0, le=1)
+    #: Per second of video asked for (models priced by output length).
+    video_second: Decimal = Field(default=Decimal(0), ge=0, le=100)
+    #: Per second of prediction time (models priced by the hardware's time).
+    predict_second: Decimal = Field(default=Decimal(0), ge=0, le=100)
+    #: Per prediction, whatever its length (models priced per video).
+    prediction: Decimal = Field(default=Decimal(0), ge=0, le=1000)
+
+
+#: List prices of the default models, as published on 2026-12-02 (docs/providers.md).
+DEFAULT_PRICES: dict[str, Price] = {
+    "anthropic:claude-sonnet-5-5": Price(
+        input_token=Decimal("0.000003"), output_token=Decimal("0.000015")
+    ),
+    "elevenlabs:eleven_multilingual_v2": Price(character=Decimal("0.0001")),
+    "replicate:minimax/video-01": Price(prediction=Decimal("0.5")),
+}
+
+
+def price_key(provider: str, model: str) -> str:
+    """How :attr:`Settings.prices` names a provider's model."""
+    return f"{provider}:{model}"
 
 
 class Settings(BaseSettings):
@@ -220,9 +261,10 @@ class Settings(BaseSettings):
     replicate_webhook_poll_s: float = Field(
         default=30.0,
         gt=0,
-        description="While a prediction's webhook is awaited, it is still read this often: a "
-        "lost or late webhook costs at most this long. Across the fleet that is up to "
-        "replicate_concurrency ÷ this reads a second (Replicate allows 50).",
+        description="While predictions' webhooks are awaited, each worker lists the account's "
+        "predictions this often (100 a page, back to its oldest wait) and wakes the waits of "
+        "those that ended: a lost webhook costs at most this long. A worker waiting on N "
+        "predictions reads about N ÷ 100 pages a period (Replicate allows 50 reads a second).",
     )
     replicate_cancel_after: str = Field(
         default="30m", description="`Cancel-After` on create: Replicate stops runaway predictions."
@@ -230,6 +272,20 @@ class Settings(BaseSettings):
     replicate_timeout_s: float = Field(default=30.0, description="HTTP timeout per request.")
     max_download_bytes: int = Field(
         default=512 * 1024 * 1024, description="Largest generated clip accepted, in bytes."
+    )
+
+    # What paid calls cost, and what a tenant may spend.
+    prices: dict[str, Price] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="Unit prices in USD by provider:model (input_token, output_token, "
+        "character, video_second, predict_second, prediction); every live model needs one.",
+    )
+    budget_recheck_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often a job awaiting its tenant's budget looks again (a raised "
+        "budget resumes them at once).",
     )
 
     # Calls to every live provider.
@@ -331,6 +387,30 @@ class Settings(BaseSettings):
             return self.ffmpeg_slots
         affinity = getattr(os, "sched_getaffinity", None)
         return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+    @model_validator(mode="after")
+    def _live_models_are_priced(self) -> Settings:
+        # A paid call with no price could not be reserved against a budget, nor estimated.
+        if self.providers == "offline":
+            return self
+        for key in self.priced_models():
+            if key not in self.prices:
+                raise ValueError(
+                    f"prices has no entry for {key!r}: add one (VIDEOQ_PRICES, a JSON object "
+                    "of provider:model to unit prices; docs/providers.md)"
+                )
+        return self
+
+    def priced_models(self) -> list[str]:
+        """The :attr:`prices` keys of the live models these settings would call."""
+        keys = []
+        if self.anthropic_api_key is not None:
+            keys.append(price_key("anthropic", self.anthropic_model))
+        if self.elevenlabs_api_key is not None:
+            keys.append(price_key("elevenlabs", self.elevenlabs_model_id))
+        if self.replicate_api_token is not None:
+            keys.append(price_key("replicate", self.replicate_model))
+        return keys
 
     @model_validator(mode="after")
     def _heartbeats_outrun_staleness(self) -> Settings:

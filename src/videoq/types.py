@@ -30,6 +30,7 @@ class JobStatus(StrEnum):
     SCHEDULED = "scheduled"
     RUNNING = "running"
     RETRYING = "retrying"
+    AWAITING_BUDGET = "awaiting_budget"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -45,10 +46,14 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
             JobStatus.FAILED,
             JobStatus.CANCELLED,
             JobStatus.RETRYING,
+            JobStatus.AWAITING_BUDGET,
             JobStatus.QUEUED,
         }
     ),
     JobStatus.RETRYING: frozenset(
+        {JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.QUEUED}
+    ),
+    JobStatus.AWAITING_BUDGET: frozenset(
         {JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.QUEUED}
     ),
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
@@ -61,7 +66,7 @@ TERMINAL: frozenset[JobStatus] = frozenset(
 )
 #: States in which a job waits to run: it should be on the queue.
 WAITING: frozenset[JobStatus] = frozenset(
-    {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING}
+    {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING, JobStatus.AWAITING_BUDGET}
 )
 #: States a manual retry may requeue.
 RETRYABLE: frozenset[JobStatus] = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})

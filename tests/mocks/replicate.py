@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from starlette.applications import Starlette
@@ -256,7 +257,9 @@ class ReplicateMock(MockProvider):
             page = found[start : start + PAGE]
             more = start + PAGE < len(found)
             base = str(request.url.replace(query=""))
-            query = f"cursor={start + PAGE}" + (f"&created_after={after}" if after else "")
+            query = urlencode(
+                {"cursor": start + PAGE, **({"created_after": after} if after else {})}
+            )
             body = {
                 "next": f"{base}?{query}" if more else None,
                 "previous": None,

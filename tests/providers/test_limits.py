@@ -66,6 +66,37 @@ async def test_renewal_keeps_a_slot_past_its_first_lease(redis: Redis) -> None:
     assert not await holder.renew(token)  # lost, and it says so
 
 
+async def test_a_process_renews_every_lease_it_holds_in_one_call(redis: Redis) -> None:
+    # 1,200 slots held at once (three script calls' worth): each round renews them all, in
+    # batches, and none is lost although each outlives its first lease several times.
+    semaphore = RedisSemaphore(redis, _name(), 2000, lease_s=0.3)
+    rounds: list[int] = []
+    renew_all = semaphore.renew_all
+
+    async def counted(tokens: list[str]) -> set[str]:
+        rounds.append(len(tokens))
+        return await renew_all(tokens)
+
+    semaphore.renew_all = counted  # type: ignore[method-assign]
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with semaphore.slot():
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(1200)]
+    while await semaphore.holders() < 1200:  # noqa: ASYNC110  Redis offers no event for it
+        await asyncio.sleep(0.05)
+    taken = len(rounds)
+    await asyncio.sleep(1.0)  # past three leases
+    assert await semaphore.holders() == 1200
+    # A round each tenth of a second (a third of the lease), each renewing every slot held.
+    assert 3 <= len(rounds) - taken <= 12 and set(rounds[taken:]) == {1200}
+    release.set()
+    await asyncio.gather(*holders)
+    assert await semaphore.holders() == 0
+
+
 async def test_waiters_get_the_slot_when_it_is_released(redis: Redis) -> None:
     semaphore = RedisSemaphore(redis, _name(), 1)
     order: list[str] = []

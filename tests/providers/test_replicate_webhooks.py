@@ -1,6 +1,7 @@
 """Predictions awaited on their webhook: the create asks for it only when the API is reachable
 and can verify it; the mock's signed webhook goes through the real API route and Redis to the
-waiting stage; a lost one costs a slow poll; the worker keeps one subscription, across a Redis
+waiting stage; a lost one costs a sweep of the prediction list, or a read of its own while the
+sweep fails; the worker keeps one subscription, across a Redis
 restart."""
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from tests.providers.conftest import Mocks, Sleeps
 from tests.providers.test_replicate import BRIEF, SCENE, render, video_provider
 from videoq.broker import inbound
 from videoq.embedded import start_redis
-from videoq.providers import ProviderPool, Transports
+from videoq.errors import RetryableError
+from videoq.providers import PaidWork, ProviderPool, Transports
+from videoq.providers.replicate import PredictionSweep, ReplicateVideoProvider
 from videoq.settings import Settings
+from videoq.types import Clip, Scene
 
 SECRET = "whsec_" + base64.b64encode(b"replicate-webhooks-test-key-32b!").decode()
 
@@ -174,6 +178,61 @@ async def test_without_its_webhook_a_prediction_completes_on_the_slow_poll(
         clip, _ = await asyncio.wait_for(render(video_provider(h.pool), tmp_path), 30)
     assert h.mock.deliveries == [] and clip.path.exists()
     assert h.mock.calls["get"] >= 2 and h.sleeps.delays == []  # the slow poll, not the fast
+
+
+async def render_many(provider: ReplicateVideoProvider, out: Path, count: int) -> list[Clip]:
+    """``count`` scenes (each its own shot) rendered at once, as video_gen would."""
+
+    async def one(index: int) -> Clip:
+        scene = Scene(SCENE.narration, f"{SCENE.visual_prompt}, take {index}", SCENE.duration_s)
+        (out / str(index)).mkdir()
+        work = PaidWork(previous={}, claimed=frozenset(), note=ignore_note)
+        return await provider.render_clip(scene, index, BRIEF, out / str(index), work=work)
+
+    return list(await asyncio.gather(*(one(index) for index in range(count))))
+
+
+async def ignore_note(_: dict[str, object]) -> None:
+    return None
+
+
+async def test_one_sweep_reads_for_every_waiter_whose_webhook_is_lost(
+    settings: Settings, live_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # 150 predictions (two list pages) end with no webhook: the sweep finds them, and each is
+    # read only twice (once when its waiter is in place, once when the sweep found it ended).
+    count = 150
+    async with hooked(settings, live_settings, redis, latency=3600, poll_s=0.2) as h:
+        h.mock.send_webhooks = False
+        stage = asyncio.create_task(render_many(video_provider(h.pool), tmp_path, count))
+        await until(lambda: h.mock.calls["get"] == count)
+        lists_while_running = h.mock.calls["list"]
+        await asyncio.sleep(1.0)  # a few periods: passes, no reads of single predictions
+        assert h.mock.calls["get"] == count and h.mock.calls["list"] > lists_while_running
+        for prediction_id in list(h.mock.predictions):
+            await h.mock.complete(prediction_id)
+        clips = await asyncio.wait_for(stage, 30)
+    assert len({clip.work_id for clip in clips}) == count
+    assert h.mock.deliveries == [] and h.mock.calls["get"] == 2 * count
+    assert h.sleeps.delays == []
+
+
+async def test_while_the_sweep_fails_each_waiter_reads_its_own_prediction(
+    settings: Settings,
+    live_settings: Settings,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def failing(self: PredictionSweep) -> None:
+        raise RetryableError("list endpoint down", code="server_error")
+
+    monkeypatch.setattr(PredictionSweep, "sweep", failing)
+    async with hooked(settings, live_settings, redis, latency=0.3, poll_s=0.05) as h:
+        h.mock.send_webhooks = False
+        clips = await asyncio.wait_for(render_many(video_provider(h.pool), tmp_path, 3), 30)
+    assert all(clip.path.exists() for clip in clips)
+    assert h.mock.calls["list"] == 0 and h.mock.calls["get"] > 2 * 3
 
 
 async def test_the_watcher_subscribes_again_after_a_redis_restart(tmp_path: Path) -> None:

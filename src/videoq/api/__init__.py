@@ -29,7 +29,18 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
 from videoq import broker, outbox, store
-from videoq.api import errors, events, jobs, metrics, middleware, openapi, ops, tenants, webhooks
+from videoq.api import (
+    errors,
+    events,
+    jobs,
+    metrics,
+    middleware,
+    openapi,
+    ops,
+    spend,
+    tenants,
+    webhooks,
+)
 from videoq.api.deps import State
 from videoq.artifacts import open_store
 from videoq.broker.fanout import Broadcaster
@@ -76,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
         *webhooks.ROUTES,
         *jobs.ROUTES,
         *tenants.ROUTES,
+        *spend.ROUTES,
         *ops.ROUTES,
         WebSocketRoute("/v1/jobs/{job_id}/events", events.job_events_socket),
         WebSocketRoute("/v1/events", events.tenant_events_socket),

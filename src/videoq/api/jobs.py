@@ -14,7 +14,7 @@ from videoq.api.deps import base_url, principal, read_json, state_of
 from videoq.api.errors import error_response, invalid, not_an_object
 from videoq.api.video import video_response
 from videoq.schemas import JobCreate, job_context
-from videoq.store import jobs
+from videoq.store import jobs, spend
 from videoq.types import TERMINAL, JobStatus
 from videoq.views import job_view
 
@@ -50,8 +50,12 @@ async def get_job(request: Request) -> Response:
         eta_s = None
         if job.status not in TERMINAL:
             eta_s = await lifecycle.estimate(st, session, st.settings.for_job(job.options), job)
+        purchases = await spend.of_job(session, job.id)
     position = await lifecycle.position(st, job)
-    return JSONResponse(job_view(job, base_url(request), queue_position=position, eta_s=eta_s))
+    view = job_view(
+        job, base_url(request), queue_position=position, eta_s=eta_s, purchases=purchases
+    )
+    return JSONResponse(view)
 
 
 async def list_jobs(request: Request) -> Response:

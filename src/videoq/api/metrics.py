@@ -144,6 +144,18 @@ def eta_error_family(counts: dict[str, float], buckets: Iterable[float]) -> Metr
     return family
 
 
+def spend_family(totals: Iterable[tuple[str, str, str, float]]) -> Metric:
+    """Settled spend by tenant, stage and provider (:func:`videoq.store.spend.totals`)."""
+    family = CounterMetricFamily(
+        "videoq_spend_usd",
+        "US dollars paid calls cost, once settled, by tenant, stage and provider.",
+        labels=["tenant", "stage", "provider"],
+    )
+    for tenant, stage, provider, usd in totals:
+        family.add_metric([tenant, stage, provider], usd)
+    return family
+
+
 def render(own: CollectorRegistry, families: list[Metric]) -> bytes:
     """The text exposition of this process's registry and the service-wide families."""
     return generate_latest(own) + generate_latest(_Families(families))

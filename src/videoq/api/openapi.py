@@ -39,6 +39,8 @@ ERROR_DESCRIPTIONS = {
     400: "The body is not valid JSON (`bad_request`).",
     401: "Missing, unknown or revoked API key, or a webhook whose signature does not verify "
     "(`unauthorized`, `invalid_signature`).",
+    402: "The tenant's budget is spent and it asked for creates to be refused meanwhile "
+    "(`over_budget`, `reject_when_over_budget`).",
     403: "The key lacks the `admin` scope (`forbidden`).",
     404: "No such job for this tenant: another tenant's job is a 404 too (`not_found`).",
     409: "The job's state does not allow this (`conflict`), or a webhook replay.",
@@ -130,9 +132,38 @@ SCHEMAS: dict[str, Any] = {
                 "description": "While not finished: seconds until it should (null until the "
                 "stages' recent durations are known).",
             },
+            "cost": _ref("JobCost"),
             "links": {
                 "type": "object",
                 "properties": {k: {"type": "string"} for k in ("self", "events", "video")},
+            },
+        },
+    },
+    "JobCost": {
+        "type": "object",
+        "required": ["currency", "estimated_usd"],
+        "description": "Estimated at submit; `actual_usd` (settled calls), `reserved_usd` "
+        "(calls in flight) and `calls` (one per paid call: `script_gen`, `voice_gen`, "
+        "`video_gen:<scene>`) on the job's own page.",
+        "properties": {
+            "currency": {"const": "USD"},
+            "estimated_usd": {"type": ["number", "null"]},
+            "actual_usd": {"type": "number"},
+            "reserved_usd": {"type": "number"},
+            "calls": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "key": {"type": "string"},
+                        "stage": {"type": "string"},
+                        "provider": {"type": "string"},
+                        "model": {"type": "string"},
+                        "state": {"enum": ["reserved", "settled", "released"]},
+                        "reserved_usd": {"type": "number"},
+                        "actual_usd": {"type": ["number", "null"]},
+                    },
+                },
             },
         },
     },
@@ -143,6 +174,55 @@ SCHEMAS: dict[str, Any] = {
             "tenant": {"type": "string"},
             "weight": {"type": "number", "exclusiveMinimum": 0},
             "max_running": {"type": ["integer", "null"], "minimum": 0},
+            "daily_budget_usd": {"type": ["number", "null"], "minimum": 0},
+            "monthly_budget_usd": {"type": ["number", "null"], "minimum": 0},
+            "reject_when_over_budget": {"type": "boolean"},
+        },
+    },
+    "Estimate": {
+        "type": "object",
+        "required": ["currency", "total", "stages"],
+        "properties": {
+            "currency": {"const": "USD"},
+            "total": {"type": "number", "minimum": 0},
+            "stages": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["provider", "usd"],
+                    "properties": {
+                        "provider": {"type": "string"},
+                        "usd": {"type": "number", "minimum": 0},
+                    },
+                },
+            },
+        },
+    },
+    "Usage": {
+        "type": "object",
+        "required": ["tenant", "currency", "today_usd", "month_usd", "by_stage"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "currency": {"const": "USD"},
+            "day_start": {"type": "string", "format": "date-time"},
+            "month_start": {"type": "string", "format": "date-time"},
+            "today_usd": {"type": "number"},
+            "month_usd": {"type": "number"},
+            "reserved_usd": {"type": "number"},
+            "daily_budget_usd": {"type": ["number", "null"]},
+            "monthly_budget_usd": {"type": ["number", "null"]},
+            "by_stage": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "stage": {"type": "string"},
+                        "provider": {"type": "string"},
+                        "today_usd": {"type": "number"},
+                        "month_usd": {"type": "number"},
+                    },
+                },
+            },
         },
     },
     "JobList": {
@@ -222,7 +302,7 @@ def _operations() -> dict[str, Any]:
                 "responses": {
                     "202": _json(_ref("Job"), "Created and queued (or scheduled)."),
                     "200": _json(_ref("Job"), "The job an earlier request with this key made."),
-                    **_errors(400, 401, 413, 422, 429),
+                    **_errors(400, 401, 402, 413, 422, 429),
                 },
             },
             "get": {
@@ -289,15 +369,44 @@ def _operations() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/estimates": {
+            "post": {
+                "summary": "What a brief would cost, per stage, with this server's providers and "
+                "prices; nothing is queued",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("JobCreate")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Estimate"), "The estimate."),
+                    **_errors(400, 401, 413, 422),
+                },
+            }
+        },
+        "/v1/usage": {
+            "get": {
+                "summary": "The caller's spend today and this month (UTC), by stage and provider",
+                "parameters": [
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "description": "Another tenant's (admin only).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                    }
+                ],
+                "responses": {"200": _json(_ref("Usage"), "The spend."), **_errors(401, 403, 422)},
+            }
+        },
         "/v1/tenants/{tenant}": {
             "get": {
-                "summary": "A tenant's fair share of the workers (admin, or the tenant's own key)",
+                "summary": "A tenant's fair share of the workers and its budgets (admin, or the "
+                "tenant's own key)",
                 "parameters": [TENANT],
                 "responses": {"200": _json(_ref("Tenant"), "The share."), **_errors(401, 403, 422)},
             },
             "put": {
-                "summary": "Set a tenant's weight and max_running (admin); fields left out keep "
-                "their value",
+                "summary": "Set a tenant's weight, max_running and budgets (admin); fields left "
+                "out keep their value, budgets sent as null are lifted",
                 "parameters": [TENANT],
                 "requestBody": {
                     "required": True,

@@ -16,7 +16,7 @@ from videoq import eta, store
 from videoq.api import dashboard, metrics
 from videoq.api.deps import State, admin, principal, state_of
 from videoq.broker import estimates, queue, registry
-from videoq.store import jobs
+from videoq.store import jobs, spend
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +64,8 @@ async def metrics_text(request: Request) -> Response:
     families = metrics.service_families(figures, workers)
     errors = await estimates.errors(st.redis, st.settings.queue_name)
     families.append(metrics.eta_error_family(errors, eta.ERROR_BUCKETS))
+    async with st.sessions() as session:
+        families.append(metrics.spend_family(await spend.totals(session)))
     body = metrics.render(request.app.state.metrics, families)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 

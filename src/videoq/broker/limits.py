@@ -3,9 +3,10 @@
 
 A :class:`RedisSemaphore` is a sorted set ``videoq:limit:<name>`` of leases, scored by when
 each one expires. Taking a slot is one Lua script (drop expired leases, count, add), so two
-workers can never both take the last slot. A holder renews its lease while it works; a worker
-that dies (kill -9, lost network) stops renewing, and its slots come back by themselves once
-the lease runs out. No janitor, no shutdown hook needed.
+workers can never both take the last slot. A process renews the leases it holds while they
+work, all in one script call a round; a worker that dies (kill -9, lost network) stops
+renewing, and its slots come back by themselves once the lease runs out. No janitor, no
+shutdown hook needed.
 
 Lease times come from an injectable clock (wall-clock seconds by default), so tests can move
 time instead of sleeping. Workers' clocks need only agree to well within ``lease_s``.
@@ -46,16 +47,23 @@ end
 return 0
 """
 
-# KEYS[1] the lease set; ARGV: now, expiry, token. Returns 1 while the lease is still held.
+# KEYS[1] the lease set; ARGV: now, expiry, then the tokens. Extends each lease still held;
+# returns the tokens whose lease was already gone.
 _RENEW = """
 local key = KEYS[1]
-if redis.call('ZSCORE', key, ARGV[3]) then
-  redis.call('ZADD', key, 'XX', ARGV[2], ARGV[3])
-  redis.call('PEXPIRE', key, math.ceil((tonumber(ARGV[2]) - tonumber(ARGV[1])) * 1000) + 1000)
-  return 1
+local lost = {}
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', key, ARGV[i]) then
+    redis.call('ZADD', key, 'XX', ARGV[2], ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
 end
-return 0
+redis.call('PEXPIRE', key, math.ceil((tonumber(ARGV[2]) - tonumber(ARGV[1])) * 1000) + 1000)
+return lost
 """
+#: Leases renewed by one script call at most (a worker may hold thousands).
+RENEW_BATCH = 500
 
 
 #: The providers whose calls are limited (``settings.<name>_concurrency``).
@@ -106,6 +114,8 @@ class RedisSemaphore:
         self._poll_max_s = poll_max_s
         self._released = asyncio.Event()
         self._turn = FairSlots(1)  # which of this process's waiters asks Redis next
+        self._held: set[str] = set()  # this process's leases, renewed together
+        self._keeper: asyncio.Task[None] | None = None
 
     async def try_acquire(self) -> str | None:
         """Take a slot if one is free now: its lease token, or None."""
@@ -133,11 +143,20 @@ class RedisSemaphore:
 
     async def renew(self, token: str) -> bool:
         """Extend the lease by ``lease_s`` from now; False if it had already been lost."""
-        now = self._clock()
-        held = await self.redis.eval(
-            _RENEW, 1, self.key, repr(now), repr(now + self.lease_s), token
-        )
-        return int(held) == 1
+        return not await self.renew_all([token])
+
+    async def renew_all(self, tokens: list[str]) -> set[str]:
+        """Extend these leases by ``lease_s`` from now (:data:`RENEW_BATCH` a script call);
+        the tokens whose lease had already been lost."""
+        lost: set[str] = set()
+        for start in range(0, len(tokens), RENEW_BATCH):
+            now = self._clock()
+            batch = tokens[start : start + RENEW_BATCH]
+            gone = await self.redis.eval(
+                _RENEW, 1, self.key, repr(now), repr(now + self.lease_s), *batch
+            )
+            lost.update(t.decode() if isinstance(t, bytes) else str(t) for t in gone)
+        return lost
 
     async def release(self, token: str) -> None:
         """Give the slot back (a lost lease is fine: it is simply gone)."""
@@ -151,28 +170,35 @@ class RedisSemaphore:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         token = await self.acquire()
-        keeper = asyncio.create_task(self._keep(token), name=f"lease:{self.name}")
+        self._held.add(token)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep(), name=f"leases:{self.name}")
         try:
             yield
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            self._held.discard(token)
             # Shielded: a cancelled holder must still give its slot back rather than wait
             # out the lease.
             await asyncio.shield(self.release(token))
 
-    async def _keep(self, token: str) -> None:
-        """Renew the lease every third of its length while the slot is held."""
+    async def _keep(self) -> None:
+        """Renew every lease this process holds, every third of their length, in batches (not
+        a call per slot: a worker waiting on thousands of predictions holds thousands), until
+        none is held."""
         interval = max(self.lease_s / 3, 0.01)
-        while True:
+        while self._held:
             await asyncio.sleep(interval)
+            held = list(self._held)
+            if not held:
+                break
             try:
-                if not await self.renew(token):
-                    log.warning("limit_lease_lost", limit=self.name)
-                    return
+                lost = await self.renew_all(held)
             except Exception as exc:  # a Redis hiccup: the next renewal may still make it
                 log.warning("limit_lease_renewal_failed", limit=self.name, error=str(exc))
+                continue
+            if lost:
+                log.warning("limit_lease_lost", limit=self.name, leases=len(lost))
+                self._held.difference_update(lost)
 
 
 # --- Token buckets ---

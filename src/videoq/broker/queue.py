@@ -160,6 +160,16 @@ async def release_orphan(redis: ArqRedis, settings: Settings, job: QueuedJob) ->
     await redis.publish(keys.wake_channel(settings.queue_name), b"1")
 
 
+async def run_now(redis: ArqRedis, settings: Settings, job_ids: Sequence[str]) -> None:
+    """Make jobs deferred on the queue due now (those no longer on it are left be), and wake
+    idle workers."""
+    if not job_ids:
+        return
+    now_ms = time.time() * 1000
+    await redis.zadd(settings.queue_name, dict.fromkeys(job_ids, now_ms), xx=True)
+    await redis.publish(keys.wake_channel(settings.queue_name), b"1")
+
+
 async def request_cancel(redis: ArqRedis, job_id: str) -> None:
     """Tell whichever worker runs the job to stop it now."""
     await redis.publish(keys.CANCEL_CHANNEL, job_id)

@@ -20,6 +20,7 @@ import structlog
 from videoq.errors import RetryableError
 from videoq.ffmpeg import find_font
 from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
+from videoq.pipeline.spending import Spend, Unmetered
 from videoq.providers import Providers
 from videoq.settings import Settings
 from videoq.types import STAGE_RANGES, STAGES, Brief, Result, Script, VoiceTrack
@@ -32,6 +33,8 @@ __all__ = [
     "MemoryCheckpoints",
     "Reporter",
     "ScratchOnly",
+    "Spend",
+    "Unmetered",
     "run_pipeline",
 ]
 
@@ -208,6 +211,7 @@ async def run_pipeline(
     report: Reporter,
     providers: Providers,
     artifacts: Artifacts | None = None,
+    spend: Spend | None = None,
 ) -> Result:
     """Run the four stages in order and return the finished video, ``workdir/video.mp4``.
 
@@ -222,6 +226,8 @@ async def run_pipeline(
     back for a stage that is skipped (default: they stay in ``workdir``). ``providers`` serve
     the stages (the worker chooses them with the job's settings; a job's
     ``options`` may force offline). What each stage cost is in :attr:`Result.cost` and logged.
+    Each paid call is reserved with ``spend`` before it is made and settled after (default:
+    unmetered); a budget that cannot cover one raises :class:`~videoq.errors.OverBudget`.
     """
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     kept: Artifacts = artifacts or ScratchOnly()
@@ -246,6 +252,7 @@ async def run_pipeline(
                 providers=providers,
                 checkpoints=checkpoints,
                 artifacts=kept,
+                spend=spend or Unmetered(),
                 on_progress=progress.within(stage),
             )
         await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
@@ -272,16 +279,21 @@ async def _run_stage(
     providers: Providers,
     checkpoints: Checkpoints,
     artifacts: Artifacts,
+    spend: Spend,
     on_progress: Callable[[float], Awaitable[None]],
 ) -> dict[str, Any]:
     """Run one stage on the outputs of the earlier ones; return its checkpoint."""
     if stage == "script_gen":
-        return (await script_gen.run(brief, provider=providers.script)).to_dict()
+        written = await script_gen.run(
+            brief, provider=providers.script, settings=settings, spend=spend
+        )
+        return written.to_dict()
     script = Script.from_dict(outputs["script_gen"])
     if stage == "voice_gen":
         voice = await voice_gen.run(
-            brief, script, provider=providers.voice, workdir=workdir, checkpoints=checkpoints
-        )
+            brief, script, provider=providers.voice, workdir=workdir, checkpoints=checkpoints,
+            settings=settings, spend=spend,
+        )  # fmt: skip
         return voice.to_dict()
     if stage == "video_gen":
         clips = await video_gen.run(
@@ -292,6 +304,8 @@ async def _run_stage(
             on_progress=on_progress,
             checkpoints=checkpoints,
             artifacts=artifacts,
+            settings=settings,
+            spend=spend,
         )
         return video_gen.to_output(clips)
     result = await compositing.run(

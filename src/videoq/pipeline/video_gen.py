@@ -14,13 +14,15 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videoq.errors import RetryableError
-from videoq.providers import PaidWork, ResumableVideoProvider, VideoProvider
+from videoq.errors import OverBudget, RetryableError
+from videoq.pipeline.spending import Spend, Unmetered, paid, paid_call
+from videoq.providers import PaidWork, ResumableVideoProvider, VideoProvider, prices
 from videoq.types import Clip, Script
 
 if TYPE_CHECKING:
     from videoq.ffmpeg import ProgressCallback
     from videoq.pipeline import Artifacts, Checkpoints
+    from videoq.settings import Settings
     from videoq.types import Brief
 
 STAGE = "video_gen"
@@ -29,6 +31,17 @@ STAGE = "video_gen"
 def note_key(index: int) -> str:
     """The checkpoint note under which a scene's paid work is recorded."""
     return f"scene_{index:02d}"
+
+
+def purchase_key(index: int) -> str:
+    """The key under which a scene's purchase is reserved against the budget."""
+    return f"{STAGE}:{index}"
+
+
+async def _clip(
+    provider: VideoProvider, index: int, brief: Brief, script: Script, workdir: Path
+) -> Clip:
+    return Clip(path=await provider.render_scene(script.scenes[index], index, brief, workdir))
 
 
 async def run(
@@ -40,36 +53,58 @@ async def run(
     on_progress: ProgressCallback,
     checkpoints: Checkpoints | None = None,
     artifacts: Artifacts | None = None,
+    settings: Settings | None = None,
+    spend: Spend | None = None,
 ) -> list[Clip]:
     """Render every scene concurrently; ``on_progress`` gets the fraction of clips finished.
 
     If one scene fails the others are cancelled and that scene's own error propagates (a
     permanent one before a retryable one, when several failed): their noted work stays noted,
-    for the next attempt to re-attach to, or for the worker to cancel when the job fails.
+    for the next attempt to re-attach to, or for the worker to cancel when the job fails. A
+    scene the budget cannot cover cancels nothing: the others finish (each clip kept), and
+    then :class:`~videoq.errors.OverBudget` propagates.
     """
     total = len(script.scenes)
     finished = 0
     noted = await checkpoints.notes(STAGE) if checkpoints is not None else {}
+    metered = spend or Unmetered()
 
     async def render(index: int) -> Clip:
         nonlocal finished
         scene = script.scenes[index]
         if isinstance(provider, ResumableVideoProvider) and checkpoints is not None:
             clip = await _paid_clip(
-                provider, index, brief, script, workdir, checkpoints, artifacts, noted
-            )
+                provider, index, brief, script, workdir, checkpoints, artifacts, noted,
+                settings, metered,
+            )  # fmt: skip
+        elif paid(provider) and settings is not None:
+            clip = await paid_call(
+                metered, STAGE, purchase_key(index), prices.scene_usage(settings, scene),
+                lambda: _clip(provider, index, brief, script, workdir), lambda c: c.cost,
+            )  # fmt: skip
         else:
-            clip = Clip(path=await provider.render_scene(scene, index, brief, workdir))
+            clip = await _clip(provider, index, brief, script, workdir)
         finished += 1
         await on_progress(finished / total)
         return clip
 
+    refused: list[OverBudget] = []
+
+    async def render_or_wait(index: int) -> Clip | None:
+        try:
+            return await render(index)
+        except OverBudget as exc:  # the scenes already reserved go on: they are paid for
+            refused.append(exc)
+            return None
+
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(render(i)) for i in range(total)]
+            tasks = [group.create_task(render_or_wait(i)) for i in range(total)]
     except ExceptionGroup as failed:
         raise _first(failed) from None
-    return [task.result() for task in tasks]
+    if refused:
+        raise refused[0]
+    return [clip for task in tasks if (clip := task.result()) is not None]
 
 
 async def _paid_clip(
@@ -81,8 +116,11 @@ async def _paid_clip(
     checkpoints: Checkpoints,
     artifacts: Artifacts | None,
     noted: dict[str, dict[str, Any]],
+    settings: Settings | None,
+    spend: Spend,
 ) -> Clip:
-    """One scene's clip from the provider, its purchase noted at every step."""
+    """One scene's clip from the provider, its purchase noted at every step (and reserved
+    against the budget before it is made, when settings say what it costs)."""
     scene = script.scenes[index]
     key = note_key(index)
     fingerprint = provider.work_fingerprint(scene, index, brief)
@@ -107,9 +145,15 @@ async def _paid_clip(
     claimed = frozenset(
         str(other["id"]) for name, other in noted.items() if name != key and other.get("id")
     )
-    clip = await provider.render_clip(
-        scene, index, brief, workdir, work=PaidWork(previous, claimed, note)
-    )
+    work = PaidWork(previous, claimed, note)
+    if settings is None:
+        clip = await provider.render_clip(scene, index, brief, workdir, work=work)
+    else:
+        clip = await paid_call(
+            spend, STAGE, purchase_key(index), prices.scene_usage(settings, scene),
+            lambda: provider.render_clip(scene, index, brief, workdir, work=work),
+            lambda c: c.cost,
+        )  # fmt: skip
     if artifacts is not None:
         # Kept at once, not at the stage's end: a clip bought is never bought again, even
         # when the attempt dies before its siblings finish or after Replicate deleted it.

@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from videoq.providers import PaidWork, ResumableVoiceProvider, VoiceProvider
+from videoq.pipeline.spending import Spend, Unmetered, paid, paid_call
+from videoq.providers import PaidWork, ResumableVoiceProvider, VoiceProvider, prices
 from videoq.types import Script, VoiceTrack
 
 if TYPE_CHECKING:
     from videoq.pipeline import Checkpoints
+    from videoq.settings import Settings
     from videoq.types import Brief
 
 STAGE = "voice_gen"
@@ -28,8 +30,28 @@ async def run(
     provider: VoiceProvider,
     workdir: Path,
     checkpoints: Checkpoints | None = None,
+    settings: Settings | None = None,
+    spend: Spend | None = None,
 ) -> VoiceTrack:
-    """Have the provider speak the script into ``workdir``."""
+    """Have the provider speak the script into ``workdir`` (reserved against the budget
+    first, at the narration's length, when it is paid for)."""
+    if paid(provider) and settings is not None:
+        characters = len(" ".join(scene.narration for scene in script.scenes))
+        return await paid_call(
+            spend or Unmetered(), STAGE, STAGE, prices.voice_usage(settings, characters),
+            lambda: _speak(brief, script, provider, workdir, checkpoints),
+            lambda track: track.cost,
+        )  # fmt: skip
+    return await _speak(brief, script, provider, workdir, checkpoints)
+
+
+async def _speak(
+    brief: Brief,
+    script: Script,
+    provider: VoiceProvider,
+    workdir: Path,
+    checkpoints: Checkpoints | None,
+) -> VoiceTrack:
     if not isinstance(provider, ResumableVoiceProvider) or checkpoints is None:
         return await provider.speak(script, brief, workdir)
     fingerprint = provider.work_fingerprint(script, brief)

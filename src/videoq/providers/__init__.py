@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the clients' modules are loaded only where a key is set
     import httpx2
 
     from videoq.providers.http import RetryPolicy
+    from videoq.providers.replicate import PredictionSweep
 
 __all__ = [
     "LIVE",
@@ -193,8 +194,9 @@ class ProviderPool:
     every worker through Redis (:func:`videoq.broker.limits.shared`); a name missing gets a
     :class:`~videoq.providers.limits.LocalLimiter`, for this process only. ``watch`` wakes a
     stage waiting on a Replicate prediction when its webhook comes (the worker injects one
-    fed by Redis; without it, predictions are polled). ``sleep`` and ``rng`` feed the retry
-    policy (tests inject them).
+    fed by Redis; without it, predictions are polled); with it, the pool's one
+    :class:`~videoq.providers.replicate.PredictionSweep` stands in for each waiter's slow
+    poll. ``sleep`` and ``rng`` feed the retry policy (tests inject them).
     """
 
     def __init__(
@@ -216,6 +218,7 @@ class ProviderPool:
         self.anthropic: anthropic.AsyncAnthropic | None = None
         self.elevenlabs: httpx.AsyncClient | None = None
         self.replicate: httpx.AsyncClient | None = None
+        self.sweep: PredictionSweep | None = None
         if live and settings.anthropic_api_key is not None:
             from videoq.providers import anthropic as anthropic_provider
 
@@ -228,6 +231,9 @@ class ProviderPool:
             from videoq.providers import replicate
 
             self.replicate = replicate.make_client(settings, transports.replicate)
+            if watch is not None and settings.replicate_webhook_url:
+                api = replicate.ReplicateAPI(self.replicate, settings, self.policy(settings))
+                self.sweep = replicate.PredictionSweep(api, settings.replicate_webhook_poll_s)
         given = limiters or {}
         self.limiters: dict[str, Limiter] = {
             name: given.get(name) or LocalLimiter(concurrency(settings, name)) for name in LIVE
@@ -271,12 +277,15 @@ class ProviderPool:
 
             video = ReplicateVideoProvider(
                 self.replicate, settings, limiter=self.limiters["replicate"], policy=policy,
-                watch=self.watch,
+                watch=self.watch, sweep=self.sweep,
             )  # fmt: skip
         return Providers(script=script, voice=voice, video=video)
 
     async def aclose(self) -> None:
         """Close the live clients (idempotent)."""
+        if self.sweep is not None:
+            await self.sweep.aclose()
+            self.sweep = None
         if self.anthropic is not None:
             await self.anthropic.close()
         for client in (self.elevenlabs, self.replicate):

@@ -19,11 +19,11 @@ retrying the job would only buy more of the same.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx2
-from anthropic.types import Message, MessageParam, ToolChoiceToolParam, ToolParam
+from anthropic.types import Message
 
 from videoq.errors import PermanentError
 from videoq.providers.http import RetryPolicy, call_with_retries, classify, transport_error
@@ -102,6 +102,22 @@ def brief_message(brief: Brief) -> str:
     return f"<brief>{payload}</brief>"
 
 
+def request(brief: Brief, count: int, settings: Settings) -> dict[str, Any]:
+    """The Messages API request that writes the script of ``brief`` in ``count`` scenes."""
+    system = SYSTEM_PROMPT.format(
+        count=count, duration=brief.duration_s, style=brief.style, tool=TOOL_NAME
+    )
+    choice = {"type": "tool", "name": TOOL_NAME, "disable_parallel_tool_use": True}
+    return {
+        "model": settings.anthropic_model,
+        "max_tokens": settings.anthropic_max_tokens,
+        "system": system,
+        "messages": [{"role": "user", "content": brief_message(brief)}],
+        "tools": [script_tool()],
+        "tool_choice": choice,
+    }
+
+
 def weighted_durations(total_s: float, narrations: list[str]) -> list[float]:
     """Scene lengths in proportion to their words, adding up exactly to ``total_s``."""
     weights = [max(3, len(text.split())) for text in narrations]
@@ -151,6 +167,9 @@ def make_client(
 class AnthropicScriptProvider:
     """A :class:`~videoq.providers.ScriptProvider` on Claude."""
 
+    #: Its calls are paid for: the pipeline reserves them against the tenant's budget.
+    paid = True
+
     def __init__(
         self,
         client: anthropic.AsyncAnthropic,
@@ -192,25 +211,11 @@ class AnthropicScriptProvider:
         raise AssertionError("unreachable")
 
     async def _create(self, brief: Brief, count: int) -> Message:
-        system = SYSTEM_PROMPT.format(
-            count=count, duration=brief.duration_s, style=brief.style, tool=TOOL_NAME
-        )
-        tool = cast("ToolParam", script_tool())
-        choice: ToolChoiceToolParam = {
-            "type": "tool",
-            "name": TOOL_NAME,
-            "disable_parallel_tool_use": True,
-        }
-        messages: list[MessageParam] = [{"role": "user", "content": brief_message(brief)}]
         try:
-            return await self._client.messages.create(
-                model=self._settings.anthropic_model,
-                max_tokens=self._settings.anthropic_max_tokens,
-                system=system,
-                messages=messages,
-                tools=[tool],
-                tool_choice=choice,
+            message: Message = await self._client.messages.create(
+                **request(brief, count, self._settings)
             )
+            return message
         except anthropic.APIStatusError as exc:
             error = exc.body.get("error") if isinstance(exc.body, dict) else None
             kind = error.get("type", "") if isinstance(error, dict) else ""

@@ -149,6 +149,9 @@ def error_for(response: httpx.Response) -> ProviderError:
 class ElevenLabsVoiceProvider:
     """A :class:`~videoq.providers.VoiceProvider` on ElevenLabs."""
 
+    #: Its calls are paid for: the pipeline reserves them against the tenant's budget.
+    paid = True
+
     def __init__(
         self,
         client: httpx.AsyncClient,

@@ -11,8 +11,9 @@ before the create request leaves) and the prediction's id (the moment the create
 it). Creates do not hold the request open (no ``Prefer: wait``): the answer, and the id in it,
 comes back at once. The clip is then polled for, or, when the settings name a webhook URL and
 the process has a :class:`~videoq.providers.PredictionWatch`, awaited on the prediction's
-webhook, read again each ``replicate_webhook_poll_s`` meanwhile. So a later attempt, on any
-worker:
+webhook, with the process's :class:`PredictionSweep` listing the account's predictions each
+``replicate_webhook_poll_s`` meanwhile, for webhooks that never come. So a later attempt, on
+any worker:
 
 - with a noted id, re-attaches to that prediction while it runs or has its output;
 - with a purchase noted as under way but no id (the worker died, or the connection broke,
@@ -34,9 +35,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import json
 import math
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +79,17 @@ CHUNK = 1 << 16
 CLOCK_SKEW = timedelta(minutes=5)
 #: Pages of the prediction list (100 each, newest first) searched for a lost purchase.
 SEARCH_PAGES = 10
+#: The most pages one pass of the :class:`PredictionSweep` reads (100,000 predictions).
+SWEEP_PAGES = 1000
+
+
+def _created_at(prediction: dict[str, Any]) -> datetime | None:
+    """When Replicate says the prediction was created, if it says so readably."""
+    try:
+        created = datetime.fromisoformat(str(prediction.get("created_at")))
+    except ValueError:
+        return None
+    return created if created.tzinfo is not None else created.replace(tzinfo=UTC)
 
 
 def make_client(
@@ -141,8 +156,178 @@ def reusable(prediction: dict[str, Any]) -> bool:
     )
 
 
+class ReplicateAPI:
+    """Reads and writes of Replicate's API for one client: the token added to each request,
+    failures classified (:func:`error_for`), reads retried under ``policy``."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: Settings, policy: RetryPolicy) -> None:
+        self._client = client
+        self._policy = policy
+        token = settings.replicate_api_token
+        self.auth = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """A request answered by a JSON object, tried once."""
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        try:
+            response = await self._client.request(method, url, headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise transport_error("replicate", exc) from exc
+        if response.status_code >= 400:
+            raise error_for(response)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise RetryableError("replicate sent invalid JSON", code="invalid_response") from exc
+        if not isinstance(data, dict):
+            raise RetryableError("replicate sent no JSON object", code="invalid_response")
+        return data
+
+    async def call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """A request answered by one prediction, tried once."""
+        data = await self.request(method, url, **kwargs)
+        if not isinstance(data.get("id"), str):
+            raise RetryableError("replicate sent no prediction", code="invalid_response")
+        return data
+
+    async def get(self, prediction_id: str) -> dict[str, Any]:
+        """The prediction, read (with retries)."""
+        return await call_with_retries(
+            lambda: self.call("GET", f"/v1/predictions/{prediction_id}"),
+            policy=self._policy,
+            what="replicate.get",
+        )
+
+    async def pages(
+        self, params: dict[str, str], limit: int
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The account's predictions (``GET /v1/predictions`` with ``params``), newest first, a
+        page (100) at a time, at most ``limit`` pages; each page read with retries. A ``next``
+        on another host than the API's is not followed: the token would go there."""
+        url: str | None = "/v1/predictions"
+        query: dict[str, str] | None = params
+        for _ in range(limit):
+            if url is None:
+                return
+            page = await call_with_retries(
+                functools.partial(self.request, "GET", url, params=query),
+                policy=self._policy,
+                what="replicate.list",
+            )
+            yield [p for p in page.get("results") or [] if isinstance(p, dict)]
+            following = page.get("next")
+            url, query = (following, None) if self._ours(following) else (None, None)
+
+    def _ours(self, url: object) -> bool:
+        if not isinstance(url, str):
+            return False
+        parts = urlsplit(url)
+        base = self._client.base_url
+        return parts.scheme == base.scheme and parts.netloc == base.netloc.decode()
+
+
+@dataclass
+class _Awaited:
+    """A prediction the sweep looks for: when it was created, and who waits for it."""
+
+    created_at: datetime
+    woken: set[asyncio.Event] = field(default_factory=set)
+
+
+class PredictionSweep:
+    """The slow poll under webhooks, once for every prediction this process awaits.
+
+    A webhook can be lost, so a prediction awaited on its webhook must still be read now and
+    then. Read one by one, that is a request per prediction per period: at 4,000 predictions
+    in flight and a 30 s period, 134 requests a second only to learn that nothing ended. The
+    sweep instead lists the account's predictions created since the oldest one awaited
+    (``GET /v1/predictions?created_after=``, 100 a page, newest first), every ``period_s``,
+    and wakes the waiters of those it finds ended: 40 requests a period for the same 4,000. A
+    pass stops once it has seen every awaited id, or after :data:`SWEEP_PAGES` pages.
+
+    A pass that fails (the list endpoint down, past its retries) wakes every waiter, and one
+    that ends without seeing a prediction wakes that one's: each then reads its prediction
+    itself, so an outage of the list costs the per-prediction slow poll, never a lost wake-up.
+    Passes run in a task of their own, started by the first :meth:`track` and ended when no
+    prediction is awaited.
+    """
+
+    def __init__(self, api: ReplicateAPI, period_s: float) -> None:
+        self._api = api
+        self._period_s = period_s
+        self._awaited: dict[str, _Awaited] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def track(
+        self, prediction_id: str, created_at: datetime, woken: asyncio.Event
+    ) -> Iterator[None]:
+        """Set ``woken`` when a pass finds ``prediction_id`` ended, or could not look, while the
+        block runs."""
+        awaited = self._awaited.setdefault(prediction_id, _Awaited(created_at))
+        awaited.created_at = min(awaited.created_at, created_at)
+        awaited.woken.add(woken)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="replicate-sweep")
+        try:
+            yield
+        finally:
+            awaited.woken.discard(woken)
+            if not awaited.woken:
+                del self._awaited[prediction_id]
+
+    async def _run(self) -> None:
+        try:
+            while self._awaited:
+                await asyncio.sleep(self._period_s)
+                awaited = list(self._awaited)
+                try:
+                    unseen = await self.sweep()
+                except Exception as exc:  # every waiter must hear of it, whatever it was
+                    log.warning("prediction_sweep_failed", error=getattr(exc, "code", repr(exc)))
+                    unseen = set(awaited)
+                self._wake(unseen)
+        finally:
+            self._task = None
+
+    async def sweep(self) -> set[str]:
+        """One pass: wake the waiters of every awaited prediction found ended; the ids of
+        those it did not find."""
+        if not self._awaited:
+            return set()
+        oldest = min(awaited.created_at for awaited in self._awaited.values())
+        unseen = set(self._awaited)
+        params = {"created_after": (oldest - CLOCK_SKEW).isoformat()}
+        async for page in self._api.pages(params, SWEEP_PAGES):
+            for prediction in page:
+                ident = str(prediction.get("id"))
+                if ident in unseen:
+                    unseen.discard(ident)
+                    if prediction.get("status") in PREDICTION_ENDED:
+                        self._wake([ident])
+            if not unseen:
+                break
+        return unseen
+
+    def _wake(self, prediction_ids: Iterable[str]) -> None:
+        for ident in prediction_ids:
+            awaited = self._awaited.get(ident)
+            for event in awaited.woken if awaited is not None else ():
+                event.set()
+
+    async def aclose(self) -> None:
+        """Stop the pass in progress, if any."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class ReplicateVideoProvider:
     """A :class:`~videoq.providers.ResumableVideoProvider` on Replicate."""
+
+    #: Its calls are paid for: the pipeline reserves them against the tenant's budget.
+    paid = True
 
     def __init__(
         self,
@@ -152,17 +337,18 @@ class ReplicateVideoProvider:
         limiter: Limiter,
         policy: RetryPolicy,
         watch: PredictionWatch | None = None,
+        sweep: PredictionSweep | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
         self._limiter = limiter
         self._policy = policy
+        self._api = ReplicateAPI(client, settings, policy)
         self._watch = watch
+        self._sweep = sweep
         hook = settings.replicate_webhook_url
         #: Sent with each create, beside the body (not part of the work's fingerprint).
         self._webhook = {"webhook": hook, "webhook_events_filter": ["completed"]} if hook else {}
-        token = settings.replicate_api_token
-        self._auth = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
 
     def request_body(self, scene: Scene, index: int, brief: Brief) -> dict[str, Any]:
         """The create request's JSON body for a scene."""
@@ -213,7 +399,12 @@ class ReplicateVideoProvider:
             lambda: self._download(url, path), policy=self._policy, what="replicate.download"
         )
         metrics = prediction.get("metrics") or {}
-        cost: dict[str, Any] = {"provider": "replicate", "prediction_id": prediction["id"]}
+        cost: dict[str, Any] = {
+            "provider": "replicate",
+            "model": self._settings.replicate_model,
+            "prediction_id": prediction["id"],
+            "video_s": round(scene.duration_s, 3),
+        }
         if isinstance(metrics.get("predict_time"), int | float):
             cost["predict_time_s"] = float(metrics["predict_time"])
         return Clip(path=path, cost=cost, work_id=str(prediction["id"]))
@@ -221,9 +412,7 @@ class ReplicateVideoProvider:
     async def cancel_work(self, work_ids: list[str]) -> None:
         async def cancel(prediction_id: str) -> None:
             try:
-                await self._call(
-                    "POST", f"/v1/predictions/{prediction_id}/cancel", headers=self._auth
-                )
+                await self._api.call("POST", f"/v1/predictions/{prediction_id}/cancel")
             except ProviderError as exc:
                 log.warning("prediction_cancel_failed", prediction_id=prediction_id, error=exc.code)
             else:
@@ -244,7 +433,7 @@ class ReplicateVideoProvider:
     async def _attach(self, prediction_id: str) -> dict[str, Any] | None:
         """The recorded prediction if it can still deliver its clip, else None."""
         try:
-            prediction = await self._get(prediction_id)
+            prediction = await self._api.get(prediction_id)
         except PermanentError as exc:  # 404: not ours, or long gone
             log.warning("prediction_reattach_failed", prediction_id=prediction_id, error=exc.code)
             return None
@@ -270,7 +459,7 @@ class ReplicateVideoProvider:
         else:
             owner, _, name = self._settings.replicate_model.partition("/")
             url = f"/v1/models/{owner}/{name}/predictions"
-        headers = {**self._auth, "Cancel-After": self._settings.replicate_cancel_after}
+        headers = {"Cancel-After": self._settings.replicate_cancel_after}
         failed: list[ProviderError] = []
 
         async def once() -> dict[str, Any]:
@@ -279,7 +468,7 @@ class ReplicateVideoProvider:
                 if found is not None:
                     return found
             try:
-                return await self._call(
+                return await self._api.call(
                     "POST", url, json={**body, **self._webhook}, headers=headers
                 )
             except ProviderError as exc:
@@ -298,73 +487,22 @@ class ReplicateVideoProvider:
             after = datetime.fromisoformat(since) - CLOCK_SKEW
         except ValueError:
             return None
-        url: str | None = "/v1/predictions"
-        params: dict[str, str] | None = {"created_after": after.isoformat()}
-        for _ in range(SEARCH_PAGES):
-            if url is None:
-                break
-            page = await self._list(url, params)
-            for prediction in page.get("results") or []:
+        async for page in self._api.pages({"created_after": after.isoformat()}, SEARCH_PAGES):
+            for prediction in page:
                 if (
-                    isinstance(prediction, dict)
-                    and prediction.get("id") not in claimed
+                    prediction.get("id") not in claimed
                     and prediction.get("input") == body["input"]
                     and self._same_model(prediction)
                     and reusable(prediction)
                 ):
                     log.info("prediction_found", prediction_id=prediction.get("id"))
                     return prediction
-            following = page.get("next")
-            url, params = (following, None) if self._ours(following) else (None, None)
         return None
 
     def _same_model(self, prediction: dict[str, Any]) -> bool:
         if self._settings.replicate_version:
             return prediction.get("version") == self._settings.replicate_version.rpartition(":")[2]
         return prediction.get("model") == self._settings.replicate_model
-
-    def _ours(self, url: object) -> bool:
-        """Whether ``url`` (a list page's ``next``) is on the API's host: the token goes there."""
-        if not isinstance(url, str):
-            return False
-        parts = urlsplit(url)
-        base = self._client.base_url
-        return parts.scheme == base.scheme and parts.netloc == base.netloc.decode()
-
-    async def _list(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
-        async def once() -> dict[str, Any]:
-            return await self._object("GET", url, params=params, headers=self._auth)
-
-        return await call_with_retries(once, policy=self._policy, what="replicate.list")
-
-    async def _get(self, prediction_id: str) -> dict[str, Any]:
-        async def once() -> dict[str, Any]:
-            return await self._call("GET", f"/v1/predictions/{prediction_id}", headers=self._auth)
-
-        return await call_with_retries(once, policy=self._policy, what="replicate.get")
-
-    async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        """A request answered by one prediction."""
-        data = await self._object(method, url, **kwargs)
-        if not isinstance(data.get("id"), str):
-            raise RetryableError("replicate sent no prediction", code="invalid_response")
-        return data
-
-    async def _object(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        """A request answered by a JSON object; failures classified."""
-        try:
-            response = await self._client.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            raise transport_error("replicate", exc) from exc
-        if response.status_code >= 400:
-            raise error_for(response)
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise RetryableError("replicate sent invalid JSON", code="invalid_response") from exc
-        if not isinstance(data, dict):
-            raise RetryableError("replicate sent no JSON object", code="invalid_response")
-        return data
 
     async def _wait(self, prediction: dict[str, Any]) -> dict[str, Any]:
         """The prediction once it ended, with its output."""
@@ -387,22 +525,28 @@ class ReplicateVideoProvider:
         while prediction.get("status") not in PREDICTION_ENDED:
             await self._policy.sleep(delay)
             delay = min(self._settings.replicate_poll_max_s, delay * 1.5)
-            prediction = await self._get(str(prediction["id"]))
+            prediction = await self._api.get(str(prediction["id"]))
         return prediction
 
     async def _await_webhook(self, watch: PredictionWatch, prediction_id: str) -> dict[str, Any]:
-        """Read the prediction each time its webhook is announced, and at the latest every
-        ``replicate_webhook_poll_s``, until it ends."""
-        with watch.expect(prediction_id) as announced:
+        """Read the prediction each time its webhook is announced, or the process's sweep
+        finds it ended (or could not look), until it ends; without a sweep, read it too after
+        each ``replicate_webhook_poll_s`` with no webhook."""
+        with watch.expect(prediction_id) as woken, contextlib.ExitStack() as tracking:
             # Read once after the waiter is in place: a webhook that came before (between the
             # create's answer and now) is not missed, one that comes later wakes it.
-            prediction = await self._get(prediction_id)
+            prediction = await self._api.get(prediction_id)
+            created = _created_at(prediction)
+            patience: float | None = self._settings.replicate_webhook_poll_s
+            if self._sweep is not None and created is not None:
+                tracking.enter_context(self._sweep.track(prediction_id, created, woken))
+                patience = None  # the sweep wakes it: ended, or a pass could not tell
             while prediction.get("status") not in PREDICTION_ENDED:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._settings.replicate_webhook_poll_s):
-                        await announced.wait()
-                announced.clear()  # before the read: an announcement during it wakes the next
-                prediction = await self._get(prediction_id)
+                    async with asyncio.timeout(patience):
+                        await woken.wait()
+                woken.clear()  # before the read: a wake-up during it wakes the next wait
+                prediction = await self._api.get(prediction_id)
         return prediction
 
     async def _download(self, url: str, path: Path) -> None:
@@ -424,7 +568,7 @@ class ReplicateVideoProvider:
                 tmp.write_bytes(data)
             return
         same_host = urlsplit(url).netloc in ("", self._client.base_url.netloc.decode())
-        headers = self._auth if same_host else {}
+        headers = self._api.auth if same_host else {}
         try:
             async with self._client.stream("GET", url, headers=headers) as response:
                 if response.status_code >= 400:

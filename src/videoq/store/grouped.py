@@ -42,6 +42,7 @@ _JOB_COLUMNS = tuple(column.name for column in Job.__table__.columns)
 #: The states as SQL literals: the guards below are the transitions of videoq.types.
 _RUNNING = f"'{JobStatus.RUNNING}'"
 _QUEUED = f"'{JobStatus.QUEUED}'"
+_AWAITING = f"'{JobStatus.AWAITING_BUDGET}'"
 _TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
 _TO_RUNNING = ", ".join(f"'{s}'" for s in sources(JobStatus.RUNNING))
 
@@ -97,7 +98,8 @@ _FINISH = f"""
         finished_at = CASE WHEN u.status IN ({_TERMINAL}) THEN $11::timestamptz END,
         worker_id = CASE WHEN u.status = {_QUEUED} THEN NULL ELSE jobs.worker_id END,
         heartbeat_at = CASE WHEN u.status = {_QUEUED} THEN NULL ELSE jobs.heartbeat_at END,
-        history = jobs.history || jsonb_build_array(u.entry)
+        history = jobs.history || jsonb_build_array(u.entry),
+        retry_base = jobs.retry_base + CASE WHEN u.status = {_AWAITING} THEN 1 ELSE 0 END
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::float8[], $6::jsonb[],
                 $7::jsonb[], $8::timestamptz[], $9::jsonb[])
         AS u(job_id, attempt, status, stage, progress, result, error, run_at, entry), locked

@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, cast, func, literal, or_, select, update
@@ -35,6 +36,7 @@ async def create_job(
     idempotency_key: str | None = None,
     queue: str = "videoq:queue",
     eta_s: float | None = None,
+    cost_estimate_usd: Decimal | None = None,
 ) -> tuple[Job, bool]:
     """Insert a job; returns ``(job, created)``. A repeated ``idempotency_key`` returns the
     tenant's original job and ``created=False`` when it comes with the same request, and raises
@@ -61,6 +63,7 @@ async def create_job(
         created_at=now,
         updated_at=now,
         eta_at_submit_s=eta_s,
+        cost_estimate_usd=cost_estimate_usd,
     )
     session.add(job)
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     Uuid,
@@ -123,6 +125,8 @@ class Job(Base):
     retry_base: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     #: The ``eta_s`` the job was given when it was created: its error is measured at the end.
     eta_at_submit_s: Mapped[float | None] = mapped_column(Float)
+    #: What the job was expected to cost when it was submitted (USD).
+    cost_estimate_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
 
 
 class Tenant(Base):
@@ -139,9 +143,42 @@ class Tenant(Base):
     tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default=text("1"))
     max_running: Mapped[int | None] = mapped_column(Integer)
+    daily_budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    monthly_budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    reject_when_over_budget: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
     updated_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class Purchase(Base):
+    """One paid call of a job (its ``key``: ``script_gen``, ``voice_gen``, ``video_gen:3``),
+    whatever the attempt that makes it: its cost reserved against the tenant's budget before
+    the call, settled with the actual cost after, or released when the call bought nothing."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('reserved', 'settled', 'released')", name="purchases_state_valid"
+        ),
+        Index("purchases_tenant_created", "tenant", "created_at"),
+    )
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    stage: Mapped[str] = mapped_column(String(32))
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default="reserved")
+    reserved_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6))
+    actual_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class StageCheckpoint(Base):

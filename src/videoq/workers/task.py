@@ -24,7 +24,7 @@ from arq import Retry
 from videoq import eta, fair, lifecycle
 from videoq.artifacts import VIDEO
 from videoq.broker import BROKER_ERRORS
-from videoq.errors import AttemptSuperseded, RetryableError, VideoqError
+from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
 from videoq.pipeline import video_gen
 from videoq.providers import Providers, ResumableVideoProvider, offline_providers
 from videoq.settings import Settings
@@ -32,6 +32,7 @@ from videoq.store import DATABASE_ERRORS, Job
 from videoq.store import jobs as job_rows
 from videoq.store.checkpoints import DbCheckpoints
 from videoq.store.grouped import AttemptOutcome
+from videoq.store.spend import JobSpend
 from videoq.types import Brief, JobStatus, Result
 from videoq.workers.progress import EventReporter
 from videoq.workers.state import RunningJob, WorkerState
@@ -146,6 +147,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
                     report=reporter,
                     providers=_providers(state, settings),
                     artifacts=artifacts,
+                    spend=JobSpend(state.sessions, job.id, job.tenant, settings),
                 )
                 # The video is in the store before the job says it succeeded.
                 await artifacts.keep(result.video_path, VIDEO)
@@ -168,6 +170,9 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     except AttemptSuperseded:
         # Cancelled or taken over before the signal arrived: the new state is not ours to touch.
         log.info("job_stopped", reason="superseded")
+        return None
+    except OverBudget as exc:
+        await _await_budget(state, job, reporter, exc)
         return None
     except Exception as exc:
         if not await _retry_or_fail(state, job, reporter, exc):
@@ -300,6 +305,24 @@ async def _stop_paid_work(
     running = [str(n["id"]) for n in notes.values() if n.get("id") and not n.get("clip")]
     if running:
         await video.cancel_work(running)
+
+
+async def _await_budget(
+    state: WorkerState, job: Job, reporter: EventReporter, exc: OverBudget
+) -> None:
+    """The tenant's budget cannot cover the job's next paid call: nothing of it was bought.
+    The job waits in ``awaiting_budget``, its checkpoints and purchases kept, and looks again
+    every ``budget_recheck_s`` (raising the budget wakes it at once). Waiting costs none of its
+    retries."""
+    delay = state.settings.budget_recheck_s
+    run_at = datetime.now(UTC) + timedelta(seconds=delay)
+    error = {"code": exc.code, "message": exc.message[:2000], "retryable": True}
+    if await _finish(
+        state, reporter, job, JobStatus.AWAITING_BUDGET, exc.message, error=error, run_at=run_at
+    ):
+        state.counts["awaiting_budget"] += 1
+        log.info("job_awaiting_budget", recheck_s=delay, message=exc.message)
+        raise Retry(defer=delay) from exc
 
 
 async def _retry_or_fail(
