@@ -118,12 +118,7 @@ async def test_the_estimate_matches_what_the_job_settles_at(mocks: Mocks, sessio
         running_worker(mocks.settings),
         Client(api.url, key) as client,
     ):
-        async with httpx.AsyncClient(base_url=api.url, headers=auth(key)) as http:
-            answer = await http.post(
-                "/v1/estimates", json={"product_name": "Kettle", "duration_s": DURATION_S}
-            )
-        assert answer.status_code == 200, answer.text
-        estimate = answer.json()
+        estimate = await client.estimate(product_name="Kettle", duration_s=DURATION_S)
         job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
         final = await client.wait(job.id, timeout=120)
         assert final.status == "succeeded", final
@@ -199,7 +194,7 @@ async def test_a_budget_holds_every_call_it_cannot_cover_until_it_is_raised(
         spent = sum((row.actual_usd or row.reserved_usd for row in live), Decimal(0))
         assert spent <= budget
         assert budget - spent < Decimal("0.5") + 20 * Decimal("0.05")  # used, not left idle
-        usage = (await http_get(api, spender_key, "/v1/usage")).json()
+        usage = await client.usage()
         assert usage["today_usd"] == pytest.approx(float(spent), abs=1e-6)
         assert usage["daily_budget_usd"] == pytest.approx(float(budget))
 

@@ -282,6 +282,19 @@ class Client:
         never a second requeue."""
         return Job.model_validate(await self._request("POST", f"/v1/jobs/{job_id}/retry"))
 
+    async def estimate(self, **fields: Any) -> dict[str, Any]:
+        """What a brief (the fields of :meth:`submit`) would cost, per stage, in US dollars
+        (``POST /v1/estimates``: ``currency``, ``total``, ``stages``); nothing is queued."""
+        data: dict[str, Any] = await self._request("POST", "/v1/estimates", json=fields)
+        return data
+
+    async def usage(self, tenant: str | None = None) -> dict[str, Any]:
+        """The tenant's spend today and this month, by stage and provider (another tenant's
+        needs an admin key)."""
+        params = {"tenant": tenant} if tenant else None
+        data: dict[str, Any] = await self._request("GET", "/v1/usage", params=params)
+        return data
+
     async def workers(self) -> list[dict[str, Any]]:
         """Registered workers (admin key)."""
         data: list[dict[str, Any]] = (await self._request("GET", "/v1/workers"))["data"]

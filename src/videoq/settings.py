@@ -326,7 +326,8 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(
         default=1000,
         ge=0,
-        description="Waiting jobs (queued, scheduled, retrying) per tenant before new ones get "
+        description="Waiting jobs (queued, scheduled, retrying, awaiting_budget) per tenant "
+        "before new ones get "
         "429; 0: no cap.",
     )
     webhook_max_body_bytes: int = Field(
