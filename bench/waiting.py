@@ -210,7 +210,8 @@ async def _measure(
             worker.wait()
 
     def rate(kind: str) -> float:
-        return (during["calls"].get(kind, 0) - before["calls"].get(kind, 0)) / elapsed
+        made = int(during["calls"].get(kind, 0)) - int(before["calls"].get(kind, 0))
+        return made / elapsed
 
     return Figures(
         bought=bought,
