@@ -57,7 +57,8 @@ async def test_prediction_is_created_polled_and_downloaded(
     clip, submitted = await render(video_provider(pool), tmp_path)
     assert clip.path == tmp_path / "scene_00.mp4" and clip.path.read_bytes() == clip_mp4()
     assert submitted == [clip.work_id] and clip.work_id in mocks.replicate.predictions
-    assert clip.cost == {"provider": "replicate", "prediction_id": clip.work_id,
+    assert clip.cost == {"provider": "replicate", "model": "minimax/video-01",
+                         "prediction_id": clip.work_id, "video_s": 4.2,
                          "predict_time_s": 1.5}  # fmt: skip
     body = mocks.replicate.bodies[0]
     assert body == {"input": {"prompt": SCENE.visual_prompt, "aspect_ratio": "1:1", "duration": 5}}
