@@ -6,6 +6,7 @@ one place (:mod:`videoq.workers.task`).
     VideoqError
     ├── ProviderError               an AI provider or a tool it drives failed
     │   ├── RetryableError          timeouts, connection errors, 408/409/429/5xx/529
+    │   │   └── Declined            past the call's retries, with nothing bought: try another
     │   └── PermanentError          validation, other 4xx, unsupported input, too large
     │       └── FFmpegError         FFmpeg exited non-zero (carries return code, stderr tail)
     ├── AttemptSuperseded           this attempt no longer owns its job (cancelled, taken over)
@@ -57,6 +58,13 @@ class RetryableError(ProviderError):
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+
+
+class Declined(RetryableError):
+    """The provider took none of the work: it kept failing (capacity, 5xx, timeouts) past the
+    call's own retries, and nothing the call may have made was found at the provider. Nothing
+    was bought, so another provider may be tried at once (``video_gen``'s failover); the code
+    is the last failure's."""
 
 
 class PermanentError(ProviderError):

@@ -39,6 +39,8 @@ def _has_control_chars(value: str) -> bool:
 MAX_SCHEDULE_S = 30 * 24 * 3600
 #: The largest budget a tenant may be given, in US dollars (a day or a month).
 MAX_BUDGET_USD = 10_000_000
+#: The largest ``max_cost_per_scene_usd`` a job may ask for, in US dollars.
+MAX_SCENE_USD = 10_000
 
 
 def job_context(settings: Settings) -> dict[str, Any]:
@@ -50,6 +52,9 @@ def job_context(settings: Settings) -> dict[str, Any]:
             "job_timeout_s": settings.job_timeout_s,
             "stage_timeout_s": settings.stage_timeout_s,
             "max_retries": settings.max_retries,
+            "max_cost_per_scene_usd": None
+            if settings.max_cost_per_scene_usd is None
+            else float(settings.max_cost_per_scene_usd),
         },
         "priced": {key for key in settings.prices},
         "anthropic_live": settings.providers != "offline"
@@ -76,8 +81,12 @@ class JobOptions(BaseModel):
     job_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600, strict=True)
     stage_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600, strict=True)
     anthropic_model: str | None = Field(default=None, min_length=1, max_length=100, strict=True)
+    #: US dollars: video models whose price for a scene is higher are skipped.
+    max_cost_per_scene_usd: float | None = Field(default=None, gt=0, le=MAX_SCENE_USD, strict=True)
 
-    _limited = field_validator("job_timeout_s", "stage_timeout_s")(_within_limit)
+    _limited = field_validator("job_timeout_s", "stage_timeout_s", "max_cost_per_scene_usd")(
+        _within_limit
+    )
 
     @field_validator("anthropic_model")
     @classmethod

@@ -7,6 +7,7 @@ Precedence, highest first: a job's ``options`` (see :meth:`Settings.for_job`) > 
 from __future__ import annotations
 
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,8 +31,16 @@ from pydantic_settings import (
 
 #: Job ``options`` may override only these settings; everything else is per process.
 JOB_OVERRIDABLE = frozenset(
-    {"providers", "job_timeout_s", "stage_timeout_s", "max_retries", "anthropic_model"}
-)
+    {
+        "providers", "job_timeout_s", "stage_timeout_s", "max_retries", "anthropic_model",
+        "max_cost_per_scene_usd",
+    }
+)  # fmt: skip
+#: The settings a job's ``options`` may lower but never raise.
+JOB_LIMITS = ("job_timeout_s", "stage_timeout_s", "max_retries", "max_cost_per_scene_usd")
+
+#: A Replicate model's ``owner/name``, as its URL (``/v1/models/{owner}/{name}``) spells it.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class Price(BaseModel):
@@ -245,7 +255,16 @@ class Settings(BaseSettings):
         default="minimax/video-01", description="owner/name of the text-to-video model."
     )
     replicate_version: str | None = Field(
-        default=None, description="64-hex version id; unset runs the model's latest (official)."
+        default=None,
+        description="64-hex version id of replicate_model; unset runs the model's latest "
+        "(official).",
+    )
+    replicate_fallback_models: list[str] = Field(
+        default_factory=list,
+        description="owner/name of the models a scene switches to, in order, when the one "
+        "before keeps failing to take its prediction (capacity, 5xx, timeouts past "
+        "provider_retries); each runs its latest version and needs a price. Scenes already "
+        "bought are kept.",
     )
     replicate_input: dict[str, Any] = Field(
         default_factory=dict, description="Extra model inputs sent with every prediction."
@@ -279,6 +298,12 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_PRICES),
         description="Unit prices in USD by provider:model (input_token, output_token, "
         "character, video_second, predict_second, prediction); every live model needs one.",
+    )
+    max_cost_per_scene_usd: Decimal | None = Field(
+        default=None,
+        gt=0,
+        description="Video models whose price for a scene is higher are skipped; a scene no "
+        "model can film within it fails (`no_provider`). A job's options may lower it.",
     )
     budget_recheck_s: float = Field(
         default=30.0,
@@ -381,6 +406,23 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("replicate_model", "replicate_fallback_models")
+    @classmethod
+    def _owner_slash_name(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        # Each name becomes a URL path (and a price key): nothing else may pass for one.
+        for name in [value] if isinstance(value, str) else value:
+            if not MODEL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{info.field_name} has {name!r}, which is not a model's owner/name "
+                    "(e.g. minimax/video-01)"
+                )
+        return value
+
+    @property
+    def replicate_models(self) -> list[str]:
+        """The Replicate models a scene may be bought from, in the order they are tried."""
+        return [self.replicate_model, *self.replicate_fallback_models]
+
     @property
     def cpu_slots(self) -> int:
         """``ffmpeg_slots``, or the cores this process may use."""
@@ -410,7 +452,7 @@ class Settings(BaseSettings):
         if self.elevenlabs_api_key is not None:
             keys.append(price_key("elevenlabs", self.elevenlabs_model_id))
         if self.replicate_api_token is not None:
-            keys.append(price_key("replicate", self.replicate_model))
+            keys.extend(price_key("replicate", model) for model in self.replicate_models)
         return keys
 
     @model_validator(mode="after")
@@ -450,8 +492,9 @@ class Settings(BaseSettings):
         if not options:
             return self
         allowed = {k: v for k, v in options.items() if k in JOB_OVERRIDABLE}
-        for limit in ("job_timeout_s", "stage_timeout_s", "max_retries"):
-            value = allowed.get(limit)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                allowed[limit] = min(value, getattr(self, limit))
+        for limit in JOB_LIMITS:
+            value, ceiling = allowed.get(limit), getattr(self, limit)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and ceiling is not None:
+                allowed[limit] = min(value, ceiling)
         return self.model_validate({**self.model_dump(), **allowed}) if allowed else self

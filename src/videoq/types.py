@@ -221,11 +221,13 @@ class VoiceTrack:
 
 @dataclass(frozen=True)
 class Clip:
-    """One scene's video file, with what it cost and the provider's id for the paid work."""
+    """One scene's video file, with what it cost, the provider's id for the paid work and the
+    models it switched between on the way (``{"from", "to", "error"}`` each)."""
 
     path: Path
     cost: dict[str, Any] = field(default_factory=dict)
     work_id: str | None = None
+    failover: list[dict[str, str]] = field(default_factory=list)
 
 
 #: What an event is about: ``snapshot`` (a socket's first message), ``status``, ``stage``,

@@ -10,7 +10,9 @@ time, filtered by ``created_after``. Succeeded outputs are URLs served by the mo
 A create naming a ``webhook`` (for ``completed`` events, or all events) instead ends by itself
 once its run time is over, or when :meth:`ReplicateMock.complete` ends it; its webhook is then
 POSTed, signed with ``webhook_secret`` as Replicate signs them (Standard Webhooks), unless
-``send_webhooks`` is off. Call :meth:`ReplicateMock.aclose` when done.
+``send_webhooks`` is off. A model named in ``down`` answers every create on its route with
+its fault (a 503 from :func:`unavailable`: a model at capacity). Call
+:meth:`ReplicateMock.aclose` when done.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def invalid_input() -> Reply:
 
 def server_error() -> Reply:
     return problem(500, "Internal Server Error", "Something went wrong")
+
+
+def unavailable() -> Reply:
+    return problem(503, "Service Unavailable", "The model is at capacity. Try again later.")
 
 
 def _now() -> str:
@@ -128,6 +134,9 @@ class ReplicateMock(MockProvider):
         self.outcomes: deque[str] = deque()
         #: Faults for GET /v1/predictions/{id} (``faults`` answers creates).
         self.get_faults: deque[Reply] = deque()
+        #: What every create of a model (``owner/name``, by its own route) is answered with,
+        #: once ``faults`` are spent: a model that is down.
+        self.down: dict[str, Reply] = {}
         self.predictions: dict[str, Prediction] = {}
         self.prefer: list[str | None] = []
         #: Predictions created and not yet finished, now and at most.
@@ -188,6 +197,8 @@ class ReplicateMock(MockProvider):
             else:
                 model = f"{request.path_params['owner']}/{request.path_params['name']}"
                 version = "hidden"
+                if model in self.down:
+                    return self.down[model].response()
             prediction = Prediction(
                 id=secrets.token_hex(13)[:26],
                 model=model,

@@ -142,6 +142,14 @@ class _Progress:
 
         return on_progress
 
+    def telling(self, stage: str) -> Callable[[str], Awaitable[None]]:
+        """A callback passing a stage's message on, at the progress reached."""
+
+        async def on_message(message: str) -> None:
+            await self(stage, self._last, message)
+
+        return on_message
+
 
 @asynccontextmanager
 async def _deadline(stage: str, timeout_s: float) -> AsyncIterator[None]:
@@ -218,9 +226,10 @@ async def run_pipeline(
     A stage whose checkpoint is recorded (and whose files still exist) is skipped, unless a
     stage it depends on had to run again. Each completed stage is saved to ``checkpoints``
     before the next starts. ``report`` receives ``started`` / ``completed`` / ``skipped`` at
-    the stage boundaries and non-decreasing progress in between. Each stage is limited to
-    ``settings.stage_timeout_s`` (then :class:`RetryableError`); provider and FFmpeg errors
-    propagate unchanged.
+    the stage boundaries, non-decreasing progress in between, and what a stage tells (a scene
+    switched to another video model) as a message at the progress reached. Each stage is
+    limited to ``settings.stage_timeout_s`` (then :class:`RetryableError`); provider and FFmpeg
+    errors propagate unchanged.
 
     ``artifacts`` keeps each stage's files before its checkpoint is saved, and fetches them
     back for a stage that is skipped (default: they stay in ``workdir``). ``providers`` serve
@@ -254,6 +263,7 @@ async def run_pipeline(
                 artifacts=kept,
                 spend=spend or Unmetered(),
                 on_progress=progress.within(stage),
+                on_message=progress.telling(stage),
             )
         await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
         await checkpoints.save(stage, output)
@@ -281,6 +291,7 @@ async def _run_stage(
     artifacts: Artifacts,
     spend: Spend,
     on_progress: Callable[[float], Awaitable[None]],
+    on_message: Callable[[str], Awaitable[None]],
 ) -> dict[str, Any]:
     """Run one stage on the outputs of the earlier ones; return its checkpoint."""
     if stage == "script_gen":
@@ -306,6 +317,8 @@ async def _run_stage(
             artifacts=artifacts,
             settings=settings,
             spend=spend,
+            fallbacks=providers.video_fallbacks,
+            on_message=on_message,
         )
         return video_gen.to_output(clips)
     result = await compositing.run(

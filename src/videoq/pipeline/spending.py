@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from videoq.errors import ProviderError
+from videoq.errors import Declined, ProviderError
 from videoq.providers.http import MAYBE_DONE
 
 T = TypeVar("T")
@@ -49,9 +49,10 @@ def paid(provider: object) -> bool:
 
 def bought_nothing(exc: BaseException) -> bool:
     """Whether a failed call surely bought nothing: the provider refused it (a 4xx, a 429, a
-    concurrency limit). A timeout, a lost connection or a 5xx may have bought it, and a
-    prediction that ran and then failed was billed for its time."""
-    return (
+    concurrency limit), or declined it (:class:`~videoq.errors.Declined`: it looked, and found
+    nothing made). A timeout, a lost connection or a 5xx may have bought it, and a prediction
+    that ran and then failed was billed for its time."""
+    return isinstance(exc, Declined) or (
         isinstance(exc, ProviderError)
         and exc.code not in MAYBE_DONE
         and not exc.code.startswith("prediction_")

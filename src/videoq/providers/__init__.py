@@ -96,7 +96,18 @@ class ResumableVideoProvider(Protocol):
     predictions). Each scene's work is noted durably before it is bought and as soon as it
     exists, so a retried, recovered or redeployed job re-attaches to it instead of paying
     again; and work still running for a job that failed or was cancelled is stopped at the
-    provider (:meth:`cancel_work`)."""
+    provider (:meth:`cancel_work`).
+
+    Each one buys from one model: a stage may hold several, in order, and switch to the next
+    when one declines a scene (:class:`~videoq.errors.Declined`, ``video_gen``)."""
+
+    #: The model its scenes are bought from, as its cost records and prices name it.
+    model: str
+
+    def usage(self, scene: Scene) -> dict[str, Any]:
+        """The scene's purchase as priced before it is made (its cost record without what only
+        the outcome tells): what the stage reserves, and holds against a price cap."""
+        ...
 
     def work_fingerprint(self, scene: Scene, index: int, brief: Brief) -> str:
         """A digest of everything the paid work depends on: noted work is re-attached only
@@ -108,7 +119,9 @@ class ResumableVideoProvider(Protocol):
     ) -> Clip:
         """The scene's clip in ``out_dir``: from the work ``work.previous`` names when it can
         still deliver, from work an earlier attempt bought but never heard of (its note says
-        it was about to buy), or else from new work, noted through ``work.note``."""
+        it was about to buy), or else from new work, noted through ``work.note``. Raises
+        :class:`~videoq.errors.Declined` when the model would not take new work and none of
+        it was bought."""
         ...
 
     async def cancel_work(self, work_ids: list[str]) -> None:
@@ -158,6 +171,8 @@ class Providers:
     script: ScriptProvider
     voice: VoiceProvider
     video: VideoProvider
+    #: Where ``video`` (a resumable one) switches to, in order, for a scene it declined.
+    video_fallbacks: tuple[ResumableVideoProvider, ...] = ()
 
 
 def offline_providers(settings: Settings) -> Providers:
@@ -260,6 +275,7 @@ class ProviderPool:
         script: ScriptProvider = offline.script
         voice: VoiceProvider = offline.voice
         video: VideoProvider = offline.video
+        fallbacks: tuple[ResumableVideoProvider, ...] = ()
         if self.anthropic is not None:
             from videoq.providers.anthropic import AnthropicScriptProvider
 
@@ -275,11 +291,16 @@ class ProviderPool:
         if self.replicate is not None:
             from videoq.providers.replicate import ReplicateVideoProvider
 
-            video = ReplicateVideoProvider(
-                self.replicate, settings, limiter=self.limiters["replicate"], policy=policy,
-                watch=self.watch, sweep=self.sweep,
-            )  # fmt: skip
-        return Providers(script=script, voice=voice, video=video)
+            client = self.replicate
+            first, *rest = [
+                ReplicateVideoProvider(
+                    client, settings, model=model, limiter=self.limiters["replicate"],
+                    policy=policy, watch=self.watch, sweep=self.sweep,
+                )
+                for model in settings.replicate_models
+            ]  # fmt: skip
+            video, fallbacks = first, tuple(rest)
+        return Providers(script=script, voice=voice, video=video, video_fallbacks=fallbacks)
 
     async def aclose(self) -> None:
         """Close the live clients (idempotent)."""

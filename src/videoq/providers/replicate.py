@@ -24,6 +24,11 @@ any worker:
 - buys anew only when neither finds a prediction that can still deliver (failed, canceled,
   aborted, or its output already deleted, an hour after it finished).
 
+Each provider buys from one model (``model``: ``replicate_model`` or one of
+``replicate_fallback_models``). A create still failing past its retries (429, 5xx, timeouts)
+whose last search finds nothing raises :class:`~videoq.errors.Declined`: nothing was bought,
+and ``video_gen`` may buy the scene from the next model.
+
 ``Cancel-After`` on create stops a runaway prediction by itself; :meth:`cancel_work` stops the
 ones of a job that failed or was cancelled. Outputs stream to a temporary file with a size
 limit and are renamed into place only when complete.
@@ -49,9 +54,9 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpx
 import structlog
 
-from videoq.errors import PermanentError, ProviderError, RetryableError
+from videoq.errors import Declined, PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output
-from videoq.providers import PaidWork, PredictionWatch
+from videoq.providers import PaidWork, PredictionWatch, prices
 from videoq.providers.http import (
     MAYBE_DONE,
     RetryPolicy,
@@ -324,7 +329,9 @@ class PredictionSweep:
 
 
 class ReplicateVideoProvider:
-    """A :class:`~videoq.providers.ResumableVideoProvider` on Replicate."""
+    """A :class:`~videoq.providers.ResumableVideoProvider` on Replicate, buying from ``model``
+    (one of ``settings.replicate_models``; ``replicate_version`` pins ``replicate_model``
+    only)."""
 
     #: Its calls are paid for: the pipeline reserves them against the tenant's budget.
     paid = True
@@ -334,6 +341,7 @@ class ReplicateVideoProvider:
         client: httpx.AsyncClient,
         settings: Settings,
         *,
+        model: str,
         limiter: Limiter,
         policy: RetryPolicy,
         watch: PredictionWatch | None = None,
@@ -341,6 +349,8 @@ class ReplicateVideoProvider:
     ) -> None:
         self._client = client
         self._settings = settings
+        self.model = model
+        self._version = settings.replicate_version if model == settings.replicate_model else None
         self._limiter = limiter
         self._policy = policy
         self._api = ReplicateAPI(client, settings, policy)
@@ -359,15 +369,16 @@ class ReplicateVideoProvider:
             **self._settings.replicate_input,
         }
         body: dict[str, Any] = {"input": model_input}
-        if self._settings.replicate_version:
-            body["version"] = self._settings.replicate_version
+        if self._version:
+            body["version"] = self._version
         return body
+
+    def usage(self, scene: Scene) -> dict[str, Any]:
+        return prices.scene_usage(self._settings, scene, self.model)
 
     def work_fingerprint(self, scene: Scene, index: int, brief: Brief) -> str:
         body = self.request_body(scene, index, brief)
-        canonical = json.dumps(
-            {"model": self._settings.replicate_model, "body": body}, sort_keys=True
-        )
+        canonical = json.dumps({"model": self.model, "body": body}, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
     async def render_scene(self, scene: Scene, index: int, brief: Brief, out_dir: Path) -> Path:
@@ -401,7 +412,7 @@ class ReplicateVideoProvider:
         metrics = prediction.get("metrics") or {}
         cost: dict[str, Any] = {
             "provider": "replicate",
-            "model": self._settings.replicate_model,
+            "model": self.model,
             "prediction_id": prediction["id"],
             "video_s": round(scene.duration_s, 3),
         }
@@ -453,11 +464,13 @@ class ReplicateVideoProvider:
         """Create a prediction. Retried here on 429/5xx and lost connections (the Replicate SDK
         never retries a POST); a retry after a failure that may have reached Replicate (a
         timeout, a lost connection, a 5xx) first looks for the prediction the failed try may
-        have made (:meth:`_find`), so it is not bought twice."""
-        if self._settings.replicate_version:
+        have made (:meth:`_find`), so it is not bought twice. Past its retries, once more: a
+        create that found nothing raises :class:`~videoq.errors.Declined` (nothing bought;
+        the stage may switch models), one that could not look raises its last error."""
+        if self._version:
             url = "/v1/predictions"
         else:
-            owner, _, name = self._settings.replicate_model.partition("/")
+            owner, _, name = self.model.partition("/")
             url = f"/v1/models/{owner}/{name}/predictions"
         headers = {"Cancel-After": self._settings.replicate_cancel_after}
         failed: list[ProviderError] = []
@@ -475,7 +488,17 @@ class ReplicateVideoProvider:
                 failed.append(exc)
                 raise
 
-        return await call_with_retries(once, policy=self._policy, what="replicate.create")
+        try:
+            return await call_with_retries(once, policy=self._policy, what="replicate.create")
+        except RetryableError as exc:
+            if exc.code in MAYBE_DONE:
+                try:
+                    found = await self._find(body, since, claimed)
+                except ProviderError:
+                    raise exc from None  # it may have bought: not a decline, no switch
+                if found is not None:
+                    return found
+            raise Declined(exc.message, code=exc.code, retry_after_s=exc.retry_after_s) from exc
 
     async def _find(
         self, body: dict[str, Any], since: str, claimed: frozenset[str]
@@ -500,9 +523,9 @@ class ReplicateVideoProvider:
         return None
 
     def _same_model(self, prediction: dict[str, Any]) -> bool:
-        if self._settings.replicate_version:
-            return prediction.get("version") == self._settings.replicate_version.rpartition(":")[2]
-        return prediction.get("model") == self._settings.replicate_model
+        if self._version:
+            return prediction.get("version") == self._version.rpartition(":")[2]
+        return prediction.get("model") == self.model
 
     async def _wait(self, prediction: dict[str, Any]) -> dict[str, Any]:
         """The prediction once it ended, with its output."""

@@ -7,7 +7,8 @@ their reservation) and inserts the purchase only if both budgets still cover it:
 workers on any number of machines reserve one after another, so a budget is overshot by no
 more than what calls cost beyond their reservations. A purchase is keyed by job and call
 (``video_gen:3``): the attempt that retries or resumes the job finds its reservation and goes
-on, and settling is done once. Days and months are UTC.
+on, and settling is done once. A released call reserved again (on another model, when a scene
+switched) is reserved at that model's price, under its name. Days and months are UTC.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ _RESERVE = text(
     VALUES (:job_id, :key, :tenant, :stage, :provider, :model, 'reserved', :amount, :now)
     ON CONFLICT (job_id, key) DO UPDATE
     SET state = 'reserved', reserved_usd = EXCLUDED.reserved_usd, actual_usd = NULL,
+        provider = EXCLUDED.provider, model = EXCLUDED.model,
         created_at = EXCLUDED.created_at, settled_at = NULL
     WHERE purchases.state = 'released'
     """
