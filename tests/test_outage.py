@@ -154,6 +154,8 @@ def route_calls(job_id: str) -> dict[tuple[str, str], Callable[[], dict[str, Any
         ("GET", "/v1/queue/stats"): plain("/v1/queue/stats"),
         ("GET", "/v1/tenants/{tenant}"): plain("/v1/tenants/someone"),
         ("PUT", "/v1/tenants/{tenant}"): plain("/v1/tenants/someone", json={"weight": 2}),
+        ("POST", "/v1/estimates"): plain("/v1/estimates", json={"product_name": "During"}),
+        ("GET", "/v1/usage"): plain("/v1/usage"),
         ("GET", "/metrics"): plain("/metrics"),
         ("GET", "/dashboard"): plain("/dashboard"),
     }

@@ -26,9 +26,8 @@ from tests.mocks.anthropic import AnthropicMock
 from tests.mocks.elevenlabs import ElevenLabsMock
 from tests.mocks.replicate import ReplicateMock
 from tests.mocks.server import serve
-from videoq import store
+from videoq import prices, store
 from videoq.client import Client
-from videoq.providers import prices
 from videoq.settings import Settings
 from videoq.store import spend
 from videoq.types import Brief

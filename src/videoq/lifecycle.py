@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from videoq import eta, outbox
+from videoq import eta, outbox, prices
 from videoq.broker import BROKER_ERRORS, estimates, events, limits, queue, registry, shares
 from videoq.broker import keys as redis_keys
 from videoq.errors import OverBudget, RateLimited
-from videoq.providers import prices
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
 from videoq.store import Job, spend, tenants

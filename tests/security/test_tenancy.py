@@ -42,6 +42,9 @@ HTTP = {
     # A tenant's own share, or any tenant's for admins: tests/test_fairness.py
     ("GET", "/v1/tenants/{tenant}"): "own",
     ("PUT", "/v1/tenants/{tenant}"): "own",
+    ("POST", "/v1/estimates"): "tenant",
+    # The caller's own spend; another tenant's for admins: tests/test_spend.py
+    ("GET", "/v1/usage"): "tenant",
     ("GET", "/metrics"): "admin",
     ("GET", "/dashboard"): "tenant",  # a page with no data: its script reads the routes above
     ("GET", "/v1/webhooks/secret"): "tenant",

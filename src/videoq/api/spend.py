@@ -8,10 +8,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from videoq import prices
 from videoq.api.deps import principal, read_json, state_of
 from videoq.api.errors import error_response, invalid, not_an_object
 from videoq.errors import Forbidden
-from videoq.providers import prices
 from videoq.schemas import JobCreate, job_context
 from videoq.store import spend, tenants
 from videoq.types import Brief

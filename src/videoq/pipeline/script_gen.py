@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from videoq import prices
 from videoq.errors import PermanentError
 from videoq.pipeline.spending import Spend, paid, paid_call
-from videoq.providers import ScriptProvider, prices
+from videoq.providers import ScriptProvider
 from videoq.types import Script
 
 if TYPE_CHECKING:

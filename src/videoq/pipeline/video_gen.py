@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from videoq import prices
 from videoq.errors import Declined, OverBudget, PermanentError, RetryableError
 from videoq.pipeline.spending import Spend, Unmetered, paid, paid_call
-from videoq.providers import PaidWork, ResumableVideoProvider, VideoProvider, prices
+from videoq.providers import PaidWork, ResumableVideoProvider, VideoProvider
 from videoq.types import Clip, Scene, Script
 
 if TYPE_CHECKING:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from videoq import prices
 from videoq.pipeline.spending import Spend, Unmetered, paid, paid_call
-from videoq.providers import PaidWork, ResumableVoiceProvider, VoiceProvider, prices
+from videoq.providers import PaidWork, ResumableVoiceProvider, VoiceProvider
 from videoq.types import Script, VoiceTrack
 
 if TYPE_CHECKING:

@@ -54,9 +54,10 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpx
 import structlog
 
+from videoq import prices
 from videoq.errors import Declined, PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output
-from videoq.providers import PaidWork, PredictionWatch, prices
+from videoq.providers import PaidWork, PredictionWatch
 from videoq.providers.http import (
     MAYBE_DONE,
     RetryPolicy,

@@ -32,8 +32,8 @@ from videoq.store import DATABASE_ERRORS, Job
 from videoq.store import jobs as job_rows
 from videoq.store.checkpoints import DbCheckpoints
 from videoq.store.grouped import AttemptOutcome
-from videoq.store.spend import JobSpend
 from videoq.types import Brief, JobStatus, Result
+from videoq.workers.budget import JobSpend
 from videoq.workers.progress import EventReporter
 from videoq.workers.state import RunningJob, WorkerState
 

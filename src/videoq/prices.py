@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from videoq.prompts import request
 from videoq.settings import Price, Settings, price_key
 from videoq.types import Brief, Scene, scene_count, scene_durations
 
@@ -70,8 +71,6 @@ def cost_usd(settings: Settings, record: dict[str, Any]) -> Decimal | None:
 
 def script_usage(brief: Brief, settings: Settings, *, most: bool) -> dict[str, Any]:
     """The script call's expected usage (``most``: its upper bound, the whole output cap)."""
-    from videoq.providers.anthropic import request  # the SDK loads only where it is used
-
     count = scene_count(brief.duration_s)
     body = request(brief, count, settings)
     output = settings.anthropic_max_tokens if most else TITLE_TOKENS + TOKENS_PER_SCENE * count
