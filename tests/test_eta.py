@@ -21,7 +21,9 @@ TIMES = {"script_gen": 1.0, "voice_gen": 2.0, "video_gen": 20.0, "compositing": 
 
 
 def test_a_job_alone_takes_its_stages() -> None:
-    assert eta.estimate(TIMES, stage=None) == pytest.approx(27.0)
+    # Voice and video run at once: the longer (video, 20 s) counts.
+    assert eta.estimate(TIMES, stage=None) == pytest.approx(1.0 + 20.0 + 4.0)
+    assert eta.estimate({**TIMES, "voice_gen": 30.0}, stage=None) == pytest.approx(35.0)
     assert eta.estimate(TIMES, stage="video_gen", elapsed_s=5.0) == pytest.approx(19.0)
     assert eta.estimate(TIMES, stage="compositing", elapsed_s=3.0) == pytest.approx(1.0)
     assert eta.estimate(TIMES, stage="compositing", elapsed_s=9.0) == 0.0
@@ -29,10 +31,10 @@ def test_a_job_alone_takes_its_stages() -> None:
 
 def test_jobs_ahead_queue_at_compositing_spread_over_workers() -> None:
     # 10 ahead: their compositing (4 s each) ends long after this job's own path.
-    assert eta.estimate(TIMES, stage=None, ahead=10) == pytest.approx(23.0 + 44.0)
-    assert eta.estimate(TIMES, stage=None, ahead=10, workers=2) == pytest.approx(23.0 + 22.0)
+    assert eta.estimate(TIMES, stage=None, ahead=10) == pytest.approx(21.0 + 44.0)
+    assert eta.estimate(TIMES, stage=None, ahead=10, workers=2) == pytest.approx(21.0 + 22.0)
     # Few ahead: its own path is the longer.
-    assert eta.estimate(TIMES, stage=None, ahead=0, workers=4) == pytest.approx(27.0)
+    assert eta.estimate(TIMES, stage=None, ahead=0, workers=4) == pytest.approx(25.0)
 
 
 def test_no_estimate_until_every_stage_was_measured() -> None:

@@ -225,6 +225,41 @@ async def test_scenes_render_concurrently(settings: Settings, tmp_path: Path) ->
     assert result.video_path.exists()
 
 
+async def test_voice_and_video_run_at_once_with_progress_that_never_goes_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    inner = offline_providers(settings)
+    barrier = asyncio.Barrier(3)  # the voice and both scenes of a 5 s brief
+
+    class Voice:
+        async def speak(self, script: Script, brief: Brief, out_dir: Path) -> VoiceTrack:
+            # Run one stage after the other, the voice would wait here forever.
+            await barrier.wait()
+            return await inner.voice.speak(script, brief, out_dir)
+
+    class Video:
+        async def render_scene(self, scene: Scene, index: int, brief: Brief, out: Path) -> Path:
+            await barrier.wait()
+            return await inner.video.render_scene(scene, index, brief, out)
+
+    recorder = Recorder()
+    result = await run_pipeline(
+        Brief("Acme", duration_s=5, aspect_ratio="1:1"),
+        settings=Settings(ffmpeg_path=FFMPEG, stage_timeout_s=30),
+        workdir=tmp_path,
+        checkpoints=MemoryCheckpoints(),
+        report=recorder,
+        providers=Providers(script=inner.script, voice=Voice(), video=Video()),
+    )
+    assert result.video_path.exists()
+    assert recorder.stages("started") == ["script_gen", "voice_gen", "video_gen", "compositing"]
+    assert sorted(recorder.stages("completed")) == sorted(STAGES)
+    assert_progress_sane(recorder)
+    # Both started at 25; together they reach 75 before compositing starts.
+    starts = {stage: p for stage, p, msg in recorder.events if msg == "started"}
+    assert starts == {"script_gen": 0.0, "voice_gen": 25.0, "video_gen": 25.0, "compositing": 75.0}
+
+
 async def test_ffmpeg_failure_surfaces_with_returncode(tmp_path: Path) -> None:
     broken = tmp_path / "bin" / "ffmpeg"
     broken.parent.mkdir()

@@ -9,7 +9,8 @@ time divided by the runs sharing the cores when it started: what it takes alone.
 
     eta = max(own path, until compositing + (ahead + 1) × compositing / workers)
 
-where *own path* is what is left of the job's stages and *ahead* counts the unfinished jobs
+where *own path* is what is left of the job's stages (``voice_gen`` and ``video_gen`` running
+at once, the longer of the two counts) and *ahead* counts the unfinished jobs
 created before it on its queue. An estimate: providers that slow down, or tenants' fair shares
 and limits reordering the queue, show up only as the means move. No estimate is given until
 every stage has been measured once. When a job succeeds its ETA at submit is compared with
@@ -25,8 +26,6 @@ from videoq.types import STAGES
 
 #: Upper bounds of the relative-error histogram (|eta − actual| ÷ actual).
 ERROR_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
-
-_BEFORE_COMPOSITING = STAGES[:-1]
 
 
 def stage_key(settings: Settings, stage: str) -> str:
@@ -61,11 +60,13 @@ def estimate(
 ) -> float:
     """Seconds until a job finishes: it is at ``stage`` (None: not started) since
     ``elapsed_s``, with ``ahead`` unfinished jobs before it and ``workers`` compositing them."""
-    at = STAGES.index(stage) if stage in STAGES else 0
     compositing = times["compositing"]
     if stage == "compositing":
         return max(0.0, compositing - elapsed_s)
-    until = max(0.0, sum(times[s] for s in _BEFORE_COMPOSITING[at:]) - elapsed_s)
+    # voice_gen and video_gen run at once: the longer decides.
+    together = max(times["voice_gen"], times["video_gen"])
+    script = times["script_gen"] if stage in (None, "script_gen") else 0.0
+    until = max(0.0, script + together - elapsed_s)
     turn = (ahead + 1) * compositing / max(1, workers)
     return max(until + compositing, until + turn)
 

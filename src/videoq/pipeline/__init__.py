@@ -4,7 +4,10 @@ imports only the vocabulary, the providers it is given and FFmpeg, so ``videoq r
 PostgreSQL and progress events in Redis.
 
 Progress is overall, 0–100: ``script_gen`` 0–25, ``voice_gen`` 25–50, ``video_gen`` 50–75,
-``compositing`` 75–100.
+``compositing`` 75–100. ``voice_gen`` and ``video_gen`` need only the script, so when both
+must run they run at once (:data:`TOGETHER`): each then adds its share (25 points) to the
+overall progress as it goes, from 25 to 75, and the job's critical path is script + the longer
+of voice and video + compositing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from videoq.errors import RetryableError
+from videoq.errors import OverBudget, RetryableError
 from videoq.ffmpeg import find_font
 from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
 from videoq.pipeline.spending import Spend, Unmetered
@@ -28,6 +31,7 @@ from videoq.types import STAGE_RANGES, STAGES, Brief, Result, Script, VoiceTrack
 __all__ = [
     "STAGES",
     "STAGE_RANGES",
+    "TOGETHER",
     "Artifacts",
     "Checkpoints",
     "MemoryCheckpoints",
@@ -47,6 +51,10 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "video_gen": ("script_gen",),
     "compositing": ("script_gen", "voice_gen", "video_gen"),
 }
+
+
+#: Stages that run at once when both must run: each needs only the script.
+TOGETHER = ("voice_gen", "video_gen")
 
 
 class Checkpoints(Protocol):
@@ -243,14 +251,8 @@ async def run_pipeline(
     progress = _Progress(report)
     outputs: dict[str, dict[str, Any]] = {}
     ran: set[str] = set()
-    for stage in STAGES:
-        saved = await _load_valid(checkpoints, stage, workdir, kept)
-        if saved is not None and not ran.intersection(STAGE_INPUTS[stage]):
-            outputs[stage] = saved
-            await progress(stage, STAGE_RANGES[stage][1], "skipped")
-            continue
-        ran.add(stage)
-        await progress(stage, STAGE_RANGES[stage][0], "started")
+
+    async def run(stage: str, on_progress: Callable[[float], Awaitable[None]]) -> None:
         async with _deadline(stage, settings.stage_timeout_s):
             output = await _run_stage(
                 stage,
@@ -262,7 +264,7 @@ async def run_pipeline(
                 checkpoints=checkpoints,
                 artifacts=kept,
                 spend=spend or Unmetered(),
-                on_progress=progress.within(stage),
+                on_progress=on_progress,
                 on_message=progress.telling(stage),
             )
         await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
@@ -270,6 +272,30 @@ async def run_pipeline(
         if output.get("cost"):
             log.info("stage_cost_recorded", stage=stage, cost=output["cost"])
         outputs[stage] = output
+
+    async def saved_for(stage: str) -> dict[str, Any] | None:
+        """The stage's checkpoint, when it still holds (nothing it depends on ran again)."""
+        if ran.intersection(STAGE_INPUTS[stage]):
+            return None
+        return await _load_valid(checkpoints, stage, workdir, kept)
+
+    for stage in STAGES:
+        if stage in outputs:
+            continue
+        saved = await saved_for(stage)
+        if saved is not None:
+            outputs[stage] = saved
+            await progress(stage, STAGE_RANGES[stage][1], "skipped")
+            continue
+        if stage == TOGETHER[0]:
+            partner = await saved_for(TOGETHER[1])
+            if partner is None:
+                ran.update(TOGETHER)
+                await _together(run, progress)
+                continue
+        ran.add(stage)
+        await progress(stage, STAGE_RANGES[stage][0], "started")
+        await run(stage, progress.within(stage))
         await progress(stage, STAGE_RANGES[stage][1], "completed")
     final = compositing.from_output(outputs["compositing"])
     # Stages may record what they cost (live providers); offline stages record nothing.
@@ -277,6 +303,49 @@ async def run_pipeline(
         stage: out["cost"] for stage, out in outputs.items() if isinstance(out.get("cost"), dict)
     }
     return Result(final.video_path, final.duration_s, final.size_bytes, cost=cost)
+
+
+async def _together(
+    run: Callable[[str, Callable[[float], Awaitable[None]]], Awaitable[None]],
+    progress: _Progress,
+) -> None:
+    """Run :data:`TOGETHER`'s stages at once, each adding its share of their range (25 points
+    each, from 25 to 75) to the overall progress as it goes. If one fails the other is
+    cancelled (its paid work stays noted, for the next attempt), and that one's error
+    propagates, a permanent one first; one the budget cannot cover lets the other finish, and
+    then :class:`~videoq.errors.OverBudget` propagates."""
+    low = STAGE_RANGES[TOGETHER[0]][0]
+    shares = {stage: STAGE_RANGES[stage][1] - STAGE_RANGES[stage][0] for stage in TOGETHER}
+    done = dict.fromkeys(TOGETHER, 0.0)
+
+    def overall() -> float:
+        return low + sum(shares[stage] * done[stage] for stage in TOGETHER)
+
+    refused: list[OverBudget] = []
+
+    async def one(stage: str) -> None:
+        async def on_progress(fraction: float) -> None:
+            done[stage] = max(done[stage], min(1.0, fraction))
+            await progress(stage, overall())
+
+        try:
+            await run(stage, on_progress)
+        except OverBudget as exc:  # the other goes on: what it reserved is paid for
+            refused.append(exc)
+            return
+        done[stage] = 1.0
+        await progress(stage, overall(), "completed")
+
+    for stage in TOGETHER:
+        await progress(stage, low, "started")
+    try:
+        async with asyncio.TaskGroup() as group:
+            for stage in TOGETHER:
+                group.create_task(one(stage))
+    except ExceptionGroup as failed:
+        raise video_gen.first_error(failed) from None
+    if refused:
+        raise refused[0]
 
 
 async def _run_stage(

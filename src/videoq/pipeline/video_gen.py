@@ -134,7 +134,7 @@ async def run(
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(render_or_wait(i)) for i in range(total)]
     except ExceptionGroup as failed:
-        raise _first(failed) from None
+        raise first_error(failed) from None
     if refused:
         raise refused[0]
     return [clip for task in tasks if (clip := task.result()) is not None]
@@ -307,7 +307,7 @@ def _again(declined: Declined) -> Declined:
     return Declined(declined.message, code=declined.code, retry_after_s=declined.retry_after_s)
 
 
-def _first(failed: ExceptionGroup[Exception]) -> Exception:
+def first_error(failed: ExceptionGroup[Exception]) -> Exception:
     """The error a failed stage reports: a scene's own, not the task group's wrapper; a
     permanent one when a scene failed for good (retrying would not help the job)."""
     errors: list[Exception] = []

@@ -66,7 +66,8 @@ class EventReporter:
         #: FFmpeg slots, see :class:`videoq.fair.Spent`).
         self.on_stage_done = on_stage_done
         self.spent = fair.Spent()
-        self._stage_since = (0.0, fair.Spent())
+        #: When each stage of this attempt started, and what the job had spent by then.
+        self._since: dict[str, tuple[float, fair.Spent]] = {}
         self.books = books
         self.worker_id = worker_id
         self.job_id = job.id
@@ -115,18 +116,20 @@ class EventReporter:
 
     async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
         progress = min(100.0, max(self.progress, progress))
-        if stage != self.stage:
+        if stage not in self._since:  # its first report: it started (or was skipped)
             self.stage, self.progress = stage, progress
             structlog.contextvars.bind_contextvars(stage=stage)
             self._store()
-            self._stage_since = (time.monotonic(), dataclasses.replace(self.spent))
+            self._since[stage] = (time.monotonic(), dataclasses.replace(self.spent))
             eta_s = self.eta(stage) if self.eta is not None else None
             self.emit("stage", JobStatus.RUNNING, message or f"{stage} started", eta_s=eta_s)
             # A stage whose checkpoint an earlier attempt recorded is skipped, not run again.
             log.info("stage_skipped" if message == "skipped" else "stage_started")
             return
         if message == "completed" and self.on_stage_done is not None:
-            self.on_stage_done(stage, self._stage_time())
+            self.on_stage_done(stage, self._stage_time(stage))
+        # Two stages may run at once (voice_gen and video_gen): each event names its own.
+        self.stage = stage
         if progress - self.progress < 0.5 and message is None:
             return  # sub-percent steps are noise for every client
         self.progress = progress
@@ -134,10 +137,10 @@ class EventReporter:
             self._store()
         self.emit("progress", JobStatus.RUNNING, message)
 
-    def _stage_time(self) -> float:
-        """How long the current stage took, its FFmpeg runs counted as if alone and without
-        their waits for a slot."""
-        since, before = self._stage_since
+    def _stage_time(self, stage: str) -> float:
+        """How long ``stage`` took, its FFmpeg runs counted as if alone and without their
+        waits for a slot (the job's, while two stages run at once)."""
+        since, before = self._since[stage]
         now = self.spent
         ffmpeg = (now.alone_s - before.alone_s) - (now.ran_s - before.ran_s)
         return time.monotonic() - since - (now.waited_s - before.waited_s) + ffmpeg
