@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, text, tuple_, update
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import and_, bindparam, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from videoq.store.tables import (
+    DIMENSIONS,
     FeedBrief,
     FeedItem,
     FeedUser,
@@ -186,6 +188,27 @@ async def save_preference(
     await session.commit()
 
 
+#: The tenant's finished videos of a model nearest a vector (cosine distance, ``<=>``, which
+#: the HNSW index orders by), leaving out those the user interacted with and those made for
+#: them.
+NEAREST_SQL = f"""
+    SELECT e.job_id, 1 - (e.embedding <=> :vector) AS similarity
+    FROM video_embeddings e
+    WHERE e.tenant = :tenant AND e.model = :model
+      AND NOT EXISTS (
+          SELECT 1 FROM interactions i
+          WHERE i.tenant = :tenant AND i.user_id = :user_id AND i.video_id = e.job_id)
+      AND NOT EXISTS (
+          SELECT 1 FROM feed_items f
+          WHERE f.tenant = :tenant AND f.user_id = :user_id AND f.job_id = e.job_id
+            AND f.kind = '{GENERATED}')
+    ORDER BY e.embedding <=> :vector
+    LIMIT :limit
+"""
+VECTOR_PARAM = bindparam("vector", type_=VECTOR(DIMENSIONS))
+_NEAREST = text(NEAREST_SQL).bindparams(VECTOR_PARAM)
+
+
 async def nearest(
     session: AsyncSession,
     tenant: str,
@@ -196,34 +219,22 @@ async def nearest(
     *,
     exact: bool = False,
 ) -> list[tuple[uuid.UUID, float]]:
-    """The tenant's finished videos of ``model`` nearest ``vector`` (cosine), nearest first,
-    with their cosine similarity; leaving out those the user interacted with and those made
-    for them. By the HNSW index, or, with ``exact`` (and whenever the index's scan found fewer
-    than ``limit``), by comparing every candidate."""
-    distance = VideoEmbedding.embedding.cosine_distance(list(vector))
-    seen = exists().where(
-        Interaction.tenant == tenant,
-        Interaction.user_id == user_id,
-        Interaction.video_id == VideoEmbedding.job_id,
-    )
-    made = exists().where(
-        FeedItem.tenant == tenant,
-        FeedItem.user_id == user_id,
-        FeedItem.job_id == VideoEmbedding.job_id,
-        FeedItem.kind == GENERATED,
-    )
-    query = (
-        select(VideoEmbedding.job_id, (1 - distance).label("similarity"))
-        .where(VideoEmbedding.tenant == tenant, VideoEmbedding.model == model, ~seen, ~made)
-        .order_by(distance)
-        .limit(limit)
-    )
+    """:data:`NEAREST_SQL`'s ``limit`` videos, nearest first, with their cosine similarity:
+    by the HNSW index, or, with ``exact`` (and whenever the index's scan found fewer than
+    ``limit``), by comparing every one of the tenant's videos."""
+    params = {
+        "vector": list(vector), "tenant": tenant, "model": model, "user_id": user_id,
+        "limit": limit,
+    }  # fmt: skip
     # SET LOCAL lasts until the transaction ends: the session's own, committed below.
     if exact:
         await session.execute(text("SET LOCAL enable_indexscan = off"))
     else:
         await session.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, limit)}"))
-    found = [(job_id, float(similarity)) for job_id, similarity in await session.execute(query)]
+    found = [
+        (job_id, float(similarity))
+        for job_id, similarity in await session.execute(_NEAREST, params)
+    ]
     await session.commit()
     if len(found) < limit and not exact:
         return await nearest(session, tenant, user_id, vector, model, limit, exact=True)
