@@ -35,7 +35,8 @@ from videoq.store.tables import (
 from videoq.types import TERMINAL, JobStatus
 
 EXISTING, GENERATED = "existing_video", "generated_video"
-#: Candidates the HNSW scan keeps (pgvector's ``hnsw.ef_search``; its default is 40).
+#: Candidates the HNSW scan keeps (pgvector's ``hnsw.ef_search``, whose default is 40; at
+#: most 1,000): also as many as a refill looks at, before the videos the user has seen.
 EF_SEARCH = 200
 
 
@@ -188,21 +189,27 @@ async def save_preference(
     await session.commit()
 
 
-#: The tenant's finished videos of a model nearest a vector (cosine distance, ``<=>``, which
-#: the HNSW index orders by), leaving out those the user interacted with and those made for
-#: them.
+#: The tenant's finished videos of a model nearest a vector, by cosine distance (``<=>``):
+#: the inner query is the HNSW index's scan (``:candidates`` of them, the nearest first), the
+#: outer one leaves out those the user interacted with and those made for them. (With those
+#: conditions in one query, PostgreSQL anti-joins every video of the tenant and sorts them.)
 NEAREST_SQL = f"""
-    SELECT e.job_id, 1 - (e.embedding <=> :vector) AS similarity
-    FROM video_embeddings e
-    WHERE e.tenant = :tenant AND e.model = :model
-      AND NOT EXISTS (
+    SELECT near.job_id, 1 - near.distance AS similarity
+    FROM (
+        SELECT e.job_id, e.embedding <=> :vector AS distance
+        FROM video_embeddings e
+        WHERE e.tenant = :tenant AND e.model = :model
+        ORDER BY e.embedding <=> :vector
+        LIMIT :candidates
+    ) near
+    WHERE NOT EXISTS (
           SELECT 1 FROM interactions i
-          WHERE i.tenant = :tenant AND i.user_id = :user_id AND i.video_id = e.job_id)
+          WHERE i.tenant = :tenant AND i.user_id = :user_id AND i.video_id = near.job_id)
       AND NOT EXISTS (
           SELECT 1 FROM feed_items f
-          WHERE f.tenant = :tenant AND f.user_id = :user_id AND f.job_id = e.job_id
+          WHERE f.tenant = :tenant AND f.user_id = :user_id AND f.job_id = near.job_id
             AND f.kind = '{GENERATED}')
-    ORDER BY e.embedding <=> :vector
+    ORDER BY near.distance
     LIMIT :limit
 """
 VECTOR_PARAM = bindparam("vector", type_=VECTOR(DIMENSIONS))
@@ -220,17 +227,18 @@ async def nearest(
     exact: bool = False,
 ) -> list[tuple[uuid.UUID, float]]:
     """:data:`NEAREST_SQL`'s ``limit`` videos, nearest first, with their cosine similarity:
-    by the HNSW index, or, with ``exact`` (and whenever the index's scan found fewer than
+    by the HNSW index, or, with ``exact`` (and whenever the index's candidates left fewer than
     ``limit``), by comparing every one of the tenant's videos."""
+    candidates = max(EF_SEARCH, limit)
     params = {
         "vector": list(vector), "tenant": tenant, "model": model, "user_id": user_id,
-        "limit": limit,
+        "limit": limit, "candidates": candidates,
     }  # fmt: skip
     # SET LOCAL lasts until the transaction ends: the session's own, committed below.
     if exact:
         await session.execute(text("SET LOCAL enable_indexscan = off"))
     else:
-        await session.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, limit)}"))
+        await session.execute(text(f"SET LOCAL hnsw.ef_search = {candidates}"))
     found = [
         (job_id, float(similarity))
         for job_id, similarity in await session.execute(_NEAREST, params)
@@ -325,7 +333,7 @@ async def ended(session: AsyncSession, *, now: datetime) -> list[tuple[Any, ...]
         .returning(FeedItem.tenant, FeedItem.user_id, FeedItem.job_id, Job.status)
         .execution_options(synchronize_session=False)
     )
-    rows = list((await session.execute(statement)).tuples())
+    rows = [tuple(row) for row in await session.execute(statement)]
     await session.commit()
     return rows
 

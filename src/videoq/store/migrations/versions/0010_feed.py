@@ -30,18 +30,18 @@ NO_PGVECTOR = (
 )
 
 
-def _enable_pgvector() -> None:
-    bind = op.get_bind()
+def require_pgvector(bind: sa.Connection, extension: str = "vector") -> None:
+    """Refuse, with :data:`NO_PGVECTOR`, a server on which ``extension`` cannot be created."""
     available = bind.execute(
-        sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+        sa.text("SELECT 1 FROM pg_available_extensions WHERE name = :name"), {"name": extension}
     ).first()
     if available is None:
         raise RuntimeError(NO_PGVECTOR)
-    op.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
 
 def upgrade() -> None:
-    _enable_pgvector()
+    require_pgvector(op.get_bind())
+    op.execute("CREATE EXTENSION IF NOT EXISTS vector")
     now = sa.text("now()")
     stamp = sa.DateTime(timezone=True)
     op.create_table(
