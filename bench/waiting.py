@@ -210,7 +210,7 @@ async def _measure(
             worker.wait()
 
     def rate(kind: str) -> float:
-        return (during["calls"].get(kind, 0) - before["calls"].get(kind, 0)) / elapsed
+        return float(during["calls"].get(kind, 0) - before["calls"].get(kind, 0)) / elapsed
 
     return Figures(
         bought=bought,

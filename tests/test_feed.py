@@ -43,7 +43,9 @@ ORIGAMI = "folded paper origami cranes on a wooden desk"
 async def finished_video(sessions: Any, tenant: str, name: str, style: str, prompt: str) -> str:
     """A succeeded job of ``tenant`` with its offline script, as a worker leaves one (its
     video file is not needed here); its id."""
-    body = JobCreate(product_name=name, style=style, prompt=prompt, duration_s=5)  # type: ignore[arg-type]
+    body = JobCreate.model_validate(
+        {"product_name": name, "style": style, "prompt": prompt, "duration_s": 5}
+    )
     script = await OfflineScriptProvider().write_script(Brief(**body.brief()))
     now = datetime.now(UTC)
     job = store.Job(
@@ -88,7 +90,7 @@ class Stream:
     async def next_feed(self, change: str, timeout: float = 120) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
-                event = json.loads(await self.ws.recv())
+                event: dict[str, Any] = json.loads(await self.ws.recv())
                 if event.get("type") == "feed":
                     self.feed.append(event)
                     if event["change"] == change:
@@ -165,8 +167,8 @@ async def test_a_taste_nothing_matches_gets_new_videos_made_within_the_daily_cap
         await finished_video(sessions, tenant, n, "minimal", ORIGAMI)
         for n in ("Fold Studio", "Paper Crane")
     ]
-    for n in ("Crust Co", "Levain Lab", "Morning Rise"):
-        await finished_video(sessions, tenant, n, "playful", BREAD)
+    for name in ("Crust Co", "Levain Lab", "Morning Rise"):
+        await finished_video(sessions, tenant, name, "playful", BREAD)
     async with (
         serving(settings) as api,
         running_worker(settings),
@@ -218,7 +220,8 @@ def low_dimensional(rng: np.random.Generator, count: int) -> np.ndarray:
     (isotropic noise in 1,536 dimensions would put them all at about the same distance)."""
     points = rng.normal(size=(count, 8)) @ rng.normal(size=(8, DIMENSIONS))
     norms: np.ndarray = np.linalg.norm(points, axis=1, keepdims=True)
-    return points / norms
+    unit: np.ndarray = points / norms
+    return unit
 
 
 async def test_nearest_neighbours_use_the_hnsw_index_and_equal_an_exact_scan(

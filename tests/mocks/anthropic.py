@@ -147,7 +147,7 @@ class AnthropicMock(MockProvider):
         content: list[dict[str, Any]]
         answer: dict[str, Any] = {"title": f"{product} in {count} scenes", "scenes": scenes}
         if tool == "emit_briefs":
-            answer = self.briefs(body, system)
+            answer = self.briefs(body, system or "")
         if self.stop_reason == "tool_use":
             content = [
                 {

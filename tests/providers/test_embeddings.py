@@ -7,6 +7,7 @@ import json
 import math
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -135,7 +136,7 @@ async def test_offline_vectors_are_deterministic_unit_vectors_near_for_shared_wo
     assert offline_vector("!!!") == [0.0] * DIMENSIONS
 
 
-LIKED = [
+LIKED: list[dict[str, Any]] = [
     {"product_name": "Crust Co", "style": "playful", "prompt": "sourdough from a wood oven"},
     {"product_name": "Reef Fins", "style": "cinematic", "prompt": None},
 ]

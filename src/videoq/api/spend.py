@@ -34,10 +34,10 @@ async def create_estimate(request: Request) -> Response:
 async def get_usage(request: Request) -> Response:
     who = await principal(request)
     tenant = request.query_params.get("tenant", who.tenant)
-    if not 1 <= len(tenant) <= 100:
+    if not (1 <= len(tenant) <= 100 and tenant.isprintable()):
         return error_response(
-            422, "validation_error", "tenant must be 1-100 characters",
-            [{"field": "tenant", "message": "must be 1-100 characters"}],
+            422, "validation_error", "tenant must be 1-100 printable characters",
+            [{"field": "tenant", "message": "must be 1-100 printable characters"}],
         )  # fmt: skip
     if tenant != who.tenant and not who.is_admin:
         raise Forbidden("a tenant key reads only its own usage")
