@@ -180,17 +180,20 @@ async def refill(
                  reason="embeddings_awaited" if awaited else "no_preference")  # fmt: skip
         return
     async with svc.sessions() as session:
-        await rows.save_preference(session, user, vector, embedder.model, now=now)
         nearest = await rows.nearest(
             session, tenant, user_id, vector, embedder.model, settings.feed_size
         )
         similar = [(j, s) for j, s in nearest if s >= settings.similarity_threshold]
-        await rows.replace_existing(session, tenant, user_id, similar)
+        enough = len(similar) >= settings.similar_videos_needed
+        await rows.save_refill(
+            session, user, vector, embedder.model, similar,
+            consumed=user.pending if enough else None, now=now,
+        )  # fmt: skip
     made: list[uuid.UUID] = []
-    if len(similar) < settings.similar_videos_needed:
+    if not enough:
         made = await generate(svc, embedder, writer, user, vector, touches)
-    async with svc.sessions() as session:
-        await rows.release(session, user, user.pending, refilled_at=now)
+        async with svc.sessions() as session:
+            await rows.release(session, user, user.pending, refilled_at=now)
     log.info("feed_refilled", tenant=tenant, user_id=user_id, existing=len(similar),
              generated=len(made))  # fmt: skip
     event = {

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy import and_, bindparam, delete, func, or_, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import REAL, and_, bindparam, cast, delete, func, or_, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from videoq.store.tables import (
@@ -35,6 +35,9 @@ from videoq.store.tables import (
 from videoq.types import TERMINAL, JobStatus
 
 EXISTING, GENERATED = "existing_video", "generated_video"
+#: Vectors as PostgreSQL's ``real[]``, which pgvector casts to and from ``vector``.
+FLOATS = ARRAY(REAL)
+VECTOR_TYPE = VECTOR(DIMENSIONS)
 #: Candidates the HNSW scan keeps (pgvector's ``hnsw.ef_search``, whose default is 40; at
 #: most 1,000): also as many as a refill looks at, before the videos the user has seen.
 EF_SEARCH = 200
@@ -122,6 +125,13 @@ async def release(
 ) -> None:
     """End the claim on ``user``, counting ``consumed`` interactions as taken into account
     (committed); ``refilled_at`` when the feed was refilled."""
+    await _release(session, user, consumed, refilled_at=refilled_at)
+    await session.commit()
+
+
+async def _release(
+    session: AsyncSession, user: FeedUser, consumed: int, *, refilled_at: datetime | None
+) -> None:
     values: dict[str, Any] = {
         "pending": func.greatest(FeedUser.pending - consumed, 0),
         "claimed_at": None,
@@ -133,7 +143,6 @@ async def release(
         .where(FeedUser.tenant == user.tenant, FeedUser.user_id == user.user_id)
         .values(**values)
     )
-    await session.commit()
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ async def history(
             Interaction.created_at,
             Interaction.video_id,
             Job.brief,
-            VideoEmbedding.embedding,
+            cast(VideoEmbedding.embedding, FLOATS),
             Job.embedded_at.is_(None),
         )
         .join(Job, Job.id == Interaction.video_id)
@@ -177,15 +186,44 @@ async def history(
     return [Touch(*row) for row in await session.execute(query)]
 
 
-async def save_preference(
-    session: AsyncSession, user: FeedUser, vector: Sequence[float], model: str, *, now: datetime
+async def save_refill(
+    session: AsyncSession,
+    user: FeedUser,
+    vector: Sequence[float],
+    model: str,
+    matches: Sequence[tuple[uuid.UUID, float]],
+    *,
+    consumed: int | None,
+    now: datetime,
 ) -> None:
-    """Store the user's preference vector (committed)."""
+    """In one transaction (committed): the user's preference vector stored, their
+    ``existing_video`` items replaced by ``matches``, and, with ``consumed``, the claim ended as
+    :func:`release` ends it."""
     await session.execute(
         update(FeedUser)
         .where(FeedUser.tenant == user.tenant, FeedUser.user_id == user.user_id)
-        .values(preference=list(vector), model=model, preference_updated_at=now)
+        .values(
+            preference=cast(bindparam("preference", list(vector), type_=FLOATS), VECTOR_TYPE),
+            model=model,
+            preference_updated_at=now,
+        )
     )
+    await session.execute(
+        delete(FeedItem).where(
+            FeedItem.tenant == user.tenant,
+            FeedItem.user_id == user.user_id,
+            FeedItem.kind == EXISTING,
+        )
+    )
+    if matches:
+        items = [
+            {"tenant": user.tenant, "user_id": user.user_id, "job_id": job_id, "kind": EXISTING,
+             "similarity": similarity}
+            for job_id, similarity in matches
+        ]  # fmt: skip
+        await session.execute(insert(FeedItem).values(items).on_conflict_do_nothing())
+    if consumed is not None:
+        await _release(session, user, consumed, refilled_at=now)
     await session.commit()
 
 
@@ -196,10 +234,10 @@ async def save_preference(
 NEAREST_SQL = f"""
     SELECT near.job_id, 1 - near.distance AS similarity
     FROM (
-        SELECT e.job_id, e.embedding <=> :vector AS distance
+        SELECT e.job_id, e.embedding <=> CAST(:vector AS vector) AS distance
         FROM video_embeddings e
         WHERE e.tenant = :tenant AND e.model = :model
-        ORDER BY e.embedding <=> :vector
+        ORDER BY e.embedding <=> CAST(:vector AS vector)
         LIMIT :candidates
     ) near
     WHERE NOT EXISTS (
@@ -212,7 +250,9 @@ NEAREST_SQL = f"""
     ORDER BY near.distance
     LIMIT :limit
 """
-VECTOR_PARAM = bindparam("vector", type_=VECTOR(DIMENSIONS))
+#: The query vector, sent as ``real[]`` (asyncpg encodes it in C; the text form pgvector's
+#: own type would send costs milliseconds to write and parse at 1,536 numbers).
+VECTOR_PARAM = bindparam("vector", type_=FLOATS)
 _NEAREST = text(NEAREST_SQL).bindparams(VECTOR_PARAM)
 
 
@@ -247,25 +287,6 @@ async def nearest(
     if len(found) < limit and not exact:
         return await nearest(session, tenant, user_id, vector, model, limit, exact=True)
     return found
-
-
-async def replace_existing(
-    session: AsyncSession, tenant: str, user_id: str, matches: Sequence[tuple[uuid.UUID, float]]
-) -> None:
-    """The user's ``existing_video`` items become ``matches`` (committed)."""
-    await session.execute(
-        delete(FeedItem).where(
-            FeedItem.tenant == tenant, FeedItem.user_id == user_id, FeedItem.kind == EXISTING
-        )
-    )
-    if matches:
-        rows = [
-            {"tenant": tenant, "user_id": user_id, "job_id": job_id, "kind": EXISTING,
-             "similarity": similarity}
-            for job_id, similarity in matches
-        ]  # fmt: skip
-        await session.execute(insert(FeedItem).values(rows).on_conflict_do_nothing())
-    await session.commit()
 
 
 async def briefs_of(session: AsyncSession, tenant: str, user_id: str) -> list[FeedBrief]:
