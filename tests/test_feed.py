@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import LiveApi, auth, new_key, running_worker, serving
 from tests.test_api import assert_error
+from tests.test_cli import run_cli
 from videoq import store
 from videoq.client import Client, ValidationError
 from videoq.providers.offline import OfflineScriptProvider
@@ -133,6 +134,9 @@ async def test_interactions_with_one_style_feed_similar_existing_videos(
             refilled = await events.next_feed("refilled", timeout=60)
         items = await feed_of(client, "u-1")
         prefs = await client.preferences("u-1")
+        code, out, err = await run_cli("feed", "u-1", "--json", url=api.url, key=key)
+        assert code == 0, err
+        assert [row["job_id"] for row in json.loads(out)] == [item.job_id for item in items]
         # Another tenant: the same user id names another user, and the videos are not its own.
         assert await feed_of(other, "u-1") == []
         theirs = await other.preferences("u-1")
