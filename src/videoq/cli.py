@@ -119,7 +119,11 @@ def migrate(ctx: click.Context) -> None:
 
     settings = _need_urls(_settings(ctx))
     assert settings.database_url
-    store.migrate(settings.database_url)
+    try:
+        store.migrate(settings.database_url)
+    except RuntimeError as exc:  # a migration's refusal, e.g. a server without pgvector
+        err.print(f"[red]error[/]: {exc}", soft_wrap=True)
+        ctx.exit(1)
     err.print("database migrated to", store.head_revision())
 
 

@@ -51,10 +51,19 @@ MAX_TEXT_CHARS = 8000
 
 
 async def tick(svc: lifecycle.Services, embedder: Embedder, writer: BriefWriter) -> None:
-    """One period's work: embed, announce, refill (module docstring)."""
-    await embed_finished(svc, embedder)
-    await announce_ended(svc)
-    await refill_due(svc, embedder, writer)
+    """One period's work: embed, announce, refill (module docstring). A step that fails is
+    logged and the next one still runs: an embeddings API that is down must not hold up the
+    feeds of users whose videos are embedded already."""
+    steps = (
+        ("embed", embed_finished(svc, embedder)),
+        ("announce", announce_ended(svc)),
+        ("refill", refill_due(svc, embedder, writer)),
+    )
+    for step, work in steps:
+        try:
+            await work
+        except Exception as exc:  # the next step, and the next period, go on
+            log.warning("feed_step_failed", step=step, error=f"{type(exc).__name__}: {exc}")
 
 
 def video_text(brief: dict[str, Any], script: dict[str, Any] | None) -> str:
