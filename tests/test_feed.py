@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -391,3 +392,71 @@ async def test_a_retried_interaction_is_recorded_once(live_api: LiveApi, session
     async with sessions() as session:
         user = await rows.user(session, tenant, "u")
     assert user is not None and user.interactions == user.pending == 2
+
+
+def touch(
+    kind: str,
+    vector: list[float] | None,
+    *,
+    days: float = 0.0,
+    watched_s: float | None = None,
+    video: uuid.UUID | None = None,
+) -> Any:
+    """One interaction of a history: of ``video`` (a new one by default), whose brief's
+    product name is the video's id."""
+    from datetime import timedelta
+
+    from videoq.store.feed import Touch
+
+    video = video or uuid.uuid4()
+    created = datetime.now(UTC) - timedelta(days=days)
+    return Touch(kind, watched_s, created, video, {"product_name": str(video)}, vector, False)
+
+
+def axis(i: int) -> list[float]:
+    vector = [0.0] * DIMENSIONS
+    vector[i] = 1.0
+    return vector
+
+
+def test_the_preference_weighs_types_ages_and_short_views(settings: Settings) -> None:
+    from videoq import feed
+
+    now = datetime.now(UTC)
+    # A like pulls three times as hard as a view; a skip pushes away.
+    liked = feed.preference([touch("like", axis(0)), touch("view", axis(1), watched_s=60)],
+                            settings, now)  # fmt: skip
+    assert liked is not None and liked[0] > liked[1] > 0
+    assert math.isclose(sum(x * x for x in liked), 1.0)
+    skipped = feed.preference([touch("view", axis(0), watched_s=60), touch("skip", axis(1))],
+                              settings, now)  # fmt: skip
+    assert skipped is not None and skipped[0] > 0 > skipped[1]
+    # A view shorter than short_view_s counts against its video.
+    short = feed.preference([touch("view", axis(0), watched_s=1.0)], settings, now)
+    assert short is not None and short[0] < 0
+    # The same like, one half-life older, counts half.
+    half = settings.preference_half_life_days
+    aged = feed.preference([touch("like", axis(0), days=half), touch("like", axis(1))],
+                           settings, now)  # fmt: skip
+    assert aged is not None and math.isclose(aged[0] / aged[1], 0.5, rel_tol=1e-3)
+    # Nothing embedded, or weights that cancel: no preference.
+    assert feed.preference([touch("like", None)], settings, now) is None
+    assert feed.preference([touch("view", axis(0), watched_s=60), touch("view", axis(0),
+                            watched_s=1.0)], settings, now) is None  # fmt: skip
+
+
+def test_the_taste_ranks_liked_and_disliked_videos(settings: Settings) -> None:
+    from videoq import feed
+
+    liked, shared, skipped = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    touches = [
+        touch("like", axis(0), video=liked), touch("share", axis(1), video=shared),
+        touch("skip", axis(2), video=skipped), touch("view", axis(0), video=liked, watched_s=30),
+    ]  # fmt: skip
+    taste = feed.taste(touches, [], settings)
+    # share (5) before like + view (3 + 1); the skip (-3) is disliked.
+    assert [t["product_name"] for t in taste.liked] == [str(shared), str(liked)]
+    assert [t["product_name"] for t in taste.disliked] == [str(skipped)]
+    assert feed.fingerprint({"product_name": "A  Kettle", "style": "bold"}) == feed.fingerprint(
+        {"product_name": "a kettle", "style": "BOLD", "prompt": None}
+    )
