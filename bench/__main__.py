@@ -22,6 +22,7 @@ SUITES = (
     "storage",
     "realistic",
     "fairness",
+    "feed",
 )
 
 

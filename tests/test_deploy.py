@@ -40,7 +40,7 @@ RECIPES = [*sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != "
 #: A worker stops in up to two grace periods (running jobs finish, then the ends still being
 #: recorded), and then closes its pools: every stop timeout must cover that.
 STOP_MARGIN_S = 15
-PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "ELEVENLABS_API_KEY", "REPLICATE_API_TOKEN")
+PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "ELEVENLABS_API_KEY", "REPLICATE_API_TOKEN", "OPENAI_API_KEY")
 
 
 def _rel(path: Path) -> str:

@@ -156,6 +156,11 @@ def route_calls(job_id: str) -> dict[tuple[str, str], Callable[[], dict[str, Any
         ("PUT", "/v1/tenants/{tenant}"): plain("/v1/tenants/someone", json={"weight": 2}),
         ("POST", "/v1/estimates"): plain("/v1/estimates", json={"product_name": "During"}),
         ("GET", "/v1/usage"): plain("/v1/usage"),
+        ("POST", "/v1/interactions"): plain(
+            "/v1/interactions", json={"user_id": "u", "video_id": job_id, "type": "view"}
+        ),
+        ("GET", "/v1/users/{user_id}/feed"): plain("/v1/users/u/feed"),
+        ("GET", "/v1/users/{user_id}/preferences"): plain("/v1/users/u/preferences"),
         ("GET", "/metrics"): plain("/metrics"),
         ("GET", "/dashboard"): plain("/dashboard"),
     }

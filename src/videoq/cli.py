@@ -119,7 +119,11 @@ def migrate(ctx: click.Context) -> None:
 
     settings = _need_urls(_settings(ctx))
     assert settings.database_url
-    store.migrate(settings.database_url)
+    try:
+        store.migrate(settings.database_url)
+    except RuntimeError as exc:  # a migration's refusal, e.g. a server without pgvector
+        err.print(f"[red]error[/]: {exc}", soft_wrap=True)
+        ctx.exit(1)
     err.print("database migrated to", store.head_revision())
 
 
@@ -454,4 +458,35 @@ def info(ctx: click.Context, /, api_url: str | None, api_key: str | None, as_jso
             w["id"], "yes" if w["alive"] else "no", str(len(w.get("jobs", []))),
             str(counts_.get("succeeded", 0)), str(counts_.get("failed", 0)), seen,
         )  # fmt: skip
+    out.print(table)
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@_api_options
+@click.pass_context
+def feed(
+    ctx: click.Context, /, user_id: str, limit: int, api_url: str | None, api_key: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Show an end user's personalised feed, best first."""
+
+    async def fetch(client: Any) -> list[Any]:
+        found = []
+        async for item in client.feed(user_id, page_size=min(limit, 100)):
+            found.append(item)
+            if len(found) >= limit:
+                break
+        return found
+
+    found = _call(ctx, api_url, api_key, fetch)
+    if as_json:
+        click.echo(json.dumps([item.model_dump(mode="json") for item in found], indent=2))
+        return
+    table = Table("job", "type", "status", "similarity", "video", title=f"feed of {user_id}")
+    for item in found:
+        table.add_row(
+            item.job_id, item.type, item.status, f"{item.similarity:.3f}", item.video_url or ""
+        )
     out.print(table)

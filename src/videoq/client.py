@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NoReturn
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -192,6 +193,33 @@ class Event(BaseModel):
         return self.type == "status" and self.status in TERMINAL
 
 
+class Interaction(BaseModel):
+    """An end user's interaction with a finished video, as recorded."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    user_id: str
+    video_id: str
+    type: str
+    watched_s: float | None = None
+    created_at: datetime | None = None
+
+
+class FeedItem(BaseModel):
+    """One video of a user's feed: ``existing_video`` (a finished video like what they liked)
+    or ``generated_video`` (made for them; ``status`` is ``pending`` until its job succeeds,
+    then ``ready`` with its ``video_url``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["existing_video", "generated_video"]
+    job_id: str
+    status: Literal["ready", "pending"]
+    similarity: float
+    video_url: str | None = None
+
+
 class Client:
     """Async client for the videoq API. Use as ``async with Client(base_url, api_key) as c``.
 
@@ -293,6 +321,49 @@ class Client:
         needs an admin key)."""
         params = {"tenant": tenant} if tenant else None
         data: dict[str, Any] = await self._request("GET", "/v1/usage", params=params)
+        return data
+
+    async def interact(
+        self,
+        user_id: str,
+        video_id: str,
+        type: Literal["view", "like", "save", "share", "skip"],
+        *,
+        watched_s: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Interaction:
+        """Record that the tenant's end user ``user_id`` viewed, liked, saved, shared or
+        skipped the finished video ``video_id`` (a succeeded job). Sent with
+        ``idempotency_key``, or a new random one: a retry of this call records it once."""
+        body: dict[str, Any] = {"user_id": user_id, "video_id": video_id, "type": type}
+        if watched_s is not None:
+            body["watched_s"] = watched_s
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        return Interaction.model_validate(
+            await self._request("POST", "/v1/interactions", json=body, headers=headers)
+        )
+
+    async def feed(self, user_id: str, *, page_size: int = 20) -> AsyncIterator[FeedItem]:
+        """The user's feed, best first, fetched page by page."""
+        cursor: str | None = None
+        path = f"/v1/users/{quote(user_id, safe='')}/feed"
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor:
+                params["cursor"] = cursor
+            page = await self._request("GET", path, params=params)
+            for item in page["data"]:
+                yield FeedItem.model_validate(item)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def preferences(self, user_id: str) -> dict[str, Any]:
+        """The user's interaction count, when their preference was last computed, and the
+        briefs written for them."""
+        data: dict[str, Any] = await self._request(
+            "GET", f"/v1/users/{quote(user_id, safe='')}/preferences"
+        )
         return data
 
     async def workers(self) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ one place (:mod:`videoq.workers.task`).
     ├── AttemptSuperseded           this attempt no longer owns its job (cancelled, taken over)
     ├── OverBudget                  the tenant's budget cannot cover a paid call (or a new job)
     ├── NotFound                    no such job / key (for this tenant)
+    ├── VideoNotFinished            an interaction's video is no succeeded job of the tenant
     ├── Conflict                    the job's state forbids the operation
     ├── Unauthorized                missing or unknown API key
     ├── Forbidden                   the key lacks the scope
@@ -103,6 +104,13 @@ class NotFound(VideoqError):
     """The resource does not exist, or belongs to another tenant."""
 
     code = "not_found"
+
+
+class VideoNotFinished(VideoqError):
+    """An interaction names a video that is no succeeded job of the caller's tenant: unknown,
+    unfinished and another tenant's look alike (422, naming ``video_id``)."""
+
+    code = "validation_error"
 
 
 class Conflict(VideoqError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,6 +22,7 @@ from pydantic import (
 )
 
 from videoq.netguard import parse_networks, refusal
+from videoq.settings import InteractionType
 
 if TYPE_CHECKING:
     from videoq.settings import Settings
@@ -215,6 +217,36 @@ class TenantUpdate(BaseModel):
         if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
             return value
         raise ValueError("must be a number of US dollars, or null")
+
+
+class InteractionCreate(BaseModel):
+    """Body of ``POST /v1/interactions``: an end user's interaction with a finished video of
+    the tenant."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    #: The tenant's own id for its user (an opaque string to videoq).
+    user_id: str = Field(min_length=1, max_length=200, strict=True)
+    #: The video: a succeeded job of the tenant.
+    video_id: uuid.UUID
+    type: InteractionType
+    #: Seconds of the video watched (a view shorter than ``short_view_s`` counts against it).
+    watched_s: float | None = Field(default=None, ge=0, le=24 * 3600)
+
+    @field_validator("user_id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if _has_control_chars(value) or not value.strip():
+            raise ValueError("must be printable and not blank")
+        return value
+
+    @field_validator("watched_s", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        # JSON numbers only: "12" or true are refused, not read as 12 or 1.
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return value
+        raise ValueError("must be a number of seconds, or null")
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, Any]]:

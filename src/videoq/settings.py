@@ -70,6 +70,17 @@ DEFAULT_PRICES: dict[str, Price] = {
 }
 
 
+#: What an end user did with a video (``POST /v1/interactions``); each type has its weight in
+#: :attr:`Settings.interaction_weights`.
+InteractionType = Literal["view", "like", "save", "share", "skip"]
+
+
+#: How much each interaction pulls a preference towards its video (a skip pushes away).
+DEFAULT_WEIGHTS: dict[InteractionType, float] = {
+    "view": 1.0, "like": 3.0, "save": 4.0, "share": 5.0, "skip": -3.0
+}  # fmt: skip
+
+
 def price_key(provider: str, model: str) -> str:
     """How :attr:`Settings.prices` names a provider's model."""
     return f"{provider}:{model}"
@@ -386,6 +397,81 @@ class Settings(BaseSettings):
         description="Replicate's `whsec_…` signing secret; unset: the route answers 404.",
     )
 
+    # Preference-driven generation (docs/feed.md).
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the OpenAI-compatible embeddings API; unset: the offline embedder.",
+        validation_alias=AliasChoices("OPENAI_API_KEY", "VIDEOQ_OPENAI_API_KEY"),
+    )
+    embeddings_base_url: str = Field(
+        default="https://api.openai.com",
+        description="Root of the OpenAI-compatible embeddings API (POST <root>/v1/embeddings).",
+        validation_alias=AliasChoices("VIDEOQ_EMBEDDINGS_BASE_URL", "OPENAI_BASE_URL"),
+    )
+    embeddings_model: str = Field(
+        default="text-embedding-3-small",
+        description="Embedding model; asked for 1536 dimensions, the column's size.",
+    )
+    embeddings_timeout_s: float = Field(default=30.0, gt=0, description="HTTP timeout.")
+    embeddings_batch: int = Field(
+        default=64, ge=1, le=2048, description="Finished videos embedded per request."
+    )
+    interaction_weights: dict[InteractionType, float] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="How much an interaction of each type pulls a user's preference towards "
+        "its video (negative: away from it).",
+    )
+    short_view_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="A view with `watched_s` under this counts against its video, with "
+        "`short_view_weight`.",
+    )
+    short_view_weight: float = Field(default=-1.0, description="The weight of a short view.")
+    preference_half_life_days: float = Field(
+        default=14.0, gt=0, description="An interaction counts half as much this much later."
+    )
+    preference_history: int = Field(
+        default=200, ge=1, le=10_000, description="Latest interactions a preference is made of."
+    )
+    preference_update_threshold: int = Field(
+        default=15,
+        ge=1,
+        description="New interactions of a user after which the preference is recomputed and "
+        "the feed refilled (in a worker, never on the request path).",
+    )
+    similarity_threshold: float = Field(
+        default=0.5,
+        ge=-1,
+        le=1,
+        description="Cosine similarity a finished video needs to the preference to be fed.",
+    )
+    similar_videos_needed: int = Field(
+        default=3,
+        ge=1,
+        description="Similar finished videos that fill a feed; with fewer, new ones are made.",
+    )
+    feed_size: int = Field(
+        default=20, ge=1, le=1000, description="Existing videos queued per refill, at most."
+    )
+    briefs_per_refill: int = Field(
+        default=3, ge=1, le=20, description="New briefs asked for when too few videos match."
+    )
+    max_generated_per_user_per_day: int = Field(
+        default=10,
+        ge=0,
+        description="Jobs made for one user per UTC day, at most: a burst of interactions "
+        "cannot run up a bill. 0: none are made.",
+    )
+    preference_priority: Literal["high", "normal", "low"] = Field(
+        default="low", description="Priority of the jobs made for users' feeds."
+    )
+    feed_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often each worker embeds finished videos and refills the feeds due.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -397,7 +483,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
-    @field_validator("anthropic_api_key", "elevenlabs_api_key", "replicate_api_token")
+    @field_validator(
+        "anthropic_api_key", "elevenlabs_api_key", "replicate_api_token", "openai_api_key"
+    )
     @classmethod
     def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
         # `ANTHROPIC_API_KEY=` in an env file means "no key": the offline provider, not a live

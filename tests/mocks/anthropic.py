@@ -100,6 +100,25 @@ class AnthropicMock(MockProvider):
             await self.delay(arrived)
             return response
 
+    def briefs(self, body: dict[str, Any], system: str) -> dict[str, Any]:
+        """The feed's ``emit_briefs`` answer: as many briefs as the prompt asks for, each a
+        liked product told anew."""
+        found = re.search(r"exactly (\d+) new briefs", system)
+        count = int(found.group(1)) if found else 1
+        said = body["messages"][0].get("content")
+        taste = re.search(r"<taste>(.*)</taste>", said if isinstance(said, str) else "")
+        liked = json.loads(taste.group(1))["liked"] if taste else []
+        names = [b.get("product_name", "Product") for b in liked] or ["Product"]
+        return {
+            "briefs": [
+                {
+                    "product_name": names[i % len(names)], "style": "bold",
+                    "cta_text": "Try it", "prompt": f"idea {i + 1} for {names[i % len(names)]}",
+                }
+                for i in range(count)
+            ]
+        }  # fmt: skip
+
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         system = body.get("system") if isinstance(body.get("system"), str) else ""
         found = re.search(r"exactly (\d+) scenes", system or "")
@@ -126,13 +145,16 @@ class AnthropicMock(MockProvider):
         ]
         tool = (body.get("tool_choice") or {}).get("name", "emit_script")
         content: list[dict[str, Any]]
+        answer: dict[str, Any] = {"title": f"{product} in {count} scenes", "scenes": scenes}
+        if tool == "emit_briefs":
+            answer = self.briefs(body, system or "")
         if self.stop_reason == "tool_use":
             content = [
                 {
                     "type": "tool_use",
                     "id": "toolu_" + request_id("")[:20],
                     "name": tool,
-                    "input": {"title": f"{product} in {count} scenes", "scenes": scenes},
+                    "input": answer,
                     "caller": {"type": "direct"},
                 }
             ]

@@ -2,7 +2,9 @@
 
 The specs are the repository's own trimmed copies in ``tests/specs`` (the operations the mocks
 use and the components they reach, written by ``python -m tests.specs.extract`` from the
-published documents, whose names and sha256 each file's ``info.x-videoq-source`` records). Two
+published documents, whose names and sha256 each file's ``info.x-videoq-source`` records;
+OpenAI's, published as YAML, is an excerpt transcribed by hand, its source recorded the same
+way). Two
 relaxations make Replicate's 3.1 document valid JSON Schema: OpenAPI 3.0's ``nullable: true``
 becomes ``type: [T, "null"]``, and the prediction's ``version`` (a string, or the string
 ``hidden``, so ``hidden`` matches both branches of its ``oneOf``) becomes an ``anyOf``.
@@ -25,6 +27,7 @@ SPEC_FILES = {
     "anthropic": "anthropic.json",
     "elevenlabs": "elevenlabs.json",
     "replicate": "replicate.json",
+    "openai": "openai.json",
 }
 
 

@@ -43,8 +43,11 @@ HTTP = {
     ("GET", "/v1/tenants/{tenant}"): "own",
     ("PUT", "/v1/tenants/{tenant}"): "own",
     ("POST", "/v1/estimates"): "tenant",
-    # The caller's own spend; another tenant's for admins: tests/test_spend.py
-    ("GET", "/v1/usage"): "tenant",
+    ("GET", "/v1/usage"): "own",  # ?tenant= another's for admins: tests/test_spend.py
+    # A user id names the caller's own end user: tests/test_feed.py
+    ("POST", "/v1/interactions"): "tenant",
+    ("GET", "/v1/users/{user_id}/feed"): "tenant",
+    ("GET", "/v1/users/{user_id}/preferences"): "tenant",
     ("GET", "/metrics"): "admin",
     ("GET", "/dashboard"): "tenant",  # a page with no data: its script reads the routes above
     ("GET", "/v1/webhooks/secret"): "tenant",
@@ -93,7 +96,7 @@ async def test_every_keyed_route_refuses_missing_unknown_and_revoked_keys(
     job = (
         await asgi_client.post("/v1/jobs", json={"product_name": "K"}, headers=auth(owner))
     ).json()
-    url = path.format(job_id=job["id"], tenant="someone")
+    url = path.format(job_id=job["id"], tenant="someone", user_id="someone")
     for headers in ({}, auth("vq_" + uuid.uuid4().hex), auth(await revoked(sessions))):
         response = await asgi_client.request(
             method, url, json={"product_name": "K"} if method == "POST" else None, headers=headers

@@ -66,6 +66,20 @@ USED: dict[str, tuple[Operation, ...]] = {
     ),
 }
 
+#: Operations the mocks read of documents written by hand rather than trimmed here: the
+#: published form is not JSON (OpenAI's is YAML), so the excerpt is transcribed, and its
+#: ``info.x-videoq-source`` names the repository, file and date it was taken from instead of a
+#: digest.
+EXCERPTS: dict[str, tuple[Operation, ...]] = {
+    "openai": (Operation("/embeddings", "post", request_body=True, responses=("200",)),),
+}
+
+
+def operations(provider: str) -> tuple[Operation, ...]:
+    """The operations the mocks read of ``provider``'s spec, trimmed or transcribed."""
+    return USED[provider] if provider in USED else EXCERPTS[provider]
+
+
 #: The published file each trimmed document comes from (a default; ``--file`` overrides it).
 SOURCE_FILES: dict[str, str] = {
     "anthropic": "anthropic-openapi.json",

@@ -7,6 +7,8 @@
     events      the WebSockets: one job's events, a tenant's
     webhooks    inbound webhooks (GitHub, Replicate) and the tenant's signing secret
     tenants     a tenant's fair share of the workers (admins set it)
+    spend       estimates and a tenant's usage
+    feed        end users' interactions, their feeds and preferences
     ops         workers, queue stats, /metrics, /health, the dashboard page
     middleware  request ids, security headers, CORS, body limits
     metrics     Prometheus figures; openapi: /openapi.json; dashboard: the page
@@ -32,6 +34,7 @@ from videoq import broker, outbox, store
 from videoq.api import (
     errors,
     events,
+    feed,
     jobs,
     metrics,
     middleware,
@@ -88,6 +91,7 @@ def create_app(settings: Settings) -> Starlette:
         *jobs.ROUTES,
         *tenants.ROUTES,
         *spend.ROUTES,
+        *feed.ROUTES,
         *ops.ROUTES,
         WebSocketRoute("/v1/jobs/{job_id}/events", events.job_events_socket),
         WebSocketRoute("/v1/events", events.tenant_events_socket),

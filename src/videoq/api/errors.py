@@ -36,6 +36,7 @@ from videoq.errors import (
     RateLimited,
     Unauthorized,
     UnsafeUrl,
+    VideoNotFinished,
     VideoqError,
 )
 from videoq.schemas import field_errors
@@ -51,6 +52,7 @@ STATUS: dict[type[VideoqError], int] = {
     Gone: 410,
     OverBudget: 402,
     UnsafeUrl: 422,
+    VideoNotFinished: 422,
     IdempotencyKeyReused: 422,
     RateLimited: 429,
     NotMigrated: 503,

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from videoq.schemas import JobCreate, TenantUpdate
+from videoq.schemas import InteractionCreate, JobCreate, TenantUpdate
 from videoq.types import JobStatus
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -68,6 +68,13 @@ TENANT = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+}
+USER_ID = {
+    "name": "user_id",
+    "in": "path",
+    "required": True,
+    "description": "The tenant's own id for its end user.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -220,6 +227,71 @@ SCHEMAS: dict[str, Any] = {
                         "provider": {"type": "string"},
                         "today_usd": {"type": "number"},
                         "month_usd": {"type": "number"},
+                    },
+                },
+            },
+        },
+    },
+    "Interaction": {
+        "type": "object",
+        "required": ["id", "user_id", "video_id", "type", "watched_s", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "user_id": {"type": "string"},
+            "video_id": {"type": "string", "format": "uuid"},
+            "type": {"enum": ["view", "like", "save", "share", "skip"]},
+            "watched_s": {"type": ["number", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Feed": {
+        "type": "object",
+        "required": ["user_id", "data", "next_cursor"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "job_id", "status", "similarity", "video_url"],
+                    "properties": {
+                        "type": {"enum": ["existing_video", "generated_video"]},
+                        "job_id": {"type": "string", "format": "uuid"},
+                        "status": {
+                            "enum": ["ready", "pending"],
+                            "description": "`pending` while a generated video's job runs.",
+                        },
+                        "similarity": {"type": "number", "minimum": -1, "maximum": 1},
+                        "video_url": {"type": ["string", "null"]},
+                    },
+                },
+            },
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Preferences": {
+        "type": "object",
+        "required": ["user_id", "interactions", "preference_updated_at", "briefs"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "interactions": {"type": "integer", "minimum": 0},
+            "pending_interactions": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Interactions since the preference was last computed.",
+            },
+            "preference_updated_at": _TS,
+            "refilled_at": _TS,
+            "briefs": {
+                "type": "array",
+                "description": "The briefs written for the user, newest first.",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "brief": {"type": "object"},
+                        "job_id": {"type": ["string", "null"]},
+                        "similarity": {"type": ["number", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
                     },
                 },
             },
@@ -418,6 +490,64 @@ def _operations() -> dict[str, Any]:
                 },
             },
         },
+        "/v1/interactions": {
+            "post": {
+                "summary": "Record an end user's interaction with a finished video of the "
+                "tenant; after `preference_update_threshold` of them the user's feed is refilled",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "A retry with the same key records nothing more (200).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("InteractionCreate")}},
+                },
+                "responses": {
+                    "202": _json(_ref("Interaction"), "Recorded."),
+                    "200": _json(
+                        _ref("Interaction"), "What an earlier request with this key recorded."
+                    ),
+                    **_errors(400, 401, 413, 422),
+                },
+            }
+        },
+        "/v1/users/{user_id}/feed": {
+            "get": {
+                "summary": "The user's personalised queue, best first: similar finished videos "
+                "and videos made for them",
+                "parameters": [
+                    USER_ID,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "`next_cursor` of the previous page.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {"200": _json(_ref("Feed"), "One page."), **_errors(401, 422)},
+            }
+        },
+        "/v1/users/{user_id}/preferences": {
+            "get": {
+                "summary": "The user's interaction count, when their preference was last "
+                "computed, and the briefs written for them",
+                "parameters": [USER_ID],
+                "responses": {
+                    "200": _json(_ref("Preferences"), "The preferences."),
+                    **_errors(401, 422),
+                },
+            }
+        },
         "/v1/workers": {
             "get": {
                 "summary": "Registered workers (admin)",
@@ -544,7 +674,9 @@ WEBSOCKETS = {
     "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order; "
     "`?after=SEQ` resumes. Auth: `Authorization` header or `?token=`. Close codes: 1000 done, "
     "4400 bad `after`, 4401 bad key, 4404 unknown job (or another tenant's), 4408 too slow.",
-    "/v1/events": "Every event of the caller's tenant (dashboards). Auth as above.",
+    "/v1/events": "Every event of the caller's tenant (dashboards). Auth as above. Beside "
+    'job events it carries `{"type": "feed", "change": "refilled" | "ready" | "failed", '
+    '"user_id", ...}` when a user\'s feed changes.',
 }
 
 
@@ -554,6 +686,7 @@ def document() -> dict[str, Any]:
     schema = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas = {**schema.pop("$defs", {}), "JobCreate": schema, **SCHEMAS}
     schemas["TenantUpdate"] = TenantUpdate.model_json_schema()
+    schemas["InteractionCreate"] = InteractionCreate.model_json_schema()
     error = _ref("Error")
     responses = {
         f"E{status}": {

@@ -256,3 +256,10 @@ async def current_seq(redis: Redis, archive: Archive, job_id: str) -> int:
     """The job's latest ``seq``: Redis's counter, or the archive's when Redis lost it."""
     seq = await last_seq(redis, job_id)
     return seq or await archive.last_seq(job_id)
+
+
+async def publish_tenant(redis: Redis, tenant: str, event: dict[str, Any]) -> None:
+    """Publish an event that belongs to no one job (a user's feed changed) on the tenant's
+    channel, for the tenant's event stream. It has no ``seq`` and no replay: the feed itself,
+    in PostgreSQL, is what a client reads again after a gap."""
+    await redis.publish(keys.tenant_channel(tenant), json.dumps(event))

@@ -20,6 +20,7 @@ __all__ = [
     "estimate_errors",
     "estimates",
     "fair",
+    "feed_lock",
     "in_progress",
     "in_progress_key_prefix",
     "job_channel",
@@ -94,6 +95,11 @@ CANCEL_CHANNEL = "videoq:cancel"
 def reconcile_lock(queue_name: str) -> str:
     """Held by the one worker reconciling ``queue_name`` in this period."""
     return f"videoq:reconcile-lock:{queue_name}"
+
+
+def feed_lock(queue_name: str) -> str:
+    """Held by the one worker embedding finished videos and refilling feeds in this period."""
+    return f"videoq:feed-lock:{queue_name}"
 
 
 def death_watch_lock(queue_name: str) -> str:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the clients' modules are loaded only where a key is set
     import httpx
     import httpx2
 
+    from videoq.providers.briefs import BriefWriter
     from videoq.providers.http import RetryPolicy
     from videoq.providers.replicate import PredictionSweep
 
@@ -301,6 +302,18 @@ class ProviderPool:
             ]  # fmt: skip
             video, fallbacks = first, tuple(rest)
         return Providers(script=script, voice=voice, video=video, video_fallbacks=fallbacks)
+
+    def briefs(self, settings: Settings) -> BriefWriter:
+        """The writer of new briefs for users' feeds: Claude where this pool has a client
+        (unless ``providers="offline"``), else the offline template."""
+        from videoq.providers.briefs import AnthropicBriefWriter, OfflineBriefWriter
+
+        if self.anthropic is None or settings.providers == "offline":
+            return OfflineBriefWriter()
+        return AnthropicBriefWriter(
+            self.anthropic, settings, limiter=self.limiters["anthropic"],
+            policy=self.policy(settings),
+        )  # fmt: skip
 
     async def aclose(self) -> None:
         """Close the live clients (idempotent)."""

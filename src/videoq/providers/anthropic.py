@@ -89,6 +89,26 @@ def make_client(
     )
 
 
+async def create_message(client: anthropic.AsyncAnthropic, body: dict[str, Any]) -> Message:
+    """One Messages API call, its failures classified (:func:`~videoq.providers.http.classify`):
+    retryable or permanent, with the API's error type in the message."""
+    try:
+        message: Message = await client.messages.create(**body)
+        return message
+    except anthropic.APIStatusError as exc:
+        error = exc.body.get("error") if isinstance(exc.body, dict) else None
+        kind = error.get("type", "") if isinstance(error, dict) else ""
+        text = error.get("message", "") if isinstance(error, dict) else str(exc)
+        raise classify(
+            "anthropic",
+            exc.status_code,
+            headers=exc.response.headers,
+            message=f"{kind}: {text}" if kind else text,
+        ) from exc
+    except anthropic.APIConnectionError as exc:  # includes APITimeoutError
+        raise transport_error("anthropic", exc) from exc
+
+
 class AnthropicScriptProvider:
     """A :class:`~videoq.providers.ScriptProvider` on Claude."""
 
@@ -136,23 +156,7 @@ class AnthropicScriptProvider:
         raise AssertionError("unreachable")
 
     async def _create(self, brief: Brief, count: int) -> Message:
-        try:
-            message: Message = await self._client.messages.create(
-                **request(brief, count, self._settings)
-            )
-            return message
-        except anthropic.APIStatusError as exc:
-            error = exc.body.get("error") if isinstance(exc.body, dict) else None
-            kind = error.get("type", "") if isinstance(error, dict) else ""
-            text = error.get("message", "") if isinstance(error, dict) else str(exc)
-            raise classify(
-                "anthropic",
-                exc.status_code,
-                headers=exc.response.headers,
-                message=f"{kind}: {text}" if kind else text,
-            ) from exc
-        except anthropic.APIConnectionError as exc:  # includes APITimeoutError
-            raise transport_error("anthropic", exc) from exc
+        return await create_message(self._client, request(brief, count, self._settings))
 
     def _parse(self, message: Message, brief: Brief, count: int) -> Script:
         if message.stop_reason == "refusal":

@@ -10,6 +10,9 @@ events       the archive of every job's events
 apikeys      API keys
 tenants      tenants' fair shares, as admins set them
 webhooks     outbound deliveries, tenant secrets, inbound receipts
+spend        tenants' budgets: paid calls reserved and settled
+interactions end users' interactions with finished videos (the feed's intake)
+feed         embeddings (pgvector), preferences, refill claims, briefs made, feed items
 """
 
 from videoq.store.engine import (

@@ -10,13 +10,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pgvector.sqlalchemy import VECTOR
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     Numeric,
@@ -32,6 +35,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from videoq.types import WAITING, JobStatus
 
 Json = JSON().with_variant(JSONB(), "postgresql")
+
+#: The size of every embedding (text-embedding-3-small's, and the offline embedder's).
+DIMENSIONS = 1536
 
 
 def _sql_list(values: Iterable[str]) -> str:
@@ -127,6 +133,9 @@ class Job(Base):
     eta_at_submit_s: Mapped[float | None] = mapped_column(Float)
     #: What the job was expected to cost when it was submitted (USD).
     cost_estimate_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    #: When the finished video's embedding was stored (or given up on): the feed's backlog is
+    #: the succeeded jobs without one.
+    embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Tenant(Base):
@@ -278,3 +287,97 @@ class JobEvent(Base):
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     event: Mapped[dict[str, Any]] = mapped_column(Json)
+
+
+class Interaction(Base):
+    """One end user's interaction with a finished video of the tenant (``POST
+    /v1/interactions``)."""
+
+    __tablename__ = "interactions"
+    __table_args__ = (
+        Index("interactions_user", "tenant", "user_id", "video_id"),
+        Index(
+            "interactions_idempotency",
+            "tenant",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    user_id: Mapped[str] = mapped_column(String(200))
+    video_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(8))
+    watched_s: Mapped[float | None] = mapped_column(Float)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    #: A digest of the request the key first came with: the same key with another body is refused.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class VideoEmbedding(Base):
+    """A finished video's embedding (of its brief and script), by the model that made it."""
+
+    __tablename__ = "video_embeddings"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(200))
+    embedding: Mapped[Any] = mapped_column(VECTOR(DIMENSIONS))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class FeedUser(Base):
+    """An end user of a tenant as the feed knows them: interactions counted (``pending``: since
+    the preference was last computed), the preference vector, and a worker's claim on a refill
+    in progress."""
+
+    __tablename__ = "feed_users"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    interactions: Mapped[int] = mapped_column(Integer, default=0)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    preference: Mapped[Any | None] = mapped_column(VECTOR(DIMENSIONS))
+    model: Mapped[str | None] = mapped_column(String(200))
+    preference_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refilled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FeedBrief(Base):
+    """A brief written for one user, once (``fingerprint``), and the job made of it."""
+
+    __tablename__ = "feed_briefs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(100))
+    user_id: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    brief: Mapped[dict[str, Any]] = mapped_column(Json)
+    similarity: Mapped[float | None] = mapped_column(Float)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class FeedItem(Base):
+    """One video in a user's feed: an ``existing_video`` that matched the preference, or a
+    ``generated_video`` made for it (``announced_at``: when its being ready was announced)."""
+
+    __tablename__ = "feed_items"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    similarity: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    announced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

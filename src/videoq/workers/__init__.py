@@ -25,6 +25,7 @@ from videoq.broker import BROKER_ERRORS, inbound, keys, limits, queue, registry
 from videoq.embedded import resolve
 from videoq.logs import configure_logging
 from videoq.providers import ProviderPool
+from videoq.providers.embeddings import open_embedder
 from videoq.settings import Settings
 from videoq.workers import supervisor
 from videoq.workers.state import WorkerState
@@ -54,6 +55,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     state.providers = ProviderPool(
         settings, limiters=limits.shared(settings, ctx["redis"]), watch=watch
     )
+    state.embedder = open_embedder(settings)
     # Before the first job is claimed: a worker running jobs without its lock looks dead.
     await state.lock.take()
     state.background = supervisor.start(state)
@@ -90,6 +92,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await registry.forget_worker(state.redis, state.worker_id)
     if state.providers is not None:
         await state.providers.aclose()
+    if state.embedder is not None:
+        await state.embedder.aclose()
     await state.publish.aclose()  # before the books: what it published is archived there
     await state.books.aclose()
     await state.lock.aclose()  # last: what is still running now is handed to others at once

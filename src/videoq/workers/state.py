@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from videoq.broker import ArqRedis
     from videoq.providers import ProviderPool
+    from videoq.providers.embeddings import Embedder
     from videoq.settings import Settings
 
 
@@ -69,6 +70,8 @@ class WorkerState:
     eta_errors: list[float] = field(default_factory=list)
     #: Live provider clients, opened once per process and shared by its jobs.
     providers: ProviderPool | None = None
+    #: What embeds finished videos for the feed (:mod:`videoq.feed`), opened at startup.
+    embedder: Embedder | None = None
     #: Where jobs' files outlive this worker's scratch (``settings.storage_url``).
     artifacts: ArtifactStore = field(init=False)
     #: The worker's grouped writes to PostgreSQL (claims, checkpoints, progress, events).

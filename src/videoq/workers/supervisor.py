@@ -17,6 +17,9 @@
   resumes them from their checkpoints instead of waiting for arq's in-progress key to expire
   (the slow path of the death watch, for deaths PostgreSQL did not see: a machine lost);
   it also deletes the stored files of jobs finished more than ``artifact_ttl_days`` ago.
+- **the feed**: every ``feed_poll_s`` one worker (a Redis lock elects it) embeds finished
+  videos, announces generated feed items whose jobs ended and refills the feeds of users with
+  enough new interactions (:func:`videoq.feed.tick`).
 - **scratch space**: with each heartbeat the worker checks its scratch disk, and takes no new
   jobs while less than ``scratch_min_free_bytes`` is free (its heartbeat says so).
 """
@@ -34,8 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from videoq import eta, outbox
+from videoq import eta, feed, outbox
 from videoq.broker import BROKER_ERRORS, estimates, keys, queue, registry, shares
+from videoq.providers.briefs import OfflineBriefWriter
+from videoq.providers.embeddings import OfflineEmbedder
 from videoq.store import DATABASE_ERRORS, liveness
 from videoq.store import jobs as job_rows
 from videoq.store import tenants as tenant_rows
@@ -55,6 +60,7 @@ def start(state: WorkerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(_keep_lock(state), name="videoq-session-lock"),
         asyncio.create_task(_cancel_signals(state), name="videoq-cancel-signals"),
         asyncio.create_task(_reconcile(state), name="videoq-reconcile"),
+        asyncio.create_task(_feed(state), name="videoq-feed"),
     ]
     if state.settings.death_watch_s > 0:
         tasks.append(asyncio.create_task(_death_watch(state), name="videoq-death-watch"))
@@ -291,3 +297,17 @@ async def _reconcile(state: WorkerState) -> None:
         except Exception as exc:
             log.warning("reconcile_failed", error=str(exc))
         await asyncio.sleep(state.settings.reconcile_s)
+
+
+async def _feed(state: WorkerState) -> None:
+    settings = state.settings
+    lock = keys.feed_lock(settings.queue_name)
+    embedder = state.embedder or OfflineEmbedder()
+    writer = state.providers.briefs(settings) if state.providers else OfflineBriefWriter()
+    while True:
+        try:
+            if await queue.take_turn(state.redis, lock, state.worker_id, settings.feed_poll_s):
+                await feed.tick(state, embedder, writer)
+        except Exception as exc:  # the loop must outlive any one failure
+            log.warning("feed_failed", error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(settings.feed_poll_s)
