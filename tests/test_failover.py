@@ -11,23 +11,19 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from tests.conftest import new_key, running_worker, serving
 from tests.mocks import replicate as mock
-from tests.mocks.anthropic import AnthropicMock
-from tests.mocks.elevenlabs import ElevenLabsMock
+from tests.mocks.live import LiveMocks, live_mocks
 from tests.mocks.replicate import ReplicateMock
-from tests.mocks.server import serve
 from videoq import store
 from videoq.client import Client
 from videoq.pipeline import MemoryCheckpoints, video_gen
@@ -45,43 +41,15 @@ FALLBACK_USD = Decimal("0.8")
 PRICES = {**DEFAULT_PRICES, f"replicate:{FALLBACK}": Price(prediction=FALLBACK_USD)}
 
 
-@dataclass
-class Mocks:
-    replicate: ReplicateMock
-    settings: Settings
-
-
 @pytest.fixture
-async def mocks(settings: Settings) -> AsyncIterator[Mocks]:
-    """The three mocks served on loopback (predictions end at their first read) and settings
-    for a worker on them, with ``FALLBACK`` after the default model and quick retries."""
-    anthropic, elevenlabs, replicate = AnthropicMock(), ElevenLabsMock(), ReplicateMock(polls=1)
-    async with AsyncExitStack() as stack:
-        urls = [
-            await stack.enter_async_context(serve(m.app))
-            for m in (anthropic, elevenlabs, replicate)
-        ]
-        live = settings.model_copy(
-            update={
-                "providers": "auto",
-                "anthropic_api_key": SecretStr(anthropic.key),
-                "elevenlabs_api_key": SecretStr(elevenlabs.key),
-                "replicate_api_token": SecretStr(replicate.key),
-                "anthropic_base_url": urls[0],
-                "elevenlabs_base_url": urls[1],
-                "replicate_base_url": urls[2],
-                "replicate_poll_s": 0.05,
-                "replicate_poll_max_s": 0.1,
-                "replicate_fallback_models": [FALLBACK],
-                "prices": PRICES,
-                "provider_backoff_s": 0.01,
-                "provider_backoff_max_s": 0.05,
-                "retry_delays_s": (0.1,),
-            }
-        )
-        yield Mocks(replicate, live)
-        for m in (anthropic, elevenlabs, replicate):
-            assert m.invalid == [], f"{type(m).__name__} saw requests off the spec"
+async def mocks(settings: Settings) -> AsyncIterator[LiveMocks]:
+    """The provider mocks (predictions end at their first read) and settings for a worker on
+    them, with ``FALLBACK`` after the default model and quick retries."""
+    async with live_mocks(
+        settings, replicate_fallback_models=[FALLBACK], prices=PRICES,
+        provider_backoff_s=0.01, provider_backoff_max_s=0.05,
+    ) as live:  # fmt: skip
+        yield live
 
 
 async def video_purchases(sessions: Any, job_id: str) -> list[store.Purchase]:
@@ -95,7 +63,7 @@ async def video_purchases(sessions: Any, job_id: str) -> list[store.Purchase]:
 
 
 async def test_scenes_switch_to_the_next_model_when_the_first_answers_503(
-    mocks: Mocks, sessions: Any
+    mocks: LiveMocks, sessions: Any
 ) -> None:
     mocks.replicate.down[PRIMARY] = mock.unavailable()
     key = await new_key(sessions)
@@ -135,7 +103,7 @@ async def test_scenes_switch_to_the_next_model_when_the_first_answers_503(
 
 
 async def test_a_cap_below_the_next_models_price_fails_the_job_with_no_provider(
-    mocks: Mocks, sessions: Any
+    mocks: LiveMocks, sessions: Any
 ) -> None:
     mocks.replicate.down[PRIMARY] = mock.unavailable()
     key = await new_key(sessions)

@@ -8,17 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from tests.conftest import running_worker
-from tests.mocks.anthropic import AnthropicMock
-from tests.mocks.elevenlabs import ElevenLabsMock
+from tests.mocks.live import live_mocks
 from tests.mocks.replicate import Prediction, ReplicateMock
-from tests.mocks.server import serve
 from videoq.client import Client
 from videoq.settings import Settings
 from videoq.types import scene_count
@@ -32,30 +28,8 @@ FOREVER = 10**9
 async def replicate(settings: Settings) -> AsyncIterator[tuple[ReplicateMock, Settings]]:
     """The Replicate mock (its predictions run until a test lets them end) and settings for
     a worker on all three mocks."""
-    replicate = ReplicateMock(polls=FOREVER)
-    async with AsyncExitStack() as stack:
-        anthropic, elevenlabs = AnthropicMock(), ElevenLabsMock()
-        urls = [
-            await stack.enter_async_context(serve(mock.app))
-            for mock in (anthropic, elevenlabs, replicate)
-        ]
-        live = settings.model_copy(
-            update={
-                "providers": "auto",
-                "anthropic_api_key": SecretStr(anthropic.key),
-                "elevenlabs_api_key": SecretStr(elevenlabs.key),
-                "replicate_api_token": SecretStr(replicate.key),
-                "anthropic_base_url": urls[0],
-                "elevenlabs_base_url": urls[1],
-                "replicate_base_url": urls[2],
-                "replicate_poll_s": 0.05,
-                "replicate_poll_max_s": 0.1,
-                "retry_delays_s": (0.1,),
-            }
-        )
-        yield replicate, live
-        for mock in (anthropic, elevenlabs, replicate):
-            assert mock.invalid == [], f"{type(mock).__name__} saw requests off the spec"
+    async with live_mocks(settings, ReplicateMock(polls=FOREVER)) as live:
+        yield live.replicate, live.settings
 
 
 async def all_created(

@@ -10,22 +10,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from tests.conftest import LiveApi, auth, new_key, running_worker, serving
-from tests.mocks.anthropic import AnthropicMock
-from tests.mocks.elevenlabs import ElevenLabsMock
-from tests.mocks.replicate import ReplicateMock
-from tests.mocks.server import serve
+from tests.mocks.live import LiveMocks, live_mocks
 from videoq import prices, store
 from videoq.client import Client
 from videoq.settings import Settings
@@ -35,49 +30,12 @@ from videoq.types import Brief
 DURATION_S = 15
 
 
-@dataclass
-class Mocks:
-    anthropic: AnthropicMock
-    elevenlabs: ElevenLabsMock
-    replicate: ReplicateMock
-    settings: Settings
-
-    def paid_calls(self) -> dict[str, int]:
-        return {
-            "script_gen": self.anthropic.calls["messages"],
-            "voice_gen": self.elevenlabs.calls["tts"],
-            "video_gen": self.replicate.calls["create"],
-        }
-
-
 @pytest.fixture
-async def mocks(settings: Settings) -> AsyncIterator[Mocks]:
-    """The three mocks served on loopback (predictions end at their first read) and settings
-    for a worker on them, rechecking budgets only when told to."""
-    anthropic, elevenlabs, replicate = AnthropicMock(), ElevenLabsMock(), ReplicateMock(polls=1)
-    async with AsyncExitStack() as stack:
-        urls = [
-            await stack.enter_async_context(serve(mock.app))
-            for mock in (anthropic, elevenlabs, replicate)
-        ]
-        live = settings.model_copy(
-            update={
-                "providers": "auto",
-                "anthropic_api_key": SecretStr(anthropic.key),
-                "elevenlabs_api_key": SecretStr(elevenlabs.key),
-                "replicate_api_token": SecretStr(replicate.key),
-                "anthropic_base_url": urls[0],
-                "elevenlabs_base_url": urls[1],
-                "replicate_base_url": urls[2],
-                "replicate_poll_s": 0.05,
-                "replicate_poll_max_s": 0.1,
-                "retry_delays_s": (0.1,),
-                "budget_recheck_s": 3600.0,
-            }
-        )
-        yield Mocks(anthropic, elevenlabs, replicate, live)
-        for mock in (anthropic, elevenlabs, replicate):
-            assert mock.invalid == [], f"{type(mock).__name__} saw requests off the spec"
+async def mocks(settings: Settings) -> AsyncIterator[LiveMocks]:
+    """The provider mocks (predictions end at their first read) and settings for a worker on
+    them, rechecking budgets only when told to."""
+    async with live_mocks(settings, budget_recheck_s=3600.0) as live:
+        yield live
 
 
 async def purchases(sessions: Any, tenant: str) -> list[store.Purchase]:
@@ -109,7 +67,9 @@ def by_stage(rows: list[store.Purchase]) -> dict[str, Decimal]:
     return totals
 
 
-async def test_the_estimate_matches_what_the_job_settles_at(mocks: Mocks, sessions: Any) -> None:
+async def test_the_estimate_matches_what_the_job_settles_at(
+    mocks: LiveMocks, sessions: Any
+) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     key = await new_key(sessions, tenant)
     async with (
@@ -148,7 +108,7 @@ async def http_get(api: LiveApi, key: str, path: str) -> httpx.Response:
 
 
 async def test_a_budget_holds_every_call_it_cannot_cover_until_it_is_raised(
-    mocks: Mocks, sessions: Any
+    mocks: LiveMocks, sessions: Any
 ) -> None:
     spender, other = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
     spender_key, other_key = await new_key(sessions, spender), await new_key(sessions, other)
@@ -216,7 +176,7 @@ async def test_a_budget_holds_every_call_it_cannot_cover_until_it_is_raised(
     assert len(rows) == 20 * 5 and {row.state for row in rows} == {"settled"}
 
 
-async def test_a_job_awaiting_its_budget_resumes_by_itself(mocks: Mocks, sessions: Any) -> None:
+async def test_a_job_awaiting_its_budget_resumes_by_itself(mocks: LiveMocks, sessions: Any) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     key = await new_key(sessions, tenant)
     async with sessions() as session:
@@ -306,7 +266,9 @@ def test_a_live_model_without_a_price_is_refused_at_start_up(settings: Settings)
         )
 
 
-async def test_a_job_asking_for_an_unpriced_model_is_refused(mocks: Mocks, sessions: Any) -> None:
+async def test_a_job_asking_for_an_unpriced_model_is_refused(
+    mocks: LiveMocks, sessions: Any
+) -> None:
     key = await new_key(sessions)
     async with (
         serving(mocks.settings) as api,
