@@ -21,16 +21,23 @@ from videoq.views import job_view
 _STATUSES = tuple(JobStatus)
 
 
-async def create_job(request: Request) -> Response:
-    who = await principal(request)
-    st = state_of(request)
+async def read_brief(request: Request) -> JobCreate | Response:
+    """The body of a ``POST /v1/jobs`` (or of an estimate), or the error answer to it."""
     payload = await read_json(request)
     if not isinstance(payload, dict):
         return not_an_object()
     try:
-        body = JobCreate.model_validate(payload, context=job_context(st.settings))
+        return JobCreate.model_validate(payload, context=job_context(state_of(request).settings))
     except ValidationError as exc:
         return invalid(exc)
+
+
+async def create_job(request: Request) -> Response:
+    who = await principal(request)
+    st = state_of(request)
+    body = await read_brief(request)
+    if isinstance(body, Response):
+        return body
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 200:
         return error_response(

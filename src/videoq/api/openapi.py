@@ -63,6 +63,16 @@ JOB_ID = {
 }
 
 _TS = {"type": ["string", "null"], "format": "date-time"}
+#: The query parameters of a paged list.
+PAGE = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "`next_cursor` of the previous page.",
+        "schema": {"type": "string"},
+    },
+]
 TENANT = {
     "name": "tenant",
     "in": "path",
@@ -381,17 +391,7 @@ def _operations() -> dict[str, Any]:
                 "summary": "The tenant's jobs, newest first",
                 "parameters": [
                     {"name": "status", "in": "query", "schema": {"enum": list(JobStatus)}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-                    },
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "description": "`next_cursor` of the previous page.",
-                        "schema": {"type": "string"},
-                    },
+                    *PAGE,
                 ],
                 "responses": {"200": _json(_ref("JobList"), "One page."), **_errors(401, 422)},
             },
@@ -522,17 +522,7 @@ def _operations() -> dict[str, Any]:
                 "and videos made for them",
                 "parameters": [
                     USER_ID,
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-                    },
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "description": "`next_cursor` of the previous page.",
-                        "schema": {"type": "string"},
-                    },
+                    *PAGE,
                 ],
                 "responses": {"200": _json(_ref("Feed"), "One page."), **_errors(401, 422)},
             }

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from videoq import prices
-from videoq.api.deps import principal, read_json, state_of
-from videoq.api.errors import error_response, invalid, not_an_object
+from videoq.api.deps import principal, state_of
+from videoq.api.errors import error_response
+from videoq.api.jobs import read_brief
 from videoq.errors import Forbidden
-from videoq.schemas import JobCreate, job_context
 from videoq.store import spend, tenants
 from videoq.types import Brief
 
@@ -20,13 +19,9 @@ from videoq.types import Brief
 async def create_estimate(request: Request) -> Response:
     await principal(request)
     st = state_of(request)
-    payload = await read_json(request)
-    if not isinstance(payload, dict):
-        return not_an_object()
-    try:
-        body = JobCreate.model_validate(payload, context=job_context(st.settings))
-    except ValidationError as exc:
-        return invalid(exc)
+    body = await read_brief(request)
+    if isinstance(body, Response):
+        return body
     settings = st.settings.for_job(body.options.model_dump(exclude_none=True))
     return JSONResponse(prices.estimate(Brief(**body.brief()), settings).to_json())
 
