@@ -312,6 +312,23 @@ async def stage_rows(sessions: Any, job_id: str) -> dict[str, tuple[int, dict[st
         return {stage: (attempt, output) for stage, attempt, output in rows.all()}
 
 
+async def until_stage_kept(
+    sessions: Any,
+    job_id: str,
+    stage: str,
+    worker: WorkerProcess | None = None,
+    timeout: float = 60,
+) -> None:
+    """Poll PostgreSQL until ``stage``'s checkpoint of the job is recorded (voice_gen runs
+    beside video_gen: a test that kills a worker mid-video waits for it first)."""
+    deadline = time.monotonic() + timeout
+    while stage not in await stage_rows(sessions, job_id):
+        assert time.monotonic() < deadline, f"{stage} was never kept:\n" + (
+            worker.output() if worker is not None else ""
+        )
+        await asyncio.sleep(0.02)
+
+
 async def until_every_scene_noted(
     sessions: Any, job_id: str, scenes: int, worker: WorkerProcess, timeout: float = 60
 ) -> dict[str, Any]:

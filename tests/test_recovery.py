@@ -17,7 +17,7 @@ import httpx
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from tests.conftest import LiveApi
+from tests.conftest import LiveApi, until_stage_kept
 from tests.fakes import runs
 from tests.processes import WorkerProcess, processes_mentioning
 from videoq import store
@@ -55,11 +55,7 @@ async def test_kill_9_mid_video_gen_resumes_on_another_worker_from_checkpoint(
         await first.registered(redis)
         job = await client.submit(product_name="Crash Test", duration_s=15)
         await until(client, job.id, "video_gen")
-        # voice_gen runs beside video_gen: killed once its checkpoint landed, mid-video.
-        deadline = time.monotonic() + 30
-        while "voice_gen" not in await checkpoint_attempts(sessions, job.id):
-            assert time.monotonic() < deadline, "voice_gen never finished"
-            await asyncio.sleep(0.02)
+        await until_stage_kept(sessions, job.id, "voice_gen", first)  # it runs beside video
         first.signal(signal.SIGKILL)
         await first.exited()
         killed = time.monotonic()

@@ -30,6 +30,7 @@ from tests.conftest import (
     serving,
     stage_rows,
     until_every_scene_noted,
+    until_stage_kept,
 )
 from tests.processes import WorkerProcess
 from videoq.client import Client
@@ -93,6 +94,7 @@ async def test_kill_9_mid_video_gen_finishes_on_another_machine_buying_nothing_t
             await asyncio.wait_for(until_stage(client, job.id, "video_gen"), 90)
             notes = await until_every_scene_noted(sessions, job.id, SCENES, first)
             assert providers.replicate.calls["create"] == SCENES, first.output()
+            await until_stage_kept(sessions, job.id, "voice_gen", first)  # it runs beside
             first.signal(signal.SIGKILL)
             await first.exited()
             providers.release()

@@ -18,7 +18,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from tests.conftest import Providers, bookkeeper, stage_rows, until_every_scene_noted
+from tests.conftest import (
+    Providers,
+    bookkeeper,
+    stage_rows,
+    until_every_scene_noted,
+    until_stage_kept,
+)
 from tests.processes import WorkerProcess
 from videoq.client import Client
 from videoq.pipeline import STAGES
@@ -141,6 +147,7 @@ async def mid_job(
         by_id = {await w.registered(redis): w for w in workers}
         job = await client.submit(product_name=name, duration_s=DURATION_S)
         await until_every_scene_noted(sessions, job.id, SCENES, workers[0])
+        await until_stage_kept(sessions, job.id, "voice_gen")  # it runs beside video_gen
         owner = (await client.get(job.id)).worker_id
         assert owner is not None
         yield by_id, job, owner
