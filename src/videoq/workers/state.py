@@ -67,6 +67,8 @@ class WorkerState:
     durations: dict[str, float] = field(default_factory=dict)
     #: Stage durations and ETA errors measured since the last heartbeat, which sends them.
     stage_times: list[tuple[str, float]] = field(default_factory=list)
+    #: When this worker's last compositing ended (monotonic; None: none yet).
+    composited_at: float | None = None
     eta_errors: list[float] = field(default_factory=list)
     #: Live provider clients, opened once per process and shared by its jobs.
     providers: ProviderPool | None = None

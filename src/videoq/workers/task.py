@@ -11,6 +11,7 @@ import importlib
 import os
 import random
 import shutil
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from videoq import eta, fair, lifecycle
 from videoq.artifacts import VIDEO
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
+from videoq.ffmpeg import cpu_slots
 from videoq.pipeline import video_gen
 from videoq.providers import Providers, ResumableVideoProvider, offline_providers
 from videoq.settings import Settings
@@ -121,9 +123,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     reporter = EventReporter(
         state.publish, state.books, state.worker_id, job, checkpoints,
         eta=partial(_eta, state, settings, job.id),
-        on_stage_done=lambda stage, took: state.stage_times.append(
-            (eta.stage_key(settings, stage), took)
-        ),
+        on_stage_done=partial(_stage_done, state, settings),
     )  # fmt: skip
     fair.spent.set(reporter.spent)
     workdir = settings.scratch / str(job.id)
@@ -180,6 +180,18 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
         return None
     reporter.progress = 100.0
     return state.wrap_up(_succeeded(state, reporter, job, result, workdir))
+
+
+def _stage_done(state: WorkerState, settings: Settings, stage: str, took: float) -> None:
+    """Count a stage's duration, and, for a compositing that ended while this worker's FFmpeg
+    slots stayed full since the one before it, the turn between them (:data:`eta.TURN`)."""
+    state.stage_times.append((eta.stage_key(settings, stage), took))
+    if stage != "compositing":
+        return
+    now, full_since = time.monotonic(), cpu_slots(settings).full_since
+    last, state.composited_at = state.composited_at, now
+    if last is not None and full_since is not None and full_since <= last:
+        state.stage_times.append((eta.TURN, now - last))
 
 
 def _eta(state: WorkerState, settings: Settings, job_id: uuid.UUID, stage: str) -> float | None:
