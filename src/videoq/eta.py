@@ -17,7 +17,8 @@ faster than one compositing alone (x264 alone leaves part of a second core idle)
 backlog has been seen, *turn* is a compositing's time alone. An estimate: providers that
 slow down, or tenants' fair shares and limits reordering the queue, show up only as the means
 move. No estimate is given until every stage has been measured once. When a job succeeds its
-ETA at submit is compared with the truth (relative error, :data:`ERROR_BUCKETS`; a histogram in ``/metrics``).
+ETA at submit is compared with the truth (relative error, :data:`ERROR_BUCKETS`; a histogram
+in ``/metrics``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from videoq.errors import Declined, ProviderError
+from videoq.providers import Billed
 from videoq.providers.http import MAYBE_DONE
 
 T = TypeVar("T")
@@ -43,8 +44,8 @@ class Unmetered:
 
 
 def paid(provider: object) -> bool:
-    """Whether ``provider`` charges for its calls (the live providers say so)."""
-    return bool(getattr(provider, "paid", False))
+    """Whether ``provider`` charges for its calls (:class:`~videoq.providers.Billed`)."""
+    return isinstance(provider, Billed) and provider.paid
 
 
 def bought_nothing(exc: BaseException) -> bool:
