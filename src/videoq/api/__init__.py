@@ -73,6 +73,7 @@ def create_app(settings: Settings) -> Starlette:
                 )
                 yield
                 await outbox.stop(app.state.videoq.background)
+                await app.state.videoq.intake.aclose()
             await redis.aclose()
         finally:
             await engine.dispose()

@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection, Request
 
 from videoq.errors import Forbidden, Unauthorized
 from videoq.store.apikeys import Principal, authenticate
+from videoq.store.interactions import Intake
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -36,6 +37,11 @@ class State:
     artifacts: ArtifactStore
     #: Webhook deliveries this process started (cancelled jobs); stopped with the app.
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: End users' interactions, written in batches (:mod:`videoq.store.interactions`).
+    intake: Intake = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.intake = Intake(self.sessions)
 
 
 def state_of(conn: HTTPConnection) -> State:
