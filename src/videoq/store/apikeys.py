@@ -115,7 +115,7 @@ async def revoke_key(session: AsyncSession, prefix_or_id: str) -> ApiKey:
     row = rows[0]
     if row.revoked_at is not None:
         raise Conflict(f"key {row.prefix}… was already revoked at {row.revoked_at.isoformat()}")
-    now = datetime.now(UTC)
+    now, prefix = datetime.now(UTC), row.prefix  # (a rollback expires the row's attributes)
     if row.is_admin:
         # Locked, so that two admins revoking the last two admin keys at once cannot both pass.
         working = select(ApiKey.id).where(
@@ -125,13 +125,13 @@ async def revoke_key(session: AsyncSession, prefix_or_id: str) -> ApiKey:
         if set((await session.execute(working.with_for_update())).scalars()) == {row.id}:
             await session.rollback()
             raise Conflict(
-                f"key {row.prefix}… is the last working admin key; create another admin key "
+                f"key {prefix}… is the last working admin key; create another admin key "
                 "first (POST /v1/keys with scope admin), then revoke this one"
             )
     revoke = update(ApiKey).where(ApiKey.id == row.id, ApiKey.revoked_at.is_(None))
     if (await session.execute(revoke.values(revoked_at=now).returning(ApiKey.id))).first() is None:
         await session.rollback()
-        raise Conflict(f"key {row.prefix}… was revoked meanwhile")
+        raise Conflict(f"key {prefix}… was revoked meanwhile")
     await session.commit()
     await session.refresh(row)
     return row
