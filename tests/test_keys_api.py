@@ -16,10 +16,11 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import auth, new_key
+from tests.conftest import LiveApi, auth, new_key
 from tests.test_api import assert_error, named_fields
 from videoq import store
 from videoq.api import create_app
+from videoq.client import AuthenticationError, Client, ConflictError, PermissionDenied
 from videoq.settings import Settings
 
 
@@ -243,3 +244,24 @@ async def test_two_admins_revoking_the_last_two_admin_keys_at_once_leave_one(
         assert len(working) == 1
     finally:
         await engine.dispose()
+
+
+async def test_the_sdk_creates_lists_and_revokes_keys(live_api: LiveApi, sessions: Any) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    async with Client(live_api.url, await new_key(sessions, admin=True)) as admin:
+        soon = datetime.now(UTC) + timedelta(days=1)
+        made = await admin.create_key(tenant, name="sdk", expires_at=soon)
+        assert made.key and made.scope == "tenant" and made.expires_at == soon
+        (listed,) = await admin.keys(tenant=tenant)
+        assert (listed.id, listed.prefix, listed.key) == (made.id, made.key[:10], None)
+        async with Client(live_api.url, made.key) as theirs:
+            with pytest.raises(PermissionDenied):
+                await theirs.keys()
+            revoked = await admin.revoke_key(made.prefix)
+            assert revoked.revoked_at is not None
+            with pytest.raises(AuthenticationError):
+                await theirs.get(str(uuid.uuid4()))
+        assert await admin.keys(tenant=tenant) == []
+        assert [k.id for k in await admin.keys(tenant=tenant, include_revoked=True)] == [made.id]
+        with pytest.raises(ConflictError):
+            await admin.revoke_key(made.id)

@@ -16,10 +16,11 @@ import pytest
 from arq import create_pool
 from sqlalchemy import select, update
 
-from tests.conftest import auth, new_key, running_worker
+from tests.conftest import LiveApi, auth, new_key, running_worker
 from tests.test_api import assert_error, named_fields
 from videoq import cron, lifecycle, store
 from videoq.broker import queue
+from videoq.client import Client, NotFoundError, ValidationError
 from videoq.settings import Settings
 from videoq.workers import supervisor
 from videoq.workers.state import WorkerState
@@ -362,3 +363,20 @@ async def test_a_running_worker_fires_a_due_schedule(
     view = await schedule_row(asgi_client, api_key, schedule_id)
     assert view["last_job_id"] == str(found[0].id)
     assert datetime.fromisoformat(view["next_run_at"]) > datetime.now(UTC)
+
+
+async def test_the_sdk_creates_lists_and_deletes_schedules(live_api: LiveApi, api_key: str) -> None:
+    async with Client(live_api.url, api_key) as client:
+        made = await client.create_schedule(
+            "@weekly", timezone="Asia/Tokyo", name="sdk", product_name="Nimbus", style="bold"
+        )
+        assert (made.cron, made.timezone, made.job["style"]) == ("0 0 * * 0", "Asia/Tokyo", "bold")
+        assert made.next_run_at.astimezone(ZoneInfo("Asia/Tokyo")).hour == 0
+        assert (await client.schedule(made.id)).id == made.id
+        assert [s.id async for s in client.schedules(page_size=1)] == [made.id]
+        with pytest.raises(ValidationError):
+            await client.create_schedule("@sometimes", product_name="Nimbus")
+        await client.delete_schedule(made.id)
+        assert [s async for s in client.schedules()] == []
+        with pytest.raises(NotFoundError):
+            await client.delete_schedule(made.id)
