@@ -27,9 +27,9 @@ MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-#: Missed ticks counted past this many are not counted one by one (an outage of years of
+#: Missed ticks past this many are not counted one by one (an outage of a year of
 #: every-minute ticks would take seconds to count): the count says "at least".
-MAX_COUNTED = 10_000
+MAX_COUNTED = 1000
 
 
 @functools.cache
