@@ -55,8 +55,8 @@ async def fresh_settings(settings: Settings) -> AsyncIterator[Settings]:
 
 
 async def test_only_admin_keys_manage_keys(asgi_client: httpx.AsyncClient, sessions: Any) -> None:
-    tenant = await new_key(sessions)
-    requests = [("POST", "/v1/keys", {"tenant": "x"}), ("GET", "/v1/keys", None),
+    tenant, named = await new_key(sessions), f"t-{uuid.uuid4().hex[:8]}"
+    requests = [("POST", "/v1/keys", {"tenant": named}), ("GET", "/v1/keys", None),
                 ("DELETE", f"/v1/keys/{uuid.uuid4()}", None)]  # fmt: skip
     for method, path, body in requests:
         for headers, status in (({}, 401), (auth("vq_" + "x" * 40), 401), (auth(tenant), 403)):
@@ -64,7 +64,7 @@ async def test_only_admin_keys_manage_keys(asgi_client: httpx.AsyncClient, sessi
             assert_error(response, status)
     # The refused create made no key.
     async with sessions() as session:
-        assert await store.apikeys.list_keys(session, "x") == []
+        assert await store.apikeys.list_keys(session, named) == []
 
 
 async def test_a_key_is_shown_once_listed_by_prefix_and_works(

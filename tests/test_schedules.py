@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from arq import create_pool
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from tests.conftest import LiveApi, auth, new_key, running_worker
 from tests.test_api import assert_error, named_fields
@@ -22,6 +22,7 @@ from videoq import cron, lifecycle, store
 from videoq.broker import queue
 from videoq.client import Client, NotFoundError, ValidationError
 from videoq.settings import Settings
+from videoq.store import schedules
 from videoq.workers import supervisor
 from videoq.workers.state import WorkerState
 
@@ -161,6 +162,29 @@ async def test_a_schedule_is_created_read_listed_and_deleted_by_its_tenant_only(
     assert_error(await asgi_client.delete(url, headers=auth(mine)), 404)
     for ref in ("nope", str(uuid.uuid4())):
         assert_error(await asgi_client.get(f"/v1/schedules/{ref}", headers=auth(mine)), 404)
+
+
+async def test_a_tenant_has_at_most_so_many_schedules(
+    asgi_client: httpx.AsyncClient, sessions: Any, api_key: str
+) -> None:
+    name = await tenant(sessions, api_key)
+    async with sessions() as session:
+        await session.execute(
+            text(
+                "INSERT INTO schedules (id, tenant, queue, cron, timezone, job, next_run_at) "
+                "SELECT gen_random_uuid(), :tenant, 'elsewhere', '@daily', 'UTC', '{}', now() "
+                "FROM generate_series(1, :n)"
+            ),
+            {"tenant": name, "n": schedules.MAX_PER_TENANT},
+        )
+        await session.commit()
+    response = await asgi_client.post("/v1/schedules", json=EVERY_5, headers=auth(api_key))
+    assert_error(response, 409, "conflict")
+    # Another tenant is not held back by it.
+    other = await asgi_client.post(
+        "/v1/schedules", json=EVERY_5, headers=auth(await new_key(sessions))
+    )
+    assert other.status_code == 201
 
 
 async def test_the_list_pages_newest_first(asgi_client: httpx.AsyncClient, api_key: str) -> None:
