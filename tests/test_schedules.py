@@ -280,6 +280,21 @@ async def test_two_workers_ticking_at_once_make_one_job_per_tick(
         assert len(await jobs_of(sessions, schedule_id)) == 2
 
 
+async def test_a_ticker_skips_the_rows_another_ticker_holds(
+    asgi_client: httpx.AsyncClient, sessions: Any, api_key: str, workers: Any
+) -> None:
+    """While one ticker fires a schedule, another passes it by at once (no wait, no double)."""
+    schedule_id = await a_schedule(asgi_client, sessions, api_key, T0)
+    one, other = await workers(), await workers()
+    now, name = T0 + timedelta(seconds=1), one.settings.queue_name
+    async with schedules.due(one.sessions, name, now, 10) as held:
+        assert [str(row.id) for row in held] == [schedule_id]
+        async with schedules.due(other.sessions, name, now, 10) as passed_by:
+            assert passed_by == []
+        assert await asyncio.wait_for(supervisor.fire_schedules(other, now), 10) == 0
+    assert await supervisor.fire_schedules(other, now) == 1
+
+
 async def test_a_tick_whose_job_was_made_before_a_crash_is_not_made_again(
     asgi_client: httpx.AsyncClient, sessions: Any, api_key: str, workers: Any
 ) -> None:
