@@ -220,6 +220,43 @@ class FeedItem(BaseModel):
     video_url: str | None = None
 
 
+class ApiKey(BaseModel):
+    """An API key as the API shows it: by its prefix. ``key`` is set only in the answer to
+    :meth:`Client.create_key`, the one time the key is ever shown."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    prefix: str
+    tenant: str
+    scope: Literal["tenant", "admin"]
+    name: str | None = None
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    key: str | None = None
+
+
+class Schedule(BaseModel):
+    """A recurring job: ``job`` (a ``POST /v1/jobs`` body) submitted at every tick of
+    ``cron`` in ``timezone``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str | None = None
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    next_run_at: datetime
+    last_tick_at: datetime | None = None
+    last_job_id: str | None = None
+    skipped_ticks: int = 0
+    last_error: str | None = None
+    created_at: datetime | None = None
+
+
 class Client:
     """Async client for the videoq API. Use as ``async with Client(base_url, api_key) as c``.
 
@@ -375,6 +412,77 @@ class Client:
         """Counts per status, oldest queued age, recent throughput (admin key)."""
         data: dict[str, Any] = await self._request("GET", "/v1/queue/stats")
         return data
+
+    async def create_key(
+        self,
+        tenant: str,
+        *,
+        scope: Literal["tenant", "admin"] = "tenant",
+        name: str | None = None,
+        expires_at: datetime | str | None = None,
+    ) -> ApiKey:
+        """Create an API key for ``tenant`` (admin key): its ``key`` is in the answer and
+        never shown again. ``expires_at`` (ISO 8601, or an aware datetime) ends it by itself."""
+        body: dict[str, Any] = {"tenant": tenant, "scope": scope}
+        if name is not None:
+            body["name"] = name
+        if expires_at is not None:
+            body["expires_at"] = (
+                expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
+            )
+        return ApiKey.model_validate(await self._request("POST", "/v1/keys", json=body))
+
+    async def keys(
+        self, *, tenant: str | None = None, include_revoked: bool = False
+    ) -> list[ApiKey]:
+        """API keys, newest first, by prefix (admin key)."""
+        params: dict[str, Any] = {"include_revoked": "true" if include_revoked else "false"}
+        if tenant is not None:
+            params["tenant"] = tenant
+        page = await self._request("GET", "/v1/keys", params=params)
+        return [ApiKey.model_validate(item) for item in page["data"]]
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke a key by its id or 10-character prefix (admin key); every API process refuses
+        it from the next request on. The last working admin key cannot be revoked (409)."""
+        return ApiKey.model_validate(
+            await self._request("DELETE", f"/v1/keys/{quote(key_id, safe='')}")
+        )
+
+    async def create_schedule(
+        self, cron: str, *, timezone: str = "UTC", name: str | None = None, **fields: Any
+    ) -> Schedule:
+        """A recurring job: the brief ``fields`` (as for :meth:`submit`, without ``run_at`` or
+        ``delay_s``) submitted as a job at every tick of ``cron`` (five fields, or ``@daily``
+        and the like) read in the IANA ``timezone``."""
+        body = {**fields, "cron": cron, "timezone": timezone}
+        if name is not None:
+            body["name"] = name
+        return Schedule.model_validate(await self._request("POST", "/v1/schedules", json=body))
+
+    async def schedule(self, schedule_id: str) -> Schedule:
+        """One schedule of the caller's tenant."""
+        path = f"/v1/schedules/{quote(schedule_id, safe='')}"
+        return Schedule.model_validate(await self._request("GET", path))
+
+    async def schedules(self, *, page_size: int = 50) -> AsyncIterator[Schedule]:
+        """The caller's tenant's schedules, newest first, fetched page by page."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor:
+                params["cursor"] = cursor
+            page = await self._request("GET", "/v1/schedules", params=params)
+            for item in page["data"]:
+                yield Schedule.model_validate(item)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the jobs it made stay."""
+        response = await self._send("DELETE", f"/v1/schedules/{quote(schedule_id, safe='')}")
+        await response.aclose()
 
     async def list(self, *, status: str | None = None, page_size: int = 50) -> AsyncIterator[Job]:
         """Every job of the caller's tenant, newest first, fetched page by page."""

@@ -471,6 +471,12 @@ class Settings(BaseSettings):
         gt=0,
         description="How often each worker embeds finished videos and refills the feeds due.",
     )
+    schedule_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each worker fires the recurring jobs (/v1/schedules) that are "
+        "due: a tick's job is submitted within this long of its time.",
+    )
 
     @classmethod
     def settings_customise_sources(

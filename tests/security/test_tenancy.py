@@ -48,6 +48,15 @@ HTTP = {
     ("POST", "/v1/interactions"): "tenant",
     ("GET", "/v1/users/{user_id}/feed"): "tenant",
     ("GET", "/v1/users/{user_id}/preferences"): "tenant",
+    # Keys: admins only (a tenant key's 403 and the bodies: tests/test_keys_api.py).
+    ("GET", "/v1/keys"): "admin",
+    ("POST", "/v1/keys"): "keys",
+    ("DELETE", "/v1/keys/{key_id}"): "keys",
+    # A schedule is its tenant's: another tenant's is a 404 (tests/test_schedules.py).
+    ("POST", "/v1/schedules"): "tenant",
+    ("GET", "/v1/schedules"): "tenant",
+    ("GET", "/v1/schedules/{schedule_id}"): "tenant",
+    ("DELETE", "/v1/schedules/{schedule_id}"): "tenant",
     ("GET", "/metrics"): "admin",
     ("GET", "/dashboard"): "tenant",  # a page with no data: its script reads the routes above
     ("GET", "/v1/webhooks/secret"): "tenant",
@@ -57,7 +66,9 @@ HTTP = {
 #: Every WebSocket: ``job`` sockets are scoped to one job, ``tenant`` ones to the caller.
 SOCKETS = {"/v1/jobs/{job_id}/events": "job", "/v1/events": "tenant"}
 
-KEYED = [(m, p) for (m, p), kind in HTTP.items() if kind in ("tenant", "job", "admin", "own")]
+KEYED = [
+    (m, p) for (m, p), kind in HTTP.items() if kind in ("tenant", "job", "admin", "own", "keys")
+]
 JOB_ROUTES = [(m, p) for (m, p), kind in HTTP.items() if kind == "job"]
 ADMIN_ROUTES = [(m, p) for (m, p), kind in HTTP.items() if kind == "admin"]
 
@@ -96,7 +107,10 @@ async def test_every_keyed_route_refuses_missing_unknown_and_revoked_keys(
     job = (
         await asgi_client.post("/v1/jobs", json={"product_name": "K"}, headers=auth(owner))
     ).json()
-    url = path.format(job_id=job["id"], tenant="someone", user_id="someone")
+    url = path.format(
+        job_id=job["id"], tenant="someone", user_id="someone", key_id=uuid.uuid4(),
+        schedule_id=uuid.uuid4(),
+    )  # fmt: skip
     for headers in ({}, auth("vq_" + uuid.uuid4().hex), auth(await revoked(sessions))):
         response = await asgi_client.request(
             method, url, json={"product_name": "K"} if method == "POST" else None, headers=headers

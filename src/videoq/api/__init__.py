@@ -9,6 +9,8 @@
     tenants     a tenant's fair share of the workers (admins set it)
     spend       estimates and a tenant's usage
     feed        end users' interactions, their feeds and preferences
+    keys        API keys, managed by admins
+    schedules   recurring jobs: a job's body, a cron expression and a time zone
     ops         workers, queue stats, /metrics, /health, the dashboard page
     middleware  request ids, security headers, CORS, body limits
     metrics     Prometheus figures; openapi: /openapi.json; dashboard: the page
@@ -36,10 +38,12 @@ from videoq.api import (
     events,
     feed,
     jobs,
+    keys,
     metrics,
     middleware,
     openapi,
     ops,
+    schedules,
     spend,
     tenants,
     webhooks,
@@ -93,6 +97,8 @@ def create_app(settings: Settings) -> Starlette:
         *tenants.ROUTES,
         *spend.ROUTES,
         *feed.ROUTES,
+        *keys.ROUTES,
+        *schedules.ROUTES,
         *ops.ROUTES,
         WebSocketRoute("/v1/jobs/{job_id}/events", events.job_events_socket),
         WebSocketRoute("/v1/events", events.tenant_events_socket),

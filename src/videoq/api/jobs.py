@@ -4,6 +4,8 @@ use cases are :mod:`videoq.lifecycle`'s, the reads :mod:`videoq.store.jobs`'.
 
 from __future__ import annotations
 
+from typing import TypeVar, overload
+
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,15 +21,21 @@ from videoq.types import TERMINAL, JobStatus
 from videoq.views import job_view
 
 _STATUSES = tuple(JobStatus)
+Body = TypeVar("Body", bound=JobCreate)
 
 
-async def read_brief(request: Request) -> JobCreate | Response:
-    """The body of a ``POST /v1/jobs`` (or of an estimate), or the error answer to it."""
+@overload
+async def read_brief(request: Request) -> JobCreate | Response: ...
+@overload
+async def read_brief(request: Request, model: type[Body]) -> Body | Response: ...
+async def read_brief(request: Request, model: type[JobCreate] = JobCreate) -> JobCreate | Response:
+    """The body of a ``POST /v1/jobs`` (or of an estimate, or of a ``model`` that extends it:
+    a schedule's), or the error answer to it."""
     payload = await read_json(request)
     if not isinstance(payload, dict):
         return not_an_object()
     try:
-        return JobCreate.model_validate(payload, context=job_context(state_of(request).settings))
+        return model.model_validate(payload, context=job_context(state_of(request).settings))
     except ValidationError as exc:
         return invalid(exc)
 

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from videoq.schemas import InteractionCreate, JobCreate, TenantUpdate
+from videoq.schemas import InteractionCreate, JobCreate, KeyCreate, ScheduleCreate, TenantUpdate
 from videoq.types import JobStatus
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -660,6 +660,180 @@ def _operations() -> dict[str, Any]:
     }
 
 
+#: API keys and schedules (``/v1/keys``, ``/v1/schedules``): their answers.
+KEY_AND_SCHEDULE_SCHEMAS: dict[str, Any] = {
+    "Key": {
+        "type": "object",
+        "required": ["id", "prefix", "tenant", "scope", "created_at"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "prefix": {"type": "string", "description": "The key's first 10 characters."},
+            "tenant": {"type": "string"},
+            "scope": {"enum": ["tenant", "admin"]},
+            "name": {"type": ["string", "null"]},
+            "created_at": _TS,
+            "last_used_at": {**_TS, "description": "To the minute."},
+            "expires_at": _TS,
+            "revoked_at": _TS,
+            "links": {"type": "object"},
+        },
+    },
+    "NewKey": {
+        "allOf": [
+            _ref("Key"),
+            {
+                "type": "object",
+                "required": ["key"],
+                "properties": {
+                    "key": {
+                        "type": "string",
+                        "pattern": "^vq_",
+                        "description": "The key itself: in this answer only, never again.",
+                    }
+                },
+            },
+        ]
+    },
+    "KeyList": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "array", "items": _ref("Key")}},
+    },
+    "Schedule": {
+        "type": "object",
+        "required": ["id", "cron", "timezone", "job", "next_run_at", "skipped_ticks"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "name": {"type": ["string", "null"]},
+            "cron": {"type": "string", "description": "Five fields, macros expanded."},
+            "timezone": {"type": "string"},
+            "job": {"type": "object", "description": "The POST /v1/jobs body each tick submits."},
+            "next_run_at": _TS,
+            "last_tick_at": {**_TS, "description": "The tick of the last job submitted."},
+            "last_job_id": {"type": ["string", "null"], "format": "uuid"},
+            "skipped_ticks": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Ticks that made no job: missed while no worker ran (only the "
+                "latest missed tick runs), or whose job was refused for good.",
+            },
+            "last_error": {
+                "type": ["string", "null"],
+                "description": "Why the last tick made no job (rate limit, budget, validation).",
+            },
+            "created_at": _TS,
+            "links": {"type": "object"},
+        },
+    },
+    "ScheduleList": {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": _ref("Schedule")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+}
+
+
+def _keys_and_schedules() -> dict[str, Any]:
+    key_id = {
+        "name": "key_id",
+        "in": "path",
+        "required": True,
+        "description": "The key's id, or its 10-character prefix (`vq_…`).",
+        "schema": {"type": "string"},
+    }
+    schedule_id = {
+        "name": "schedule_id",
+        "in": "path",
+        "required": True,
+        "description": "The schedule's id (a UUID).",
+        "schema": {"type": "string"},
+    }
+    schedule = _json(_ref("Schedule"), "The schedule.")
+    return {
+        "/v1/keys": {
+            "post": {
+                "summary": "Create an API key for a tenant (admin); the key is in this answer only",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("KeyCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("NewKey"), "Created."),
+                    **_errors(400, 401, 403, 413, 422),
+                },
+            },
+            "get": {
+                "summary": "API keys, newest first, by prefix: never a key (admin)",
+                "parameters": [
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "description": "Only this tenant's.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                    },
+                    {
+                        "name": "include_revoked",
+                        "in": "query",
+                        "schema": {"enum": ["true", "false"]},
+                    },
+                ],
+                "responses": {"200": _json(_ref("KeyList"), "Keys."), **_errors(401, 403, 422)},
+            },
+        },
+        "/v1/keys/{key_id}": {
+            "delete": {
+                "summary": "Revoke a key (admin): refused from the next request on, by every "
+                "API process; 409 for the last working admin key",
+                "parameters": [key_id],
+                "responses": {
+                    "200": _json(_ref("Key"), "Revoked."),
+                    **_errors(401, 403, 404, 409),
+                },
+            }
+        },
+        "/v1/schedules": {
+            "post": {
+                "summary": "Create a recurring job: a POST /v1/jobs body, a cron expression and "
+                "an IANA time zone; one job per tick",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ScheduleCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Schedule"), "Created."),
+                    **_errors(400, 401, 409, 413, 422),
+                },
+            },
+            "get": {
+                "summary": "The tenant's schedules, newest first",
+                "parameters": PAGE,
+                "responses": {
+                    "200": _json(_ref("ScheduleList"), "One page."),
+                    **_errors(401, 422),
+                },
+            },
+        },
+        "/v1/schedules/{schedule_id}": {
+            "get": {
+                "summary": "One schedule",
+                "parameters": [schedule_id],
+                "responses": {"200": schedule, **_errors(401, 404)},
+            },
+            "delete": {
+                "summary": "Delete a schedule; the jobs it made stay",
+                "parameters": [schedule_id],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **_errors(401, 404),
+                },
+            },
+        },
+    }
+
+
 WEBSOCKETS = {
     "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order; "
     "`?after=SEQ` resumes. Auth: `Authorization` header or `?token=`. Close codes: 1000 done, "
@@ -677,6 +851,12 @@ def document() -> dict[str, Any]:
     schemas = {**schema.pop("$defs", {}), "JobCreate": schema, **SCHEMAS}
     schemas["TenantUpdate"] = TenantUpdate.model_json_schema()
     schemas["InteractionCreate"] = InteractionCreate.model_json_schema()
+    schemas["KeyCreate"] = KeyCreate.model_json_schema()
+    scheduled = ScheduleCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    scheduled.pop("$defs", None)
+    for field in ("run_at", "delay_s"):  # refused in a schedule: its jobs start at their ticks
+        scheduled["properties"].pop(field)
+    schemas |= {"ScheduleCreate": scheduled, **KEY_AND_SCHEDULE_SCHEMAS}
     error = _ref("Error")
     responses = {
         f"E{status}": {
@@ -690,7 +870,7 @@ def document() -> dict[str, Any]:
         }
         for status, text in ERROR_DESCRIPTIONS.items()
     }
-    paths = _operations()
+    paths = {**_operations(), **_keys_and_schedules()}
     for path, item in paths.items():
         for operation in item.values():
             operation.setdefault("security", BEARER)

@@ -60,6 +60,10 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: A label for people (``POST /v1/keys``), never used to authenticate.
+    name: Mapped[str | None] = mapped_column(String(100))
+    #: When the key stops working by itself (None: never).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):
@@ -160,6 +164,38 @@ class Tenant(Base):
     updated_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class Schedule(Base):
+    """A recurring job (``POST /v1/schedules``): the body of a ``POST /v1/jobs`` each tick of
+    ``cron`` in ``timezone`` submits. ``next_run_at`` is the next tick; the ticker that fires
+    it moves it on (:mod:`videoq.store.schedules`)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        Index("schedules_due", "queue", "next_run_at"),
+        Index("schedules_tenant_created", "tenant", text("created_at DESC"), text("id DESC")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(100))
+    #: The arq queue of the API that took it: only that queue's workers fire it.
+    queue: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    #: The job each tick submits: a ``POST /v1/jobs`` body as validated.
+    job: Mapped[dict[str, Any]] = mapped_column(Json)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The tick of the last job it submitted, and that job.
+    last_tick_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    #: Ticks that submitted no job: missed while no worker ran, or refused (last_error says why).
+    skipped_ticks: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Purchase(Base):
