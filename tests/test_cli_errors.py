@@ -63,51 +63,93 @@ DURATION = "--duration (duration_s): Input should be greater than or equal to 5"
 CASES = [
     Case("invalid field", ("submit", "Lamp", "--duration", "3"), USAGE, (DURATION, "422")),
     Case(
-        "invalid schedule", ("submit", "Lamp", "--run-at", "tomorrow"), USAGE,
+        "invalid schedule",
+        ("submit", "Lamp", "--run-at", "tomorrow"),
+        USAGE,
         ("--run-at (run_at): must be an ISO 8601 date-time",),
-    ),  # fmt: skip
+    ),
     Case(
-        "unknown option key", ("submit", "Lamp", "--option", "colour=red"), USAGE,
+        "unknown option key",
+        ("submit", "Lamp", "--option", "colour=red"),
+        USAGE,
         ("--option (options.colour): unknown field",),
-    ),  # fmt: skip
+    ),
     Case("option not KEY=VALUE", ("submit", "Lamp", "--option", "x"), USAGE, ("KEY=VALUE",)),
     Case("bad flag value", ("submit", "Lamp", "--priority", "urgent"), USAGE, ("--priority",)),
     Case("unknown flag", ("status", "--nope"), USAGE, ("--nope", "videoq status --help")),
-    Case("unknown job", ("status", "0" * 8 + "-0000-4000-8000-" + "0" * 12), USAGE,
-         ("404", "videoq jobs")),  # fmt: skip
-    Case("unknown job's video", ("download", "0" * 8 + "-0000-4000-8000-" + "0" * 12), USAGE,
-         ("404",)),  # fmt: skip
+    Case(
+        "unknown job",
+        ("status", "0" * 8 + "-0000-4000-8000-" + "0" * 12),
+        USAGE,
+        ("404", "videoq jobs"),
+    ),
+    Case(
+        "unknown job's video",
+        ("download", "0" * 8 + "-0000-4000-8000-" + "0" * 12),
+        USAGE,
+        ("404",),
+    ),
     Case("bad key", ("jobs",), USAGE, ("refused the key", "401", "VIDEOQ_API_KEY"), key="bad"),
     Case("tenant key on admin route", ("info",), USAGE, ("403", "admin key")),
     Case(
-        "API not running", ("jobs",), UNREACHABLE,
-        ("cannot reach the API at http://127.0.0.1:", "connection refused", "videoq dev",
-         "VIDEOQ_API_URL"),
+        "API not running",
+        ("jobs",),
+        UNREACHABLE,
+        (
+            "cannot reach the API at http://127.0.0.1:",
+            "connection refused",
+            "videoq dev",
+            "VIDEOQ_API_URL",
+        ),
         api="dead",
-    ),  # fmt: skip
+    ),
     Case(
-        "API not running, on submit", ("submit", "Lamp", "--watch"), UNREACHABLE,
-        ("cannot reach the API", "connection refused"), api="dead",
-    ),  # fmt: skip
+        "API not running, on submit",
+        ("submit", "Lamp", "--watch"),
+        UNREACHABLE,
+        ("cannot reach the API", "connection refused"),
+        api="dead",
+    ),
     Case(
-        "no API configured", ("status", "x"), USAGE,
-        ("set VIDEOQ_API_URL and VIDEOQ_API_KEY", "videoq dev"), key="none", api="unset",
-    ),  # fmt: skip
+        "no API configured",
+        ("status", "x"),
+        USAGE,
+        ("set VIDEOQ_API_URL and VIDEOQ_API_KEY", "videoq dev"),
+        key="none",
+        api="unset",
+    ),
     Case(
-        "not a URL", ("jobs",), USAGE, ("not an http:// or https:// URL",), api="unset",
+        "not a URL",
+        ("jobs",),
+        USAGE,
+        ("not an http:// or https:// URL",),
+        api="unset",
         extra_env=(("VIDEOQ_API_URL", "localhost:8000"),),
-    ),  # fmt: skip
+    ),
     Case(
-        "invalid setting", ("jobs",), USAGE, ("invalid settings: VIDEOQ_CORS_ORIGINS",),
+        "invalid setting",
+        ("jobs",),
+        USAGE,
+        ("invalid settings: VIDEOQ_CORS_ORIGINS",),
         extra_env=(("VIDEOQ_CORS_ORIGINS", "[not json"),),
-    ),  # fmt: skip
-    Case("render checks the brief as the API does", ("render", "Lamp", "--duration", "3"),
-         USAGE, (DURATION,), key="none", api="unset"),  # fmt: skip
+    ),
     Case(
-        "no database for a server command", ("keys", "create", "--tenant", "t"), USAGE,
-        ("VIDEOQ_DATABASE_URL", "videoq dev"), key="none", api="unset",
+        "render checks the brief as the API does",
+        ("render", "Lamp", "--duration", "3"),
+        USAGE,
+        (DURATION,),
+        key="none",
+        api="unset",
+    ),
+    Case(
+        "no database for a server command",
+        ("keys", "create", "--tenant", "t"),
+        USAGE,
+        ("VIDEOQ_DATABASE_URL", "videoq dev"),
+        key="none",
+        api="unset",
         extra_env=(("VIDEOQ_DATABASE_URL", ""),),
-    ),  # fmt: skip
+    ),
 ]
 
 

@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = Field(
         default=None,
         description="Anthropic key: live scripts; unset: the offline template.",
-        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "VIDEOQ_ANTHROPIC_API_KEY")
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "VIDEOQ_ANTHROPIC_API_KEY"),
     )
     elevenlabs_api_key: SecretStr | None = Field(
         default=None,

@@ -363,7 +363,10 @@ def _operations() -> dict[str, Any]:
                 "summary": "Health of the API, Redis, PostgreSQL and the queue",
                 "security": PUBLIC,
                 "responses": {
-                    "200": _json(_ref("Health"), "Healthy, or degraded: Redis away or no worker heartbeating."),
+                    "200": _json(
+                        _ref("Health"),
+                        "Healthy, or degraded: Redis away or no worker heartbeating.",
+                    ),
                     "503": _json(_ref("Health"), "Unhealthy: PostgreSQL is unreachable."),
                 },
             }

@@ -7,7 +7,7 @@ import asyncio
 import errno
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -39,7 +39,7 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = JOB_FAILED) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.code = exit_code
 
     def show(self, file: Any = None) -> None:
         say_error(self.message)
@@ -54,7 +54,7 @@ class Cli(click.Group):
     """click's group, with click's own usage errors (an unknown flag, a bad value) on one line
     too, and Ctrl-C exiting 130 instead of printing "Aborted!"."""
 
-    def main(  # type: ignore[override]
+    def main(
         self, args: Sequence[str] | None = None, prog_name: str | None = None,
         complete_var: str | None = None, standalone_mode: bool = True, **extra: Any,
     ) -> Any:  # fmt: skip
@@ -69,6 +69,9 @@ class Cli(click.Group):
             where = exc.ctx.command_path if exc.ctx else "videoq"
             say_error(f"{exc.format_message()} (see `{where} --help`)")
             code = USAGE
+        except Failure as exc:
+            exc.show()
+            code = exc.code
         except click.ClickException as exc:
             exc.show()
             code = exc.exit_code
@@ -242,7 +245,3 @@ def call(
             "VIDEOQ_API_URL",
             UNREACHABLE,
         ) from None
-
-
-def fail(message: str, exit_code: int = JOB_FAILED) -> NoReturn:
-    raise Failure(message, exit_code)

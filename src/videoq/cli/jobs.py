@@ -13,9 +13,21 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from videoq.cli.base import (
-    FLAGS, INTERRUPTED, JOB_FAILED, USAGE, Failure, api_options, call, connection_options, err,
-    field_message, main, out, say_error, settings_of,
-)  # fmt: skip
+    FLAGS,
+    INTERRUPTED,
+    JOB_FAILED,
+    USAGE,
+    Failure,
+    api_options,
+    call,
+    connection_options,
+    err,
+    field_message,
+    main,
+    out,
+    say_error,
+    settings_of,
+)
 from videoq.types import STAGES, JobStatus
 
 STATUSES = [str(status) for status in JobStatus]
@@ -61,9 +73,12 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--max-retries", "max_retries", type=int, help="Retries after the first attempt.")
 @click.option("--webhook-url", "webhook_url", help="Signed POST here when the job ends.")
 @click.option(
-    "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="A per-job setting (options in POST /v1/jobs), e.g. providers=offline; repeatable.",
-)  # fmt: skip
+)
 @click.option("--idempotency-key", help="A retry with the same key returns the same job.")
 @click.option("--watch", is_flag=True, help="Show live progress until the job ends.")
 @api_options

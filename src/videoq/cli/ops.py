@@ -15,8 +15,17 @@ import click
 from rich.table import Table
 
 from videoq.cli.base import (
-    JOB_FAILED, USAGE, Failure, api_options, call, err, main, need_urls, out, settings_of,
-)  # fmt: skip
+    JOB_FAILED,
+    USAGE,
+    Failure,
+    api_options,
+    call,
+    err,
+    main,
+    need_urls,
+    out,
+    settings_of,
+)
 from videoq.settings import Settings
 
 
@@ -80,9 +89,10 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
 @main.command()
 @click.option("--burst", is_flag=True, help="Process the jobs due now, then stop.")
 @click.option(
-    "--check", is_flag=True,
+    "--check",
+    is_flag=True,
     help="Exit 0 if a worker of this host (or --id) heartbeats, else 1: a liveness probe.",
-)  # fmt: skip
+)
 @click.option("--id", "worker_id", help="With --check: a worker id, or its beginning.")
 @click.pass_context
 def worker(ctx: click.Context, burst: bool, check: bool, worker_id: str | None) -> None:
@@ -105,7 +115,7 @@ def _check_worker(settings: Settings, worker_id: str | None) -> None:
     from videoq.workers.health import check
 
     alive, message = asyncio.run(check(settings, worker_id))
-    (click.echo if alive else err.print)(message, soft_wrap=True)
+    click.echo(message, err=not alive)
     sys.exit(0 if alive else 1)
 
 

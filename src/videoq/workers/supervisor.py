@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+#: The name of the feed loop's task (``videoq process-pending`` runs the feed itself).
+FEED_TASK = "videoq-feed"
+
 _INFRA_ERRORS = (*DATABASE_ERRORS, *BROKER_ERRORS)
 
 
@@ -60,7 +63,7 @@ def start(state: WorkerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(_keep_lock(state), name="videoq-session-lock"),
         asyncio.create_task(_cancel_signals(state), name="videoq-cancel-signals"),
         asyncio.create_task(_reconcile(state), name="videoq-reconcile"),
-        asyncio.create_task(_feed(state), name="videoq-feed"),
+        asyncio.create_task(_feed(state), name=FEED_TASK),
     ]
     if state.settings.death_watch_s > 0:
         tasks.append(asyncio.create_task(_death_watch(state), name="videoq-death-watch"))
