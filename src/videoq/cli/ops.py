@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -98,8 +99,6 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
 def worker(ctx: click.Context, burst: bool, check: bool, worker_id: str | None) -> None:
     """Run a worker: arq's, woken at once by new jobs (`arq videoq.workers.WorkerSettings` runs
     the same code but polls every VIDEOQ_POLL_DELAY_S)."""
-    from videoq.workers import create_worker, new_event_loop
-
     settings = need_urls(settings_of(ctx))
     if check:
         _check_worker(settings, worker_id)
@@ -107,16 +106,42 @@ def worker(ctx: click.Context, burst: bool, check: bool, worker_id: str | None) 
     if burst:
         _print_summary(settings)
         return
+    from videoq.workers import create_worker, new_event_loop
+
     asyncio.set_event_loop(new_event_loop())  # arq's worker runs on the current loop
     create_worker(settings).run()
 
 
 def _check_worker(settings: Settings, worker_id: str | None) -> None:
-    from videoq.workers.health import check
-
-    alive, message = asyncio.run(check(settings, worker_id))
+    alive, message = asyncio.run(_worker_alive(settings, worker_id))
     click.echo(message, err=not alive)
     sys.exit(0 if alive else 1)
+
+
+async def _worker_alive(settings: Settings, worker_id: str | None) -> tuple[bool, str]:
+    """Whether a live worker's id begins with ``worker_id`` (default: this host's name, as
+    every worker id does: ``host:pid:random``), read from the worker registry in Redis, and
+    one line saying which, or why not. Alive: its last heartbeat is younger than
+    ``worker_stale_s``, so the other workers leave its jobs alone. (Only the broker is
+    imported: a probe that runs every few seconds should not load the pipeline.)"""
+    from videoq.broker import BROKER_ERRORS, connect, registry
+
+    prefix = worker_id or f"{socket.gethostname()}:"
+    try:
+        redis = await connect(settings, retries=0)
+        try:
+            workers = await registry.list_workers(redis, settings.worker_stale_s)
+        finally:
+            await redis.aclose()
+    except BROKER_ERRORS as exc:
+        return False, f"unhealthy: cannot reach Redis to read the heartbeats: {exc}"
+    mine = [w for w in workers if str(w.get("id", "")).startswith(prefix)]
+    alive = [str(w["id"]) for w in mine if w["alive"]]
+    if alive:
+        return True, "healthy: " + ", ".join(alive)
+    if mine:
+        return False, f"unhealthy: no heartbeat from {prefix}… in {settings.worker_stale_s:g} s"
+    return False, f"unhealthy: no worker {prefix}… is registered"
 
 
 def _print_summary(settings: Settings) -> None:
