@@ -69,7 +69,9 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @_brief_options
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), help="Default: normal.")
 @click.option("--delay", "delay_s", type=float, help="Start no sooner than this many seconds.")
-@click.option("--run-at", "run_at", help="Start at this ISO 8601 time, e.g. 2030-01-01T09:00Z.")
+@click.option(
+    "--run-at", "run_at", help="Start at this ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ), within 30 days."
+)
 @click.option("--max-retries", "max_retries", type=int, help="Retries after the first attempt.")
 @click.option("--webhook-url", "webhook_url", help="Signed POST here when the job ends.")
 @click.option(
