@@ -153,6 +153,7 @@ def render(ctx: click.Context, /, offline: bool, out: Path, **brief: Any) -> Non
 
     from pydantic import ValidationError
 
+    from videoq.errors import VideoqError
     from videoq.pipeline import MemoryCheckpoints, run_pipeline
     from videoq.providers import offline_providers
     from videoq.schemas import JobCreate, field_errors, job_context
@@ -180,6 +181,8 @@ def render(ctx: click.Context, /, offline: bool, out: Path, **brief: Any) -> Non
 
     try:
         asyncio.run(go())
+    except VideoqError as exc:  # e.g. FFmpeg failing
+        raise Failure(f"render failed: {exc.message}", JOB_FAILED) from None
     except OSError as exc:
         raise Failure(f"cannot write {out}: {exc.strerror or exc}", JOB_FAILED) from None
     click.echo(str(out.resolve()))

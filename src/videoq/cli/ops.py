@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -109,7 +111,29 @@ def worker(ctx: click.Context, burst: bool, check: bool, worker_id: str | None) 
     from videoq.workers import create_worker, new_event_loop
 
     asyncio.set_event_loop(new_event_loop())  # arq's worker runs on the current loop
-    create_worker(settings).run()
+    with _start_failures():
+        create_worker(settings).run()
+
+
+@contextlib.contextmanager
+def _start_failures() -> Iterator[None]:
+    """A worker that cannot start (no schema, a store out of reach) says so in one line."""
+    from videoq.broker import BROKER_ERRORS
+    from videoq.errors import VideoqError
+    from videoq.store import DATABASE_ERRORS
+
+    try:
+        yield
+    except asyncio.CancelledError:  # a signal while it was still connecting
+        raise Failure("the worker was stopped while starting", JOB_FAILED) from None
+    except VideoqError as exc:
+        raise Failure(f"the worker stopped: {exc.message}", JOB_FAILED) from None
+    except (*BROKER_ERRORS, *DATABASE_ERRORS) as exc:
+        raise Failure(
+            f"the worker stopped: {type(exc).__name__}: {exc}; check VIDEOQ_DATABASE_URL and "
+            "VIDEOQ_REDIS_URL",
+            JOB_FAILED,
+        ) from None
 
 
 def _check_worker(settings: Settings, worker_id: str | None) -> None:
@@ -150,7 +174,8 @@ def _print_summary(settings: Settings) -> None:
 
     loop = new_event_loop()
     try:
-        done = loop.run_until_complete(process_pending(settings))
+        with _start_failures():
+            done = loop.run_until_complete(process_pending(settings))
     finally:
         loop.close()
     click.echo(
