@@ -17,7 +17,7 @@ from videoq.settings import Settings
 
 async def _job_row(sessions: Any, job_id: str) -> store.Job:
     async with sessions() as session:
-        row = await session.get(store.Job, uuid.UUID(job_id))
+        row: store.Job | None = await session.get(store.Job, uuid.UUID(job_id))
     assert row is not None
     return row
 
