@@ -188,3 +188,25 @@ def test_arq_start_line_does_not_call_a_priority_a_delay(arq_cli_logging: io.Str
     text = arq_cli_logging.getvalue()
     assert "delayed" not in text
     assert "abc:run_job('abc') try=2" in text and "def:run_job('def')" in text
+
+
+async def test_the_plain_arq_command_logs_each_line_once_and_no_priority_delay(
+    asgi_client: httpx.AsyncClient, settings: Settings, sessions: Any
+) -> None:
+    key = await new_key(sessions)
+    job_id = await _create(asgi_client, key, priority="normal")
+    arq = Path(sys.executable).with_name("arq")
+    proc = await asyncio.create_subprocess_exec(
+        str(arq), "videoq.workers.WorkerSettings", "--burst", env=_env(settings), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec(),
+    )  # fmt: skip
+    raw, _ = await asyncio.wait_for(proc.communicate(), 180)
+    output = raw.decode()
+    assert proc.returncode == 0, output[-3000:]
+    lines = output.splitlines()
+    started = [line for line in lines if f"{job_id}:run_job" in line and "→" in line]
+    assert len(started) == 1, output[-3000:]  # once, in videoq's format
+    assert "delayed=" not in output
+    assert sum("worker_started" in line for line in lines) == 1
+    job = (await asgi_client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
+    assert job["status"] == "succeeded"
