@@ -11,6 +11,7 @@ import json
 import logging
 import logging.config
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -210,3 +211,32 @@ async def test_the_plain_arq_command_logs_each_line_once_and_no_priority_delay(
     assert sum("worker_started" in line for line in lines) == 1
     job = (await asgi_client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
     assert job["status"] == "succeeded"
+
+
+async def test_process_pending_stopped_by_a_signal_says_so_and_requeues(
+    asgi_client: httpx.AsyncClient, settings: Settings, sessions: Any
+) -> None:
+    key = await new_key(sessions)
+    job_id = await _create(asgi_client, key)
+    env = _env(settings, VIDEOQ_PIPELINE="tests.fakes:slow", VIDEOQ_SHUTDOWN_GRACE_S="0")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "videoq", "process-pending", env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec(),
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            job = (await asgi_client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
+            if job["status"] == "running":
+                break
+            await asyncio.sleep(0.1)
+        assert job["status"] == "running"
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert "Traceback" not in err.decode()
+    assert err.decode().strip().splitlines()[-1].startswith("error: stopped by a signal")
+    job = (await asgi_client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
+    assert job["status"] == "queued"

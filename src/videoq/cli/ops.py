@@ -18,6 +18,7 @@ import click
 from rich.table import Table
 
 from videoq.cli.base import (
+    INTERRUPTED,
     JOB_FAILED,
     USAGE,
     Failure,
@@ -117,15 +118,19 @@ def worker(ctx: click.Context, burst: bool, check: bool, worker_id: str | None) 
 
 @contextlib.contextmanager
 def _start_failures() -> Iterator[None]:
-    """A worker that cannot start (no schema, a store out of reach) says so in one line."""
+    """A worker that cannot start (no schema, a store out of reach), or a burst stopped by a
+    signal, says so in one line."""
     from videoq.broker import BROKER_ERRORS
     from videoq.errors import VideoqError
     from videoq.store import DATABASE_ERRORS
 
     try:
         yield
-    except asyncio.CancelledError:  # a signal while it was still connecting
-        raise Failure("the worker was stopped while starting", JOB_FAILED) from None
+    except asyncio.CancelledError:  # SIGINT or SIGTERM: arq's handler cancels the worker
+        raise Failure(
+            "stopped by a signal; the jobs it had not finished are back on the queue",
+            INTERRUPTED,
+        ) from None
     except VideoqError as exc:
         raise Failure(f"the worker stopped: {exc.message}", JOB_FAILED) from None
     except (*BROKER_ERRORS, *DATABASE_ERRORS) as exc:
