@@ -287,7 +287,7 @@ def keys_revoke(ctx: click.Context, prefix_or_id: str) -> None:
     try:
         row = asyncio.run(_with_session(settings, lambda s: revoke_key(s, prefix_or_id)))
     except (NotFound, Conflict) as exc:
-        raise Failure(exc.message, USAGE if isinstance(exc, NotFound) else JOB_FAILED) from None
+        raise Failure(exc.message, JOB_FAILED) from None
     err.print(f"revoked key {row.prefix}… ({row.id}) of tenant {row.tenant}")
 
 
