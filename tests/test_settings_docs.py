@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from videoq.children import preexec
 from videoq.settings import TABLE_END, TABLE_START, Settings, markdown_table, with_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -38,7 +39,7 @@ def test_every_setting_has_a_row_and_a_description() -> None:
 def test_the_table_comes_from_the_command_line_too() -> None:
     printed = subprocess.run(
         [sys.executable, "-m", "videoq.settings", "--markdown"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True, text=True, check=True, timeout=60, preexec_fn=preexec(),
     )  # fmt: skip
     assert printed.stdout == markdown_table()
     assert "Warning" not in printed.stderr
@@ -49,7 +50,7 @@ def test_write_replaces_only_the_table(tmp_path: Path) -> None:
     readme.write_text(f"# before\n\n{TABLE_START}\n| stale |\n{TABLE_END}\n\nafter\n")
     subprocess.run(
         [sys.executable, "-m", "videoq.settings", "--write", str(readme)],
-        check=True, timeout=60,
+        check=True, timeout=60, preexec_fn=preexec(),
     )  # fmt: skip
     text = readme.read_text()
     assert text.startswith("# before\n\n") and text.endswith(f"{TABLE_END}\n\nafter\n")
