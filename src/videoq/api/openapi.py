@@ -335,6 +335,16 @@ SCHEMAS: dict[str, Any] = {
             "finished": {"type": "object"},
             "queue_length": {"type": "integer"},
             "workers": {"type": "integer"},
+            "feed": {
+                "type": "object",
+                "description": "users_due: users whose feed is due a refill (enough new "
+                "interactions); generated_waiting: jobs made for feeds, not finished yet.",
+                "required": ["users_due", "generated_waiting"],
+                "properties": {
+                    "users_due": {"type": "integer"},
+                    "generated_waiting": {"type": "integer"},
+                },
+            },
         },
     },
     "WorkerList": {
@@ -353,7 +363,10 @@ def _operations() -> dict[str, Any]:
                 "summary": "Health of the API, Redis, PostgreSQL and the queue",
                 "security": PUBLIC,
                 "responses": {
-                    "200": _json(_ref("Health"), "Healthy or degraded (Redis away)."),
+                    "200": _json(
+                        _ref("Health"),
+                        "Healthy, or degraded: Redis away or no worker heartbeating.",
+                    ),
                     "503": _json(_ref("Health"), "Unhealthy: PostgreSQL is unreachable."),
                 },
             }

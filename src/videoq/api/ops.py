@@ -16,7 +16,7 @@ from videoq import eta, store
 from videoq.api import dashboard, metrics
 from videoq.api.deps import State, admin, principal, state_of
 from videoq.broker import estimates, queue, registry
-from videoq.store import jobs, spend
+from videoq.store import feed, jobs, spend
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +53,8 @@ async def queue_stats(request: Request) -> Response:
     st = state_of(request)
     body = await _queue_figures(st)
     body["workers"] = await registry.count_workers(st.redis, st.settings.worker_stale_s)
+    async with st.sessions() as session:
+        body["feed"] = await feed.figures(session, st.settings.preference_update_threshold)
     return JSONResponse(body)
 
 
@@ -92,7 +94,10 @@ async def health(request: Request) -> Response:
         database_ok = True
     except Exception as exc:
         log.warning("health_database_failed", error=str(exc))
-    status = "healthy" if redis_ok and database_ok else "degraded" if database_ok else "unhealthy"
+    # Degraded: jobs are taken (PostgreSQL is the record) but not run, for Redis is down or no
+    # worker has heartbeated within worker_stale_s.
+    healthy = redis_ok and database_ok and workers > 0
+    status = "healthy" if healthy else "degraded" if database_ok else "unhealthy"
     body = {
         "status": status,
         "redis": redis_ok,

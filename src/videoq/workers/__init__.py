@@ -119,6 +119,10 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         # to every poll.
         "allow_abort_jobs": False,
         "job_completion_wait": settings.shutdown_grace_s,
+        # arq's health key (`arq --check`), shared by every worker of the queue: renewed this
+        # often, it outlives no worker by long, and comes back this soon after another
+        # worker's shutdown deletes it (docs/deploy.md, "Health").
+        "health_check_interval": settings.worker_stale_s,
         "ctx": {"settings": settings},
         "on_startup": startup,
         "on_shutdown": shutdown,

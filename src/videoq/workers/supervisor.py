@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+#: The name of the feed loop's task (``videoq process-pending`` runs the feed itself).
+FEED_TASK = "videoq-feed"
+
 _INFRA_ERRORS = (*DATABASE_ERRORS, *BROKER_ERRORS)
 #: How many due schedules one ticker pass fires (the rest wait for the next pass).
 SCHEDULES_PER_PASS = 100
@@ -69,7 +72,7 @@ def start(state: WorkerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(_keep_lock(state), name="videoq-session-lock"),
         asyncio.create_task(_cancel_signals(state), name="videoq-cancel-signals"),
         asyncio.create_task(_reconcile(state), name="videoq-reconcile"),
-        asyncio.create_task(_feed(state), name="videoq-feed"),
+        asyncio.create_task(_feed(state), name=FEED_TASK),
         asyncio.create_task(_schedules(state), name="videoq-schedules"),
     ]
     if state.settings.death_watch_s > 0:
