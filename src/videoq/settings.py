@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
+    # Tracing (docs/tracing.md).
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP/HTTP) to export spans to, e.g. "
+        "http://localhost:4318; unset: no tracing. Needs the `tracing` extra.",
+        validation_alias=AliasChoices("VIDEOQ_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
+
     # API.
     host: str = "127.0.0.1"
     port: int = 8000
