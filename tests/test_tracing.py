@@ -5,6 +5,7 @@ of OpenTelemetry's SDK is loaded and nothing is recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import subprocess
 import sys
@@ -284,3 +285,23 @@ def test_a_configured_endpoint_exports_over_otlp_http(monkeypatch: pytest.Monkey
     names = {a.key: a.value.string_value for a in resource.resource.attributes}
     assert names["service.name"] == "my-videoq" and names["service.namespace"] == "videoq"
     assert [s.name for s in resource.scope_spans[0].spans] == ["job.run"]
+
+
+async def test_a_task_started_detached_parents_its_spans_to_no_job(
+    exporter: InMemorySpanExporter,
+) -> None:
+    async def shared_poll() -> None:
+        with tracing.span("replicate.predictions"):
+            pass
+
+    with tracing.span("job.run"):
+        with tracing.detached():
+            detached = asyncio.create_task(shared_poll())
+        inherited = asyncio.create_task(shared_poll())
+        await asyncio.gather(detached, inherited)
+    [run] = by_name(finished(exporter), "job.run")
+    polls = by_name(finished(exporter), "replicate.predictions")
+    assert sorted((p.parent is None, p.trace_id == run.trace_id) for p in polls) == [
+        (False, True),  # the task that inherited the job's context
+        (True, False),  # the detached one: a trace of its own
+    ]

@@ -181,6 +181,22 @@ def annotate(attributes: Attributes, *, link: str | None = None) -> None:
         current.add_link(linked)
 
 
+@contextlib.contextmanager
+def detached() -> Iterator[None]:
+    """No span is current inside the block: a task started there that serves many jobs (a
+    shared poll) parents its spans to none of them."""
+    if _tracer is None:
+        yield
+        return
+    from opentelemetry import context
+
+    token = context.attach(context.Context())
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span; None when tracing is off or no span is."""
     if _tracer is None:
@@ -211,6 +227,7 @@ __all__ = [
     "Span",
     "annotate",
     "configure",
+    "detached",
     "enabled",
     "shutdown",
     "span",
