@@ -3,8 +3,8 @@ request that submitted it to its last FFmpeg run (docs/tracing.md lists the span
 
 :func:`configure` turns tracing on for the process when ``settings.otlp_endpoint`` is set (spans
 exported over OTLP/HTTP; the ``tracing`` extra installs the SDK) or an exporter is passed (the
-tests' in-memory one). Off, nothing of OpenTelemetry is imported and :func:`span` hands out one
-shared no-op context manager.
+tests' in-memory one). Off, videoq imports nothing of OpenTelemetry and :func:`span` hands
+out one shared no-op context manager.
 
 A job carries its trace across processes in its row: :func:`traceparent` is the W3C
 ``traceparent`` of the current span, stored when the job is created, and the worker's
@@ -95,6 +95,9 @@ def configure(
         from opentelemetry.sdk.resources import OTELResourceDetector, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+        if exporter is None:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
         log.warning("tracing_unavailable", reason="pip install 'videoq[tracing]'")
         return False
@@ -104,8 +107,6 @@ def configure(
         # Each span handed over as it ends: tests read them at once.
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         assert settings.otlp_endpoint is not None
         endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
