@@ -24,6 +24,7 @@ from tests.conftest import running_worker, serving
 from tests.mocks.anthropic import overloaded
 from tests.mocks.live import live_mocks
 from videoq import store, tracing
+from videoq.broker import keys, queue
 from videoq.client import Client
 from videoq.settings import Settings
 from videoq.types import STAGES, scene_count
@@ -168,6 +169,25 @@ async def test_one_job_is_one_trace_from_the_request_to_each_ffmpeg_run(
     job_spans = ("job.", "stage ", "ffmpeg", "anthropic", "elevenlabs")
     strays = [s.name for s in spans if s not in trace and s.name.startswith(job_spans)]
     assert strays == []
+
+
+async def test_a_job_redis_lost_runs_in_the_trace_it_was_submitted_in(
+    settings: Settings, exporter: InMemorySpanExporter, api_key: str, redis: Any
+) -> None:
+    quick = settings.model_copy(update={"pipeline": "tests.fakes:quick", "reconcile_s": 0.2})
+    async with serving(quick) as api, Client(api.url, api_key) as client:
+        job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
+        # Redis loses it: only the job's row is left, and the reconciler enqueues it again.
+        await queue.remove(redis, quick, job.id)
+        await redis.delete(keys.job_data(job.id))
+        assert await redis.zscore(quick.queue_name, job.id) is None
+        async with running_worker(quick):
+            final = await client.wait(job.id, timeout=60)
+    assert final.status == "succeeded"
+    spans = finished(exporter)
+    [submit] = by_name(spans, "POST /v1/jobs")
+    [run] = by_name(spans, "job.run")
+    assert (run.trace_id, run.parent) == (submit.trace_id, submit.span_id)
 
 
 async def test_a_retry_request_links_to_the_jobs_trace(
