@@ -23,6 +23,7 @@ SUITES = (
     "realistic",
     "fairness",
     "feed",
+    "tracing",
 )
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from videoq import tracing
 from videoq.children import preexec
 from videoq.errors import FFmpegError, PermanentError, RetryableError
 from videoq.fair import FairSlots, spent
@@ -156,15 +157,19 @@ def parse_ffmpeg_info(stderr: str) -> Probe | None:
 
 async def _capture(argv: Sequence[str]) -> tuple[int, str, str]:
     """Run a short command to completion; kill it if we are cancelled or it hangs."""
-    proc = await _spawn(argv, stdin=asyncio.subprocess.DEVNULL)
-    try:
-        async with asyncio.timeout(_PROBE_TIMEOUT_S):
-            out, err = await proc.communicate()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
+    attributes = {"videoq.ffmpeg.program": Path(argv[0]).name,
+                  "videoq.ffmpeg.output": Path(argv[-1]).name}  # fmt: skip
+    with tracing.span("ffmpeg probe", attributes):
+        proc = await _spawn(argv, stdin=asyncio.subprocess.DEVNULL)
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                out, err = await proc.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        tracing.annotate({"process.exit.code": proc.returncode})
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -228,13 +233,33 @@ async def run_ffmpeg(
     async with slots.slot():
         granted, busy = time.monotonic(), slots.busy
         try:
-            await _run(args, settings, duration_s, on_progress, timeout_s, on_start, grace_s)
+            output = _output_name(args)
+            attributes = {"videoq.ffmpeg.output": output, "videoq.ffmpeg.media_s": duration_s,
+                          "videoq.ffmpeg.slot_wait_s": granted - started}  # fmt: skip
+            with tracing.span(f"ffmpeg {_operation(output)}", attributes):
+                await _run(args, settings, duration_s, on_progress, timeout_s, on_start, grace_s)
         finally:
             if (account := spent.get()) is not None:
                 ran = time.monotonic() - granted
                 account.waited_s += granted - started
                 account.ran_s += ran
                 account.alone_s += ran / busy
+
+
+#: A temporary output name (:func:`atomic_output`): ``.<stem>.<8 hex>.tmp<suffix>``.
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}\.tmp(?P<suffix>\.\w+)?$")
+
+
+def _output_name(args: Sequence[str]) -> str:
+    """The name of the file a run writes (its last argument), as it is once renamed."""
+    name = Path(args[-1]).name if args else ""
+    found = _TEMPORARY.match(name)
+    return found["stem"] + (found["suffix"] or "") if found else name
+
+
+def _operation(output: str) -> str:
+    """What a run makes, named by its output without index or suffix: ``scene``, ``video``."""
+    return re.sub(r"[_-]?\d+$", "", Path(output).stem) or "run"
 
 
 async def _run(
@@ -279,6 +304,7 @@ async def _run(
         await asyncio.gather(*tasks, return_exceptions=True)
         if proc.stdin is not None:
             proc.stdin.close()
+    tracing.annotate({"process.exit.code": proc.returncode})
     if proc.returncode != 0:
         raise FFmpegError(
             "ffmpeg failed", returncode=proc.returncode, stderr_tail=tail.decode(errors="replace")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from videoq import eta, outbox, prices
+from videoq import eta, outbox, prices, tracing
 from videoq.broker import BROKER_ERRORS, estimates, events, limits, queue, registry, shares
 from videoq.broker import keys as redis_keys
 from videoq.errors import OverBudget, RateLimited
@@ -109,9 +109,12 @@ async def submit(
             session, tenant, body, default_max_retries=svc.settings.max_retries,
             idempotency_key=idempotency_key, queue=svc.settings.queue_name, eta_s=eta_s,
             cost_estimate_usd=cost,
+            # Every attempt of the job continues the caller's trace, wherever it runs.
+            traceparent=tracing.traceparent(),
         )  # fmt: skip
     if created:
-        await queue.announce_created(svc.redis, svc.settings, job)
+        with tracing.span("job.enqueue", {"videoq.job_id": str(job.id)}, kind="producer"):
+            await queue.announce_created(svc.redis, svc.settings, job)
     return job, created
 
 
@@ -175,6 +178,8 @@ async def retry(svc: Services, job_id: str, tenant: str) -> Job:
     last checkpoint. :class:`~videoq.errors.Conflict` in any other state."""
     async with svc.sessions() as session:
         job = await job_rows.retry(session, job_id, tenant)
+    # The new attempts join the job's first trace; this request's span links to it.
+    tracing.annotate({"videoq.job_id": str(job.id)}, link=job.traceparent)
     log.info("job_retry_requested", job_id=str(job.id))
     await announce(svc, job, "requeued by request")
     try:

@@ -156,6 +156,14 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
+    # Tracing (docs/tracing.md).
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP/HTTP) to export spans to, e.g. "
+        "http://localhost:4318; unset: no tracing. Needs the `tracing` extra.",
+        validation_alias=AliasChoices("VIDEOQ_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
+
     # API.
     host: str = Field(default="127.0.0.1", description="Where `videoq api` listens.")
     port: int = Field(default=8000, description="The port `videoq api` listens on.")

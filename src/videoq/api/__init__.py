@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
-from videoq import broker, outbox, store
+from videoq import broker, outbox, store, tracing
 from videoq.api import (
     errors,
     events,
@@ -60,6 +60,7 @@ __all__ = ["create_app"]
 def create_app(settings: Settings) -> Starlette:
     """The API application. Opens the database engine and Redis pool for its lifetime; refuses
     to start on a database that is not migrated."""
+    traced = tracing.configure(settings, service="videoq-api")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -81,6 +82,8 @@ def create_app(settings: Settings) -> Starlette:
             await redis.aclose()
         finally:
             await engine.dispose()
+            if traced:
+                tracing.shutdown()
 
     # Keyed by class; videoq_error and database_error answer WebSockets too (by closing them).
     handlers: dict[Any, Any] = {

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from videoq import tracing
 from videoq.errors import OverBudget, RetryableError
 from videoq.ffmpeg import find_font
 from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
@@ -253,6 +254,10 @@ async def run_pipeline(
     ran: set[str] = set()
 
     async def run(stage: str, on_progress: Callable[[float], Awaitable[None]]) -> None:
+        with tracing.span(f"stage {stage}", {"videoq.stage": stage}):
+            await run_stage(stage, on_progress)
+
+    async def run_stage(stage: str, on_progress: Callable[[float], Awaitable[None]]) -> None:
         async with _deadline(stage, settings.stage_timeout_s):
             output = await _run_stage(
                 stage,

@@ -140,6 +140,9 @@ class Job(Base):
     #: When the finished video's embedding was stored (or given up on): the feed's backlog is
     #: the succeeded jobs without one.
     embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The W3C ``traceparent`` of the request that created the job (None: untraced): every
+    #: attempt's spans join that trace (videoq.tracing).
+    traceparent: Mapped[str | None] = mapped_column(String(100))
 
 
 class Tenant(Base):

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from arq import Retry
 
-from videoq import eta, fair, lifecycle
+from videoq import eta, fair, lifecycle, tracing
 from videoq.artifacts import VIDEO
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
@@ -109,10 +109,21 @@ def _providers(state: WorkerState, settings: Settings) -> Providers:
 async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None] | None:
     """Claim the job and run it to an outcome recorded in PostgreSQL: recorded on return, or,
     when it succeeded, being recorded by the future returned."""
+    picked_ns = time.time_ns()
     job = await _claim(state, job_id)
     if job is None:
         log.info("job_skipped", reason="not runnable")
         return None
+    # Every attempt (retried, recovered, taken over) continues the trace the job was made in.
+    attributes: tracing.Attributes = {"videoq.job_id": str(job.id), "videoq.attempt": job.attempts,
+                  "videoq.tenant": job.tenant, "videoq.worker_id": state.worker_id}  # fmt: skip
+    with tracing.span(
+        "job.run", attributes, kind="consumer", parent=job.traceparent, start_ns=picked_ns
+    ):
+        return await _run(state, job)
+
+
+async def _run(state: WorkerState, job: Job) -> asyncio.Future[None] | None:
     task = asyncio.current_task()
     assert task is not None
     running = RunningJob(task, job.attempts)
