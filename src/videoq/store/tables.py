@@ -278,15 +278,26 @@ class InboundWebhook(Base):
 
 
 class JobEvent(Base):
-    """A job's events, archived from its Redis stream at the end of every attempt."""
+    """A job's events, archived as they are published; ``tenant`` and ``tenant_seq`` (the
+    event's number in its tenant's feed) let the tenant feed replay what Redis lost."""
 
     __tablename__ = "job_events"
+    __table_args__ = (
+        Index(
+            "job_events_tenant_seq",
+            "tenant",
+            "tenant_seq",
+            postgresql_where=text("tenant_seq IS NOT NULL"),
+        ),
+    )
 
     job_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     event: Mapped[dict[str, Any]] = mapped_column(Json)
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    tenant_seq: Mapped[int | None] = mapped_column(Integer)
 
 
 class Interaction(Base):
