@@ -9,9 +9,11 @@
     tenants     a tenant's fair share of the workers (admins set it)
     spend       estimates and a tenant's usage
     feed        end users' interactions, their feeds and preferences
-    ops         workers, queue stats, /metrics, /health, the dashboard page
+    ops         workers, queue stats, /metrics, /health
+    dashboard   the operator console: its page, static files, the events' JSON Schema
+    session     the console's sign-in: an API key for a session cookie
     middleware  request ids, security headers, CORS, body limits
-    metrics     Prometheus figures; openapi: /openapi.json; dashboard: the page
+    metrics     Prometheus figures; openapi: /openapi.json
 
 Every route except ``/health`` checks the API key and scopes its queries by the key's tenant.
 While PostgreSQL is unavailable every route that needs it answers 503 ``database_unavailable``
@@ -32,6 +34,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from videoq import broker, outbox, store
 from videoq.api import (
+    dashboard,
     errors,
     events,
     feed,
@@ -40,6 +43,7 @@ from videoq.api import (
     middleware,
     openapi,
     ops,
+    session,
     spend,
     tenants,
     webhooks,
@@ -93,6 +97,8 @@ def create_app(settings: Settings) -> Starlette:
         *spend.ROUTES,
         *feed.ROUTES,
         *ops.ROUTES,
+        *session.ROUTES,
+        *dashboard.ROUTES,
         WebSocketRoute("/v1/jobs/{job_id}/events", events.job_events_socket),
         WebSocketRoute("/v1/events", events.tenant_events_socket),
     ]

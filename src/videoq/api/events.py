@@ -19,10 +19,11 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from videoq import lifecycle
+from videoq.api import dashboard
 from videoq.api.deps import State, principal, state_of
 from videoq.broker import events, keys
 from videoq.broker.fanout import RESUBSCRIBED
-from videoq.errors import NotFound, Unauthorized
+from videoq.errors import Forbidden, NotFound, Unauthorized
 from videoq.store import jobs
 from videoq.store.apikeys import Principal
 from videoq.types import TERMINAL, make_event
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 CLOSE_NORMAL = 1000
 CLOSE_INVALID = 4400
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4408
 
@@ -47,6 +49,9 @@ async def _caller(ws: WebSocket) -> Principal | None:
         return await principal(ws)
     except Unauthorized as exc:
         await ws.close(CLOSE_UNAUTHORIZED, exc.message)
+        return None
+    except Forbidden as exc:  # a session cookie sent from another site's page
+        await ws.close(CLOSE_FORBIDDEN, exc.message)
         return None
 
 
@@ -98,7 +103,9 @@ async def tenant_events_socket(ws: WebSocket) -> None:
     number, so with ``after`` it replays exactly what the client missed, then follows live;
     without, it follows live from now. No snapshot comes first (a dashboard reads current state
     from ``GET /v1/jobs``); events that belong to no job (``feed_updated``) carry no
-    ``tenant_seq`` and are sent live only."""
+    ``tenant_seq`` and are sent live only. ``?stats=1`` adds a ``stats`` message (queue and
+    worker figures, :func:`videoq.api.dashboard.figures`) at once and every
+    :data:`STATS_PERIOD_S`, in the same stream, so a console's figures and jobs agree."""
     st = state_of(ws)
     who = await _caller(ws)
     if who is None:
@@ -109,12 +116,20 @@ async def tenant_events_socket(ws: WebSocket) -> None:
         await ws.close(CLOSE_INVALID, "after must be a non-negative integer")
         return
     async with st.broadcaster.subscribe(keys.tenant_channel(who.tenant)) as queue:
-        feed = _TenantFeed(ws, st, who.tenant, queue)
+        feed = _TenantFeed(ws, st, who, queue)
         current = await events.current_tenant_seq(st.redis, feed.archive, who.tenant)
         feed.sent = current if after is None else min(after, current)
         if feed.sent < current:
             await feed.send(await feed.history(current))
-        await _until_done(ws, feed.forward(), "tenant")
+        ticker = None
+        if ws.query_params.get("stats") in ("1", "true"):
+            await ws.send_json(await dashboard.figures(st, who))
+            ticker = asyncio.create_task(feed.tick())
+        try:
+            await _until_done(ws, feed.forward(), "tenant")
+        finally:
+            if ticker is not None:
+                ticker.cancel()
 
 
 def _after(ws: WebSocket) -> int | None:
@@ -129,16 +144,29 @@ def _after(ws: WebSocket) -> int | None:
     return value
 
 
+#: How often a tenant socket opened with ``?stats=1`` sends a ``stats`` message.
+STATS_PERIOD_S = 5.0
+#: Put in a tenant socket's queue by its ticker: time for a ``stats`` message.
+_STATS: dict[str, Any] = {"type": "_stats"}
+
+
 class _TenantFeed:
     """One tenant socket's events in ``tenant_seq`` order, gaps filled from the history: the
     tenant's part of :class:`_Pump`, which never ends by itself."""
 
     def __init__(
-        self, ws: WebSocket, st: State, tenant: str, queue: asyncio.Queue[dict[str, Any] | None]
+        self, ws: WebSocket, st: State, who: Principal, queue: asyncio.Queue[dict[str, Any] | None]
     ) -> None:
-        self.ws, self.st, self.tenant, self.queue = ws, st, tenant, queue
+        self.ws, self.st, self.who, self.queue = ws, st, who, queue
+        self.tenant = who.tenant
         self.archive = lifecycle.archive_of(st)
         self.sent = 0  # the last tenant_seq this client has
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_PERIOD_S)
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(_STATS)
 
     async def history(self, upto: int | None = None) -> list[dict[str, Any]]:
         return await events.tenant_history(
@@ -152,6 +180,9 @@ class _TenantFeed:
                 return CLOSE_TOO_SLOW
             if event is RESUBSCRIBED:  # what was published while pub/sub was away
                 await self.send(await self.history())
+                continue
+            if event is _STATS:
+                await self.ws.send_json(await dashboard.figures(self.st, self.who))
                 continue
             number = event.get("tenant_seq")
             if number is None:
