@@ -115,9 +115,10 @@ async def test_sign_in_from_another_site_and_sign_out_without_the_token_are_refu
         assert (await http.get("/v1/jobs")).status_code == 200  # still signed in
         out = await http.delete("/v1/session", headers={"X-CSRF-Token": csrf})
         assert out.status_code == 204
-        assert 'videoq_session=""' in out.headers["set-cookie"] or "Max-Age=0" in out.headers[
-            "set-cookie"
-        ]
+        assert (
+            'videoq_session=""' in out.headers["set-cookie"]
+            or "Max-Age=0" in out.headers["set-cookie"]
+        )
     async with httpx.AsyncClient(base_url=live_api.url) as http:
         token = await http.post("/v1/session", json={"api_key": api_key})
         cookie = token.cookies["videoq_session"]
