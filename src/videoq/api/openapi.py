@@ -631,8 +631,8 @@ def _operations() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Session"), "Signed in."), **_errors(401)},
             },
             "delete": {
-                "summary": "Sign out (CSRF-checked); the cookie is cleared",
-                "security": [{"session": []}],
+                "summary": "Sign out (CSRF-checked when signed in); the cookie is cleared",
+                "security": PUBLIC,
                 "responses": {"204": {"description": "Signed out."}, **_errors(403)},
             },
         },
@@ -726,15 +726,15 @@ def _operations() -> dict[str, Any]:
 
 
 WEBSOCKETS = {
-    "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order; "
+    "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order "
+    "(`/v1/schemas/events.json`); "
     "`?after=SEQ` resumes. Auth: `Authorization` header or `?token=`. Close codes: 1000 done, "
     "4400 bad `after`, 4401 bad key, 4404 unknown job (or another tenant's), 4408 too slow.",
     "/v1/events": "Every event of the caller's tenant (dashboards), each with its "
     "`tenant_seq`; `?after=TSEQ` replays exactly what was missed. Auth as above. Beside "
     'job events it carries `{"type": "feed", "change": "refilled" | "ready" | "failed", '
     '"user_id", ...}` when a user\'s feed changes, and with `?stats=1` a `stats` message '
-    "(queue and worker figures) at once and every 5 s.",
-    "schema": "/v1/schemas/events.json",
+    "(queue and worker figures) at once and every 5 s. Messages: `/v1/schemas/events.json`.",
 }
 
 

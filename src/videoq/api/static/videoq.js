@@ -37,7 +37,7 @@ export function backoffDelay(attempt, { initialMs = 500, maxMs = 10000, random =
  * tenant_seq); events at or below the last one delivered are dropped, so a replay after a
  * reconnect adds nothing twice.
  */
-function follow(path, options, number, { endsOnClose, startAt = () => undefined }) {
+function follow(path, options, number, { endsOnClose, startAt = () => undefined, behind = () => false }) {
   const {
     baseUrl, token, onEvent = () => {}, onState = () => {}, onError = () => {},
     backoff = {}, WebSocket: Socket = globalThis.WebSocket, query = {},
@@ -90,8 +90,10 @@ function follow(path, options, number, { endsOnClose, startAt = () => undefined 
         error.code = close.code;
         onError(error);
         finish("refused");
-      } else if (endsOnClose && close.code === 1000) {
+      } else if (endsOnClose && close.code === 1000 && !behind(last)) {
         finish("ended");
+      } else if (endsOnClose && close.code === 1000) {
+        open();  // a replay ends at an earlier attempt's end: the rest follows at once
       } else {
         const delay = backoffDelay(attempt++, backoff);
         onState("waiting", delay);
@@ -118,18 +120,25 @@ function follow(path, options, number, { endsOnClose, startAt = () => undefined 
 
 /**
  * Follow one job's events: a snapshot first (on every connection), then each event once, in
- * `seq` order, until the job's terminal event; reconnects with backoff and resumes after the
+ * `seq` order, until the job's last terminal event; reconnects with backoff and resumes after the
  * last `seq` delivered. `after` replays from there (0: the whole history).
  */
 export function subscribe(jobId, options = {}) {
   if (!jobId) throw new TypeError("videoq: subscribe needs a job id");
-  return follow(`/v1/jobs/${encodeURIComponent(jobId)}/events`, options,
-    (event) => (event.type === "snapshot" ? undefined : event.seq), {
-      endsOnClose: true,
-      // Without `after`, the first snapshot's seq is where "now" begins: a reconnect before
-      // any event resumes from there instead of replaying the whole history.
-      startAt: (event) => (event.type === "snapshot" ? event.seq : undefined),
-    });
+  let latest = null;  // the seq of the last snapshot: the job's latest event as it opened
+  return follow(`/v1/jobs/${encodeURIComponent(jobId)}/events`, options, (event) => {
+    if (event.type !== "snapshot") return event.seq;
+    latest = event.seq;
+    return undefined;
+  }, {
+    endsOnClose: true,
+    // Without `after`, the first snapshot's seq is where "now" begins: a reconnect before
+    // any event resumes from there instead of replaying the whole history.
+    startAt: (event) => (event.type === "snapshot" ? event.seq : undefined),
+    // A job retried after it ended has an earlier terminal event in its history, where a
+    // replay stops: while the snapshot said there is more, the stream goes on.
+    behind: (last) => latest !== null && last !== null && last < latest,
+  });
 }
 
 /**
