@@ -56,7 +56,8 @@ def test_events_validate_against_the_schema() -> None:
         {**make_event(job, "snapshot", status="queued", stage=None, progress=0.0), "seq": 0},
         {**make_event(job, "preview", status="running", stage="video_gen", progress=60.0),
          "seq": 7, "tenant_seq": 12, "data": {"kind": "thumbnail", "scene": 1, "url": "/x.jpg"}},
-        {"type": "feed", "change": "ready", "user_id": "u1", "job_id": job, "ts": "2026-01-01T00:00:00Z"},
+        {"type": "feed", "change": "ready", "user_id": "u1", "job_id": job,
+         "ts": "2026-01-01T00:00:00Z"},
         {"type": "stats", "ts": "2026-01-01T00:00:00Z", "counts": {"queued": 1},
          "oldest_queued_age_s": None, "last_hour": {}},
     ]  # fmt: skip

@@ -19,13 +19,14 @@ from tests.conftest import LiveApi, auth, new_key, running_worker, serving
 from videoq.settings import Settings
 
 CHROMIUM = Path(os.environ.get("VIDEOQ_CHROMIUM", "/usr/bin/chromium"))
+HAVE_CHROMIUM = CHROMIUM.exists()
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".videoq" / "screenshots"
 PIPELINE = "tests.browser.pipeline:console"
 
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
+    if not HAVE_CHROMIUM:
         pytest.skip(
             f"no Chromium at {CHROMIUM}: the browser tests need one "
             "(apt-get install chromium, or set VIDEOQ_CHROMIUM)"
@@ -65,10 +66,19 @@ class Console:
         body: dict[str, Any] = (await self.http.get(f"/v1/jobs/{job_id}")).json()
         return body
 
+    def failing(self, name: str, fails: bool = True) -> None:
+        """Make the job named ``name`` fail in voice_gen (for good), or no longer."""
+        marker = Path(self.api.settings.scratch) / f"{name}.fail"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        if fails:
+            marker.touch()
+        else:
+            marker.unlink()
+
     async def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / f"{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
-        await self.page.screenshot(path=str(path), full_page=True)
+        await self.page.screenshot(path=str(path), full_page=True, scale="css")
         return path
 
 

@@ -28,7 +28,7 @@ async def console(
             continue
         start, end = STAGE_RANGES[stage]
         await report(stage, start, "started")
-        if stage == "voice_gen" and (workdir.parent / f"{name}.fail").exists():
+        if stage == "voice_gen" and _failing(workdir, name):
             raise PermanentError("the voice was refused (the test asked)", code="voice_refused")
         if stage == "video_gen" and name.startswith("hold"):
             await asyncio.Event().wait()  # until cancelled
@@ -37,7 +37,15 @@ async def console(
             await report(stage, start + (end - start) * step / STEPS)
         await checkpoints.save(stage, {"done": True})
         await report(stage, end, "completed")
+    return Result(video_path=_video(workdir), duration_s=0.0, size_bytes=64)
+
+
+def _failing(workdir: Path, name: str) -> bool:
+    return (workdir.parent / f"{name}.fail").exists()
+
+
+def _video(workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     video = workdir / "video.mp4"
     video.write_bytes(b"\0" * 64)
-    return Result(video_path=video, duration_s=0.0, size_bytes=64)
+    return video

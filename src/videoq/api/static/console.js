@@ -283,6 +283,7 @@ async function openJob(id) {
       addToTimeline(event);
       Object.assign(state.openJob, { status: event.status, stage: event.stage, progress: event.progress });
       drawFacts();
+      drawStages();
       if (event.type === "status" || event.type === "stage") refreshJobSoon();
     },
   });
