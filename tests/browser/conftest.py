@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class Console:
 
     api: LiveApi
     key: str
+    tenant: str
     page: Page
     http: httpx.AsyncClient
     urls: list[str] = field(default_factory=list)
@@ -85,7 +87,8 @@ class Console:
 async def open_console(
     browser: Browser, settings: Settings, sessions: Any, *, admin: bool, **context: Any
 ) -> AsyncIterator[Console]:
-    key = await new_key(sessions, admin=admin)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    key = await new_key(sessions, tenant, admin=admin)
     async with (
         serving(settings) as api,
         running_worker(settings.model_copy(update={"pipeline": PIPELINE})),
@@ -93,7 +96,7 @@ async def open_console(
         page_context = await browser.new_context(**context)
         page = await page_context.new_page()
         async with httpx.AsyncClient(base_url=api.url, headers=auth(key)) as http:
-            console = Console(api, key, page, http)
+            console = Console(api, key, tenant, page, http)
             page.on("request", lambda request: console.urls.append(request.url))
             page.on("websocket", lambda socket: console.urls.append(socket.url))
             page.on("pageerror", lambda error: console.errors.append(str(error)))

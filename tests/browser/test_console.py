@@ -8,7 +8,11 @@ import re
 
 from playwright.async_api import expect
 
+from redis.asyncio import Redis
+
 from tests.browser.conftest import Console
+from videoq.broker import events
+from videoq.types import make_event
 
 TIMEOUT_MS = 30_000
 
@@ -84,6 +88,14 @@ async def test_cancel_a_running_job_and_retry_a_failed_one_from_the_buttons(
     await until_status(console, held, "running")
     await page.goto(f"{console.api.url}/dashboard#/jobs/{held}")
     await expect(page.locator('[data-fact="status"]')).to_have_text("running", timeout=TIMEOUT_MS)
+    # A preview event (as the pipeline sends with scenes) shows in the timeline, with its image.
+    preview = make_event(held, "preview", status="running", stage="video_gen", progress=50.0)
+    preview["data"] = {"kind": "thumbnail", "scene": 0, "url": "/static/thumb-test.svg"}
+    async with Redis.from_url(console.api.settings.redis_url or "") as redis:
+        await events.publish(redis, console.tenant, preview)
+    await expect(page.locator("#job-timeline li.type-preview")).to_contain_text("thumbnail scene 0")
+    image = page.locator("#job-previews img")
+    await expect(image).to_have_attribute("src", f"{console.api.url}/static/thumb-test.svg")
     await page.click("#job-cancel")
     await expect(page.locator('[data-fact="status"]')).to_have_text("cancelled", timeout=TIMEOUT_MS)
     assert (await console.job(held))["status"] == "cancelled"
