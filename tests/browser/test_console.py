@@ -7,7 +7,6 @@ import asyncio
 import re
 
 from playwright.async_api import expect
-
 from redis.asyncio import Redis
 
 from tests.browser.conftest import Console

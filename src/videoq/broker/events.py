@@ -198,16 +198,15 @@ async def publish_many(
     trip (two when Redis lost a tenant's counter: its floor is asked of ``tenant_floor``, or
     taken as none before the first without one); returns each as the archive keeps it, None
     for an event Redis refused (logged; the others go on)."""
-    return [None if one is None else one[0] for one in await _numbered_many(redis, items,
-            tenant_floor)]  # fmt: skip
+    numbered = await _numbered_many(redis, items, tenant_floor)
+    return [None if one is None else one[0] for one in numbered]
 
 
 async def _numbered_many(
     redis: Redis, items: Sequence[Outgoing], tenant_floor: TenantFloor | None
 ) -> list[tuple[StoredEvent, int] | None]:
     """:func:`publish_many`, each event with its ``tenant_seq``."""
-    bodies = [json.dumps({k: v for k, v in event.items() if k not in _NUMBERS}) for _, event, _
-              in items]  # fmt: skip
+    bodies = [json.dumps({k: v for k, v in e.items() if k not in _NUMBERS}) for _, e, _ in items]
     replies = await _PUBLISH(redis, *_args(items, bodies, {}))
     if replies and replies[0] == _MISSING:
         tenants = {items[int(i)][0] for i in replies[1:]}
