@@ -19,7 +19,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from tests.conftest import LiveApi, auth, new_key, running_worker, serving
 from videoq.settings import Settings
 
-CHROMIUM = Path(os.environ.get("VIDEOQ_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path(os.environ.get("CHROME_BIN", "/usr/bin/chromium"))
 HAVE_CHROMIUM = CHROMIUM.exists()
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".videoq" / "screenshots"
 PIPELINE = "tests.browser.pipeline:console"
@@ -30,7 +30,7 @@ async def browser() -> AsyncIterator[Browser]:
     if not HAVE_CHROMIUM:
         pytest.skip(
             f"no Chromium at {CHROMIUM}: the browser tests need one "
-            "(apt-get install chromium, or set VIDEOQ_CHROMIUM)"
+            "(apt-get install chromium, or set CHROME_BIN)"
         )
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(

@@ -275,15 +275,25 @@ async function openJob(id) {
     return;
   }
   drawJob();
+  let replayedUpTo = 0;  // events up to the snapshot's seq are history: the timeline only
   state.jobFeed = subscribe(id, {
     after: 0,
     onEvent: (event) => {
-      if (event.type === "snapshot" || event.job_id !== state.openJob?.id) return;
+      if (event.job_id !== state.openJob?.id) return;
+      if (event.type === "snapshot") {  // the job as the socket opened: newer than as loaded
+        replayedUpTo = Math.max(replayedUpTo, event.seq);
+        const changed = event.status !== state.openJob.status;
+        Object.assign(state.openJob, { status: event.status, stage: event.stage, progress: event.progress });
+        drawFacts();
+        if (changed) refreshJobSoon();
+        return;
+      }
       state.timeline.push(event);
       addToTimeline(event);
+      drawStages();
+      if (event.seq <= replayedUpTo) return;  // the job as loaded is newer than this
       Object.assign(state.openJob, { status: event.status, stage: event.stage, progress: event.progress });
       drawFacts();
-      drawStages();
       if (event.type === "status" || event.type === "stage") refreshJobSoon();
     },
   });
