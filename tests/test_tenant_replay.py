@@ -11,11 +11,13 @@ import json
 import uuid
 from typing import Any
 
+import jsonschema
 from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import LiveApi, new_key, running_worker
+from videoq.api.dashboard import STATIC
 from videoq.client import Client
 from videoq.settings import Settings
 from videoq.store import JobEvent
@@ -66,6 +68,11 @@ async def test_reconnect_with_after_gets_every_missed_event_once_and_other_tenan
     numbers = [e["tenant_seq"] for e in full]
     assert numbers == list(range(1, len(full) + 1))
     assert first + rest == full  # no gap, no duplicate, the same events
+    schema = jsonschema.Draft202012Validator(
+        json.loads((STATIC / "events.schema.json").read_text())
+    )
+    for event in full:  # the messages clients get are the ones the published schema describes
+        schema.validate(event)
     assert {e["job_id"] for e in full} == {job.id for job in jobs}
     assert sum(e["type"] == "status" and e["status"] == "succeeded" for e in full) == 2
     # The per-job streams carry the same numbers, so the two views agree.
@@ -111,3 +118,23 @@ async def test_a_bad_after_is_refused(live_api: LiveApi, api_key: str) -> None:
             with contextlib.suppress(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
             assert ws.close_code == 4400
+
+
+async def test_stats_on_the_feed_are_scoped_like_the_key(
+    live_api: LiveApi, client: Client, api_key: str, sessions: Any
+) -> None:
+    """``?stats=1``: a ``stats`` message first (then every few seconds, beside the events),
+    with the tenant's own counts for a tenant key and every tenant's, the queue and the
+    workers for an admin key."""
+    await client.submit(product_name="Counted")
+    url = feed_url(live_api).replace("/v1/events", "/v1/events?stats=1")
+    (mine,) = await read_feed(url, api_key, limit=1)
+    assert mine["type"] == "stats" and "tenant_seq" not in mine
+    assert mine["counts"]["queued"] == 1 and sum(mine["counts"].values()) == 1
+    assert "workers" not in mine and "queue_length" not in mine
+    assert len(mine["last_hour"]["minutes"]) == 60
+    schema = json.loads((STATIC / "events.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(mine)
+    (everyone,) = await read_feed(url, await new_key(sessions, admin=True), limit=1)
+    assert sum(everyone["counts"].values()) >= 1 and "workers" in everyone
+    assert isinstance(everyone["queue_length"], int)

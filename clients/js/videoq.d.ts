@@ -60,6 +60,13 @@ export interface StatsMessage {
   /** The tenant's jobs by status (all tenants' for an admin key). */
   counts: Partial<Record<JobStatus, number>>;
   oldest_queued_age_s: number | null;
+  /** Per minute of the last hour, oldest first (UTC minutes). */
+  last_hour: {
+    minutes: string[];
+    succeeded: number[]; failed: number[]; cancelled: number[];
+    /** From when a job could run to its start, of the jobs that started that minute. */
+    wait_avg_s: Array<number | null>; wait_max_s: Array<number | null>;
+  };
   /** Admin keys only. */
   queue_length?: number;
   workers?: Array<{
