@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any
 
 import httpx
+from starlette.routing import Route
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import LiveApi, auth, new_key
+from videoq.api import create_app
 from videoq.store.apikeys import revoke_key
 
 BRIEF = {"product_name": "Console", "duration_s": 5}
@@ -175,3 +178,30 @@ async def test_no_key_in_any_url(live_api: LiveApi, api_key: str) -> None:
         assert "token=" not in page.text + console and "token:" not in console
         assert (await http.get("/static/../settings.py")).status_code == 404
         assert (await http.get("/static/nothing.js")).status_code == 404
+
+
+async def test_no_state_changing_route_takes_the_cookie_without_the_csrf_token(
+    live_api: LiveApi, api_key: str
+) -> None:
+    """Every POST/PUT/PATCH/DELETE of the app, a new one included, refuses a cookie alone
+    (the signed inbound webhooks take no key at all; sign-out has its own test above)."""
+    routes = {
+        (method, route.path)
+        for route in create_app(live_api.settings).routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method in ("POST", "PUT", "PATCH", "DELETE")
+    }
+    skipped = {p for _, p in routes if p.startswith("/v1/webhooks/")} | {"/v1/session"}
+    async with httpx.AsyncClient(base_url=live_api.url) as http:
+        await sign_in(http, api_key)
+        job_id = (await http.post("/v1/jobs", json=BRIEF, headers=auth(api_key))).json()["id"]
+        checked = 0
+        for method, path in sorted(routes):
+            if path in skipped:
+                continue
+            url = re.sub(r"\{[^}]+\}", "0", path.replace("{job_id}", job_id))
+            response = await http.request(method, url, json=BRIEF)
+            assert response.status_code == 403, (method, path, response.text)
+            checked += 1
+    assert checked >= 6
