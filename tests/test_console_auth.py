@@ -171,10 +171,11 @@ async def test_no_key_in_any_url(live_api: LiveApi, api_key: str) -> None:
     async with httpx.AsyncClient(base_url=live_api.url) as http:
         page = await http.get("/dashboard")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        scripts = [await http.get(f"/static/{name}") for name in ("console.js", "videoq.js")]
+        names = ("console.js", "common.js", "job.js", "charts.js", "videoq.js")
+        scripts = [await http.get(f"/static/{name}") for name in names]
         assert all(script.status_code == 200 for script in scripts)
         assert "text/javascript" in scripts[0].headers["content-type"]
-        console = scripts[0].text
+        console = "".join(script.text for script in scripts[:4])  # the console's own
         assert "token=" not in page.text + console and "token:" not in console
         assert (await http.get("/static/../settings.py")).status_code == 404
         assert (await http.get("/static/nothing.js")).status_code == 404
