@@ -58,7 +58,15 @@ HTTP = {
     ("GET", "/v1/schedules/{schedule_id}"): "tenant",
     ("DELETE", "/v1/schedules/{schedule_id}"): "tenant",
     ("GET", "/metrics"): "admin",
-    ("GET", "/dashboard"): "tenant",  # a page with no data: its script reads the routes above
+    # The console: a page and files with no data (its script signs in and reads the routes
+    # above), and its sign-in, whose cookie is the key's own principal and whose changes are
+    # CSRF-checked: tests/test_console_auth.py
+    ("GET", "/dashboard"): "public",
+    ("GET", "/static/{name}"): "public",
+    ("GET", "/v1/schemas/events.json"): "public",
+    ("POST", "/v1/session"): "session",
+    ("GET", "/v1/session"): "session",
+    ("DELETE", "/v1/session"): "session",
     ("GET", "/v1/webhooks/secret"): "tenant",
     ("POST", "/v1/webhooks/github"): "signed",  # HMAC of the body: tests/security/test_inputs.py
     ("POST", "/v1/webhooks/replicate"): "signed",

@@ -11,9 +11,11 @@
     feed        end users' interactions, their feeds and preferences
     keys        API keys, managed by admins
     schedules   recurring jobs: a job's body, a cron expression and a time zone
-    ops         workers, queue stats, /metrics, /health, the dashboard page
+    ops         workers, queue stats, /metrics, /health
+    dashboard   the operator console: its page, static files, the events' JSON Schema
+    session     the console's sign-in: an API key for a session cookie
     middleware  request ids, security headers, CORS, body limits
-    metrics     Prometheus figures; openapi: /openapi.json; dashboard: the page
+    metrics     Prometheus figures; openapi: /openapi.json
 
 Every route except ``/health`` checks the API key and scopes its queries by the key's tenant.
 While PostgreSQL is unavailable every route that needs it answers 503 ``database_unavailable``
@@ -34,6 +36,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from videoq import broker, outbox, store, tracing
 from videoq.api import (
+    dashboard,
     errors,
     events,
     feed,
@@ -44,6 +47,7 @@ from videoq.api import (
     openapi,
     ops,
     schedules,
+    session,
     spend,
     tenants,
     webhooks,
@@ -103,6 +107,8 @@ def create_app(settings: Settings) -> Starlette:
         *keys.ROUTES,
         *schedules.ROUTES,
         *ops.ROUTES,
+        *session.ROUTES,
+        *dashboard.ROUTES,
         WebSocketRoute("/v1/jobs/{job_id}/events", events.job_events_socket),
         WebSocketRoute("/v1/events", events.tenant_events_socket),
     ]

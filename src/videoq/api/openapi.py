@@ -315,6 +315,21 @@ SCHEMAS: dict[str, Any] = {
             "next_cursor": {"type": ["string", "null"]},
         },
     },
+    "SessionCreate": {
+        "type": "object",
+        "required": ["api_key"],
+        "properties": {"api_key": {"type": "string", "minLength": 1}},
+    },
+    "Session": {
+        "type": "object",
+        "required": ["tenant", "admin", "csrf_token", "expires_at"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "admin": {"type": "boolean"},
+            "csrf_token": {"type": "string"},
+            "expires_at": {"type": "string", "format": "date-time"},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status", "redis", "database", "queue_length", "workers"],
@@ -596,16 +611,66 @@ def _operations() -> dict[str, Any]:
         },
         "/dashboard": {
             "get": {
-                "summary": "A live web page of jobs, and of workers and the queue for admin keys",
-                "description": "Browsers send no `Authorization` header when they navigate: the "
-                "key may come as `?token=`.",
-                "security": [{"bearer": []}, {"token": []}],
+                "summary": "The operator console (signs in by itself with `POST /v1/session`)",
+                "security": PUBLIC,
                 "responses": {
                     "200": {
                         "description": "The page (HTML).",
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401),
+                },
+            }
+        },
+        "/v1/session": {
+            "post": {
+                "summary": "Sign the console in: an API key for an HttpOnly session cookie",
+                "description": "The cookie (`videoq_session`, SameSite=Strict) authenticates "
+                "requests scoped exactly like the key. State-changing requests it "
+                "authenticates must send the returned `csrf_token` as `X-CSRF-Token` and come "
+                "from this server's pages (`Origin`).",
+                "security": PUBLIC,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SessionCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Session"), "Signed in; the cookie is set."),
+                    **_errors(400, 401, 403, 413, 422),
+                },
+            },
+            "get": {
+                "summary": "Who the session cookie signs in, and its CSRF token",
+                "security": [{"session": []}],
+                "responses": {"200": _json(_ref("Session"), "Signed in."), **_errors(401)},
+            },
+            "delete": {
+                "summary": "Sign out (CSRF-checked when signed in); the cookie is cleared",
+                "security": PUBLIC,
+                "responses": {"204": {"description": "Signed out."}, **_errors(403)},
+            },
+        },
+        "/v1/schemas/events.json": {
+            "get": {
+                "summary": "The WebSocket messages (events, feed changes, stats) as JSON Schema",
+                "security": PUBLIC,
+                "responses": {
+                    "200": {
+                        "description": "JSON Schema 2020-12.",
+                        "content": {"application/schema+json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "summary": "The console's files and the browser client (`/static/videoq.js`)",
+                "security": PUBLIC,
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The file (JavaScript, CSS, JSON, or types)."},
+                    **_errors(404),
                 },
             }
         },
@@ -848,12 +913,15 @@ def _keys_and_schedules() -> dict[str, Any]:
 
 
 WEBSOCKETS = {
-    "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order; "
+    "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order "
+    "(`/v1/schemas/events.json`); "
     "`?after=SEQ` resumes. Auth: `Authorization` header or `?token=`. Close codes: 1000 done, "
     "4400 bad `after`, 4401 bad key, 4404 unknown job (or another tenant's), 4408 too slow.",
-    "/v1/events": "Every event of the caller's tenant (dashboards). Auth as above. Beside "
+    "/v1/events": "Every event of the caller's tenant (dashboards), each with its "
+    "`tenant_seq`; `?after=TSEQ` replays exactly what was missed. Auth as above. Beside "
     'job events it carries `{"type": "feed", "change": "refilled" | "ready" | "failed", '
-    '"user_id", ...}` when a user\'s feed changes.',
+    '"user_id", ...}` when a user\'s feed changes, and with `?stats=1` a `stats` message '
+    "(queue and worker figures) at once and every 5 s. Messages: `/v1/schemas/events.json`.",
 }
 
 
@@ -915,10 +983,18 @@ def document() -> dict[str, Any]:
                     "name": "token",
                     "description": "The same key, where a browser cannot send a header.",
                 },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "videoq_session",
+                    "description": "The console's session (`POST /v1/session`), scoped like "
+                    "its key; state-changing requests also need `X-CSRF-Token`.",
+                },
             },
         },
         "security": BEARER,
         "x-websockets": WEBSOCKETS,
+        "x-event-schema": "/v1/schemas/events.json",
     }
 
 

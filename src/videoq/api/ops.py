@@ -1,6 +1,4 @@
-"""Operations: workers, queue statistics, ``/metrics`` (admin keys), ``/health`` (no key) and
-the dashboard page.
-"""
+"""Operations: workers, queue statistics, ``/metrics`` (admin keys) and ``/health`` (no key)."""
 
 from __future__ import annotations
 
@@ -9,12 +7,12 @@ from typing import Any
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from videoq import eta, store
-from videoq.api import dashboard, metrics
-from videoq.api.deps import State, admin, principal, state_of
+from videoq.api import metrics
+from videoq.api.deps import State, admin, state_of
 from videoq.broker import estimates, queue, registry
 from videoq.store import feed, jobs, spend
 
@@ -72,11 +70,6 @@ async def metrics_text(request: Request) -> Response:
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
-async def dashboard_page(request: Request) -> Response:
-    who = await principal(request, token_in_query=True)
-    return HTMLResponse(dashboard.render(request.state.csp_nonce, who.tenant))
-
-
 async def health(request: Request) -> Response:
     st = state_of(request)
     redis_ok = database_ok = False
@@ -114,5 +107,4 @@ ROUTES = [
     Route("/v1/workers/clear-stale", clear_stale_workers, methods=["POST"]),
     Route("/v1/queue/stats", queue_stats),
     Route("/metrics", metrics_text),
-    Route("/dashboard", dashboard_page),
 ]

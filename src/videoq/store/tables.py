@@ -66,6 +66,21 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class ConsoleSession(Base):
+    """A signed-in console (``POST /v1/session``): the hash of its cookie's token, the key it
+    was opened with (its scope; revoking the key ends it) and its CSRF token."""
+
+    __tablename__ = "console_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -317,15 +332,26 @@ class InboundWebhook(Base):
 
 
 class JobEvent(Base):
-    """A job's events, archived from its Redis stream at the end of every attempt."""
+    """A job's events, archived as they are published; ``tenant`` and ``tenant_seq`` (the
+    event's number in its tenant's feed) let the tenant feed replay what Redis lost."""
 
     __tablename__ = "job_events"
+    __table_args__ = (
+        Index(
+            "job_events_tenant_seq",
+            "tenant",
+            "tenant_seq",
+            postgresql_where=text("tenant_seq IS NOT NULL"),
+        ),
+    )
 
     job_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     event: Mapped[dict[str, Any]] = mapped_column(Json)
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    tenant_seq: Mapped[int | None] = mapped_column(Integer)
 
 
 class Interaction(Base):

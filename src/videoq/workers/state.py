@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from videoq.artifacts import ArtifactStore, open_store
 from videoq.broker import events
+from videoq.store.events import EventArchive
 from videoq.store.grouped import GroupedWriter
 from videoq.store.liveness import SessionLock
 
@@ -88,7 +89,11 @@ class WorkerState:
         self.artifacts = open_store(self.settings)
         self.books = GroupedWriter(self.settings.database_url or "", self.worker_id)
         self.lock = SessionLock(self.settings.database_url or "", self.worker_id)
-        self.publish = events.Publisher(self.redis, keep=self.books.keep_events)
+        self.publish = events.Publisher(
+            self.redis,
+            keep=self.books.keep_events,
+            tenant_floor=EventArchive(self.sessions).tenant_last_seq,
+        )
 
     def wrap_up(self, work: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)
