@@ -20,13 +20,14 @@ from typing import Any, Protocol
 
 import structlog
 
-from videoq.errors import OverBudget, RetryableError
+from videoq.errors import FFmpegError, OverBudget, RetryableError
 from videoq.ffmpeg import find_font
 from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
+from videoq.pipeline.previews import Previews, poster, storyboard, thumbnail, thumbnail_size
 from videoq.pipeline.spending import Spend, Unmetered
 from videoq.providers import Providers
 from videoq.settings import Settings
-from videoq.types import STAGE_RANGES, STAGES, Brief, Result, Script, VoiceTrack
+from videoq.types import STAGE_RANGES, STAGES, Brief, Clip, Result, Script, VoiceTrack
 
 __all__ = [
     "STAGES",
@@ -35,6 +36,7 @@ __all__ = [
     "Artifacts",
     "Checkpoints",
     "MemoryCheckpoints",
+    "Previews",
     "Reporter",
     "ScratchOnly",
     "Spend",
@@ -228,6 +230,7 @@ async def run_pipeline(
     providers: Providers,
     artifacts: Artifacts | None = None,
     spend: Spend | None = None,
+    previews: Previews | None = None,
 ) -> Result:
     """Run the four stages in order and return the finished video, ``workdir/video.mp4``.
 
@@ -245,6 +248,11 @@ async def run_pipeline(
     ``options`` may force offline). What each stage cost is in :attr:`Result.cost` and logged.
     Each paid call is reserved with ``spend`` before it is made and settled after (default:
     unmetered); a budget that cannot cover one raises :class:`~videoq.errors.OverBudget`.
+
+    ``previews`` receives the storyboard once the script is written, each scene's thumbnail
+    (kept in ``artifacts`` first) as its clip lands, and the poster of the finished video
+    (:mod:`~videoq.pipeline.previews`); a stage skipped from its checkpoint previews nothing
+    again.
     """
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     kept: Artifacts = artifacts or ScratchOnly()
@@ -266,12 +274,18 @@ async def run_pipeline(
                 spend=spend or Unmetered(),
                 on_progress=on_progress,
                 on_message=progress.telling(stage),
+                previews=previews,
             )
         await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
         await checkpoints.save(stage, output)
         if output.get("cost"):
             log.info("stage_cost_recorded", stage=stage, cost=output["cost"])
         outputs[stage] = output
+        if previews is not None and stage == "script_gen":
+            script = Script.from_dict(output)
+            await previews.preview(
+                "storyboard", None, {"title": script.title, "scenes": storyboard(script)}
+            )
 
     async def saved_for(stage: str) -> dict[str, Any] | None:
         """The stage's checkpoint, when it still holds (nothing it depends on ran again)."""
@@ -361,6 +375,7 @@ async def _run_stage(
     spend: Spend,
     on_progress: Callable[[float], Awaitable[None]],
     on_message: Callable[[str], Awaitable[None]],
+    previews: Previews | None,
 ) -> dict[str, Any]:
     """Run one stage on the outputs of the earlier ones; return its checkpoint."""
     if stage == "script_gen":
@@ -376,6 +391,10 @@ async def _run_stage(
         )  # fmt: skip
         return voice.to_dict()
     if stage == "video_gen":
+
+        async def on_clip(index: int, clip: Clip) -> None:
+            await _thumbnail(clip, script, index, brief, workdir, settings, artifacts, previews)
+
         clips = await video_gen.run(
             brief,
             script,
@@ -388,6 +407,7 @@ async def _run_stage(
             spend=spend,
             fallbacks=providers.video_fallbacks,
             on_message=on_message,
+            on_clip=on_clip,
         )
         return video_gen.to_output(clips)
     result = await compositing.run(
@@ -400,4 +420,33 @@ async def _run_stage(
         font=await find_font(settings) if brief.cta_text else None,
         on_progress=on_progress,
     )
+    # Made and kept before the checkpoint: a skipped compositing has its poster.
+    image = await poster(result.video_path, result.duration_s, brief, workdir, settings)
+    await artifacts.keep(image)
+    if previews is not None:
+        width, height = brief.resolution
+        await previews.preview("poster", None, {"width": width, "height": height})
     return compositing.to_output(result)
+
+
+async def _thumbnail(
+    clip: Clip,
+    script: Script,
+    index: int,
+    brief: Brief,
+    workdir: Path,
+    settings: Settings,
+    artifacts: Artifacts,
+    previews: Previews | None,
+) -> None:
+    """A scene's thumbnail from its clip, kept, then previewed. One FFmpeg cannot take is
+    left out (logged): compositing then reports what is wrong with the clip."""
+    try:
+        path = await thumbnail(clip.path, script.scenes[index], index, brief, workdir, settings)
+    except FFmpegError as exc:
+        log.warning("thumbnail_failed", scene=index, error=str(exc))
+        return
+    await artifacts.keep(path)
+    if previews is not None:
+        width, height = thumbnail_size(brief)
+        await previews.preview("thumbnail", index, {"width": width, "height": height})

@@ -83,10 +83,12 @@ async def run(
     spend: Spend | None = None,
     fallbacks: Sequence[ResumableVideoProvider] = (),
     on_message: Callable[[str], Awaitable[None]] | None = None,
+    on_clip: Callable[[int, Clip], Awaitable[None]] | None = None,
 ) -> list[Clip]:
     """Render every scene concurrently; ``on_progress`` gets the fraction of clips finished,
     ``on_message`` each switch of a scene to one of the ``fallbacks`` (the models a resumable
-    ``provider`` hands a scene to, in order, when it declines it).
+    ``provider`` hands a scene to, in order, when it declines it), ``on_clip`` each scene's
+    clip as it lands (bought, or found kept by an earlier attempt).
 
     If one scene fails the others are cancelled and that scene's own error propagates (a
     permanent one before a retryable one, when several failed): their noted work stays noted,
@@ -117,6 +119,8 @@ async def run(
             )  # fmt: skip
         else:
             clip = await _clip(provider, index, brief, script, workdir)
+        if on_clip is not None:
+            await on_clip(index, clip)
         finished += 1
         await on_progress(finished / total)
         return clip

@@ -124,6 +124,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
         on_stage_done=lambda stage, took: state.stage_times.append(
             (eta.stage_key(settings, stage), took)
         ),
+        public_url=settings.public_url,
     )  # fmt: skip
     fair.spent.set(reporter.spent)
     workdir = settings.scratch / str(job.id)
@@ -148,6 +149,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
                     providers=_providers(state, settings),
                     artifacts=artifacts,
                     spend=JobSpend(state.sessions, job.id, job.tenant, settings),
+                    previews=reporter,
                 )
                 # The video is in the store before the job says it succeeded.
                 await artifacts.keep(result.video_path, VIDEO)

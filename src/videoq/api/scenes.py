@@ -1,0 +1,185 @@
+"""A job's scenes and previews: ``GET /v1/jobs/{id}/scenes`` (the script's scenes, their
+timing, thumbnails and cost), a scene's thumbnail and the video's poster (JPEGs from the
+artifact store, so any API process serves them), each of any version of the video
+(``?version=N``, default the latest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from itertools import accumulate
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from videoq.api.deps import State, base_url, principal, state_of
+from videoq.api.errors import error_response
+from videoq.errors import Gone, NotFound
+from videoq.pipeline.compositing import follow_narration
+from videoq.pipeline.previews import POSTER, thumbnail_name
+from videoq.pipeline.versions import checkpoint_name, made_in, purchase_name, script_at
+from videoq.pipeline.video_gen import purchase_key
+from videoq.store import Job, jobs, spend, versions
+from videoq.store.tables import Purchase
+from videoq.types import Script, VoiceTrack, version_dir
+
+#: Browsers may keep an image: the one a URL names (a scene of a version) never changes.
+_IMAGE_HEADERS = {"cache-control": "private, max-age=86400"}
+
+
+def scene_index(request: Request) -> int:
+    """The ``{index}`` of the path; :class:`NotFound` when it names no scene there can be."""
+    raw = request.path_params["index"]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 4:
+        raise NotFound(f"no scene {raw!r}")
+    return int(raw)
+
+
+def requested_version(request: Request, job: Job) -> int | Response:
+    """``?version=N`` (default: the job's latest), or the error answer to it: 422 when it is
+    not a positive integer, 404 when the job has no such version."""
+    raw = request.query_params.get("version")
+    if raw is None:
+        return job.version
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6 or int(raw) < 1:
+        return error_response(
+            422, "validation_error", "version must be a positive integer",
+            [{"field": "version", "message": "must be a positive integer", "type": "int_type"}],
+        )  # fmt: skip
+    if int(raw) > job.version:
+        raise NotFound(f"job {job.id} has no version {raw} (its latest is {job.version})")
+    return int(raw)
+
+
+def thumbnail_key(job: Job, index: int, version: int) -> str:
+    """The store key of scene ``index``'s thumbnail in ``version``: that of the version whose
+    clip the scene shows."""
+    made = made_in(job.versions, index, version)
+    return f"{job.id}/{version_dir(made)}{thumbnail_name(index)}"
+
+
+def poster_key(job: Job, version: int) -> str:
+    return f"{job.id}/{version_dir(version)}{POSTER}"
+
+
+async def _job(request: Request) -> tuple[State, Job]:
+    who = await principal(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
+    if job.artifacts_expired_at is not None:
+        raise Gone(
+            f"the files of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
+            f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
+        )
+    return st, job
+
+
+async def _image(st: State, key: str, what: str) -> Response:
+    """A JPEG of the store: the file itself from a directory store, else streamed."""
+    store = st.artifacts
+    if store.local_root is not None:
+        path = store.local_root / key
+        if not path.is_file():
+            raise NotFound(f"{what} is not there (yet)")
+        return FileResponse(path, media_type="image/jpeg", headers=_IMAGE_HEADERS)
+    stat = await store.stat(key)
+    if stat is None:
+        raise NotFound(f"{what} is not there (yet)")
+    headers = {**_IMAGE_HEADERS, "content-length": str(stat.size)}
+    return StreamingResponse(store.read(key), media_type="image/jpeg", headers=headers)
+
+
+async def get_thumbnail(request: Request) -> Response:
+    st, job = await _job(request)
+    index = scene_index(request)
+    version = requested_version(request, job)
+    if isinstance(version, Response):
+        return version
+    what = f"the thumbnail of scene {index} of job {job.id} (version {version})"
+    return await _image(st, thumbnail_key(job, index, version), what)
+
+
+async def get_poster(request: Request) -> Response:
+    st, job = await _job(request)
+    version = requested_version(request, job)
+    if isinstance(version, Response):
+        return version
+    what = f"the poster of job {job.id} (version {version})"
+    return await _image(st, poster_key(job, version), what)
+
+
+def _timing(
+    script: Script, outputs: dict[str, dict[str, Any]], version: int, total: float
+) -> list[float]:
+    """Where each scene starts in the video: where the voice of ``version`` moves on to it,
+    once the voice exists, else where the script puts it."""
+    names = (checkpoint_name("voice_gen", at) for at in range(version, 0, -1))
+    voice = next((outputs[name] for name in names if name in outputs), None)
+    if voice is not None:
+        # One written by another version of videoq: the script's timing is as good.
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            script = follow_narration(script, VoiceTrack.from_dict(voice), total)
+    return [0.0, *accumulate(scene.duration_s for scene in script.scenes)]
+
+
+def _cost(purchases: dict[str, Purchase], key: str) -> float | None:
+    """What the paid call ``key`` cost (its reservation while it runs); None when nothing
+    was bought under it (offline providers, or not yet)."""
+    bought = purchases.get(key)
+    if bought is None or bought.state == "released":
+        return None
+    return float(bought.actual_usd if bought.actual_usd is not None else bought.reserved_usd)
+
+
+async def list_scenes(request: Request) -> Response:
+    st, job = await _job(request)
+    async with st.sessions() as session:
+        outputs = await versions.outputs(session, job.id)
+        purchases = {p.key: p for p in await spend.of_job(session, job.id)}
+    version = job.version
+    script = script_at(outputs, job.versions, version)
+    scenes = script.scenes if script is not None else []
+    starts = (
+        _timing(script, outputs, version, float(job.brief.get("duration_s", 15)))
+        if script is not None
+        else []
+    )
+    keys = [thumbnail_key(job, index, version) for index in range(len(scenes))]
+    found = await asyncio.gather(*(_stored(st, key) for key in keys))
+    url = f"{base_url(request)}/v1/jobs/{job.id}/scenes"
+    data = []
+    for index, scene in enumerate(scenes):
+        made = made_in(job.versions, index, version)
+        data.append(
+            {
+                "index": index,
+                "narration": scene.narration,
+                "prompt": scene.visual_prompt,
+                "start_s": round(starts[index], 3),
+                "duration_s": round(starts[index + 1] - starts[index], 3),
+                "thumbnail_url": f"{url}/{index}/thumbnail?version={made}"
+                if found[index]
+                else None,
+                "version": made,
+                "cost": _cost(purchases, purchase_name(purchase_key(index), made)),
+            }
+        )
+    return JSONResponse({"job_id": str(job.id), "version": version, "data": data})
+
+
+async def _stored(st: State, key: str) -> bool:
+    store = st.artifacts
+    if store.local_root is not None:
+        return (store.local_root / key).is_file()
+    return await store.stat(key) is not None
+
+
+ROUTES = [
+    Route("/v1/jobs/{job_id}/scenes", list_scenes),
+    Route("/v1/jobs/{job_id}/scenes/{index}/thumbnail", get_thumbnail),
+    Route("/v1/jobs/{job_id}/poster", get_poster),
+]
