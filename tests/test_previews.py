@@ -7,6 +7,7 @@ SDK. And the bad requests around them."""
 from __future__ import annotations
 
 import io
+from itertools import pairwise
 from typing import Any
 
 import av
@@ -25,7 +26,7 @@ SCENES = scene_count(DURATION_S)
 
 def size_of(jpeg: bytes) -> tuple[int, int]:
     """The width and height of the one image in ``jpeg``, decoded."""
-    with av.open(io.BytesIO(jpeg)) as container:
+    with av.open(io.BytesIO(jpeg), mode="r") as container:
         frame = next(container.decode(video=0))
         return frame.width, frame.height
 
@@ -114,7 +115,7 @@ async def test_the_scenes_list_what_the_storyboard_showed_with_thumbnails_and_th
         assert scene.version == 1
     assert scenes[0].start_s == 0
     assert sum(s.duration_s for s in scenes) == pytest.approx(DURATION_S, abs=0.01)
-    for before, after in zip(scenes, scenes[1:], strict=False):
+    for before, after in pairwise(scenes):
         assert after.start_s == pytest.approx(before.start_s + before.duration_s, abs=0.002)
     job = await client.get(job_id)
     assert job.version == 1 and job.versions == []
