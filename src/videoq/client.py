@@ -517,6 +517,40 @@ class Client:
         page = await self._request("GET", f"/v1/jobs/{job_id}/scenes")
         return [Scene.model_validate(item) for item in page["data"]]
 
+    async def rerender(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        prompt: str | None = None,
+        narration: str | None = None,
+    ) -> Job:
+        """Re-render scene ``index`` of a succeeded job with a new visual ``prompt`` and/or
+        ``narration``: only that scene's clip is bought again (and the voice, when the
+        narration changed), then the next version of the video is composited. Returns the
+        job, requeued, its ``version`` raised; every earlier version stays downloadable
+        (:meth:`download` with ``version``)."""
+        body = _rerender_body(prompt, narration)
+        return Job.model_validate(
+            await self._request("POST", f"/v1/jobs/{job_id}/scenes/{index}/rerender", json=body)
+        )
+
+    async def rerender_estimate(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        prompt: str | None = None,
+        narration: str | None = None,
+    ) -> dict[str, Any]:
+        """What :meth:`rerender` with the same arguments would cost (``currency``, ``total``,
+        ``stages``, ``changed``, ``version``); nothing is bought."""
+        body = {**_rerender_body(prompt, narration), "dry_run": True}
+        data: dict[str, Any] = await self._request(
+            "POST", f"/v1/jobs/{job_id}/scenes/{index}/rerender", json=body
+        )
+        return data
+
     async def image(self, url: str) -> bytes:
         """The JPEG at a preview's ``url`` or a scene's ``thumbnail_url`` (a path of the API or
         a full URL of it), with this client's key."""
@@ -540,6 +574,11 @@ class Client:
             await response.aclose()
         tmp.replace(target)
         return target
+
+
+def _rerender_body(prompt: str | None, narration: str | None) -> dict[str, Any]:
+    fields = {"prompt": prompt, "narration": narration}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from videoq.schemas import InteractionCreate, JobCreate, TenantUpdate
+from videoq.schemas import InteractionCreate, JobCreate, SceneRerender, TenantUpdate
 from videoq.types import JobStatus
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -264,6 +264,18 @@ SCHEMAS: dict[str, Any] = {
                 "description": "The storyboard's scenes.",
                 "items": {"type": "object"},
             },
+        },
+    },
+    "RerenderEstimate": {
+        "type": "object",
+        "required": ["currency", "total", "stages", "scene", "version", "changed"],
+        "properties": {
+            "currency": {"const": "USD"},
+            "total": {"type": "number", "minimum": 0},
+            "stages": {"type": "object"},
+            "scene": {"type": "integer", "minimum": 0},
+            "version": {"type": "integer", "minimum": 2},
+            "changed": {"type": "array", "items": {"enum": ["prompt", "narration"]}},
         },
     },
     "JobCost": {
@@ -515,8 +527,9 @@ def _operations() -> dict[str, Any]:
         },
         "/v1/jobs/{job_id}/video": {
             "get": {
-                "summary": "The finished MP4 (`Range` requests supported)",
-                "parameters": [JOB_ID],
+                "summary": "The finished MP4 (`Range` requests supported); `?version=N` for "
+                "an earlier version (default: the latest finished)",
+                "parameters": [JOB_ID, VERSION],
                 "responses": {
                     "200": {
                         "description": "The video.",
@@ -527,7 +540,7 @@ def _operations() -> dict[str, Any]:
                         "content": {"video/mp4": {"schema": {"type": "string"}}},
                     },
                     "416": {"description": "The requested range is outside the video."},
-                    **_errors(401, 404, 409),
+                    **_errors(401, 404, 409, 410, 422),
                 },
             }
         },
@@ -547,6 +560,23 @@ def _operations() -> dict[str, Any]:
                 "summary": "A scene's thumbnail (JPEG), once its clip has landed",
                 "parameters": [JOB_ID, SCENE_INDEX, VERSION],
                 "responses": {"200": JPEG, **_errors(401, 404, 410, 422)},
+            }
+        },
+        "/v1/jobs/{job_id}/scenes/{index}/rerender": {
+            "post": {
+                "summary": "Re-render one scene of a succeeded job with a new prompt and/or "
+                "narration, re-buying only that clip (and the voice when the narration "
+                "changed), then composite the next version of the video",
+                "parameters": [JOB_ID, SCENE_INDEX],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SceneRerender")}},
+                },
+                "responses": {
+                    "200": _json(_ref("RerenderEstimate"), "`dry_run`: the cost; nothing bought."),
+                    "202": _json(_ref("Job"), "Requeued to make the next version."),
+                    **_errors(400, 401, 404, 409, 410, 413, 422),
+                },
             }
         },
         "/v1/jobs/{job_id}/poster": {
@@ -814,6 +844,7 @@ def document() -> dict[str, Any]:
     schemas = {**schema.pop("$defs", {}), "JobCreate": schema, **SCHEMAS}
     schemas["TenantUpdate"] = TenantUpdate.model_json_schema()
     schemas["InteractionCreate"] = InteractionCreate.model_json_schema()
+    schemas["SceneRerender"] = SceneRerender.model_json_schema()
     error = _ref("Error")
     responses = {
         f"E{status}": {

@@ -1,30 +1,37 @@
-"""A job's scenes and previews: ``GET /v1/jobs/{id}/scenes`` (the script's scenes, their
-timing, thumbnails and cost), a scene's thumbnail and the video's poster (JPEGs from the
-artifact store, so any API process serves them), each of any version of the video
-(``?version=N``, default the latest).
+"""A job's scenes, previews and re-renders: ``GET /v1/jobs/{id}/scenes`` (the script's
+scenes, their timing, thumbnails and cost), a scene's thumbnail and the video's poster (JPEGs
+from the artifact store, so any API process serves them), each of any version of the video
+(``?version=N``, default the latest), and ``POST /v1/jobs/{id}/scenes/{index}/rerender``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from videoq.api.deps import State, base_url, principal, state_of
-from videoq.api.errors import error_response
-from videoq.errors import Gone, NotFound
+from videoq import lifecycle, prices
+from videoq.api.deps import State, base_url, principal, read_json, state_of
+from videoq.api.errors import error_response, invalid, not_an_object
+from videoq.errors import Conflict, Gone, NotFound
 from videoq.pipeline.compositing import follow_narration
 from videoq.pipeline.previews import POSTER, thumbnail_name
-from videoq.pipeline.versions import checkpoint_name, made_in, purchase_name, script_at
+from videoq.pipeline.versions import checkpoint_name, edited, made_in, purchase_name, script_at
 from videoq.pipeline.video_gen import purchase_key
+from videoq.prices import Estimate, StageEstimate
+from videoq.schemas import SceneRerender
+from videoq.settings import Settings
 from videoq.store import Job, jobs, spend, versions
 from videoq.store.tables import Purchase
-from videoq.types import Script, VoiceTrack, version_dir
+from videoq.types import JobStatus, Script, VoiceTrack, version_dir
+from videoq.views import job_view
 
 #: Browsers may keep an image: the one a URL names (a scene of a version) never changes.
 _IMAGE_HEADERS = {"cache-control": "private, max-age=86400"}
@@ -178,8 +185,84 @@ async def _stored(st: State, key: str) -> bool:
     return await store.stat(key) is not None
 
 
+async def rerender_scene(request: Request) -> Response:
+    """``POST /v1/jobs/{id}/scenes/{index}/rerender``: the scene's new prompt and/or
+    narration; 200 with the cost for ``dry_run``, else 202 with the job, requeued to make
+    its next version."""
+    who = await principal(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
+        outputs = await versions.outputs(session, job.id)
+    payload = await read_json(request)
+    if not isinstance(payload, dict):
+        return not_an_object()
+    try:
+        body = SceneRerender.model_validate(payload)
+    except ValidationError as exc:
+        return invalid(exc)
+    sent = body.changes()
+    if not sent:
+        return error_response(
+            422, "validation_error", "send the scene's new prompt, narration or both",
+            [{"field": name, "message": "prompt or narration is required", "type": "missing"}
+             for name in ("prompt", "narration")],
+        )  # fmt: skip
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(f"job {job.id} is {job.status}; only a succeeded job can be re-rendered")
+    if job.artifacts_expired_at is not None:
+        raise Gone(f"the files of job {job.id} expired; it can no longer be re-rendered")
+    index = scene_index(request)
+    script = script_at(outputs, job.versions, job.version)
+    if script is None or index >= len(script.scenes):
+        raise NotFound(f"job {job.id} has no scene {index}")
+    scene = script.scenes[index]
+    current = {"prompt": scene.visual_prompt, "narration": scene.narration}
+    changed = [name for name, value in sent.items() if value != current[name]]
+    if body.dry_run:
+        settings = st.settings.for_job(job.options)
+        estimate = rerender_estimate(script, index, sent, changed, settings)
+        return JSONResponse(
+            {**estimate, "scene": index, "version": job.version + 1, "changed": changed}
+        )
+    change = {
+        "version": job.version + 1, "scene": index, "changed": changed, **sent,
+        "requested_at": datetime.now(UTC).isoformat(),
+    }  # fmt: skip
+    job = await lifecycle.rerender(st, job, change)
+    return JSONResponse(job_view(job, base_url(request)), status_code=202)
+
+
+def rerender_estimate(
+    script: Script, index: int, sent: dict[str, str], changed: list[str], settings: Settings
+) -> dict[str, Any]:
+    """What re-rendering scene ``index`` with ``sent`` would cost: its clip, and the voice
+    when the narration ``changed``, at the configured providers and prices (what the run
+    reserves against the budget)."""
+    live = settings.providers != "offline"
+    edited_script = edited(script, {"scene": index, **sent})
+    stages: dict[str, StageEstimate] = {}
+    if live and settings.replicate_api_token is not None:
+        usage = prices.scene_usage(settings, edited_script.scenes[index])
+        stages["video_gen"] = StageEstimate("replicate", prices.reservation(settings, usage), usage)
+    else:
+        stages["video_gen"] = StageEstimate("offline")
+    if "narration" in changed:
+        if live and settings.elevenlabs_api_key is not None:
+            characters = len(" ".join(s.narration for s in edited_script.scenes))
+            usage = prices.voice_usage(settings, characters)
+            stages["voice_gen"] = StageEstimate(
+                "elevenlabs", prices.reservation(settings, usage), usage
+            )
+        else:
+            stages["voice_gen"] = StageEstimate("offline")
+    stages["compositing"] = StageEstimate("ffmpeg")
+    return Estimate(stages).to_json()
+
+
 ROUTES = [
     Route("/v1/jobs/{job_id}/scenes", list_scenes),
     Route("/v1/jobs/{job_id}/scenes/{index}/thumbnail", get_thumbnail),
+    Route("/v1/jobs/{job_id}/scenes/{index}/rerender", rerender_scene, methods=["POST"]),
     Route("/v1/jobs/{job_id}/poster", get_poster),
 ]

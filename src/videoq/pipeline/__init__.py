@@ -20,14 +20,14 @@ from typing import Any, Protocol
 
 import structlog
 
-from videoq.errors import FFmpegError, OverBudget, RetryableError
-from videoq.ffmpeg import find_font
-from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
-from videoq.pipeline.previews import Previews, poster, storyboard, thumbnail, thumbnail_size
+from videoq.errors import OverBudget, PermanentError, RetryableError
+from videoq.pipeline import compositing, script_gen, stages, video_gen, voice_gen
+from videoq.pipeline.previews import Previews, storyboard
 from videoq.pipeline.spending import Spend, Unmetered
+from videoq.pipeline.versions import Rerender, VersionCheckpoints, VersionSpend
 from videoq.providers import Providers
 from videoq.settings import Settings
-from videoq.types import STAGE_RANGES, STAGES, Brief, Clip, Result, Script, VoiceTrack
+from videoq.types import STAGE_RANGES, STAGES, Brief, Result, Script, version_dir
 
 __all__ = [
     "STAGES",
@@ -38,6 +38,7 @@ __all__ = [
     "MemoryCheckpoints",
     "Previews",
     "Reporter",
+    "Rerender",
     "ScratchOnly",
     "Spend",
     "Unmetered",
@@ -231,6 +232,7 @@ async def run_pipeline(
     artifacts: Artifacts | None = None,
     spend: Spend | None = None,
     previews: Previews | None = None,
+    rerender: Rerender | None = None,
 ) -> Result:
     """Run the four stages in order and return the finished video, ``workdir/video.mp4``.
 
@@ -253,29 +255,40 @@ async def run_pipeline(
     (kept in ``artifacts`` first) as its clip lands, and the poster of the finished video
     (:mod:`~videoq.pipeline.previews`); a stage skipped from its checkpoint previews nothing
     again.
+
+    With ``rerender`` the run makes that version of the video from the version before it,
+    re-buying only what the re-render changed (:func:`~videoq.pipeline.stages.rerun_stage`),
+    into ``workdir/v<N>/``, with the version's own checkpoints and purchase keys
+    (:mod:`~videoq.pipeline.versions`): it resumes after a crash as any run does.
     """
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     kept: Artifacts = artifacts or ScratchOnly()
     progress = _Progress(report)
     outputs: dict[str, dict[str, Any]] = {}
     ran: set[str] = set()
+    metered: Spend = spend or Unmetered()
+    out = workdir
+    if rerender is not None:
+        earlier = _earlier(checkpoints, rerender.version - 1, workdir, kept)
+        checkpoints = VersionCheckpoints(checkpoints, rerender.version)
+        metered = VersionSpend(metered, rerender.version)
+        out = workdir / version_dir(rerender.version).rstrip("/")
+        await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
 
     async def run(stage: str, on_progress: Callable[[float], Awaitable[None]]) -> None:
+        common: dict[str, Any] = {
+            "settings": settings, "workdir": out, "providers": providers,
+            "checkpoints": checkpoints, "artifacts": kept, "spend": metered,
+            "on_progress": on_progress, "on_message": progress.telling(stage),
+            "previews": previews,
+        }  # fmt: skip
         async with _deadline(stage, settings.stage_timeout_s):
-            output = await _run_stage(
-                stage,
-                brief,
-                outputs,
-                settings=settings,
-                workdir=workdir,
-                providers=providers,
-                checkpoints=checkpoints,
-                artifacts=kept,
-                spend=spend or Unmetered(),
-                on_progress=on_progress,
-                on_message=progress.telling(stage),
-                previews=previews,
-            )
+            if rerender is None:
+                output = await stages.run_stage(stage, brief, outputs, **common)
+            else:
+                output = await stages.rerun_stage(
+                    stage, brief, rerender, outputs, earlier=earlier, **common
+                )
         await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
         await checkpoints.save(stage, output)
         if output.get("cost"):
@@ -319,6 +332,23 @@ async def run_pipeline(
     return Result(final.video_path, final.duration_s, final.size_bytes, cost=cost)
 
 
+def _earlier(
+    checkpoints: Checkpoints, version: int, workdir: Path, artifacts: Artifacts
+) -> stages.Earlier:
+    """What each stage made in ``version`` (the one a re-render starts from)."""
+    made = VersionCheckpoints(checkpoints, version)
+
+    async def earlier(stage: str) -> dict[str, Any]:
+        found = await _load_valid(made, stage, workdir, artifacts)
+        if found is None:
+            raise PermanentError(
+                f"the {stage} outputs of version {version} are gone", code="version_lost"
+            )
+        return found
+
+    return earlier
+
+
 async def _together(
     run: Callable[[str, Callable[[float], Awaitable[None]]], Awaitable[None]],
     progress: _Progress,
@@ -360,93 +390,3 @@ async def _together(
         raise video_gen.first_error(failed) from None
     if refused:
         raise refused[0]
-
-
-async def _run_stage(
-    stage: str,
-    brief: Brief,
-    outputs: dict[str, dict[str, Any]],
-    *,
-    settings: Settings,
-    workdir: Path,
-    providers: Providers,
-    checkpoints: Checkpoints,
-    artifacts: Artifacts,
-    spend: Spend,
-    on_progress: Callable[[float], Awaitable[None]],
-    on_message: Callable[[str], Awaitable[None]],
-    previews: Previews | None,
-) -> dict[str, Any]:
-    """Run one stage on the outputs of the earlier ones; return its checkpoint."""
-    if stage == "script_gen":
-        written = await script_gen.run(
-            brief, provider=providers.script, settings=settings, spend=spend
-        )
-        return written.to_dict()
-    script = Script.from_dict(outputs["script_gen"])
-    if stage == "voice_gen":
-        voice = await voice_gen.run(
-            brief, script, provider=providers.voice, workdir=workdir, checkpoints=checkpoints,
-            settings=settings, spend=spend,
-        )  # fmt: skip
-        return voice.to_dict()
-    if stage == "video_gen":
-
-        async def on_clip(index: int, clip: Clip) -> None:
-            await _thumbnail(clip, script, index, brief, workdir, settings, artifacts, previews)
-
-        clips = await video_gen.run(
-            brief,
-            script,
-            provider=providers.video,
-            workdir=workdir,
-            on_progress=on_progress,
-            checkpoints=checkpoints,
-            artifacts=artifacts,
-            settings=settings,
-            spend=spend,
-            fallbacks=providers.video_fallbacks,
-            on_message=on_message,
-            on_clip=on_clip,
-        )
-        return video_gen.to_output(clips)
-    result = await compositing.run(
-        brief,
-        script,
-        VoiceTrack.from_dict(outputs["voice_gen"]),
-        video_gen.from_output(outputs["video_gen"]),
-        settings=settings,
-        workdir=workdir,
-        font=await find_font(settings) if brief.cta_text else None,
-        on_progress=on_progress,
-    )
-    # Made and kept before the checkpoint: a skipped compositing has its poster.
-    image = await poster(result.video_path, result.duration_s, brief, workdir, settings)
-    await artifacts.keep(image)
-    if previews is not None:
-        width, height = brief.resolution
-        await previews.preview("poster", None, {"width": width, "height": height})
-    return compositing.to_output(result)
-
-
-async def _thumbnail(
-    clip: Clip,
-    script: Script,
-    index: int,
-    brief: Brief,
-    workdir: Path,
-    settings: Settings,
-    artifacts: Artifacts,
-    previews: Previews | None,
-) -> None:
-    """A scene's thumbnail from its clip, kept, then previewed. One FFmpeg cannot take is
-    left out (logged): compositing then reports what is wrong with the clip."""
-    try:
-        path = await thumbnail(clip.path, script.scenes[index], index, brief, workdir, settings)
-    except FFmpegError as exc:
-        log.warning("thumbnail_failed", scene=index, error=str(exc))
-        return
-    await artifacts.keep(path)
-    if previews is not None:
-        width, height = thumbnail_size(brief)
-        await previews.preview("thumbnail", index, {"width": width, "height": height})

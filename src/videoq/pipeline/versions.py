@@ -10,10 +10,15 @@ A job's ``versions`` list says what each re-render asked for: ``{"version", "sce
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
+from videoq.errors import PermanentError
 from videoq.types import Script
+
+if TYPE_CHECKING:
+    from videoq.pipeline import Checkpoints
+    from videoq.pipeline.spending import Spend
 
 
 def checkpoint_name(stage: str, version: int) -> str:
@@ -76,3 +81,78 @@ def script_at(
                 script = edited(script, edit)
         return script
     return None
+
+
+@dataclass(frozen=True)
+class Rerender:
+    """What a run of a job makes when it makes ``version`` > 1: scene ``scene`` with its new
+    ``prompt`` and ``narration`` (the fields in ``changed``), from version ``version - 1``."""
+
+    version: int
+    scene: int
+    changed: tuple[str, ...]
+    prompt: str | None = None
+    narration: str | None = None
+
+    @classmethod
+    def of(cls, versions: list[dict[str, Any]], version: int) -> Rerender | None:
+        """The re-render that makes ``version`` (None for version 1).
+        :class:`~videoq.errors.PermanentError` when the job's list does not say what it is."""
+        if version <= 1:
+            return None
+        edit = edit_of(versions, version)
+        if edit is None or not isinstance(edit.get("scene"), int):
+            raise PermanentError(f"version {version} has no re-render on record")
+        return cls(
+            version=version,
+            scene=int(edit["scene"]),
+            changed=tuple(str(c) for c in edit.get("changed") or ()),
+            prompt=edit.get("prompt"),
+            narration=edit.get("narration"),
+        )
+
+    def edit(self) -> dict[str, Any]:
+        """The edit :func:`edited` applies."""
+        fields = {"prompt": self.prompt, "narration": self.narration}
+        return {"scene": self.scene, **{k: v for k, v in fields.items() if v is not None}}
+
+
+class VersionCheckpoints:
+    """The :class:`~videoq.pipeline.Checkpoints` of one version: each stage's (and its notes')
+    under :func:`checkpoint_name`, so a re-render's outputs and its paid work in progress sit
+    beside those of the versions before it, and an attempt after a crash resumes the
+    re-render from them."""
+
+    def __init__(self, checkpoints: Checkpoints, version: int) -> None:
+        self.inner = checkpoints
+        self.version = version
+
+    async def load(self, stage: str) -> dict[str, Any] | None:
+        return await self.inner.load(checkpoint_name(stage, self.version))
+
+    async def save(self, stage: str, output: dict[str, Any]) -> None:
+        await self.inner.save(checkpoint_name(stage, self.version), output)
+
+    async def note(self, stage: str, key: str, value: dict[str, Any] | None) -> None:
+        await self.inner.note(checkpoint_name(stage, self.version), key, value)
+
+    async def notes(self, stage: str) -> dict[str, dict[str, Any]]:
+        return await self.inner.notes(checkpoint_name(stage, self.version))
+
+
+class VersionSpend:
+    """The :class:`~videoq.pipeline.spending.Spend` of one version: each paid call reserved
+    under :func:`purchase_name`, against the tenant's budget like any other."""
+
+    def __init__(self, spend: Spend, version: int) -> None:
+        self.inner = spend
+        self.version = version
+
+    async def reserve(self, stage: str, key: str, usage: dict[str, Any]) -> None:
+        await self.inner.reserve(stage, purchase_name(key, self.version), usage)
+
+    async def settle(self, key: str, cost: dict[str, Any]) -> None:
+        await self.inner.settle(purchase_name(key, self.version), cost)
+
+    async def release(self, key: str) -> None:
+        await self.inner.release(purchase_name(key, self.version))

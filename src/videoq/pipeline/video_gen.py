@@ -84,8 +84,10 @@ async def run(
     fallbacks: Sequence[ResumableVideoProvider] = (),
     on_message: Callable[[str], Awaitable[None]] | None = None,
     on_clip: Callable[[int, Clip], Awaitable[None]] | None = None,
+    only: Sequence[int] | None = None,
 ) -> list[Clip]:
-    """Render every scene concurrently; ``on_progress`` gets the fraction of clips finished,
+    """Render every scene (or the scenes ``only`` names, in its order: a re-render's)
+    concurrently; ``on_progress`` gets the fraction of clips finished,
     ``on_message`` each switch of a scene to one of the ``fallbacks`` (the models a resumable
     ``provider`` hands a scene to, in order, when it declines it), ``on_clip`` each scene's
     clip as it lands (bought, or found kept by an earlier attempt).
@@ -96,7 +98,8 @@ async def run(
     scene the budget cannot cover cancels nothing: the others finish (each clip kept), and
     then :class:`~videoq.errors.OverBudget` propagates.
     """
-    total = len(script.scenes)
+    indices = list(range(len(script.scenes)) if only is None else only)
+    total = len(indices)
     finished = 0
     noted = await checkpoints.notes(STAGE) if checkpoints is not None else {}
     metered = spend or Unmetered()
@@ -136,7 +139,7 @@ async def run(
 
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(render_or_wait(i)) for i in range(total)]
+            tasks = [group.create_task(render_or_wait(i)) for i in indices]
     except ExceptionGroup as failed:
         raise first_error(failed) from None
     if refused:
