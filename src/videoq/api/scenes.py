@@ -21,16 +21,22 @@ from videoq import lifecycle, prices
 from videoq.api.deps import State, base_url, principal, read_json, state_of
 from videoq.api.errors import error_response, invalid, not_an_object
 from videoq.errors import Conflict, Gone, NotFound
-from videoq.pipeline.compositing import follow_narration
-from videoq.pipeline.previews import POSTER, thumbnail_name
-from videoq.pipeline.versions import checkpoint_name, edited, made_in, purchase_name, script_at
-from videoq.pipeline.video_gen import purchase_key
 from videoq.prices import Estimate, StageEstimate
 from videoq.schemas import SceneRerender
 from videoq.settings import Settings
 from videoq.store import Job, jobs, spend, versions
 from videoq.store.tables import Purchase
-from videoq.types import JobStatus, Script, VoiceTrack, version_dir
+from videoq.types import JobStatus, Script, version_dir
+from videoq.versions import (
+    POSTER,
+    checkpoint_name,
+    edited,
+    made_in,
+    purchase_name,
+    scene_key,
+    script_at,
+    thumbnail_name,
+)
 from videoq.views import job_view
 
 #: Browsers may keep an image: the one a URL names (a scene of a version) never changes.
@@ -122,14 +128,13 @@ async def get_poster(request: Request) -> Response:
 def _timing(
     script: Script, outputs: dict[str, dict[str, Any]], version: int, total: float
 ) -> list[float]:
-    """Where each scene starts in the video: where the voice of ``version`` moves on to it,
-    once the voice exists, else where the script puts it."""
-    names = (checkpoint_name("voice_gen", at) for at in range(version, 0, -1))
-    voice = next((outputs[name] for name in names if name in outputs), None)
-    if voice is not None:
-        # One written by another version of videoq: the script's timing is as good.
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            script = follow_narration(script, VoiceTrack.from_dict(voice), total)
+    """Where each scene starts in the video, and where the last ends: where the video of
+    ``version`` cuts (the voice's timing, recorded by compositing), else, until it is
+    composited, where the script puts them."""
+    cuts = (outputs.get(checkpoint_name("compositing", version)) or {}).get("scene_starts_s")
+    if isinstance(cuts, list) and len(cuts) == len(script.scenes):
+        with contextlib.suppress(TypeError, ValueError):
+            return [*(float(cut) for cut in cuts), total]
     return [0.0, *accumulate(scene.duration_s for scene in script.scenes)]
 
 
@@ -172,7 +177,7 @@ async def list_scenes(request: Request) -> Response:
                 if found[index]
                 else None,
                 "version": made,
-                "cost": _cost(purchases, purchase_name(purchase_key(index), made)),
+                "cost": _cost(purchases, purchase_name(scene_key(index), made)),
             }
         )
     return JSONResponse({"job_id": str(job.id), "version": version, "data": data})

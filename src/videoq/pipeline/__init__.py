@@ -24,10 +24,11 @@ from videoq.errors import OverBudget, PermanentError, RetryableError
 from videoq.pipeline import compositing, script_gen, stages, video_gen, voice_gen
 from videoq.pipeline.previews import Previews, storyboard
 from videoq.pipeline.spending import Spend, Unmetered
-from videoq.pipeline.versions import Rerender, VersionCheckpoints, VersionSpend
+from videoq.pipeline.versions import VersionCheckpoints, VersionSpend
 from videoq.providers import Providers
 from videoq.settings import Settings
 from videoq.types import STAGE_RANGES, STAGES, Brief, Result, Script, version_dir
+from videoq.versions import Rerender
 
 __all__ = [
     "STAGES",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from videoq.ffmpeg import grab_frame, probe
+from videoq.versions import POSTER, thumbnail_name
 
 if TYPE_CHECKING:
     from videoq.settings import Settings
@@ -21,9 +22,6 @@ if TYPE_CHECKING:
 
 #: A thumbnail's longer side, in pixels (its shorter side follows the brief's aspect ratio).
 THUMBNAIL_LONG_SIDE = 640
-#: Where a version's thumbnails and poster are, inside its directory (``videoq.types.version_dir``).
-THUMBNAILS = "thumbs"
-POSTER = "poster.jpg"
 #: The poster is the finished video's frame at this fraction of its length.
 POSTER_AT = 0.5
 
@@ -34,11 +32,6 @@ class Previews(Protocol):
     async def preview(self, kind: str, scene: int | None, data: dict[str, Any]) -> None:
         """``kind`` is ``storyboard``, ``thumbnail`` (of scene ``scene``) or ``poster``;
         ``data`` what the event shows beside its URL."""
-
-
-def thumbnail_name(index: int) -> str:
-    """A scene's thumbnail, relative to its version's directory."""
-    return f"{THUMBNAILS}/scene_{index:02d}.jpg"
 
 
 def thumbnail_size(brief: Brief) -> tuple[int, int]:

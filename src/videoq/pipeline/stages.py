@@ -11,6 +11,7 @@ with that scene's bought again; its compositing runs again, into the version's o
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,8 @@ from videoq.errors import FFmpegError, PermanentError
 from videoq.ffmpeg import find_font
 from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
 from videoq.pipeline.previews import Previews, poster, thumbnail, thumbnail_size
-from videoq.pipeline.versions import Rerender, edited
 from videoq.types import Brief, Clip, Script, VoiceTrack
+from videoq.versions import Rerender, edited
 
 if TYPE_CHECKING:
     from videoq.pipeline import Artifacts, Checkpoints
@@ -182,11 +183,13 @@ async def _composite(
     on_progress: Callable[[float], Awaitable[None]],
     previews: Previews | None,
 ) -> dict[str, Any]:
-    """``workdir/video.mp4`` from the script, voice and clips, and its poster."""
+    """``workdir/video.mp4`` from the script, voice and clips, and its poster; the output
+    records where the video cuts to each scene (``scene_starts_s``, for the scenes' list)."""
+    voice = VoiceTrack.from_dict(outputs["voice_gen"])
     result = await compositing.run(
         brief,
         script,
-        VoiceTrack.from_dict(outputs["voice_gen"]),
+        voice,
         video_gen.from_output(outputs["video_gen"]),
         settings=settings,
         workdir=workdir,
@@ -199,7 +202,9 @@ async def _composite(
     if previews is not None:
         width, height = brief.resolution
         await previews.preview("poster", None, {"width": width, "height": height})
-    return compositing.to_output(result)
+    cut = compositing.follow_narration(script, voice, float(brief.duration_s))
+    starts = [0.0, *accumulate(scene.duration_s for scene in cut.scenes)][:-1]
+    return {**compositing.to_output(result), "scene_starts_s": [round(s, 3) for s in starts]}
 
 
 async def _thumbnail(

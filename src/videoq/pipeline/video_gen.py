@@ -42,6 +42,7 @@ from videoq.errors import Declined, OverBudget, PermanentError, RetryableError
 from videoq.pipeline.spending import Spend, Unmetered, paid, paid_call
 from videoq.providers import PaidWork, ResumableVideoProvider, VideoProvider
 from videoq.types import Clip, Scene, Script
+from videoq.versions import scene_key
 
 if TYPE_CHECKING:
     from videoq.ffmpeg import ProgressCallback
@@ -61,7 +62,7 @@ def note_key(index: int) -> str:
 
 def purchase_key(index: int) -> str:
     """The key under which a scene's purchase is reserved against the budget."""
-    return f"{STAGE}:{index}"
+    return scene_key(index)
 
 
 async def _clip(

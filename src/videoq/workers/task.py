@@ -26,7 +26,6 @@ from videoq.artifacts import video_name
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
 from videoq.pipeline import Rerender, video_gen
-from videoq.pipeline.versions import checkpoint_name
 from videoq.providers import Providers, ResumableVideoProvider, offline_providers
 from videoq.settings import Settings
 from videoq.store import DATABASE_ERRORS, Job
@@ -34,6 +33,7 @@ from videoq.store import jobs as job_rows
 from videoq.store.checkpoints import DbCheckpoints
 from videoq.store.grouped import AttemptOutcome
 from videoq.types import Brief, JobStatus, Result
+from videoq.versions import checkpoint_name
 from videoq.workers.budget import JobSpend
 from videoq.workers.progress import EventReporter
 from videoq.workers.state import RunningJob, WorkerState
