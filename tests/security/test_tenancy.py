@@ -135,15 +135,11 @@ async def a_job_ready_for(
     elif path.endswith("/rerender"):
         await set_status(sessions, job["id"], "succeeded", result={"duration_s": 1})
         script = Script("K", [Scene("Meet K.", "K on a table", 5.0)])
+        checkpoint = store.StageCheckpoint(
+            job_id=uuid.UUID(job["id"]), stage="script_gen", attempt=1, output=script.to_dict()
+        )
         async with sessions() as session:
-            session.add(
-                store.StageCheckpoint(
-                    job_id=uuid.UUID(job["id"]),
-                    stage="script_gen",
-                    attempt=1,
-                    output=script.to_dict(),
-                )  # fmt: skip
-            )
+            session.add(checkpoint)
             await session.commit()
     return job
 
