@@ -1,15 +1,16 @@
 """Per-scene re-render against the spec-checked provider mocks on loopback and a real worker:
 exactly one clip bought (and one voice when the narration changed), nothing else; a dry run
 buys nothing; every version downloads, and two versions differ only in the re-rendered
-scene's time range (decoded frames compared); a re-render that a stopped worker left half
-done is finished by another worker with an empty disk, re-attaching to the paid prediction.
-And the bad requests around it."""
+scene's time range (decoded frames compared); a failed re-render is retried, and one whose
+worker is killed (SIGKILL) is finished by another worker with an empty disk, re-attaching to
+the paid prediction. And the bad requests around it."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import hashlib
+import signal
 import subprocess
 import tempfile
 import time
@@ -23,13 +24,24 @@ import httpx
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.conftest import FOREVER, LiveApi, auth, new_key, running_worker, serving, stage_rows
+from tests.conftest import (
+    FOREVER,
+    LiveApi,
+    Providers,
+    auth,
+    new_key,
+    running_worker,
+    serving,
+    stage_rows,
+)
 from tests.mocks.live import LiveMocks, live_mocks
-from tests.mocks.replicate import ReplicateMock
+from tests.mocks.replicate import ReplicateMock, invalid_input
+from tests.processes import WorkerProcess
 from videoq import store
 from videoq.children import preexec
 from videoq.client import Client, ConflictError
@@ -103,6 +115,9 @@ async def test_a_rerender_buys_one_clip_and_keeps_every_other_paid_output(
         job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
         first = await client.wait(job.id, timeout=120)
         assert first.status == "succeeded" and first.version == 1, first
+        # A stream ends at a terminal event: the re-render's is read after version 1's.
+        ended = [e async for e in client.events(job.id, after=0)][-1]
+        assert ended.terminal
         bought = mocks.paid_calls()
         assert bought == {"script_gen": 1, "voice_gen": 1, "video_gen": 3}
         paid = await purchases(sessions, job.id)
@@ -121,8 +136,9 @@ async def test_a_rerender_buys_one_clip_and_keeps_every_other_paid_output(
 
         requeued = await client.rerender(job.id, 1, prompt=new_prompt)
         assert requeued.version == 2 and requeued.status in ("queued", "running")
-        events = [e async for e in client.events(job.id)]
-        second = await client.get(job.id)
+        second = await client.wait(job.id, timeout=120)
+        events = [e async for e in client.events(job.id, after=ended.seq)]
+        assert events[-1].terminal and events[-1].seq > ended.seq
         assert second.status == "succeeded" and second.version == 2, second
         # Exactly one clip bought; no script, no voice.
         assert mocks.paid_calls() == {**bought, "video_gen": 4}
@@ -192,34 +208,71 @@ async def test_a_new_narration_buys_the_clip_and_the_voice_only(
         assert (await client.scenes(job.id))[0].narration == line
 
 
-async def test_a_rerender_a_stopped_worker_left_is_finished_elsewhere_buying_nothing_twice(
-    settings: Settings, sessions: Any, tmp_path: Path
+async def test_a_failed_rerender_is_retried_and_buys_its_clip_once(
+    mocks: LiveMocks, sessions: Any
 ) -> None:
-    replicate = PaintingReplicate(polls=1)
-    async with live_mocks(settings, replicate=replicate) as mocks:
-        key = await new_key(sessions)
-        other_disk = mocks.settings.model_copy(update={"scratch_dir": tmp_path / "elsewhere"})
-        async with serving(mocks.settings) as api, Client(api.url, key) as client:
-            async with running_worker(mocks.settings):
-                job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
-                assert (await client.wait(job.id, timeout=120)).status == "succeeded"
-                replicate.polls = FOREVER  # the re-render's prediction runs until released
-                await client.rerender(job.id, 2, prompt="a kettle in the snow")
-                await until_noted(sessions, job.id, "video_gen@v2.notes", "scene_02")
-            # That worker stopped mid-re-render; one with an empty disk takes the job up.
-            for prediction in replicate.predictions.values():
-                prediction.polls_left = min(prediction.polls_left, 1)
-            replicate.polls = 1
-            async with running_worker(other_disk):
-                final = await client.wait(job.id, timeout=120)
-            assert final.status == "succeeded" and final.version == 2, final
-            assert mocks.replicate.calls["create"] == 4  # three, then the one re-rendered
-            assert (await client.scenes(job.id))[2].prompt == "a kettle in the snow"
-            video = await client.download(job.id, tmp_path / "v2.mp4", version=2)
-            assert video.stat().st_size > 0
+    key = await new_key(sessions)
+    async with (
+        serving(mocks.settings) as api,
+        running_worker(mocks.settings),
+        Client(api.url, key) as client,
+    ):
+        job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
+        assert (await client.wait(job.id, timeout=120)).status == "succeeded"
+        mocks.replicate.faults.append(invalid_input())  # the re-render's create is refused
+        await client.rerender(job.id, 1, prompt="a kettle on the moon")
+        failed = await client.wait(job.id, timeout=120)
+        assert failed.status == "failed" and failed.version == 2, failed
+        # Version 1 is still the video meanwhile.
+        async with httpx.AsyncClient(base_url=api.url, headers=auth(key)) as http:
+            assert (await http.get(f"/v1/jobs/{job.id}/video")).status_code == 200
+        await client.retry(job.id)
+        final = await client.wait(job.id, timeout=120)
+        assert final.status == "succeeded" and final.version == 2, final
+    assert mocks.replicate.paid == 3 + 1 and mocks.elevenlabs.paid == 1
+    assert mocks.anthropic.paid == 1
+    bought = await purchases(sessions, job.id)
+    assert bought["video_gen:1@v2"].state == "settled"
+
+
+@pytest.mark.timeout(240)
+async def test_a_rerender_whose_worker_is_killed_finishes_elsewhere_buying_nothing_twice(
+    live_api: LiveApi, client: Client, settings: Settings, providers: Providers,
+    redis: Redis, sessions: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    providers.replicate.polls = 1  # version 1 runs through
+    env = {**providers.env, "VIDEOQ_WORKER_STALE_S": "120"}  # handed over by its lock
+    first = WorkerProcess(settings, tmp_path / "logs", **env).start()
+    # The other worker's disk is its own: what it needs comes from the artifact store.
+    elsewhere = {**env, "VIDEOQ_SCRATCH_DIR": str(tmp_path / "elsewhere")}
+    second = WorkerProcess(settings, tmp_path / "logs", **elsewhere)
+    try:
+        await first.registered(redis)
+        job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
+        assert (await client.wait(job.id, timeout=120)).status == "succeeded", first.output()
+        providers.replicate.polls = FOREVER  # the re-render's prediction runs until released
+        await client.rerender(job.id, 2, prompt="a kettle in the snow")
+        await until_noted(sessions, job.id, "video_gen@v2.notes", "scene_02")
+        first.signal(signal.SIGKILL)
+        await first.exited()
+        second.start()
+        providers.release()
+        final = await client.wait(job.id, timeout=120)
+        assert final.status == "succeeded" and final.version == 2, second.output()
+    finally:
+        first.stop()
+        second.stop()
+    assert providers.replicate.paid == 3 + 1, "the noted prediction was bought again"
+    assert (providers.anthropic.paid, providers.elevenlabs.paid) == (1, 1)
+    for mock in providers.all():
+        assert mock.invalid == [], f"{type(mock).__name__} saw requests off the spec"
+    assert (await client.scenes(job.id))[2].prompt == "a kettle in the snow"
+    video = await client.download(job.id, tmp_path / "v2.mp4", version=2)
+    assert video.stat().st_size > 0
 
 
 async def until_noted(sessions: Any, job_id: str, row: str, key: str, timeout: float = 60) -> None:
+    """Poll PostgreSQL until the notes ``row`` of the job records a prediction under ``key``."""
     deadline = time.monotonic() + timeout
     while not ((await stage_rows(sessions, job_id)).get(row, (0, {}))[1].get(key) or {}).get("id"):
         assert time.monotonic() < deadline, f"{row} never noted {key}"
