@@ -7,6 +7,7 @@ SDK. And the bad requests around them."""
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
@@ -14,7 +15,7 @@ import av
 import httpx
 import pytest
 
-from tests.conftest import LiveApi, auth, new_key
+from tests.conftest import LiveApi, auth, new_key, set_status
 from videoq.client import Client, Event, NotFoundError, describe_preview
 from videoq.pipeline.previews import thumbnail_size
 from videoq.types import Brief, scene_count
@@ -171,6 +172,22 @@ async def test_bad_requests_for_previews_are_4xx_naming_the_field(
             error = response.json()["error"]
             if field is not None:
                 assert [d["field"] for d in error["details"]] == [field], path
+
+
+async def test_an_expired_job_lists_its_scenes_without_images(
+    finished: tuple[str, list[Event]], live_api: LiveApi, api_key: str, sessions: Any
+) -> None:
+    job_id, _ = finished
+    await set_status(sessions, job_id, "succeeded", artifacts_expired_at=datetime.now(UTC))
+    async with httpx.AsyncClient(base_url=live_api.url, headers=auth(api_key)) as http:
+        listed = await http.get(f"/v1/jobs/{job_id}/scenes")
+        assert listed.status_code == 200
+        assert [s["thumbnail_url"] for s in listed.json()["data"]] == [None] * SCENES
+        for path in ("/scenes/0/thumbnail", "/poster"):
+            gone = await http.get(f"/v1/jobs/{job_id}{path}")
+            assert gone.status_code == 410 and gone.json()["error"]["code"] == "gone"
+        refused = await http.post(f"/v1/jobs/{job_id}/scenes/0/rerender", json={"prompt": "x"})
+        assert refused.status_code == 410
 
 
 async def test_a_job_without_a_script_has_no_scenes_yet(client: Client, live_api: LiveApi) -> None:

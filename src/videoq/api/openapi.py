@@ -551,7 +551,7 @@ def _operations() -> dict[str, Any]:
                 "parameters": [JOB_ID],
                 "responses": {
                     "200": _json(_ref("SceneList"), "The scenes."),
-                    **_errors(401, 404, 410),
+                    **_errors(401, 404),
                 },
             }
         },

@@ -78,12 +78,13 @@ def poster_key(job: Job, version: int) -> str:
     return f"{job.id}/{version_dir(version)}{POSTER}"
 
 
-async def _job(request: Request) -> tuple[State, Job]:
+async def _job(request: Request, *, files: bool = True) -> tuple[State, Job]:
+    """The caller's job; :class:`Gone` when ``files`` are asked for and they expired."""
     who = await principal(request)
     st = state_of(request)
     async with st.sessions() as session:
         job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
-    if job.artifacts_expired_at is not None:
+    if files and job.artifacts_expired_at is not None:
         raise Gone(
             f"the files of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
             f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
@@ -148,7 +149,8 @@ def _cost(purchases: dict[str, Purchase], key: str) -> float | None:
 
 
 async def list_scenes(request: Request) -> Response:
-    st, job = await _job(request)
+    # The scenes outlive the job's files: an expired job lists them, without thumbnails.
+    st, job = await _job(request, files=False)
     async with st.sessions() as session:
         outputs = await versions.outputs(session, job.id)
         purchases = {p.key: p for p in await spend.of_job(session, job.id)}
@@ -161,7 +163,11 @@ async def list_scenes(request: Request) -> Response:
         else []
     )
     keys = [thumbnail_key(job, index, version) for index in range(len(scenes))]
-    found = await asyncio.gather(*(_stored(st, key) for key in keys))
+    found = (
+        [False] * len(keys)
+        if job.artifacts_expired_at is not None
+        else await asyncio.gather(*(_stored(st, key) for key in keys))
+    )
     url = f"{base_url(request)}/v1/jobs/{job.id}/scenes"
     data = []
     for index, scene in enumerate(scenes):
