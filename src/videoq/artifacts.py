@@ -34,8 +34,9 @@ from obstore.store import GCSStore, LocalStore, ObjectStore, S3Store
 
 from videoq.errors import RetryableError, StorageMisconfigured
 from videoq.settings import Settings
+from videoq.types import version_dir
 
-__all__ = ["VIDEO", "ArtifactStore", "JobArtifacts", "open_store", "video_key"]
+__all__ = ["VIDEO", "ArtifactStore", "JobArtifacts", "open_store", "video_key", "video_name"]
 
 #: The finished video's name in a job's part of the store (the API serves it from there).
 VIDEO = "video.mp4"
@@ -204,9 +205,16 @@ class JobArtifacts:
         return found
 
 
-def video_key(job_id: uuid.UUID | str) -> str:
-    """The key of a job's finished video: from its id only, never from what a caller sent."""
-    return f"{uuid.UUID(str(job_id))}/{VIDEO}"
+def video_name(version: int = 1) -> str:
+    """Where a version of a job's finished video is in its part of the store: version 1 at
+    ``video.mp4``, a re-render's at ``v<N>/video.mp4``."""
+    return f"{version_dir(version)}{VIDEO}"
+
+
+def video_key(job_id: uuid.UUID | str, version: int = 1) -> str:
+    """The key of a version of a job's finished video: from its id and a version number only,
+    never from what a caller sent."""
+    return f"{uuid.UUID(str(job_id))}/{video_name(version)}"
 
 
 def open_store(settings: Settings) -> ArtifactStore:

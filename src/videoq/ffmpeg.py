@@ -439,3 +439,24 @@ def wrap_text(text: str, *, width_px: int, fontsize: int) -> str:
     """
     columns = max(8, int(width_px * 0.85 / (fontsize * 0.65)))
     return textwrap.fill(" ".join(text.split()), columns)
+
+
+async def grab_frame(
+    source: Path, output: Path, *, at_s: float, size: tuple[int, int], settings: Settings
+) -> None:
+    """Write the frame of ``source`` at ``at_s`` seconds to ``output`` (a JPEG), fitted into
+    ``size`` and padded with black as compositing frames a clip: a scene's thumbnail, or the
+    finished video's poster. Written under a temporary name, then renamed."""
+    width, height = size
+    fit = (
+        f"scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2,"
+        f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1"
+    )
+    with atomic_output(output) as tmp:
+        await run_ffmpeg(
+            [
+                *("-ss", f"{max(0.0, at_s):.3f}", "-i", str(source), "-an", "-vf", fit),
+                *("-frames:v", "1", "-q:v", "3", "-update", "1", str(tmp)),
+            ],
+            settings=settings,
+        )

@@ -19,10 +19,10 @@ import structlog
 from videoq import eta, outbox, prices, tracing
 from videoq.broker import BROKER_ERRORS, estimates, events, limits, queue, registry, shares
 from videoq.broker import keys as redis_keys
-from videoq.errors import OverBudget, RateLimited
+from videoq.errors import Conflict, OverBudget, RateLimited
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
-from videoq.store import Job, spend, tenants
+from videoq.store import Job, spend, tenants, versions
 from videoq.store import jobs as job_rows
 from videoq.store.events import EventArchive
 from videoq.types import STAGE_RANGES, TERMINAL, Brief, JobStatus, make_event
@@ -188,6 +188,26 @@ async def retry(svc: Services, job_id: str, tenant: str) -> Job:
     except BROKER_ERRORS as exc:
         log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
     return job
+
+
+async def rerender(svc: Services, job: Job, change: dict[str, Any]) -> Job:
+    """Requeue a succeeded job to make the next version of its video, as ``change`` (the
+    entry its ``versions`` list gets) asks; it resumes from its checkpoints, re-buying only
+    what the change needs. :class:`~videoq.errors.Conflict` when the job changed meanwhile."""
+    async with svc.sessions() as session:
+        updated = await versions.requeue(session, job, change)
+    if updated is None:
+        raise Conflict(f"job {job.id} changed state; try again")
+    log.info("job_rerender_requested", job_id=str(job.id), version=updated.version,
+             scene=change.get("scene"), changed=change.get("changed"))  # fmt: skip
+    await announce(svc, updated, f"re-rendering scene {change.get('scene')} as version "
+                                 f"{updated.version}")  # fmt: skip
+    try:
+        await queue.remove(svc.redis, svc.settings, str(job.id))  # a stale entry blocks enqueue
+        await queue.enqueue_job(svc.redis, svc.settings, updated)
+    except BROKER_ERRORS as exc:
+        log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
+    return updated
 
 
 async def budget_changed(svc: Services, tenant: str) -> None:

@@ -331,6 +331,29 @@ class InteractionCreate(BaseModel):
         raise ValueError("must be a number of seconds, or null")
 
 
+class SceneRerender(BaseModel):
+    """Body of ``POST /v1/jobs/{id}/scenes/{index}/rerender``: the scene's new visual
+    ``prompt`` and/or ``narration`` (at least one), and ``dry_run`` for the cost only."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    prompt: str | None = Field(default=None, min_length=1, max_length=2000)
+    narration: str | None = Field(default=None, min_length=1, max_length=1000)
+    dry_run: bool = Field(default=False, strict=True)
+
+    @field_validator("prompt", "narration")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and _has_control_chars(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    def changes(self) -> dict[str, str]:
+        """The fields sent: ``prompt``, ``narration`` or both."""
+        fields = {"prompt": self.prompt, "narration": self.narration}
+        return {name: value for name, value in fields.items() if value is not None}
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """Pydantic errors as ``[{"field": "duration_s", "message": ...}]``."""
     out = []

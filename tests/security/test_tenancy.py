@@ -24,7 +24,7 @@ from videoq.api import create_app
 from videoq.broker import events
 from videoq.settings import Settings
 from videoq.store.apikeys import hash_key
-from videoq.types import make_event
+from videoq.types import Scene, Script, make_event
 
 #: Every HTTP route: who may call it.
 HTTP = {
@@ -36,6 +36,10 @@ HTTP = {
     ("GET", "/v1/jobs/{job_id}/video"): "job",
     ("POST", "/v1/jobs/{job_id}/cancel"): "job",
     ("POST", "/v1/jobs/{job_id}/retry"): "job",
+    ("GET", "/v1/jobs/{job_id}/scenes"): "job",
+    ("GET", "/v1/jobs/{job_id}/scenes/{index}/thumbnail"): "job",
+    ("POST", "/v1/jobs/{job_id}/scenes/{index}/rerender"): "job",
+    ("GET", "/v1/jobs/{job_id}/poster"): "job",
     ("GET", "/v1/workers"): "admin",
     ("POST", "/v1/workers/clear-stale"): "admin",
     ("GET", "/v1/queue/stats"): "admin",
@@ -117,7 +121,7 @@ async def test_every_keyed_route_refuses_missing_unknown_and_revoked_keys(
     ).json()
     url = path.format(
         job_id=job["id"], tenant="someone", user_id="someone", key_id=uuid.uuid4(),
-        schedule_id=uuid.uuid4(),
+        schedule_id=uuid.uuid4(), index=0,
     )  # fmt: skip
     for headers in ({}, auth("vq_" + uuid.uuid4().hex), auth(await revoked(sessions))):
         response = await asgi_client.request(
@@ -142,6 +146,23 @@ async def a_job_ready_for(
         video.write_bytes(b"mp4")
     elif path.endswith("/retry"):
         await set_status(sessions, job["id"], "failed")
+    elif path.endswith(("/thumbnail", "/poster")):
+        image = (
+            settings.artifacts
+            / job["id"]
+            / ("thumbs/scene_00.jpg" if path.endswith("/thumbnail") else "poster.jpg")
+        )
+        image.parent.mkdir(parents=True)
+        image.write_bytes(b"jpeg")
+    elif path.endswith("/rerender"):
+        await set_status(sessions, job["id"], "succeeded", result={"duration_s": 1})
+        script = Script("K", [Scene("Meet K.", "K on a table", 5.0)])
+        checkpoint = store.StageCheckpoint(
+            job_id=uuid.UUID(job["id"]), stage="script_gen", attempt=1, output=script.to_dict()
+        )
+        async with sessions() as session:
+            session.add(checkpoint)
+            await session.commit()
     return job
 
 
@@ -165,14 +186,16 @@ async def test_another_tenants_job_is_404_on_every_job_route(
     owner = await new_key(sessions)
     other = await new_key(sessions, admin=intruder == "admin-key")  # admin is not "all tenants"
     job = await a_job_ready_for(asgi_client, sessions, settings, owner, path)
-    url = path.format(job_id=job["id"])
+    url = path.format(job_id=job["id"], index=0)
+    # A dry run: the owner's succeeds, and changes nothing either.
+    body = {"prompt": "K on a beach", "dry_run": True} if path.endswith("/rerender") else None
     before = await snapshot(sessions, job["id"])
-    response = await asgi_client.request(method, url, headers=auth(other))
+    response = await asgi_client.request(method, url, headers=auth(other), json=body)
     error = assert_error(response, 404, "not_found")
     assert "another tenant" not in error["message"]
     assert await snapshot(sessions, job["id"]) == before
     # The owner, with the same request, succeeds: the 404 was about the tenant alone.
-    mine = await asgi_client.request(method, url, headers=auth(owner))
+    mine = await asgi_client.request(method, url, headers=auth(owner), json=body)
     assert mine.status_code in (200, 202), mine.text
 
 

@@ -4,6 +4,7 @@
     deps        the process's state, the caller (API key), request bodies
     errors      one error shape, the error tree's statuses
     jobs        the job routes
+    scenes      a job's scenes, thumbnails and poster
     events      the WebSockets: one job's events, a tenant's
     webhooks    inbound webhooks (GitHub, Replicate) and the tenant's signing secret
     tenants     a tenant's fair share of the workers (admins set it)
@@ -46,6 +47,7 @@ from videoq.api import (
     middleware,
     openapi,
     ops,
+    scenes,
     schedules,
     session,
     spend,
@@ -101,6 +103,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", openapi.route),
         *webhooks.ROUTES,
         *jobs.ROUTES,
+        *scenes.ROUTES,
         *tenants.ROUTES,
         *spend.ROUTES,
         *feed.ROUTES,

@@ -16,7 +16,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from videoq.schemas import InteractionCreate, JobCreate, KeyCreate, ScheduleCreate, TenantUpdate
+from videoq.schemas import (
+    InteractionCreate,
+    JobCreate,
+    KeyCreate,
+    SceneRerender,
+    ScheduleCreate,
+    TenantUpdate,
+)
 from videoq.types import JobStatus
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -44,6 +51,7 @@ ERROR_DESCRIPTIONS = {
     403: "The key lacks the `admin` scope (`forbidden`).",
     404: "No such job for this tenant: another tenant's job is a 404 too (`not_found`).",
     409: "The job's state does not allow this (`conflict`), or a webhook replay.",
+    410: "The job's files expired (`artifact_ttl_days`) and are deleted (`gone`).",
     413: "The request body is over the size limit (`too_large`).",
     422: "A field is invalid or unknown; `details` lists `{field, message, type}` "
     "(`validation_error`).",
@@ -61,6 +69,22 @@ JOB_ID = {
     "description": "The job's id (a UUID).",
     "schema": {"type": "string"},
 }
+
+SCENE_INDEX = {
+    "name": "index",
+    "in": "path",
+    "required": True,
+    "description": "The scene's index, from 0.",
+    "schema": {"type": "string"},
+}
+VERSION = {
+    "name": "version",
+    "in": "query",
+    "required": False,
+    "description": "A version of the video (default: the latest).",
+    "schema": {"type": "integer", "minimum": 1},
+}
+JPEG = {"description": "The image.", "content": {"image/jpeg": {"schema": {"type": "string"}}}}
 
 _TS = {"type": ["string", "null"], "format": "date-time"}
 #: The query parameters of a paged list.
@@ -134,6 +158,10 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["object", "null"],
                 "properties": {
                     "video_url": {"type": "string"},
+                    "poster_url": {
+                        "type": ["string", "null"],
+                        "description": "The poster image (JPEG, the video's size).",
+                    },
                     "duration_s": {"type": ["number", "null"]},
                     "size_bytes": {"type": ["integer", "null"]},
                 },
@@ -150,10 +178,111 @@ SCHEMAS: dict[str, Any] = {
                 "stages' recent durations are known).",
             },
             "cost": _ref("JobCost"),
+            "version": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The video's version: 1, raised by each per-scene re-render.",
+            },
+            "versions": {
+                "type": "array",
+                "description": "What each re-render asked for, oldest first.",
+                "items": _ref("VersionChange"),
+            },
             "links": {
                 "type": "object",
-                "properties": {k: {"type": "string"} for k in ("self", "events", "video")},
+                "properties": {
+                    k: {"type": "string"} for k in ("self", "events", "video", "scenes")
+                },
             },
+        },
+    },
+    "VersionChange": {
+        "type": "object",
+        "required": ["version", "scene", "changed"],
+        "properties": {
+            "version": {"type": "integer", "minimum": 2},
+            "scene": {"type": "integer", "minimum": 0},
+            "changed": {"type": "array", "items": {"enum": ["prompt", "narration"]}},
+            "prompt": {"type": "string"},
+            "narration": {"type": "string"},
+            "requested_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Scene": {
+        "type": "object",
+        "required": [
+            "index",
+            "narration",
+            "prompt",
+            "start_s",
+            "duration_s",
+            "thumbnail_url",
+            "cost",
+        ],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "narration": {"type": "string"},
+            "prompt": {"type": "string", "description": "The scene's visual prompt."},
+            "start_s": {"type": "number", "minimum": 0},
+            "duration_s": {"type": "number", "minimum": 0},
+            "thumbnail_url": {
+                "type": ["string", "null"],
+                "description": "Null until the scene's clip has landed.",
+            },
+            "version": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The version whose clip the scene shows.",
+            },
+            "cost": {
+                "type": ["number", "null"],
+                "description": "USD of the scene's clip (its reservation while it is bought); "
+                "null when nothing was bought for it.",
+            },
+        },
+    },
+    "SceneList": {
+        "type": "object",
+        "required": ["job_id", "version", "data"],
+        "properties": {
+            "job_id": {"type": "string", "format": "uuid"},
+            "version": {"type": "integer", "minimum": 1},
+            "data": {"type": "array", "items": _ref("Scene")},
+        },
+    },
+    "PreviewEvent": {
+        "type": "object",
+        "description": "The `data` of a `preview` event on the events WebSockets.",
+        "required": ["kind", "scene", "url", "version"],
+        "properties": {
+            "kind": {"enum": ["storyboard", "thumbnail", "poster"]},
+            "scene": {"type": ["integer", "null"]},
+            "url": {
+                "type": "string",
+                "description": "Where the API serves it: a path of the API, or a full URL "
+                "when the server has a `public_url`.",
+            },
+            "version": {"type": "integer", "minimum": 1},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "title": {"type": "string"},
+            "scenes": {
+                "type": "array",
+                "description": "The storyboard's scenes.",
+                "items": {"type": "object"},
+            },
+        },
+    },
+    "RerenderEstimate": {
+        "type": "object",
+        "required": ["currency", "total", "stages", "scene", "version", "changed"],
+        "properties": {
+            "currency": {"const": "USD"},
+            "total": {"type": "number", "minimum": 0},
+            "stages": {"type": "object"},
+            "scene": {"type": "integer", "minimum": 0},
+            "version": {"type": "integer", "minimum": 2},
+            "changed": {"type": "array", "items": {"enum": ["prompt", "narration"]}},
         },
     },
     "JobCost": {
@@ -433,8 +562,9 @@ def _operations() -> dict[str, Any]:
         },
         "/v1/jobs/{job_id}/video": {
             "get": {
-                "summary": "The finished MP4 (`Range` requests supported)",
-                "parameters": [JOB_ID],
+                "summary": "The finished MP4 (`Range` requests supported); `?version=N` for "
+                "an earlier version (default: the latest finished)",
+                "parameters": [JOB_ID, VERSION],
                 "responses": {
                     "200": {
                         "description": "The video.",
@@ -445,8 +575,50 @@ def _operations() -> dict[str, Any]:
                         "content": {"video/mp4": {"schema": {"type": "string"}}},
                     },
                     "416": {"description": "The requested range is outside the video."},
-                    **_errors(401, 404, 409),
+                    **_errors(401, 404, 409, 410, 422),
                 },
+            }
+        },
+        "/v1/jobs/{job_id}/scenes": {
+            "get": {
+                "summary": "The scenes of the job's latest version: narration, prompt, timing, "
+                "thumbnail and cost (empty until the script is written)",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": _json(_ref("SceneList"), "The scenes."),
+                    **_errors(401, 404),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/scenes/{index}/thumbnail": {
+            "get": {
+                "summary": "A scene's thumbnail (JPEG), once its clip has landed",
+                "parameters": [JOB_ID, SCENE_INDEX, VERSION],
+                "responses": {"200": JPEG, **_errors(401, 404, 410, 422)},
+            }
+        },
+        "/v1/jobs/{job_id}/scenes/{index}/rerender": {
+            "post": {
+                "summary": "Re-render one scene of a succeeded job with a new prompt and/or "
+                "narration, re-buying only that clip (and the voice when the narration "
+                "changed), then composite the next version of the video",
+                "parameters": [JOB_ID, SCENE_INDEX],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SceneRerender")}},
+                },
+                "responses": {
+                    "200": _json(_ref("RerenderEstimate"), "`dry_run`: the cost; nothing bought."),
+                    "202": _json(_ref("Job"), "Requeued to make the next version."),
+                    **_errors(400, 401, 404, 409, 410, 413, 422),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/poster": {
+            "get": {
+                "summary": "The finished video's poster (JPEG, the video's size)",
+                "parameters": [JOB_ID, VERSION],
+                "responses": {"200": JPEG, **_errors(401, 404, 410, 422)},
             }
         },
         "/v1/jobs/{job_id}/cancel": {
@@ -916,7 +1088,9 @@ WEBSOCKETS = {
     "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order "
     "(`/v1/schemas/events.json`); "
     "`?after=SEQ` resumes. Auth: `Authorization` header or `?token=`. Close codes: 1000 done, "
-    "4400 bad `after`, 4401 bad key, 4404 unknown job (or another tenant's), 4408 too slow.",
+    "4400 bad `after`, 4401 bad key, 4404 unknown job (or another tenant's), 4408 too slow. "
+    "`preview` events carry `data` (`#/components/schemas/PreviewEvent`): the storyboard "
+    "after the script, a thumbnail as each clip lands, the poster of the finished video.",
     "/v1/events": "Every event of the caller's tenant (dashboards), each with its "
     "`tenant_seq`; `?after=TSEQ` replays exactly what was missed. Auth as above. Beside "
     'job events it carries `{"type": "feed", "change": "refilled" | "ready" | "failed", '
@@ -938,6 +1112,7 @@ def document() -> dict[str, Any]:
     for field in ("run_at", "delay_s"):  # refused in a schedule: its jobs start at their ticks
         scheduled["properties"].pop(field)
     schemas |= {"ScheduleCreate": scheduled, **KEY_AND_SCHEDULE_SCHEMAS}
+    schemas["SceneRerender"] = SceneRerender.model_json_schema()
     error = _ref("Error")
     responses = {
         f"E{status}": {

@@ -86,6 +86,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(JobStatus)})", name="jobs_status_valid"),
         CheckConstraint("progress >= 0 AND progress <= 100", name="jobs_progress_range"),
+        CheckConstraint("version >= 1", name="jobs_version_positive"),
         Index("jobs_tenant_created", "tenant", text("created_at DESC"), text("id DESC")),
         Index(
             "jobs_tenant_idempotency",
@@ -158,6 +159,14 @@ class Job(Base):
     #: The W3C ``traceparent`` of the request that created the job (None: untraced): every
     #: attempt's spans join that trace (videoq.tracing).
     traceparent: Mapped[str | None] = mapped_column(String(100))
+    #: The video's version: 1, raised by each per-scene re-render (``POST
+    #: /v1/jobs/{id}/scenes/{index}/rerender``); every earlier version stays downloadable.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    #: What each re-render asked for, oldest first: ``version``, ``scene``, ``changed`` (the
+    #: fields), ``prompt`` / ``narration`` (the new text), ``requested_at``.
+    versions: Mapped[list[dict[str, Any]]] = mapped_column(
+        Json, default=list, server_default=text("'[]'::jsonb")
+    )
 
 
 class Tenant(Base):

@@ -23,11 +23,11 @@ import structlog
 from arq import Retry
 
 from videoq import eta, fair, lifecycle, tracing
-from videoq.artifacts import VIDEO
+from videoq.artifacts import video_name
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
 from videoq.ffmpeg import cpu_slots
-from videoq.pipeline import video_gen
+from videoq.pipeline import Rerender, video_gen
 from videoq.providers import Providers, ResumableVideoProvider, offline_providers
 from videoq.settings import Settings
 from videoq.store import DATABASE_ERRORS, Job
@@ -35,6 +35,7 @@ from videoq.store import jobs as job_rows
 from videoq.store.checkpoints import DbCheckpoints
 from videoq.store.grouped import AttemptOutcome
 from videoq.types import Brief, JobStatus, Result
+from videoq.versions import checkpoint_name
 from videoq.workers.budget import JobSpend
 from videoq.workers.progress import EventReporter
 from videoq.workers.state import RunningJob, WorkerState
@@ -135,6 +136,7 @@ async def _run(state: WorkerState, job: Job) -> asyncio.Future[None] | None:
         state.publish, state.books, state.worker_id, job, checkpoints,
         eta=partial(_eta, state, settings, job.id),
         on_stage_done=partial(_stage_done, state, settings),
+        public_url=settings.public_url,
     )  # fmt: skip
     fair.spent.set(reporter.spent)
     workdir = settings.scratch / str(job.id)
@@ -159,9 +161,11 @@ async def _run(state: WorkerState, job: Job) -> asyncio.Future[None] | None:
                     providers=_providers(state, settings),
                     artifacts=artifacts,
                     spend=JobSpend(state.sessions, job.id, job.tenant, settings),
+                    previews=reporter,
+                    rerender=Rerender.of(job.versions, job.version),
                 )
                 # The video is in the store before the job says it succeeded.
-                await artifacts.keep(result.video_path, VIDEO)
+                await artifacts.keep(result.video_path, video_name(job.version))
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
             state.running.pop(job.id, None)
@@ -174,7 +178,7 @@ async def _run(state: WorkerState, job: Job) -> asyncio.Future[None] | None:
         if running.stop_reason == "cancelled":
             # (Lease lost: the new owner may be writing in the same directory, and may use
             # the work still running; left be.)
-            state.wrap_up(_stop_paid_work(state, settings, checkpoints))
+            state.wrap_up(_stop_paid_work(state, settings, checkpoints, job.version))
             await _clear_scratch(workdir)
         log.info("job_stopped", reason=running.stop_reason)
         return None
@@ -187,7 +191,7 @@ async def _run(state: WorkerState, job: Job) -> asyncio.Future[None] | None:
         return None
     except Exception as exc:
         if not await _retry_or_fail(state, job, reporter, exc):
-            state.wrap_up(_stop_paid_work(state, settings, checkpoints))
+            state.wrap_up(_stop_paid_work(state, settings, checkpoints, job.version))
         return None
     reporter.progress = 100.0
     return state.wrap_up(_succeeded(state, reporter, job, result, workdir))
@@ -313,15 +317,16 @@ def _error(exc: Exception) -> dict[str, Any]:
 
 
 async def _stop_paid_work(
-    state: WorkerState, settings: Settings, checkpoints: DbCheckpoints
+    state: WorkerState, settings: Settings, checkpoints: DbCheckpoints, version: int
 ) -> None:
     """The job failed or was cancelled: stop the paid work still running for it (the other
-    scenes' predictions of a job whose one scene failed) at the provider, off the job's path."""
+    scenes' predictions of a job whose one scene failed; those of the ``version`` it makes)
+    at the provider, off the job's path."""
     video = _providers(state, settings).video
     if not isinstance(video, ResumableVideoProvider):
         return
     try:
-        notes = await checkpoints.notes(video_gen.STAGE)
+        notes = await checkpoints.notes(checkpoint_name(video_gen.STAGE, version))
     except DATABASE_ERRORS as exc:
         log.warning("paid_work_not_stopped", error=str(exc))
         return
