@@ -196,8 +196,9 @@ def api_failure(
         )
     if exc.status == 401:
         return Failure(
-            f"the API at {url} refused the key ({what}: {exc.message}); check VIDEOQ_API_KEY, "
-            "or make a key with `videoq keys create --tenant NAME`",
+            f"the API at {url} refused the key ({what}: {exc.message}); check VIDEOQ_API_KEY; "
+            "an admin makes keys with `videoq keys create --tenant NAME` (the first one with "
+            "--database)",
             USAGE,
         )
     if exc.status == 403:
