@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.conftest import LiveApi, auth, new_key
 from videoq.cli import main
 from videoq.settings import Settings
 
-OK, FAILED, USAGE = 0, 1, 2
+OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 MISSING = "00000000-0000-4000-8000-000000000000"
 
 
@@ -51,6 +52,12 @@ def _one_line(result: Any) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return str(lines[0])
+
+
+def _closed_database() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"postgresql://videoq@127.0.0.1:{sock.getsockname()[1]}/videoq"
 
 
 async def _status(live: LiveApi, key: str) -> int:
@@ -131,7 +138,7 @@ class Case:
     code: int
     says: tuple[str, ...]
     #: "admin" or "tenant": an API key of that scope; "database": --database, no API;
-    #: "nothing": neither an API key nor a database.
+    #: "nothing": neither an API key nor a database; "dead database": one on a closed port.
     via: str = "admin"
 
 
@@ -181,6 +188,13 @@ KEY_CASES = [
         USAGE,
         ("VIDEOQ_API_KEY", "VIDEOQ_DATABASE_URL", "first admin key"),
         via="nothing",
+    ),
+    Case(
+        "database unreachable",
+        ("keys", "create", "--tenant", "t"),
+        UNREACHABLE,
+        ("cannot use the database", "VIDEOQ_DATABASE_URL"),
+        via="dead database",
     ),
     Case(
         "--database without one",
@@ -237,6 +251,8 @@ async def test_each_refusal_is_one_line_with_its_exit_code(
         args = (*case.args, "--database")
     elif case.via == "nothing":
         env, args = _env(tmp_path), case.args
+    elif case.via == "dead database":
+        env, args = _env(tmp_path, VIDEOQ_DATABASE_URL=_closed_database()), case.args
     else:
         key = await new_key(sessions, admin=case.via == "admin")
         env, args = _api_env(live_api, tmp_path, key), case.args

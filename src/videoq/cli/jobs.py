@@ -71,7 +71,9 @@ def job_options(fn: Any) -> Any:
         click.option(
             "--priority", type=click.Choice(["high", "normal", "low"]), help="Default: normal."
         ),
-        click.option("--max-retries", "max_retries", type=int, help="Retries after the first."),
+        click.option(
+            "--max-retries", "max_retries", type=int, help="Retries after the first attempt."
+        ),
         click.option("--webhook-url", "webhook_url", help="Signed POST here when the job ends."),
         click.option(
             "--option",

@@ -86,10 +86,14 @@ def _in_database(settings: Settings, fn: Callable[[Any], Awaitable[Any]]) -> Any
         raise Failure(exc.message, JOB_FAILED) from None
     except store.DATABASE_ERRORS as exc:
         raise Failure(
-            f"cannot use the database: {type(exc).__name__}: {str(exc).splitlines()[0]}; check "
-            "VIDEOQ_DATABASE_URL, and run `videoq migrate`",
+            f"cannot use the database: {type(exc).__name__}: {_first_line(exc)}; check "
+            "VIDEOQ_DATABASE_URL (and that `videoq migrate` has run)",
             UNREACHABLE,
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0]
 
 
 def _from_row(row: Any) -> Any:
