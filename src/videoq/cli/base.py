@@ -179,8 +179,14 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def api_failure(exc: Any, url: str, flags: dict[str, str] | None = None) -> Failure:
-    """The one line and exit code of an :class:`videoq.client.ApiError`."""
+def api_failure(
+    exc: Any,
+    url: str,
+    flags: dict[str, str] | None = None,
+    lists: str = "`videoq jobs` lists your jobs",
+) -> Failure:
+    """The one line and exit code of an :class:`videoq.client.ApiError`; ``lists`` says, after
+    a 404, what lists what can be named."""
     what = f"{exc.status} {exc.code}"
     if exc.status == 503:
         return Failure(
@@ -190,8 +196,9 @@ def api_failure(exc: Any, url: str, flags: dict[str, str] | None = None) -> Fail
         )
     if exc.status == 401:
         return Failure(
-            f"the API at {url} refused the key ({what}: {exc.message}); check VIDEOQ_API_KEY, "
-            "or make a key with `videoq keys create --tenant NAME`",
+            f"the API at {url} refused the key ({what}: {exc.message}); check VIDEOQ_API_KEY; "
+            "an admin makes keys with `videoq keys create --tenant NAME` (the first one with "
+            "--database)",
             USAGE,
         )
     if exc.status == 403:
@@ -201,7 +208,7 @@ def api_failure(exc: Any, url: str, flags: dict[str, str] | None = None) -> Fail
             USAGE,
         )
     if exc.status == 404:
-        return Failure(f"{exc.message} ({what}); `videoq jobs` lists your jobs", USAGE)
+        return Failure(f"{exc.message} ({what}); {lists}", USAGE)
     if exc.status in (400, 413, 422):
         fields = field_message(exc.details, flags)
         return Failure(f"{fields or exc.message} ({what})", USAGE)
@@ -211,11 +218,12 @@ def api_failure(exc: Any, url: str, flags: dict[str, str] | None = None) -> Fail
 def call(
     ctx: click.Context, api_url: str | None, api_key: str | None,
     fn: Callable[[Any], Any], flags: dict[str, str] | None = None,
+    lists: str = "`videoq jobs` lists your jobs",
 ) -> Any:  # fmt: skip
     """Run ``fn(client)`` against the API; every failure becomes a :class:`Failure`: the
     API unreachable, or unavailable (503) for ``api_timeout_s`` while the client retries,
     exits 3; a refused key, an invalid field (named by its flag in ``flags``) or an unknown
-    id exits 2; any other refusal exits 1."""
+    id exits 2 (with ``lists``: what lists the ids); any other refusal exits 1."""
     import httpx
 
     from videoq.client import ApiError, Client
@@ -230,7 +238,7 @@ def call(
     try:
         return asyncio.run(go())
     except ApiError as exc:
-        raise api_failure(exc, url, flags) from None
+        raise api_failure(exc, url, flags, lists) from None
     except httpx.UnsupportedProtocol:
         raise Failure(
             f"{url!r} is not an http:// or https:// URL; check VIDEOQ_API_URL or --api-url", USAGE

@@ -33,7 +33,7 @@ from videoq.types import STAGES, JobStatus
 STATUSES = [str(status) for status in JobStatus]
 
 
-def _brief_options(fn: Any) -> Any:
+def brief_options(fn: Any) -> Any:
     """The brief: what ``submit`` and ``render`` both take."""
     options = [
         click.argument("product_name"),
@@ -51,7 +51,7 @@ def _brief_options(fn: Any) -> Any:
     return fn
 
 
-def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
+def option_values(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``--option KEY=VALUE`` pairs; a VALUE that reads as JSON (a number, true) is that."""
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -65,21 +65,36 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
+def job_options(fn: Any) -> Any:
+    """How a job runs, beside its brief: what ``submit`` and ``schedules create`` both take."""
+    options = [
+        click.option(
+            "--priority", type=click.Choice(["high", "normal", "low"]), help="Default: normal."
+        ),
+        click.option(
+            "--max-retries", "max_retries", type=int, help="Retries after the first attempt."
+        ),
+        click.option("--webhook-url", "webhook_url", help="Signed POST here when the job ends."),
+        click.option(
+            "--option",
+            "option_pairs",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="A per-job setting (options in POST /v1/jobs), e.g. providers=offline; "
+            "repeatable.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
-@_brief_options
-@click.option("--priority", type=click.Choice(["high", "normal", "low"]), help="Default: normal.")
+@brief_options
+@job_options
 @click.option("--delay", "delay_s", type=float, help="Start no sooner than this many seconds.")
 @click.option(
     "--run-at", "run_at", help="Start at this ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ), within 30 days."
-)
-@click.option("--max-retries", "max_retries", type=int, help="Retries after the first attempt.")
-@click.option("--webhook-url", "webhook_url", help="Signed POST here when the job ends.")
-@click.option(
-    "--option",
-    "option_pairs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A per-job setting (options in POST /v1/jobs), e.g. providers=offline; repeatable.",
 )
 @click.option("--idempotency-key", help="A retry with the same key returns the same job.")
 @click.option("--watch", is_flag=True, help="Show live progress until the job ends.")
@@ -93,7 +108,7 @@ def submit(
     watching, not the job."""
     fields = {k: v for k, v in brief.items() if v is not None}
     if option_pairs:
-        fields["options"] = _options(option_pairs)
+        fields["options"] = option_values(option_pairs)
     created: list[str] = []
 
     async def go(client: Any) -> Any:
@@ -141,7 +156,7 @@ async def watch_progress(client: Any, job_id: str) -> None:
 
 
 @main.command()
-@_brief_options
+@brief_options
 @click.option("--offline", is_flag=True, hidden=True, help="Accepted; always so.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("video.mp4"))
 @click.pass_context

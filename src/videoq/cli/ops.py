@@ -1,5 +1,5 @@
 """Commands that run or operate the service: ``dev``, ``api``, ``worker``, ``process-pending``,
-``migrate``, ``keys``, ``info``."""
+``migrate``, ``info``."""
 
 from __future__ import annotations
 
@@ -210,85 +210,6 @@ def migrate(ctx: click.Context) -> None:
     except RuntimeError as exc:  # a migration's refusal, e.g. a server without pgvector
         raise Failure(str(exc), JOB_FAILED) from None
     err.print("database migrated to", store.head_revision())
-
-
-@main.group()
-def keys() -> None:
-    """Manage API keys."""
-
-
-@keys.command("create")
-@click.option("--tenant", required=True, help="Tenant the key belongs to.")
-@click.option("--admin", is_flag=True, help="May also operate workers and queues.")
-@click.pass_context
-def keys_create(ctx: click.Context, tenant: str, admin: bool) -> None:
-    """Create an API key and print it (shown once; only its hash is stored)."""
-    from videoq.dev import _create_key
-
-    click.echo(asyncio.run(_create_key(need_urls(settings_of(ctx)), tenant, admin)))
-
-
-async def _with_session(settings: Settings, fn: Any) -> Any:
-    from videoq import store
-
-    assert settings.database_url
-    engine = store.create_engine(settings.database_url)
-    try:
-        async with store.sessionmaker(engine)() as session:
-            return await fn(session)
-    finally:
-        await engine.dispose()
-
-
-def _key_view(row: Any) -> dict[str, Any]:
-    def ts(value: Any) -> str | None:
-        return value.isoformat() if value else None
-
-    return {
-        "id": str(row.id), "prefix": row.prefix, "tenant": row.tenant,
-        "scopes": ["tenant", "admin"] if row.is_admin else ["tenant"],
-        "created_at": ts(row.created_at), "last_used_at": ts(row.last_used_at),
-        "revoked_at": ts(row.revoked_at),
-    }  # fmt: skip
-
-
-@keys.command("list")
-@click.option("--tenant", default=None, help="Only this tenant's keys.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def keys_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
-    """List API keys: id, prefix, tenant, scopes, created, last used, revoked (never the key)."""
-    from videoq.store.apikeys import list_keys
-
-    settings = need_urls(settings_of(ctx))
-    rows = asyncio.run(_with_session(settings, lambda s: list_keys(s, tenant)))
-    views = [_key_view(r) for r in rows]
-    if as_json:
-        click.echo(json.dumps(views, indent=2))
-        return
-    table = Table("id", "prefix", "tenant", "scopes", "created", "last used", "revoked")
-    for v in views:
-        table.add_row(
-            v["id"], v["prefix"], v["tenant"], ",".join(v["scopes"]), v["created_at"] or "",
-            v["last_used_at"] or "never", v["revoked_at"] or "",
-        )  # fmt: skip
-    out.print(table)
-
-
-@keys.command("revoke")
-@click.argument("prefix_or_id")
-@click.pass_context
-def keys_revoke(ctx: click.Context, prefix_or_id: str) -> None:
-    """Revoke a key by its id or 10-character prefix (`vq_…`); it stops working at once."""
-    from videoq.errors import Conflict, NotFound
-    from videoq.store.apikeys import revoke_key
-
-    settings = need_urls(settings_of(ctx))
-    try:
-        row = asyncio.run(_with_session(settings, lambda s: revoke_key(s, prefix_or_id)))
-    except (NotFound, Conflict) as exc:
-        raise Failure(exc.message, JOB_FAILED) from None
-    err.print(f"revoked key {row.prefix}… ({row.id}) of tenant {row.tenant}")
 
 
 @main.command()
