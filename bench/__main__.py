@@ -24,6 +24,7 @@ SUITES = (
     "fairness",
     "feed",
     "tracing",
+    "previews",
 )
 
 
