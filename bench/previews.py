@@ -8,6 +8,11 @@ job's start: the storyboard (after the script), the first scene's thumbnail (as 
 lands), the poster (after compositing), beside the job's total. The baseline is the job's
 total: without previews, that is the first thing anyone sees.
 
+A second run times voice and video at once: the mocks answer the script in ``--latency``, the
+voice in 1 s and each clip in 3 s (the issue's figures), and a job's provider time (its start
+to compositing's) is set beside its own stages one after another (script + voice + video,
+measured in the same job): the ideal is script + max(voice, video).
+
     python -m bench.previews [--jobs 5]   # writes docs/benchmarks.md
     python -m bench.previews --quick      # one job, prints only
 """
@@ -38,6 +43,9 @@ from videoq.settings import Settings
 from videoq.types import Brief
 
 SECTION = "Previews"
+PAID = ("script_gen", "voice_gen", "video_gen")
+#: The issue's latencies for voice and video at once: the voice 1 s, each clip 3 s.
+TOGETHER = {"elevenlabs": 1.0, "replicate": 3.0}
 
 
 class _Clock:
@@ -51,8 +59,19 @@ class _Clock:
         self.first.setdefault(kind, time.monotonic() - self.started)
 
 
-async def _nothing(stage: str, progress: float, message: str | None = None) -> None:
-    return None
+class _Stages:
+    """A run's reporter: when each stage started and ended, from the job's start."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.at: dict[tuple[str, str], float] = {}
+
+    async def __call__(self, stage: str, progress: float, message: str | None = None) -> None:
+        if message in ("started", "completed"):
+            self.at.setdefault((stage, message), time.monotonic() - self.started)
+
+    def took(self, stage: str) -> float:
+        return self.at[(stage, "completed")] - self.at[(stage, "started")]
 
 
 async def _jobs(
@@ -71,21 +90,31 @@ async def _jobs(
     async with ProviderPool(settings, limiters=limits.shared(settings, redis)) as pool:
         for number in range(-1, count):  # the first, -1, warms the mocks and clients up
             brief = Brief(product_name=f"Preview {number}", duration_s=15)
-            clock = _Clock()
+            clock, stages = _Clock(), _Stages()
             await run_pipeline(
                 brief, settings=settings, workdir=work / f"job-{number}",
-                checkpoints=MemoryCheckpoints(), report=_nothing,
+                checkpoints=MemoryCheckpoints(), report=stages,
                 providers=pool.for_settings(settings), previews=clock,
             )  # fmt: skip
             total = time.monotonic() - clock.started
             if number >= 0:
-                runs.append({**clock.first, "total": total})
+                runs.append(
+                    {
+                        **clock.first, "total": total,
+                        "providers": stages.at[("compositing", "started")],
+                        **{stage: stages.took(stage) for stage in PAID},
+                    }
+                )  # fmt: skip
     return runs
 
 
-async def run(count: int, latency: float) -> list[dict[str, float]]:
+async def run(
+    count: int, latency: float, each: dict[str, float] | None = None
+) -> list[dict[str, float]]:
+    own = ",".join(f"{name}={seconds}" for name, seconds in (each or {}).items())
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.providers", "--serve-mocks", "--latency", str(latency),
+        "--mock-latencies", own,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
         preexec_fn=preexec(),
     )  # fmt: skip
@@ -108,10 +137,20 @@ async def run(count: int, latency: float) -> list[dict[str, float]]:
         await child.wait()
 
 
-def describe(runs: list[dict[str, float]], latency: float) -> str:
+def _cell(runs: list[dict[str, float]], kind: str) -> str:
+    values = [r[kind] for r in runs]
+    return f"{statistics.median(values):.2f} s ({min(values):.2f}–{max(values):.2f})"
+
+
+def describe(runs: list[dict[str, float]], latency: float, together: list[dict[str, float]]) -> str:
     def cell(kind: str) -> str:
-        values = [r[kind] for r in runs]
-        return f"{statistics.median(values):.2f} s ({min(values):.2f}–{max(values):.2f})"
+        return _cell(runs, kind)
+
+    for r in together:
+        r["one_after_another"] = sum(r[stage] for stage in PAID)
+        r["ideal"] = r["script_gen"] + max(r["voice_gen"], r["video_gen"])
+    measured = statistics.median(r["providers"] for r in together)
+    sequential = statistics.median(r["one_after_another"] for r in together)
 
     total = statistics.median(r["total"] for r in runs)
     rows = "\n".join(
@@ -136,6 +175,19 @@ Times from the job's start, median (min–max) over {len(runs)} jobs.
 The storyboard comes with the script's checkpoint; the first thumbnail when the first clip has
 landed (voice and clips are bought at once, so after script + one prediction); the poster is a
 frame of the finished video, taken after compositing, so it comes with the video.
+
+Voice and video at once (`--latency {latency:g}` for the script, 1 s for the voice, 3 s for
+each clip; {len(together)} jobs, median (min–max)):
+
+| | seconds |
+|---|---|
+| script_gen | {_cell(together, "script_gen")} |
+| voice_gen | {_cell(together, "voice_gen")} |
+| video_gen | {_cell(together, "video_gen")} |
+| **a job's provider time** (its start to compositing's) | **{_cell(together, "providers")}** |
+| ideal: script + max(voice, video) | {_cell(together, "ideal")} |
+| baseline: the same stages one after another (script + voice + video) | {_cell(together, "one_after_another")} |
+| provider time ÷ one after another | {measured / sequential:.2f} |
 """
 
 
@@ -147,7 +199,8 @@ def main() -> None:
     args = parser.parse_args()
     count = 1 if args.quick else args.jobs
     runs = asyncio.run(run(count, args.latency))
-    text = describe(runs, args.latency)
+    together = asyncio.run(run(count, args.latency, TOGETHER))
+    text = describe(runs, args.latency, together)
     print(text)
     if not args.quick:
         write_section(SECTION, text)

@@ -83,13 +83,16 @@ def _stats_route(name: str, mock: MockProvider) -> Route:
     return Route("/_stats", stats, methods=["GET", "DELETE"])
 
 
-async def serve_mocks(latency: float) -> None:
+async def serve_mocks(latency: float, each: dict[str, float] | None = None) -> None:
     """The child process: the three mocks on three local ports (printed as one JSON line),
-    until stdin closes."""
+    until stdin closes; each answers after ``latency``, or its own in ``each``."""
+    own = {
+        name: (each or {}).get(name, latency) for name in ("anthropic", "elevenlabs", "replicate")
+    }
     mocks = {
-        "anthropic": AnthropicMock(latency=latency),
-        "elevenlabs": ElevenLabsMock(latency=latency),
-        "replicate": ReplicateMock(latency=latency, polls=0),
+        "anthropic": AnthropicMock(latency=own["anthropic"]),
+        "elevenlabs": ElevenLabsMock(latency=own["elevenlabs"]),
+        "replicate": ReplicateMock(latency=own["replicate"], polls=0),
     }
     servers, ports = [], {}
     for name, mock in mocks.items():
@@ -354,6 +357,8 @@ def main(argv: list[str] | None = None) -> Runs:
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run, once")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (--quick: 1)")
     parser.add_argument("--serve-mocks", action="store_true", help=argparse.SUPPRESS)
+    # With --serve-mocks: NAME=SECONDS,… latencies of their own (bench.previews).
+    parser.add_argument("--mock-latencies", default="", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--latency", type=float, default=None, help="seconds per mock call")
@@ -365,7 +370,8 @@ def main(argv: list[str] | None = None) -> Runs:
     jobs = args.jobs or (8 if args.quick else 200)
     latency = args.latency if args.latency is not None else (0.05 if args.quick else 0.2)
     if args.serve_mocks:
-        asyncio.run(serve_mocks(latency))
+        pairs = (item.split("=") for item in args.mock_latencies.split(",") if item)
+        asyncio.run(serve_mocks(latency, {name: float(value) for name, value in pairs}))
         raise SystemExit(0)
     reps = 1 if args.quick else args.reps
     runs = asyncio.run(run(jobs, args.scenes, latency, args.max_jobs, reps))
