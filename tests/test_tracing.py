@@ -25,6 +25,7 @@ from tests.mocks.anthropic import overloaded
 from tests.mocks.live import live_mocks
 from videoq import store, tracing
 from videoq.broker import keys, queue
+from videoq.children import preexec
 from videoq.client import Client
 from videoq.settings import Settings
 from videoq.types import STAGES, scene_count
@@ -232,8 +233,9 @@ async def test_tracing_off_records_nothing_and_stores_no_context(
 
 def run_python(code: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=preexec(),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
