@@ -35,10 +35,14 @@ from obstore.store import GCSStore, LocalStore, ObjectStore, S3Store
 from videoq.errors import RetryableError, StorageMisconfigured
 from videoq.settings import Settings
 
-__all__ = ["VIDEO", "ArtifactStore", "JobArtifacts", "open_store", "video_key"]
+__all__ = [
+    "CAPTIONS", "VIDEO", "ArtifactStore", "JobArtifacts", "captions_key", "open_store", "video_key",
+]  # fmt: skip
 
 #: The finished video's name in a job's part of the store (the API serves it from there).
 VIDEO = "video.mp4"
+#: The finished video's captions (WebVTT), beside it.
+CAPTIONS = "captions.vtt"
 #: Parts of a multipart upload; files larger than one part are uploaded in parts, concurrently.
 PART_BYTES = 8 * 1024 * 1024
 UPLOAD_CONCURRENCY = 8
@@ -207,6 +211,11 @@ class JobArtifacts:
 def video_key(job_id: uuid.UUID | str) -> str:
     """The key of a job's finished video: from its id only, never from what a caller sent."""
     return f"{uuid.UUID(str(job_id))}/{VIDEO}"
+
+
+def captions_key(job_id: uuid.UUID | str) -> str:
+    """The key of a job's captions file: from its id only, never from what a caller sent."""
+    return f"{uuid.UUID(str(job_id))}/{CAPTIONS}"
 
 
 def open_store(settings: Settings) -> ArtifactStore:

@@ -134,6 +134,11 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["object", "null"],
                 "properties": {
                     "video_url": {"type": "string"},
+                    "captions_url": {
+                        "type": ["string", "null"],
+                        "description": "The WebVTT file of the burned-in captions (null when "
+                        "the brief said `captions: false` or the voice gave no word timings).",
+                    },
                     "duration_s": {"type": ["number", "null"]},
                     "size_bytes": {"type": ["integer", "null"]},
                 },
@@ -417,6 +422,19 @@ def _operations() -> dict[str, Any]:
                         "content": {"video/mp4": {"schema": {"type": "string"}}},
                     },
                     "416": {"description": "The requested range is outside the video."},
+                    **_errors(401, 404, 409),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/captions": {
+            "get": {
+                "summary": "The finished video's captions, as WebVTT",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": {
+                        "description": "The captions: one cue per short line of the speech.",
+                        "content": {"text/vtt": {"schema": {"type": "string"}}},
+                    },
                     **_errors(401, 404, 409),
                 },
             }

@@ -1,7 +1,8 @@
 """``GET /v1/jobs/{id}/video``, from any API process: a file store's file as it is, a ranged
 request or an object store's object streamed (``Range`` honoured, one range per request; a
 refusal in the shared error shape) or, with ``VIDEOQ_VIDEO_REDIRECT``, a ``307`` to a
-short-lived signed URL.
+short-lived signed URL. ``GET /v1/jobs/{id}/captions``: the video's WebVTT captions, read from
+the store likewise.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 
 from videoq.api.deps import State
 from videoq.api.errors import error_response
-from videoq.artifacts import video_key
+from videoq.artifacts import captions_key, video_key
 from videoq.errors import Conflict, Gone, NotFound
 from videoq.store import Job
 from videoq.types import JobStatus
@@ -24,13 +25,7 @@ _UNSATISFIABLE = (-1, -1)
 
 
 async def video_response(request: Request, st: State, job: Job) -> Response:
-    if job.status != JobStatus.SUCCEEDED:
-        raise Conflict(f"job {job.id} is {job.status}; the video exists once it has succeeded")
-    if job.artifacts_expired_at is not None:
-        raise Gone(
-            f"the video of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
-            f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
-        )
+    _check_ready(st, job)
     key = video_key(job.id)
     name = f"{job.id}.mp4"
     store = st.artifacts
@@ -68,6 +63,29 @@ async def video_response(request: Request, st: State, job: Job) -> Response:
     return StreamingResponse(
         store.read(key, start, end), status_code=206, media_type="video/mp4", headers=headers
     )
+
+
+async def captions_response(st: State, job: Job) -> Response:
+    """The job's captions file (small: read whole, then sent)."""
+    _check_ready(st, job)
+    if not (job.result or {}).get("captions"):
+        raise NotFound(f"job {job.id} has no captions (its brief turned them off)")
+    store = st.artifacts
+    key = captions_key(job.id)
+    if await store.stat(key) is None:
+        raise NotFound(f"the captions of job {job.id} are no longer stored")
+    body = b"".join([chunk async for chunk in store.read(key)])
+    return Response(body, media_type="text/vtt; charset=utf-8")
+
+
+def _check_ready(st: State, job: Job) -> None:
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(f"job {job.id} is {job.status}; its files exist once it has succeeded")
+    if job.artifacts_expired_at is not None:
+        raise Gone(
+            f"the files of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
+            f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
+        )
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None:

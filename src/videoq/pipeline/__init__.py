@@ -302,7 +302,10 @@ async def run_pipeline(
     cost = {
         stage: out["cost"] for stage, out in outputs.items() if isinstance(out.get("cost"), dict)
     }
-    return Result(final.video_path, final.duration_s, final.size_bytes, cost=cost)
+    return Result(
+        final.video_path, final.duration_s, final.size_bytes, cost=cost,
+        captions_path=final.captions_path,
+    )  # fmt: skip
 
 
 async def _together(
@@ -397,7 +400,7 @@ async def _run_stage(
         video_gen.from_output(outputs["video_gen"]),
         settings=settings,
         workdir=workdir,
-        font=await find_font(settings) if brief.cta_text else None,
+        font=await find_font(settings) if brief.cta_text or brief.captions else None,
         on_progress=on_progress,
     )
     return compositing.to_output(result)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from videoq.captions import spread_words
 from videoq.ffmpeg import (
     FONT_CANDIDATES,
     Font,
@@ -21,7 +22,7 @@ from videoq.ffmpeg import (
     run_ffmpeg,
     wrap_text,
 )
-from videoq.types import Scene, Script, VoiceTrack, scene_count, scene_durations
+from videoq.types import Scene, Script, VoiceTrack, Word, scene_count, scene_durations
 
 if TYPE_CHECKING:
     from videoq.settings import Settings
@@ -82,32 +83,57 @@ class OfflineScriptProvider:
 
 
 class OfflineVoiceProvider:
-    """A beeping sine tone as long as the script, encoded as AAC: a stand-in for speech."""
+    """Speech-like audio as long as the script, encoded as AAC: a voiced buzz with a gliding
+    pitch, pulsed at a syllable rate and sounding only while a word is said. Each scene's
+    words are spread over its time (:func:`videoq.captions.spread_words`), and those are the
+    timings the track reports, so the captions follow it as they follow a real voice."""
+
+    #: Silence before each scene's first word, and after its last.
+    LEAD_IN_S = 0.15
+    TAIL_S = 0.35
+    #: A brisk voice-over's pace; narration too long for its scene is said faster.
+    CHARS_PER_S = 15.0
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
+    def words(self, script: Script) -> list[Word]:
+        """When each word of the narration is said: each scene's words within its time, at
+        :data:`CHARS_PER_S` when they fit."""
+        words: list[Word] = []
+        at = 0.0
+        for scene in script.scenes:
+            start = at + min(self.LEAD_IN_S, scene.duration_s / 4)
+            latest = at + scene.duration_s - min(self.TAIL_S, scene.duration_s / 4)
+            natural = len(" ".join(scene.narration.split())) / self.CHARS_PER_S
+            words += spread_words(scene.narration, start, min(latest, start + natural))
+            at += scene.duration_s
+        return words
+
     async def speak(self, script: Script, brief: Brief, out_dir: Path) -> VoiceTrack:
         """``out_dir/voice.m4a``, its pitch chosen by the brief's voice."""
         duration = script.duration_s
-        frequency = 180 + 40 * (zlib.crc32((brief.voice or "default").encode()) % 5)
+        pitch = 120 + 25 * (zlib.crc32((brief.voice or "default").encode()) % 5)
+        words = self.words(script)
+        # Harmonics of a pitch that glides (phase-modulated), like a voice's intonation.
+        buzz = "+".join(
+            f"{amp}*sin({k}*2*PI*{pitch}*t+{k * 3}*sin(2*PI*0.6*t))"
+            for k, amp in ((1, 0.5), (2, 0.28), (3, 0.14), (4, 0.07))
+        )
+        # Gated per audio frame (not per sample) to the words: cheap even for a long script.
+        spoken = "+".join(f"between(t,{w.start_s:.3f},{w.end_s:.3f})" for w in words) or "0"
         path = out_dir / "voice.m4a"
         with atomic_output(path) as tmp:
             await run_ffmpeg(
                 [
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    f"sine=f={frequency}:b=4:r=48000:d={duration:.3f}",
-                    "-c:a",
-                    "aac",
-                    "-b:a",
-                    "96k",
-                    str(tmp),
+                    *("-f", "lavfi", "-i", f"aevalsrc=exprs='{buzz}':s=24000:d={duration:.3f}"),
+                    "-af",
+                    f"tremolo=f=4.5:d=0.8,volume=0:enable='not({spoken})',lowpass=f=2800",
+                    *("-c:a", "aac", "-b:a", "96k", str(tmp)),
                 ],
                 settings=self._settings,
             )
-        return VoiceTrack(path=path, duration_s=duration)
+        return VoiceTrack(path=path, duration_s=duration, words=tuple(words))
 
 
 class OfflineVideoProvider:

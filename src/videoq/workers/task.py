@@ -22,7 +22,7 @@ import structlog
 from arq import Retry
 
 from videoq import eta, fair, lifecycle
-from videoq.artifacts import VIDEO
+from videoq.artifacts import CAPTIONS, VIDEO
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
 from videoq.pipeline import video_gen
@@ -151,6 +151,8 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
                 )
                 # The video is in the store before the job says it succeeded.
                 await artifacts.keep(result.video_path, VIDEO)
+                if result.captions_path is not None:
+                    await artifacts.keep(result.captions_path, CAPTIONS)
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
             state.running.pop(job.id, None)
@@ -210,7 +212,7 @@ async def _succeeded(
             state, reporter, job, JobStatus.SUCCEEDED, "video ready",
             progress=100.0,
             result={"duration_s": result.duration_s, "size_bytes": result.size_bytes,
-                    **result.cost},
+                    **result.cost, **({"captions": True} if result.captions_path else {})},
         )  # fmt: skip
     except DATABASE_ERRORS as exc:
         raise _deferred(state, exc) from exc
