@@ -6,7 +6,8 @@ WebVTT and laid out (lines, size, colours, position) for burning in.
   :func:`spread_words`: a text spoken evenly over a span (the offline voice's timings).
 - :func:`make_cues`: words → cues of at most :data:`MAX_CHARS` characters and
   :data:`MAX_WORDS` words, cut after a sentence, at a pause, and always at a scene boundary
-  (a cue never shows words of two scenes); a lone last word joins the cue before when it fits.
+  (a cue never shows words of two scenes), after a clause of two words or more; a lone last
+  word joins the cue before when it fits.
 - :func:`to_vtt`: cues → a WebVTT file; :func:`layout`: how a brief's style draws them, inside
   the safe area of its aspect ratio.
 """
@@ -28,6 +29,8 @@ MAX_WORDS = 5
 #: A silence at least this long between two words ends the cue.
 PAUSE_S = 0.45
 _SENTENCE_END = (".", "!", "?", "…", ":", ";")
+#: A clause's end ends a cue of two words or more.
+_CLAUSE_END = (",", "—", "–")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def make_cues(words: Sequence[Word], scene_bounds: Sequence[float] = ()) -> list
             if (
                 scene_of[i] != scene_of[i - 1]
                 or current[-1].text.endswith(_SENTENCE_END)
+                or (len(current) >= 2 and current[-1].text.endswith(_CLAUSE_END))
                 or word.start_s - current[-1].end_s >= PAUSE_S
                 or joined > MAX_CHARS
                 or len(current) >= MAX_WORDS
@@ -200,7 +204,7 @@ STYLES: dict[str, dict[str, Any]] = {
 #: Where the bottom of the captions sits, as a fraction of the height: above the app's own
 #: controls and description on 9:16 (the bottom ~25 % of a Reels/TikTok/Shorts frame), in
 #: the lower third on 16:9 and 1:1, clear of the player's bar.
-SAFE_BOTTOM: dict[str, float] = {"9:16": 0.70, "16:9": 0.86, "1:1": 0.80}
+SAFE_BOTTOM: dict[str, float] = {"9:16": 0.70, "16:9": 0.85, "1:1": 0.80}
 #: The width captions may use: 9:16 leaves the right-hand buttons clear.
 SAFE_WIDTH: dict[str, float] = {"9:16": 0.78, "16:9": 0.70, "1:1": 0.80}
 

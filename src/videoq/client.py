@@ -121,6 +121,8 @@ class JobError(BaseModel):
 
 class JobResult(BaseModel):
     video_url: str
+    #: The WebVTT captions (None when the brief turned them off).
+    captions_url: str | None = None
     duration_s: float | None = None
     size_bytes: int | None = None
 
@@ -450,6 +452,11 @@ class Client:
             await response.aclose()
         tmp.replace(target)
         return target
+
+    async def captions(self, job_id: str) -> str:
+        """The finished video's captions, as WebVTT text."""
+        response = await self._send("GET", f"/v1/jobs/{job_id}/captions")
+        return response.text
 
 
 def _retry_after(response: httpx.Response) -> float | None:

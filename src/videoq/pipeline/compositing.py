@@ -97,7 +97,8 @@ def caption_lines(
     fontsize = cta_fontsize(brief)
     cta_top = height - height // 8 - round(cta_lines * fontsize * 1.25) - fontsize // 3
     folder = workdir / "captions"
-    folder.mkdir(exist_ok=True)
+    if cues:
+        folder.mkdir(exist_ok=True)
     drawn = []
     for i, cue in enumerate(cues):
         lines = captions.split_lines(cue.text, look.columns)
