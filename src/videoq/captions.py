@@ -177,7 +177,8 @@ def to_vtt(cues: Sequence[Cue]) -> str:
 @dataclass(frozen=True)
 class Layout:
     """How captions are drawn: sizes in pixels, colours as FFmpeg writes them, and where the
-    bottom of the caption block sits (``bottom_px`` from the top)."""
+    bottom of the caption block (descenders and box included) sits: ``bottom_px`` from the
+    top."""
 
     fontsize: int
     fontcolor: str
@@ -196,7 +197,7 @@ class Layout:
 STYLES: dict[str, dict[str, Any]] = {
     "minimal": {"size": 1 / 17, "color": "white", "border": 0.05, "box": None, "fade": 0.0},
     "bold": {"size": 1 / 13, "color": "0xffd60a", "border": 0.09, "box": None, "fade": 0.0},
-    "cinematic": {"size": 1 / 20, "color": "0xf5f0e6", "border": 0.0, "box": "black@0.45",
+    "cinematic": {"size": 1 / 16, "color": "0xf5f0e6", "border": 0.0, "box": "black@0.45",
                   "fade": 0.15},
     "playful": {"size": 1 / 14, "color": "0x1d1d1d", "border": 0.0, "box": "white@0.92",
                 "fade": 0.08},

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 
 #: The call to action is shown for the last this many seconds.
 CTA_SECONDS = 3.0
+#: The call to action's text and button colours, per style.
+CTA_LOOK: dict[str, tuple[str, str]] = {
+    "minimal": ("white", "0xef233c@0.95"),
+    "bold": ("0xffd60a", "black@0.85"),
+    "cinematic": ("0x111111", "0xf4a261@0.95"),
+    "playful": ("0x1d1d1d", "0xffbe0b@0.95"),
+}
 #: Shortest scene when cuts follow the narration; shorter ones keep the script's timing.
 MIN_SCENE_S = 0.5
 OUTPUT_NAME = "video.mp4"
@@ -108,7 +115,9 @@ def caption_lines(
         for j, line in enumerate(lines):
             textfile = folder / f"cue_{i:03d}_{j}.txt"
             textfile.write_text(line, encoding="utf-8")
-            baseline = bottom - (len(lines) - 1 - j) * look.line_px - look.box_px
+            # DejaVu's descent is ~0.24 em: the lowest line's descenders and box end at bottom.
+            descent = round(look.fontsize * 0.24) + look.box_px
+            baseline = bottom - (len(lines) - 1 - j) * look.line_px - descent
             drawn.append(Caption(textfile, cue.start_s, cue.end_s, baseline))
     return drawn
 
@@ -172,9 +181,9 @@ def build_filtergraph(
             textfile,
             font,
             fontsize=fontsize,
-            fontcolor="white",
+            fontcolor=CTA_LOOK.get(brief.style, CTA_LOOK["minimal"])[0],
             box=1,
-            boxcolor="black@0.6",
+            boxcolor=CTA_LOOK.get(brief.style, CTA_LOOK["minimal"])[1],
             boxborderw=fontsize // 3,
             x="(w-text_w)/2",
             y=f"h-text_h-{height // 8}",

@@ -1,7 +1,9 @@
 """Offline providers: deterministic and network-free, built on FFmpeg's lavfi sources.
 
 They make ``videoq render --offline``, the demo and the tests work with no API keys: a template
-script, a tone for the voice, and one coloured clip per scene with its narration drawn on it.
+script, speech-like audio with word timings for the voice (the captions follow them), and per
+scene a clip in the style's colours: a slowly panning gradient, the product's name, and an
+accent wipe across each cut.
 """
 
 from __future__ import annotations
@@ -28,30 +30,46 @@ if TYPE_CHECKING:
     from videoq.settings import Settings
     from videoq.types import Brief
 
-#: Background colour per style; unknown styles get a colour derived from their name.
-STYLE_COLOURS: dict[str, str] = {
-    "minimal": "0x2b2d42",
-    "bold": "0xd62828",
-    "playful": "0xf77f00",
-    "luxury": "0x1b1b3a",
-    "tech": "0x005f73",
-    "warm": "0x9c6644",
+#: Per style: the gradient's two colours and the accent (bars, wipes); unknown styles get
+#: a palette derived from their name.
+STYLE_PALETTES: dict[str, tuple[str, str, str]] = {
+    "minimal": ("0x2b2d42", "0x8d99ae", "0xef233c"),
+    "bold": ("0xd62828", "0xf77f00", "0x111111"),
+    "cinematic": ("0x0b132b", "0x3a506b", "0xf4a261"),
+    "playful": ("0x8338ec", "0xff006e", "0xffbe0b"),
+    "luxury": ("0x1b1b3a", "0x693668", "0xd4af37"),
+    "tech": ("0x005f73", "0x0a9396", "0x94d2bd"),
+    "warm": ("0x9c6644", "0xddb892", "0x7f5539"),
 }
-_PALETTE = ("0x3a86ff", "0x8338ec", "0xff006e", "0xfb5607", "0x2a9d8f", "0x264653")
+_DERIVED = (
+    ("0x3a86ff", "0x8338ec", "0xffbe0b"),
+    ("0xff006e", "0xfb5607", "0x1d1d1d"),
+    ("0x2a9d8f", "0x264653", "0xe9c46a"),
+)
+#: The accent's wipe across each cut: it slides in over the end of a scene and out over the
+#: start of the next, so each clip holds its half of the transition.
+WIPE_S = 0.35
+#: The background is this much larger than the frame, and pans across the difference.
+PAN = 1.06
 
 _MIDDLE_LINES = (
-    "{name} makes every day a little easier.",
-    "Designed with a {style} touch.",
-    "Made for people who expect more.",
-    "Quality you can see and feel.",
+    "{name} makes every day a little easier, from the very first minute.",
+    "Designed with a {style} touch, down to the smallest detail.",
+    "Made for people who expect more, and get it every single time.",
+    "Quality you can see and feel, built to last for years.",
 )
 _SHOTS = ("hero product shot", "close-up detail", "lifestyle scene", "in use", "end card")
 
 
+def style_palette(style: str) -> tuple[str, str, str]:
+    """The gradient's colours and the accent for a style, stable across runs and machines."""
+    known = STYLE_PALETTES.get(style.lower())
+    return known or _DERIVED[zlib.crc32(style.encode()) % len(_DERIVED)]
+
+
 def style_colour(style: str) -> str:
-    """The background colour for a style, stable across runs and machines."""
-    known = STYLE_COLOURS.get(style.lower())
-    return known or _PALETTE[zlib.crc32(style.encode()) % len(_PALETTE)]
+    """The main background colour for a style."""
+    return style_palette(style)[0]
 
 
 class OfflineScriptProvider:
@@ -61,7 +79,7 @@ class OfflineScriptProvider:
         """A script with one scene per ~5 s (at least 2) summing to ``brief.duration_s``."""
         count = scene_count(brief.duration_s)
         name, style = brief.product_name, brief.style
-        narrations = [f"Meet {name}."]
+        narrations = [f"Meet {name}. The {style} upgrade you have been waiting for."]
         for i in range(count - 2):
             if i == 0 and brief.prompt:
                 narrations.append(brief.prompt)
@@ -92,7 +110,7 @@ class OfflineVoiceProvider:
     LEAD_IN_S = 0.15
     TAIL_S = 0.35
     #: A brisk voice-over's pace; narration too long for its scene is said faster.
-    CHARS_PER_S = 15.0
+    CHARS_PER_S = 14.0
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -157,43 +175,98 @@ class OfflineVideoProvider:
         return self._font
 
     async def render_scene(self, scene: Scene, index: int, brief: Brief, out_dir: Path) -> Path:
-        """``out_dir/scene_NN.mp4``: H.264, no audio, ``scene.duration_s`` long."""
+        """``out_dir/scene_NN.mp4``: H.264, no audio, ``scene.duration_s`` long: the style's
+        gradient panning slowly, the product's name with a kicker and an accent bar that
+        slides in (the last scene, the end card, centres the name for the CTA under it),
+        and the accent's wipe across the cuts."""
         width, height = brief.resolution
-        fps = self._settings.fps
+        fps, length = self._settings.fps, scene.duration_s
+        last = index >= scene_count(brief.duration_s) - 1
+        c0, c1, accent = style_palette(brief.style)
+        if index % 2:
+            c0, c1 = c1, c0
+        big_w, big_h = _even(width * PAN), _even(height * PAN)
+        # One gradient frame, looped, and a window panning across it: the pan costs a crop
+        # (no copy), where an animated source would compute every pixel of every frame.
+        along = f"t/{length:.3f}" if index % 2 else f"(1-t/{length:.3f})"
         source = (
-            f"color=c={style_colour(brief.style)}:s={width}x{height}:r={fps}"
-            f":d={scene.duration_s:.3f}"
+            f"gradients=s={big_w}x{big_h}:c0={c0}:c1={c1}:n=2:x0=0:y0=0:x1={big_w}:y1={big_h}"
+            f":r={fps}:d={1 / fps:.4f},format=yuv420p,loop=loop=-1:size=1,"
+            f"trim=duration={length:.3f},crop={width}:{height}:x='(iw-ow)*{along}':y='(ih-oh)/2'"
         )
-        filters: list[str] = []
-        font = await self.font()
-        if font is not None and scene.narration.strip():
-            fontsize = min(width, height) // 15
-            textfile = out_dir / f"scene_{index:02d}.txt"
-            text = wrap_text(scene.narration, width_px=width, fontsize=fontsize)
-            textfile.write_text(text, encoding="utf-8")
-            filters.append(
-                drawtext(
-                    textfile,
-                    font,
-                    fontsize=fontsize,
-                    fontcolor="white",
-                    line_spacing=fontsize // 3,
-                    borderw=max(1, fontsize // 20),
-                    bordercolor="black@0.5",
-                    x="(w-text_w)/2",
-                    y="(h-text_h)/2",
-                )
-            )
+        unit = min(width, height)
+        title_y = round(height * (0.36 if last else 0.24))
+        bar_w, bar_h = unit // 4, max(2, unit // 90)
+        # The accent bar under the name slides in from the left.
+        graph = [
+            f"{source}[bg]",
+            f"color=c={accent}:s={bar_w}x{bar_h}:r={fps}:d={length:.3f}[bar]",
+            f"[bg][bar]overlay=x='(W-w)/2-W*max(0,1-t/0.6)':y={title_y + unit // 7}[v0]",
+        ]
+        current = "v0"
+        texts = await self._texts(brief, index, last=last, out_dir=out_dir, title_y=title_y)
+        if texts:
+            graph.append(f"[{current}]{','.join(texts)}[v1]")
+            current = "v1"
+        # The accent wipes across the cut: out to the left as the scene starts, in from the
+        # right as it ends.
+        wipe = min(WIPE_S, length / 4)
+        wipes = []
+        if index > 0:
+            wipes.append((f"-W*min(1,t/{wipe:.3f})", f"lt(t,{wipe:.3f})"))
+        if not last:
+            start = length - wipe
+            wipes.append((f"W*max(0,1-(t-{start:.3f})/{wipe:.3f})", f"gte(t,{start:.3f})"))
+        for i, (x, enable) in enumerate(wipes):
+            graph.append(f"color=c={accent}:s={width}x{height}:r={fps}:d={length:.3f}[w{i}]")
+            graph.append(f"[{current}][w{i}]overlay=x='{x}':y=0:enable='{enable}'[x{i}]")
+            current = f"x{i}"
         path = out_dir / f"scene_{index:02d}.mp4"
-        vf = ["-vf", ",".join(filters)] if filters else []
         with atomic_output(path) as tmp:
             await run_ffmpeg(
                 [
-                    *("-f", "lavfi", "-i", source, *vf),
+                    *("-filter_complex", ";".join(graph), "-map", f"[{current}]"),
                     *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"),
                     *("-an", str(tmp)),
                 ],
                 settings=self._settings,
-                duration_s=scene.duration_s,
+                duration_s=length,
             )
         return path
+
+    async def _texts(
+        self, brief: Brief, index: int, *, last: bool, out_dir: Path, title_y: int
+    ) -> list[str]:
+        """The drawtext filters of a scene: the product's name rising into place, and above it
+        a kicker (the shot) except on the end card; none without a font."""
+        font = await self.font()
+        if font is None:
+            return []
+        width, height = brief.resolution
+        unit = min(width, height)
+        fontsize = unit // 9
+        textfile = out_dir / f"scene_{index:02d}.txt"
+        text = wrap_text(brief.product_name, width_px=width, fontsize=fontsize)
+        textfile.write_text(text, encoding="utf-8")
+        filters = [
+            drawtext(
+                textfile, font, fontsize=fontsize, fontcolor="white",
+                line_spacing=fontsize // 4, shadowx=3, shadowy=3, shadowcolor="black@0.35",
+                alpha="'min(1,t/0.5)'", x="(w-text_w)/2",
+                y=f"'{title_y}-text_h/2+{unit // 25}*max(0,1-t/0.5)'",
+            )
+        ]  # fmt: skip
+        if not last:
+            kicker = out_dir / f"scene_{index:02d}_kicker.txt"
+            kicker.write_text("INTRODUCING" if index == 0 else _SHOTS[index % 4].upper())
+            filters.append(
+                drawtext(
+                    kicker, font, fontsize=unit // 28, fontcolor="white@0.85",
+                    x="(w-text_w)/2", y=f"{title_y - fontsize}-text_h",
+                )
+            )  # fmt: skip
+        return filters
+
+
+def _even(value: float) -> int:
+    return int(value) // 2 * 2
