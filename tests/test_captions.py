@@ -88,7 +88,10 @@ def test_cues_are_short_and_follow_sentences_pauses_and_scenes() -> None:
     assert [c.text for c in make_cues(scenes, scene_bounds=[0.45])] == ["a b", "c d"]
     # A lone word at a cue's end joins the cue before when it fits.
     many = [w(t, i * 0.2, i * 0.2 + 0.15) for i, t in enumerate(["a", "b", "c", "d", "e", "f"])]
-    assert [c.text for c in make_cues(many)] == ["a b c d e", "f"]
+    # ... else it takes the last word of the cue before along, when that one has three or more.
+    assert [c.text for c in make_cues(many)] == ["a b c d", "e f"]
+    stuck = [w(t, i * 0.3, i * 0.3 + 0.2) for i, t in enumerate(["Big", "one,", "two"])]
+    assert [c.text for c in make_cues(stuck)] == ["Big one,", "two"]
     long = [w(t, i * 0.3, i * 0.3 + 0.2) for i, t in enumerate(["alpha", "beta", "gamma", "delta"])]
     assert [c.text for c in make_cues(long)] == ["alpha beta gamma delta"]
 

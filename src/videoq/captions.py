@@ -7,7 +7,7 @@ WebVTT and laid out (lines, size, colours, position) for burning in.
 - :func:`make_cues`: words → cues of at most :data:`MAX_CHARS` characters and
   :data:`MAX_WORDS` words, cut after a sentence, at a pause, and always at a scene boundary
   (a cue never shows words of two scenes), after a clause of two words or more; a lone last
-  word joins the cue before when it fits.
+  word joins the cue before when it fits, and else takes that cue's last word with it.
 - :func:`to_vtt`: cues → a WebVTT file; :func:`layout`: how a brief's style draws them, inside
   the safe area of its aspect ratio.
 """
@@ -119,14 +119,19 @@ def make_cues(words: Sequence[Word], scene_bounds: Sequence[float] = ()) -> list
     for group in groups:
         previous = merged[-1] if merged else None
         if (
-            previous is not None
-            and len(group) == 1
-            and not previous[-1].text.endswith(_SENTENCE_END)
-            and _same_scene(previous[-1], group[0], scene_bounds)
-            and len(previous) < MAX_WORDS
+            previous is None
+            or len(group) != 1
+            or previous[-1].text.endswith(_SENTENCE_END + _CLAUSE_END)
+            or not _same_scene(previous[-1], group[0], scene_bounds)
+        ):
+            merged.append(group)
+        elif (
+            len(previous) < MAX_WORDS
             and len(" ".join(w.text for w in [*previous, *group])) <= MAX_CHARS
         ):
             previous.extend(group)
+        elif len(previous) >= 3:  # too full to take it: it takes a word of the cue before
+            merged.append([previous.pop(), *group])
         else:
             merged.append(group)
     return [

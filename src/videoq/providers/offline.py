@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,7 +83,12 @@ class OfflineScriptProvider:
         narrations = [f"Meet {name}. The {style} upgrade you have been waiting for."]
         for i in range(count - 2):
             if i == 0 and brief.prompt:
-                narrations.append(brief.prompt)
+                # A short prompt gets a tagline, so that the voice fills its scene.
+                short = len(brief.prompt) < 40
+                ended = brief.prompt.rstrip().endswith((".", "!", "?"))
+                narrations.append(
+                    f"{brief.prompt}{'' if ended else '.'} Made for you." if short else brief.prompt
+                )
             else:
                 narrations.append(
                     _MIDDLE_LINES[i % len(_MIDDLE_LINES)].format(name=name, style=style)
@@ -194,17 +200,16 @@ class OfflineVideoProvider:
             f":r={fps}:d={1 / fps:.4f},format=yuv420p,loop=loop=-1:size=1,"
             f"trim=duration={length:.3f},crop={width}:{height}:x='(iw-ow)*{along}':y='(ih-oh)/2'"
         )
-        unit = min(width, height)
-        title_y = round(height * (0.36 if last else 0.24))
-        bar_w, bar_h = unit // 4, max(2, unit // 90)
+        title = Title.of(brief, last=last)
+        bar_w, bar_h = title.unit // 4, max(2, title.unit // 90)
         # The accent bar under the name slides in from the left.
         graph = [
             f"{source}[bg]",
             f"color=c={accent}:s={bar_w}x{bar_h}:r={fps}:d={length:.3f}[bar]",
-            f"[bg][bar]overlay=x='(W-w)/2-W*max(0,1-t/0.6)':y={title_y + unit // 7}[v0]",
+            f"[bg][bar]overlay=x='(W-w)/2-W*max(0,1-t/0.6)':y={title.bottom + title.gap}[v0]",
         ]
         current = "v0"
-        texts = await self._texts(brief, index, last=last, out_dir=out_dir, title_y=title_y)
+        texts = await self._texts(title, index, last=last, out_dir=out_dir)
         if texts:
             graph.append(f"[{current}]{','.join(texts)}[v1]")
             current = "v1"
@@ -234,38 +239,62 @@ class OfflineVideoProvider:
             )
         return path
 
-    async def _texts(
-        self, brief: Brief, index: int, *, last: bool, out_dir: Path, title_y: int
-    ) -> list[str]:
-        """The drawtext filters of a scene: the product's name rising into place, and above it
-        a kicker (the shot) except on the end card; none without a font."""
+    async def _texts(self, title: Title, index: int, *, last: bool, out_dir: Path) -> list[str]:
+        """The drawtext filters of a scene: the product's name rising into place, a line each
+        (centred), and above it a kicker (the shot) except on the end card; none without a
+        font."""
         font = await self.font()
         if font is None:
             return []
-        width, height = brief.resolution
-        unit = min(width, height)
-        fontsize = unit // 9
-        textfile = out_dir / f"scene_{index:02d}.txt"
-        text = wrap_text(brief.product_name, width_px=width, fontsize=fontsize)
-        textfile.write_text(text, encoding="utf-8")
-        filters = [
-            drawtext(
-                textfile, font, fontsize=fontsize, fontcolor="white",
-                line_spacing=fontsize // 4, shadowx=3, shadowy=3, shadowcolor="black@0.35",
-                alpha="'min(1,t/0.5)'", x="(w-text_w)/2",
-                y=f"'{title_y}-text_h/2+{unit // 25}*max(0,1-t/0.5)'",
-            )
-        ]  # fmt: skip
+        filters = []
+        rise = f"{title.unit // 25}*max(0,1-t/0.5)"
+        for i, line in enumerate(title.lines):
+            textfile = out_dir / f"scene_{index:02d}_{i}.txt"
+            textfile.write_text(line, encoding="utf-8")
+            filters.append(
+                drawtext(
+                    textfile, font, fontsize=title.fontsize, fontcolor="white",
+                    shadowx=3, shadowy=3, shadowcolor="black@0.35", alpha="'min(1,t/0.5)'",
+                    x="(w-text_w)/2", y=f"'{title.top + i * title.line_px}+{rise}'",
+                )
+            )  # fmt: skip
         if not last:
             kicker = out_dir / f"scene_{index:02d}_kicker.txt"
             kicker.write_text("INTRODUCING" if index == 0 else _SHOTS[index % 4].upper())
             filters.append(
                 drawtext(
-                    kicker, font, fontsize=unit // 28, fontcolor="white@0.85",
-                    x="(w-text_w)/2", y=f"{title_y - fontsize}-text_h",
+                    kicker, font, fontsize=title.unit // 28, fontcolor="white@0.85",
+                    x="(w-text_w)/2", y=f"{title.top - title.gap}-text_h",
                 )
             )  # fmt: skip
         return filters
+
+
+@dataclass(frozen=True)
+class Title:
+    """Where a scene's title (the product's name) goes: its lines, their size and spacing,
+    the block's top and bottom, and the gap to the kicker above and the bar below."""
+
+    lines: list[str]
+    unit: int
+    fontsize: int
+    line_px: int
+    top: int
+    bottom: int
+    gap: int
+
+    @classmethod
+    def of(cls, brief: Brief, *, last: bool) -> Title:
+        """In the upper part of the frame, clear of the captions; the end card's lower, in
+        the middle above the CTA."""
+        width, height = brief.resolution
+        unit = min(width, height)
+        fontsize = unit // 10
+        lines = wrap_text(brief.product_name, width_px=width, fontsize=fontsize).split("\n")
+        line_px = round(fontsize * 1.25)
+        middle = round(height * (0.36 if last else 0.24))
+        top = middle - len(lines) * line_px // 2
+        return cls(lines, unit, fontsize, line_px, top, top + len(lines) * line_px, fontsize // 3)
 
 
 def _even(value: float) -> int:
