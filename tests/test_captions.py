@@ -262,3 +262,27 @@ async def test_api_serves_captions_and_turns_them_off(
             f"/v1/jobs/{on.id}/captions", headers={"Authorization": f"Bearer {api_key}"}
         )
         assert good.status_code == 200 and good.headers["content-type"].startswith("text/vtt")
+
+
+async def test_offline_voice_sounds_while_its_words_are_said(
+    settings: Settings, tmp_path: Path
+) -> None:
+    script = Script(
+        "t", [captions_scene("Meet Acme today.", 2.0), captions_scene("Buy it now.", 2.0)]
+    )
+    track = await OfflineVoiceProvider(settings).speak(script, Brief("Acme"), tmp_path)
+    assert track.words is not None and len(track.words) == 6
+    with av.open(str(track.path)) as container:
+        chunks = [(f.time, f.to_ndarray()) for f in container.decode(audio=0)]
+
+    def loudness(start: float, end: float) -> float:
+        samples = np.concatenate(
+            [data[0] for at, data in chunks if at is not None and start <= at < end]
+        )
+        return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
+
+    first, last = track.words[0], track.words[2]
+    assert loudness(first.start_s + 0.05, last.end_s - 0.1) > 0.05
+    # Silent after each scene's last word, until the next scene's first.
+    assert loudness(last.end_s + 0.15, 2.0) < 0.005
+    assert loudness(track.words[-1].end_s + 0.15, 4.0) < 0.005
