@@ -68,11 +68,6 @@ def style_palette(style: str) -> tuple[str, str, str]:
     return known or _DERIVED[zlib.crc32(style.encode()) % len(_DERIVED)]
 
 
-def style_colour(style: str) -> str:
-    """The main background colour for a style."""
-    return style_palette(style)[0]
-
-
 class OfflineScriptProvider:
     """A template script: a hook, feature lines, and a closing line with the call to action."""
 
