@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class Figures:
     on: list[tuple[float, float]] = field(default_factory=list)
     off: list[tuple[float, float]] = field(default_factory=list)
     cues: int = 0
+    load: float = 0.0
 
     def report(self) -> str:
         reps = len(self.ours)
@@ -93,6 +95,9 @@ user + system time of the process and the FFmpeg children it waited for.
 Goal (issue 19): the stage with captions ≤ 1.05× the same FFmpeg command by hand. The captions
 are one drawtext per line of each cue, enabled for its time only (off its cue FFmpeg passes the
 frame through the filter untouched), so what they add to FFmpeg's own work is the second ratio.
+The machine's load average at the end of the run was {self.load:.1f} on {os.cpu_count()} cores:
+above the core count, wall times measure the neighbours as much as FFmpeg, and CPU times are
+the figures to read.
 """
 
 
@@ -124,6 +129,7 @@ def measure(reps: int, quick: bool) -> Figures:
             for rep in range(reps):
                 for side in sides[rep % 3 :] + sides[: rep % 3]:  # each side goes first in turn
                     side()
+    figures.load = os.getloadavg()[0]
     return figures
 
 

@@ -25,7 +25,13 @@ _UNSATISFIABLE = (-1, -1)
 
 
 async def video_response(request: Request, st: State, job: Job) -> Response:
-    _check_ready(st, job)
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(f"job {job.id} is {job.status}; the video exists once it has succeeded")
+    if job.artifacts_expired_at is not None:
+        raise Gone(
+            f"the video of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
+            f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
+        )
     key = video_key(job.id)
     name = f"{job.id}.mp4"
     store = st.artifacts
@@ -66,26 +72,25 @@ async def video_response(request: Request, st: State, job: Job) -> Response:
 
 
 async def captions_response(st: State, job: Job) -> Response:
-    """The job's captions file (small: read whole, then sent)."""
-    _check_ready(st, job)
+    """The job's captions file (small: read whole, then sent); refused as the video is."""
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(f"job {job.id} is {job.status}; its captions exist once it has succeeded")
+    if job.artifacts_expired_at is not None:
+        raise Gone(
+            f"the captions of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
+            f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
+        )
     if not (job.result or {}).get("captions"):
-        raise NotFound(f"job {job.id} has no captions (its brief turned them off)")
+        raise NotFound(
+            f"job {job.id} has no captions (its brief turned them off, or its voice had no "
+            "word timings)"
+        )
     store = st.artifacts
     key = captions_key(job.id)
     if await store.stat(key) is None:
         raise NotFound(f"the captions of job {job.id} are no longer stored")
     body = b"".join([chunk async for chunk in store.read(key)])
     return Response(body, media_type="text/vtt; charset=utf-8")
-
-
-def _check_ready(st: State, job: Job) -> None:
-    if job.status != JobStatus.SUCCEEDED:
-        raise Conflict(f"job {job.id} is {job.status}; its files exist once it has succeeded")
-    if job.artifacts_expired_at is not None:
-        raise Gone(
-            f"the files of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
-            f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
-        )
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None:
