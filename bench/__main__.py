@@ -24,6 +24,8 @@ SUITES = (
     "realistic",
     "fairness",
     "feed",
+    "tracing",
+    "previews",
 )
 
 

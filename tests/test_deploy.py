@@ -489,6 +489,22 @@ def test_k8s_api_probes_use_health() -> None:
     assert _k8s("Service", "videoq-api")["spec"]["ports"][0]["targetPort"] in {"http", 8000}
 
 
+def test_worker_probes_check_the_workers_own_heartbeat() -> None:
+    """`videoq worker --check` answers for the pod's (the container's) own worker; liveness
+    gives a restarting Redis, which stops every heartbeat, a minute before restarting it."""
+    pod = _k8s("Deployment", "videoq-worker")["spec"]["template"]["spec"]
+    (worker,) = [c for c in pod["containers"] if c["name"] == "worker"]
+    check = ["videoq", "worker", "--check"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert worker[probe]["exec"]["command"] == check
+        assert worker[probe]["timeoutSeconds"] >= 5
+    live = worker["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 60
+    assert "readinessProbe" not in worker  # no Service to leave
+    assert _compose()["services"]["worker"]["healthcheck"]["test"] == ["CMD", *check]
+    assert "check" in {param.name for param in main.commands["worker"].params}
+
+
 def test_keda_scales_workers_on_queue_length() -> None:
     scaled = _k8s("ScaledObject", "videoq-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "videoq-worker"

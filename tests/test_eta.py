@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import LiveApi, auth, new_key, running_worker
-from videoq import eta
+from videoq import eta, fair
 from videoq.broker import estimates
 from videoq.client import Client
+from videoq.ffmpeg import cpu_slots
 from videoq.settings import Settings
+from videoq.workers import task
 
 TIMES = {"script_gen": 1.0, "voice_gen": 2.0, "video_gen": 20.0, "compositing": 4.0}
 
@@ -35,6 +38,49 @@ def test_jobs_ahead_queue_at_compositing_spread_over_workers() -> None:
     assert eta.estimate(TIMES, stage=None, ahead=10, workers=2) == pytest.approx(21.0 + 22.0)
     # Few ahead: its own path is the longer.
     assert eta.estimate(TIMES, stage=None, ahead=0, workers=4) == pytest.approx(25.0)
+
+
+def test_a_backlog_drains_at_the_measured_turn() -> None:
+    # Two slots on two cores: one compositing ends every 3 s under a backlog, not every 4 s.
+    times = {**TIMES, eta.TURN: 3.0}
+    assert eta.estimate(times, stage=None, ahead=10) == pytest.approx(21.0 + 33.0)
+    # A job's own compositing still takes its time alone.
+    assert eta.estimate(times, stage=None, ahead=0) == pytest.approx(25.0)
+    settings = Settings(providers="offline")
+    known = {eta.stage_key(settings, stage): 1.0 for stage in TIMES}
+    assert eta.TURN not in (eta.stage_times(settings, known) or {})
+    assert (eta.stage_times(settings, {**known, eta.TURN: 0.5}) or {})[eta.TURN] == 0.5
+
+
+async def test_slots_say_since_when_they_are_all_held() -> None:
+    slots = fair.FairSlots(2)
+    await slots.acquire()
+    assert slots.full_since is None
+    await slots.acquire()
+    full = slots.full_since
+    assert full is not None
+    waiter = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # handed straight to the waiter: still full, since the same moment
+    await waiter
+    assert slots.full_since == full
+    slots.release()
+    assert slots.full_since is None
+
+
+async def test_a_worker_counts_its_turn_only_while_its_slots_stay_full() -> None:
+    settings = Settings(providers="offline", ffmpeg_slots=1)
+    state: Any = SimpleNamespace(stage_times=[], composited_at=None)
+    slots = cpu_slots(settings)
+    await slots.acquire()  # a backlog: the one slot is held from here on
+    task._stage_done(state, settings, "compositing", 4.0)  # the first: no turn yet
+    task._stage_done(state, settings, "compositing", 4.0)
+    turns = [took for key, took in state.stage_times if key == eta.TURN]
+    assert len(turns) == 1 and turns[0] >= 0.0
+    slots.release()  # the slot is free: the next gap is not a turn
+    task._stage_done(state, settings, "compositing", 4.0)
+    assert [key for key, _ in state.stage_times].count(eta.TURN) == 1
+    assert [key for key, _ in state.stage_times].count("compositing") == 3
 
 
 def test_no_estimate_until_every_stage_was_measured() -> None:

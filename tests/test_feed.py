@@ -394,6 +394,40 @@ async def test_a_retried_interaction_is_recorded_once(live_api: LiveApi, session
     assert user is not None and user.interactions == user.pending == 2
 
 
+async def test_interactions_sent_at_once_are_each_recorded_once(
+    live_api: LiveApi, sessions: Any
+) -> None:
+    # Arriving together, they are written in shared batches: a repeated key inside a batch,
+    # a video of another tenant and several users' counters must come out as if one by one.
+    tenant, other = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    key = await new_key(sessions, tenant)
+    video = await finished_video(sessions, tenant, "Kettle", "bold", "a kettle")
+    foreign = await finished_video(sessions, other, "Toaster", "bold", "a toaster")
+
+    def body(n: int, of: str = video) -> dict[str, Any]:
+        return {"user_id": f"u{n % 3}", "video_id": of, "type": "view", "watched_s": 4.0}
+
+    async with httpx.AsyncClient(base_url=live_api.url, headers=auth(key)) as http:
+        answers = await asyncio.gather(
+            *(http.post("/v1/interactions", json=body(n)) for n in range(30)),
+            *(
+                http.post("/v1/interactions", json=body(0), headers={"Idempotency-Key": "same"})
+                for _ in range(5)
+            ),
+            *(http.post("/v1/interactions", json=body(n, foreign)) for n in range(3)),
+        )
+    codes = [a.status_code for a in answers]
+    assert codes[:30] == [202] * 30
+    assert sorted(codes[30:35]) == [200, 200, 200, 200, 202]
+    assert len({a.json()["id"] for a in answers[30:35]}) == 1
+    assert [assert_error(a, 422)["details"][0]["field"] for a in answers[35:]] == ["video_id"] * 3
+    assert await count_stored(sessions, tenant) == (31, 3)
+    async with sessions() as session:
+        users = [await rows.user(session, tenant, f"u{n}") for n in range(3)]
+    assert [u.interactions if u else 0 for u in users] == [11, 10, 10]
+    assert all(u is not None and u.pending == u.interactions for u in users)
+
+
 def touch(
     kind: str,
     vector: list[float] | None,

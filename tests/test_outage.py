@@ -163,11 +163,25 @@ def route_calls(job_id: str) -> dict[tuple[str, str], Callable[[], dict[str, Any
         ("GET", "/v1/users/{user_id}/preferences"): plain("/v1/users/u/preferences"),
         ("GET", "/metrics"): plain("/metrics"),
         ("GET", "/dashboard"): plain("/dashboard"),
+        ("GET", "/static/{name}"): plain("/static/videoq.js"),
+        ("GET", "/v1/schemas/events.json"): plain("/v1/schemas/events.json"),
+        ("POST", "/v1/session"): plain("/v1/session", json={"api_key": "vq_someone"}),
+        ("GET", "/v1/session"): plain("/v1/session"),
+        ("DELETE", "/v1/session"): plain("/v1/session"),
     }
 
 
 #: The routes that need no PostgreSQL, and what they answer during an outage.
-WITHOUT_DATABASE = {("GET", "/openapi.json"): 200, ("GET", "/health"): 503}
+WITHOUT_DATABASE = {
+    ("GET", "/openapi.json"): 200,
+    ("GET", "/health"): 503,
+    # The console's files, and its session routes without a session cookie (not signed in).
+    ("GET", "/dashboard"): 200,
+    ("GET", "/static/{name}"): 200,
+    ("GET", "/v1/schemas/events.json"): 200,
+    ("GET", "/v1/session"): 401,
+    ("DELETE", "/v1/session"): 204,
+}
 
 
 async def socket_close_code(url: str) -> int | None:

@@ -5,6 +5,7 @@
 
 from videoq.client import (
     ApiError,
+    ApiKey,
     AuthenticationError,
     Client,
     ConflictError,
@@ -15,12 +16,14 @@ from videoq.client import (
     NotFoundError,
     PermissionDenied,
     RateLimitError,
+    Schedule,
     ServerError,
     ValidationError,
 )
 
 __all__ = [
     "ApiError",
+    "ApiKey",
     "AuthenticationError",
     "Client",
     "ConflictError",
@@ -31,6 +34,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDenied",
     "RateLimitError",
+    "Schedule",
     "ServerError",
     "ValidationError",
 ]

@@ -34,9 +34,11 @@ from obstore.store import GCSStore, LocalStore, ObjectStore, S3Store
 
 from videoq.errors import RetryableError, StorageMisconfigured
 from videoq.settings import Settings
+from videoq.types import version_dir
 
 __all__ = [
-    "CAPTIONS", "VIDEO", "ArtifactStore", "JobArtifacts", "captions_key", "open_store", "video_key",
+    "CAPTIONS", "VIDEO", "ArtifactStore", "JobArtifacts", "captions_key", "captions_name",
+    "open_store", "video_key", "video_name",
 ]  # fmt: skip
 
 #: The finished video's name in a job's part of the store (the API serves it from there).
@@ -208,14 +210,27 @@ class JobArtifacts:
         return found
 
 
-def video_key(job_id: uuid.UUID | str) -> str:
-    """The key of a job's finished video: from its id only, never from what a caller sent."""
-    return f"{uuid.UUID(str(job_id))}/{VIDEO}"
+def video_name(version: int = 1) -> str:
+    """Where a version of a job's finished video is in its part of the store: version 1 at
+    ``video.mp4``, a re-render's at ``v<N>/video.mp4``."""
+    return f"{version_dir(version)}{VIDEO}"
 
 
-def captions_key(job_id: uuid.UUID | str) -> str:
-    """The key of a job's captions file: from its id only, never from what a caller sent."""
-    return f"{uuid.UUID(str(job_id))}/{CAPTIONS}"
+def video_key(job_id: uuid.UUID | str, version: int = 1) -> str:
+    """The key of a version of a job's finished video: from its id and a version number only,
+    never from what a caller sent."""
+    return f"{uuid.UUID(str(job_id))}/{video_name(version)}"
+
+
+def captions_name(version: int = 1) -> str:
+    """Where a version's captions are in the job's part of the store, beside its video."""
+    return f"{version_dir(version)}{CAPTIONS}"
+
+
+def captions_key(job_id: uuid.UUID | str, version: int = 1) -> str:
+    """The key of a version's captions file: from its id and a version number only, never
+    from what a caller sent."""
+    return f"{uuid.UUID(str(job_id))}/{captions_name(version)}"
 
 
 def open_store(settings: Settings) -> ArtifactStore:

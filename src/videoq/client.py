@@ -17,6 +17,7 @@ create never makes a second job.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import os
@@ -120,11 +121,15 @@ class JobError(BaseModel):
 
 
 class JobResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     video_url: str
     #: The WebVTT captions (None when the brief turned them off).
     captions_url: str | None = None
     duration_s: float | None = None
     size_bytes: int | None = None
+    #: The finished video's poster image (JPEG, the video's size).
+    poster_url: str | None = None
 
 
 class JobCost(BaseModel):
@@ -165,11 +170,52 @@ class Job(BaseModel):
     eta_s: float | None = None
     #: What it was estimated to cost at submit, and (on its own page) what its calls cost.
     cost: JobCost | None = None
+    #: The video's version: 1, raised by each :meth:`Client.rerender`.
+    version: int = 1
+    #: What each re-render asked for (``version``, ``scene``, ``changed``, ...), oldest first.
+    versions: list[dict[str, Any]] = []
 
     @property
     def done(self) -> bool:
         """True once the job has succeeded, failed or been cancelled."""
         return self.status in TERMINAL
+
+
+class Preview(BaseModel):
+    """What a ``preview`` event shows (:attr:`Event.preview`): the ``storyboard`` (its
+    ``scenes``: ``index``, ``narration``, ``prompt``, ``start_s``, ``duration_s``) once the
+    script is written, a scene's ``thumbnail`` as its clip lands, the finished video's
+    ``poster``. ``url`` is where the API serves it (a path of the API unless the server has a
+    public URL: :meth:`Client.image` takes either)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["storyboard", "thumbnail", "poster"]
+    scene: int | None = None
+    url: str
+    version: int = 1
+    width: int | None = None
+    height: int | None = None
+    title: str | None = None
+    scenes: list[dict[str, Any]] = []
+
+
+class Scene(BaseModel):
+    """One scene of a job's video (``GET /v1/jobs/{id}/scenes``): its narration and visual
+    prompt, where it starts and how long it runs, its thumbnail once its clip has landed
+    (``thumbnail_url``), the version whose clip it shows, and what that clip cost (None when
+    nothing was bought for it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    narration: str
+    prompt: str
+    start_s: float
+    duration_s: float
+    thumbnail_url: str | None = None
+    version: int = 1
+    cost: float | None = None
 
 
 class Event(BaseModel):
@@ -179,7 +225,7 @@ class Event(BaseModel):
 
     job_id: str
     seq: int
-    type: Literal["snapshot", "status", "stage", "progress", "log"]
+    type: Literal["snapshot", "status", "stage", "progress", "preview", "log"]
     status: str
     stage: str | None = None
     progress: float = 0.0
@@ -188,11 +234,39 @@ class Event(BaseModel):
     message: str | None = None
     #: On ``stage`` events: the job's ETA as the stage starts, when one could be estimated.
     eta_s: float | None = None
+    #: On ``preview`` events: what it shows (see :attr:`preview`).
+    data: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
         """True for the event that ends the job's stream."""
         return self.type == "status" and self.status in TERMINAL
+
+    @property
+    def preview(self) -> Preview | None:
+        """The preview a ``preview`` event carries (None for other events)."""
+        if self.type != "preview" or self.data is None:
+            return None
+        return Preview.model_validate(self.data)
+
+
+def describe_preview(event: Event) -> str | None:
+    """One line for a person watching a job (``videoq submit --watch``): the storyboard's
+    scenes, a thumbnail that landed, or the poster; None for other events."""
+    shown = event.preview
+    if shown is None:
+        return None
+    if shown.kind == "storyboard":
+        lines = [f"storyboard: {len(shown.scenes)} scenes"]
+        lines += [
+            f"  scene {s.get('index')} ({s.get('start_s')}s, {s.get('duration_s')}s): "
+            f"{s.get('narration')}"
+            for s in shown.scenes
+        ]
+        return "\n".join(lines)
+    if shown.kind == "thumbnail":
+        return f"scene {shown.scene} landed: {shown.url}"
+    return f"poster: {shown.url}"
 
 
 class Interaction(BaseModel):
@@ -220,6 +294,43 @@ class FeedItem(BaseModel):
     status: Literal["ready", "pending"]
     similarity: float
     video_url: str | None = None
+
+
+class ApiKey(BaseModel):
+    """An API key as the API shows it: by its prefix. ``key`` is set only in the answer to
+    :meth:`Client.create_key`, the one time the key is ever shown."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    prefix: str
+    tenant: str
+    scope: Literal["tenant", "admin"]
+    name: str | None = None
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    key: str | None = None
+
+
+class Schedule(BaseModel):
+    """A recurring job: ``job`` (a ``POST /v1/jobs`` body) submitted at every tick of
+    ``cron`` in ``timezone``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str | None = None
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    next_run_at: datetime
+    last_tick_at: datetime | None = None
+    last_job_id: str | None = None
+    skipped_ticks: int = 0
+    last_error: str | None = None
+    created_at: datetime | None = None
 
 
 class Client:
@@ -378,6 +489,77 @@ class Client:
         data: dict[str, Any] = await self._request("GET", "/v1/queue/stats")
         return data
 
+    async def create_key(
+        self,
+        tenant: str,
+        *,
+        scope: Literal["tenant", "admin"] = "tenant",
+        name: str | None = None,
+        expires_at: datetime | str | None = None,
+    ) -> ApiKey:
+        """Create an API key for ``tenant`` (admin key): its ``key`` is in the answer and
+        never shown again. ``expires_at`` (ISO 8601, or an aware datetime) ends it by itself."""
+        body: dict[str, Any] = {"tenant": tenant, "scope": scope}
+        if name is not None:
+            body["name"] = name
+        if expires_at is not None:
+            body["expires_at"] = (
+                expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
+            )
+        return ApiKey.model_validate(await self._request("POST", "/v1/keys", json=body))
+
+    async def keys(
+        self, *, tenant: str | None = None, include_revoked: bool = False
+    ) -> list[ApiKey]:
+        """API keys, newest first, by prefix (admin key)."""
+        params: dict[str, Any] = {"include_revoked": "true" if include_revoked else "false"}
+        if tenant is not None:
+            params["tenant"] = tenant
+        page = await self._request("GET", "/v1/keys", params=params)
+        return [ApiKey.model_validate(item) for item in page["data"]]
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke a key by its id or 10-character prefix (admin key); every API process refuses
+        it from the next request on. The last working admin key cannot be revoked (409)."""
+        return ApiKey.model_validate(
+            await self._request("DELETE", f"/v1/keys/{quote(key_id, safe='')}")
+        )
+
+    async def create_schedule(
+        self, cron: str, *, timezone: str = "UTC", name: str | None = None, **fields: Any
+    ) -> Schedule:
+        """A recurring job: the brief ``fields`` (as for :meth:`submit`, without ``run_at`` or
+        ``delay_s``) submitted as a job at every tick of ``cron`` (five fields, or ``@daily``
+        and the like) read in the IANA ``timezone``."""
+        body = {**fields, "cron": cron, "timezone": timezone}
+        if name is not None:
+            body["name"] = name
+        return Schedule.model_validate(await self._request("POST", "/v1/schedules", json=body))
+
+    async def schedule(self, schedule_id: str) -> Schedule:
+        """One schedule of the caller's tenant."""
+        path = f"/v1/schedules/{quote(schedule_id, safe='')}"
+        return Schedule.model_validate(await self._request("GET", path))
+
+    async def schedules(self, *, page_size: int = 50) -> AsyncIterator[Schedule]:
+        """The caller's tenant's schedules, newest first, fetched page by page."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor:
+                params["cursor"] = cursor
+            page = await self._request("GET", "/v1/schedules", params=params)
+            for item in page["data"]:
+                yield Schedule.model_validate(item)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the jobs it made stay."""
+        response = await self._send("DELETE", f"/v1/schedules/{quote(schedule_id, safe='')}")
+        await response.aclose()
+
     async def list(self, *, status: str | None = None, page_size: int = 50) -> AsyncIterator[Job]:
         """Every job of the caller's tenant, newest first, fetched page by page."""
         cursor: str | None = None
@@ -439,11 +621,61 @@ class Client:
 
         return await asyncio.wait_for(until_done(), timeout)
 
-    async def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
-        """Save the job's MP4 to ``path`` (written under a temporary name, then renamed)."""
+    async def scenes(self, job_id: str) -> builtins.list[Scene]:
+        """The job's scenes (``GET /v1/jobs/{id}/scenes``), of its latest version: empty until
+        the script is written; thumbnails appear as the clips land."""
+        page = await self._request("GET", f"/v1/jobs/{job_id}/scenes")
+        return [Scene.model_validate(item) for item in page["data"]]
+
+    async def rerender(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        prompt: str | None = None,
+        narration: str | None = None,
+    ) -> Job:
+        """Re-render scene ``index`` of a succeeded job with a new visual ``prompt`` and/or
+        ``narration``: only that scene's clip is bought again (and the voice, when the
+        narration changed), then the next version of the video is composited. Returns the
+        job, requeued, its ``version`` raised; every earlier version stays downloadable
+        (:meth:`download` with ``version``)."""
+        body = _rerender_body(prompt, narration)
+        return Job.model_validate(
+            await self._request("POST", f"/v1/jobs/{job_id}/scenes/{index}/rerender", json=body)
+        )
+
+    async def rerender_estimate(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        prompt: str | None = None,
+        narration: str | None = None,
+    ) -> dict[str, Any]:
+        """What :meth:`rerender` with the same arguments would cost (``currency``, ``total``,
+        ``stages``, ``changed``, ``version``); nothing is bought."""
+        body = {**_rerender_body(prompt, narration), "dry_run": True}
+        data: dict[str, Any] = await self._request(
+            "POST", f"/v1/jobs/{job_id}/scenes/{index}/rerender", json=body
+        )
+        return data
+
+    async def image(self, url: str) -> bytes:
+        """The JPEG at a preview's ``url`` or a scene's ``thumbnail_url`` (a path of the API or
+        a full URL of it), with this client's key."""
+        response = await self._send("GET", url)
+        return response.content
+
+    async def download(
+        self, job_id: str, path: str | os.PathLike[str], *, version: int | None = None
+    ) -> Path:
+        """Save the job's MP4 to ``path`` (written under a temporary name, then renamed): its
+        latest version, or ``version``."""
         target = Path(path)
         tmp = target.with_name(f".{target.name}.part")
-        response = await self._send("GET", f"/v1/jobs/{job_id}/video", stream=True)
+        params = {"version": version} if version is not None else None
+        response = await self._send("GET", f"/v1/jobs/{job_id}/video", stream=True, params=params)
         try:
             with tmp.open("wb") as out:
                 async for chunk in response.aiter_bytes():
@@ -457,6 +689,11 @@ class Client:
         """The finished video's captions, as WebVTT text."""
         response = await self._send("GET", f"/v1/jobs/{job_id}/captions")
         return response.text
+
+
+def _rerender_body(prompt: str | None, narration: str | None) -> dict[str, Any]:
+    fields = {"prompt": prompt, "narration": narration}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,12 +64,29 @@ def _wait_ready(url: str, workers: int, procs: list[subprocess.Popen[bytes]]) ->
         for proc in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} during start-up")
-        with contextlib.suppress(httpx.HTTPError):
+        # (ValueError: something else answers there, with no JSON.)
+        with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
             health = httpx.get(f"{url}/health", timeout=1).json()
             if health.get("status") == "healthy" and health.get("workers", 0) >= workers:
                 return
         time.sleep(0.1)
     raise RuntimeError("videoq dev: the API and workers did not become ready within 60 s")
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on ``host:port`` (the API could not bind it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # a host that does not resolve: uvicorn says so itself
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            return True
+    return False
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -7,14 +7,18 @@ there for the compositing of every unfinished job ahead of it, spread over the w
 duration is measured without the time its FFmpeg runs waited for a slot, and with each run's
 time divided by the runs sharing the cores when it started: what it takes alone.) So::
 
-    eta = max(own path, until compositing + (ahead + 1) × compositing / workers)
+    eta = max(own path, until compositing + (ahead + 1) × turn / workers)
 
 where *own path* is what is left of the job's stages (``voice_gen`` and ``video_gen`` running
-at once, the longer of the two counts) and *ahead* counts the unfinished jobs
-created before it on its queue. An estimate: providers that slow down, or tenants' fair shares
-and limits reordering the queue, show up only as the means move. No estimate is given until
-every stage has been measured once. When a job succeeds its ETA at submit is compared with
-the truth (relative error, :data:`ERROR_BUCKETS`; a histogram in ``/metrics``).
+at once, the longer of the two counts), *ahead* counts the unfinished jobs created before it on
+its queue, and *turn* is the time between two compositings ending on one worker whose FFmpeg
+slots stayed full (:data:`TURN`): a backlog drains at that pace, which with several slots is
+faster than one compositing alone (x264 alone leaves part of a second core idle). Until a
+backlog has been seen, *turn* is a compositing's time alone. An estimate: providers that
+slow down, or tenants' fair shares and limits reordering the queue, show up only as the means
+move. No estimate is given until every stage has been measured once. When a job succeeds its
+ETA at submit is compared with the truth (relative error, :data:`ERROR_BUCKETS`; a histogram
+in ``/metrics``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from videoq.types import STAGES
 
 #: Upper bounds of the relative-error histogram (|eta − actual| ÷ actual).
 ERROR_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
+
+#: The duration key of a worker's turn at compositing under a backlog (see the module).
+TURN = "compositing:turn"
 
 
 def stage_key(settings: Settings, stage: str) -> str:
@@ -47,7 +54,10 @@ def stage_times(settings: Settings, durations: Mapping[str, float]) -> dict[str,
     times = {stage: durations.get(stage_key(settings, stage)) for stage in STAGES}
     if any(value is None for value in times.values()):
         return None
-    return {stage: float(value or 0.0) for stage, value in times.items()}
+    known = {stage: float(value or 0.0) for stage, value in times.items()}
+    if (turn := durations.get(TURN)) is not None:
+        known[TURN] = float(turn)
+    return known
 
 
 def estimate(
@@ -67,7 +77,7 @@ def estimate(
     together = max(times["voice_gen"], times["video_gen"])
     script = times["script_gen"] if stage in (None, "script_gen") else 0.0
     until = max(0.0, script + together - elapsed_s)
-    turn = (ahead + 1) * compositing / max(1, workers)
+    turn = (ahead + 1) * times.get(TURN, compositing) / max(1, workers)
     return max(until + compositing, until + turn)
 
 

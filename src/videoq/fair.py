@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -58,6 +59,8 @@ class FairSlots:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self.busy = 0
+        #: Since when every slot has been held without a break (None: one is free).
+        self.full_since: float | None = None
         self._waiting: dict[str, deque[tuple[asyncio.Future[None], float]]] = {}
         self._finish: dict[str, float] = {}  # each tenant's virtual finish time
         self._clock = 0.0  # the virtual start time of the last grant
@@ -79,6 +82,8 @@ class FairSlots:
         if self.busy < self.limit and not self._waiting:
             self.busy += 1
             self._charge(who.tenant, who.weight)
+            if self.busy == self.limit:
+                self.full_since = time.monotonic()
             return
         future = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(who.tenant, deque()).append((future, who.weight))
@@ -104,6 +109,10 @@ class FairSlots:
             self.busy += 1
             self._charge(tenant, weight)
             future.set_result(None)
+        if self.busy < self.limit:
+            self.full_since = None
+        elif self.full_since is None:
+            self.full_since = time.monotonic()
 
     def _start(self, tenant: str) -> float:
         return max(self._finish.get(tenant, 0.0), self._clock)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from videoq import tracing
 from videoq.children import preexec
 from videoq.errors import FFmpegError, PermanentError, RetryableError
 from videoq.fair import FairSlots, spent
@@ -160,15 +161,19 @@ def parse_ffmpeg_info(stderr: str) -> Probe | None:
 
 async def _capture(argv: Sequence[str]) -> tuple[int, str, str]:
     """Run a short command to completion; kill it if we are cancelled or it hangs."""
-    proc = await _spawn(argv, stdin=asyncio.subprocess.DEVNULL)
-    try:
-        async with asyncio.timeout(_PROBE_TIMEOUT_S):
-            out, err = await proc.communicate()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
+    attributes = {"videoq.ffmpeg.program": Path(argv[0]).name,
+                  "videoq.ffmpeg.output": Path(argv[-1]).name}  # fmt: skip
+    with tracing.span("ffmpeg probe", attributes):
+        proc = await _spawn(argv, stdin=asyncio.subprocess.DEVNULL)
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                out, err = await proc.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        tracing.annotate({"process.exit.code": proc.returncode})
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -232,13 +237,33 @@ async def run_ffmpeg(
     async with slots.slot():
         granted, busy = time.monotonic(), slots.busy
         try:
-            await _run(args, settings, duration_s, on_progress, timeout_s, on_start, grace_s)
+            output = _output_name(args)
+            attributes = {"videoq.ffmpeg.output": output, "videoq.ffmpeg.media_s": duration_s,
+                          "videoq.ffmpeg.slot_wait_s": granted - started}  # fmt: skip
+            with tracing.span(f"ffmpeg {_operation(output)}", attributes):
+                await _run(args, settings, duration_s, on_progress, timeout_s, on_start, grace_s)
         finally:
             if (account := spent.get()) is not None:
                 ran = time.monotonic() - granted
                 account.waited_s += granted - started
                 account.ran_s += ran
                 account.alone_s += ran / busy
+
+
+#: A temporary output name (:func:`atomic_output`): ``.<stem>.<8 hex>.tmp<suffix>``.
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}\.tmp(?P<suffix>\.\w+)?$")
+
+
+def _output_name(args: Sequence[str]) -> str:
+    """The name of the file a run writes (its last argument), as it is once renamed."""
+    name = Path(args[-1]).name if args else ""
+    found = _TEMPORARY.match(name)
+    return found["stem"] + (found["suffix"] or "") if found else name
+
+
+def _operation(output: str) -> str:
+    """What a run makes, named by its output without index or suffix: ``scene``, ``video``."""
+    return re.sub(r"[_-]?\d+$", "", Path(output).stem) or "run"
 
 
 async def _run(
@@ -283,6 +308,7 @@ async def _run(
         await asyncio.gather(*tasks, return_exceptions=True)
         if proc.stdin is not None:
             proc.stdin.close()
+    tracing.annotate({"process.exit.code": proc.returncode})
     if proc.returncode != 0:
         raise FFmpegError(
             "ffmpeg failed", returncode=proc.returncode, stderr_tail=tail.decode(errors="replace")
@@ -417,3 +443,24 @@ def wrap_text(text: str, *, width_px: int, fontsize: int) -> str:
     """
     columns = max(8, int(width_px * 0.85 / (fontsize * 0.65)))
     return textwrap.fill(" ".join(text.split()), columns)
+
+
+async def grab_frame(
+    source: Path, output: Path, *, at_s: float, size: tuple[int, int], settings: Settings
+) -> None:
+    """Write the frame of ``source`` at ``at_s`` seconds to ``output`` (a JPEG), fitted into
+    ``size`` and padded with black as compositing frames a clip: a scene's thumbnail, or the
+    finished video's poster. Written under a temporary name, then renamed."""
+    width, height = size
+    fit = (
+        f"scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2,"
+        f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1"
+    )
+    with atomic_output(output) as tmp:
+        await run_ffmpeg(
+            [
+                *("-ss", f"{max(0.0, at_s):.3f}", "-i", str(source), "-an", "-vf", fit),
+                *("-frames:v", "1", "-q:v", "3", "-update", "1", str(tmp)),
+            ],
+            settings=settings,
+        )

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from videoq import eta, outbox, prices
+from videoq import eta, outbox, prices, tracing
 from videoq.broker import BROKER_ERRORS, estimates, events, limits, queue, registry, shares
 from videoq.broker import keys as redis_keys
-from videoq.errors import OverBudget, RateLimited
+from videoq.errors import Conflict, OverBudget, RateLimited
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
-from videoq.store import Job, spend, tenants
+from videoq.store import Job, spend, tenants, versions
 from videoq.store import jobs as job_rows
 from videoq.store.events import EventArchive
 from videoq.types import STAGE_RANGES, TERMINAL, Brief, JobStatus, make_event
@@ -109,9 +109,12 @@ async def submit(
             session, tenant, body, default_max_retries=svc.settings.max_retries,
             idempotency_key=idempotency_key, queue=svc.settings.queue_name, eta_s=eta_s,
             cost_estimate_usd=cost,
+            # Every attempt of the job continues the caller's trace, wherever it runs.
+            traceparent=tracing.traceparent(),
         )  # fmt: skip
     if created:
-        await queue.announce_created(svc.redis, svc.settings, job)
+        with tracing.span("job.enqueue", {"videoq.job_id": str(job.id)}, kind="producer"):
+            await queue.announce_created(svc.redis, svc.settings, job)
     return job, created
 
 
@@ -175,6 +178,8 @@ async def retry(svc: Services, job_id: str, tenant: str) -> Job:
     last checkpoint. :class:`~videoq.errors.Conflict` in any other state."""
     async with svc.sessions() as session:
         job = await job_rows.retry(session, job_id, tenant)
+    # The new attempts join the job's first trace; this request's span links to it.
+    tracing.annotate({"videoq.job_id": str(job.id)}, link=job.traceparent)
     log.info("job_retry_requested", job_id=str(job.id))
     await announce(svc, job, "requeued by request")
     try:
@@ -183,6 +188,26 @@ async def retry(svc: Services, job_id: str, tenant: str) -> Job:
     except BROKER_ERRORS as exc:
         log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
     return job
+
+
+async def rerender(svc: Services, job: Job, change: dict[str, Any]) -> Job:
+    """Requeue a succeeded job to make the next version of its video, as ``change`` (the
+    entry its ``versions`` list gets) asks; it resumes from its checkpoints, re-buying only
+    what the change needs. :class:`~videoq.errors.Conflict` when the job changed meanwhile."""
+    async with svc.sessions() as session:
+        updated = await versions.requeue(session, job, change)
+    if updated is None:
+        raise Conflict(f"job {job.id} changed state; try again")
+    log.info("job_rerender_requested", job_id=str(job.id), version=updated.version,
+             scene=change.get("scene"), changed=change.get("changed"))  # fmt: skip
+    await announce(svc, updated, f"re-rendering scene {change.get('scene')} as version "
+                                 f"{updated.version}")  # fmt: skip
+    try:
+        await queue.remove(svc.redis, svc.settings, str(job.id))  # a stale entry blocks enqueue
+        await queue.enqueue_job(svc.redis, svc.settings, updated)
+    except BROKER_ERRORS as exc:
+        log.warning("job_enqueue_deferred", job_id=str(job.id), error=str(exc))
+    return updated
 
 
 async def budget_changed(svc: Services, tenant: str) -> None:

@@ -26,6 +26,10 @@ _SECRET_VALUES = re.compile(
     r"|(?<=://)[^/@\s:]+:[^/@\s]+(?=@))"
 )
 REDACTED = "[redacted]"
+#: The part of arq's job-start line that counts from the job's queue score.
+_ARQ_DELAYED = re.compile(r" delayed=[0-9.]+s")
+#: The loggers arq's own command line (``arq videoq.workers.WorkerSettings``) gives handlers.
+ARQ_LOGGERS = ("arq",)
 
 
 def _scrub(value: Any) -> Any:
@@ -41,6 +45,20 @@ def _scrub(value: Any) -> Any:
 def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """structlog processor: blanks secret-named keys and credential-shaped values."""
     return {k: REDACTED if _SECRET_KEYS.search(k) else _scrub(v) for k, v in event_dict.items()}
+
+
+class ArqStartLine(logging.Filter):
+    """Drops ``delayed=…s`` from arq's job-start line (``0.01s → job_id:run_job(…)
+    delayed=300.01s``). arq counts it from the job's queue score, and videoq's priorities are
+    score offsets (:mod:`videoq.broker.queue`): every ``normal`` job would read as 300 s late,
+    every ``high`` one as 600 s. The line's first figure, the time since the job was
+    enqueued, stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args and isinstance(args[-1], str):
+            record.args = (*args[:-1], _ARQ_DELAYED.sub("", args[-1]))
+        return True
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
@@ -76,3 +94,12 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(level, logging.WARNING))
+    for name in ARQ_LOGGERS:
+        # arq's command line gave its logger a handler of its own, and its lines propagate
+        # to the root's as well: each would be written twice, once in arq's format.
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+    arq_worker = logging.getLogger("arq.worker")
+    if not any(isinstance(f, ArqStartLine) for f in arq_worker.filters):
+        arq_worker.addFilter(ArqStartLine())

@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from videoq import cron
 from videoq.netguard import parse_networks, refusal
 from videoq.settings import InteractionType
 
@@ -194,6 +195,87 @@ class JobCreate(BaseModel):
         return when if when is not None and when > now else None
 
 
+class ScheduleCreate(JobCreate):
+    """Body of ``POST /v1/schedules``: the body of a ``POST /v1/jobs``, which each tick
+    submits, with the ``cron`` expression (:mod:`videoq.cron`) and the IANA ``timezone`` it
+    is read in, and an optional ``name``. A job's own ``run_at`` and ``delay_s`` have no
+    place here: a schedule's jobs start at their ticks."""
+
+    cron: str = Field(min_length=1, max_length=200, strict=True)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, strict=True)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return cron.check(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        cron.zone(value)
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and _has_control_chars(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("run_at", "delay_s", mode="before")
+    @classmethod
+    def _not_scheduled(cls, value: object) -> object:
+        if value is not None:
+            raise ValueError("a schedule's jobs start at their ticks: leave this out")
+        return value
+
+    def job(self) -> dict[str, Any]:
+        """The ``POST /v1/jobs`` body each tick submits, as stored."""
+        return self.model_dump(
+            mode="json", exclude={"cron", "timezone", "name", "run_at", "delay_s"},
+            exclude_none=True,
+        )  # fmt: skip
+
+
+class KeyCreate(BaseModel):
+    """Body of ``POST /v1/keys``: the tenant the key acts for, its scope (``admin`` keys may
+    also manage keys, tenants and workers), a label, and when it stops working by itself."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    tenant: str = Field(min_length=1, max_length=100, strict=True)
+    scope: Literal["tenant", "admin"] = "tenant"
+    name: str | None = Field(default=None, min_length=1, max_length=100, strict=True)
+    expires_at: datetime | None = None
+
+    @field_validator("tenant", "name")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and (_has_control_chars(value) or not value.isprintable()):
+            raise ValueError("must be printable characters")
+        return value
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _future(cls, value: Any) -> datetime | None:
+        """An ISO 8601 date-time string in the future (no time zone means UTC)."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError("must be an ISO 8601 date-time string, e.g. 2030-01-01T09:00:00Z")
+        try:
+            when = datetime.fromisoformat(value)
+            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise ValueError(
+                "must be an ISO 8601 date-time string, e.g. 2030-01-01T09:00:00Z"
+            ) from None
+        if when <= datetime.now(UTC):
+            raise ValueError("must be in the future")
+        return when
+
+
 class TenantUpdate(BaseModel):
     """``PUT /v1/tenants/{tenant}``: the tenant's fair share and spend budgets. A field left
     out keeps its value (weight 1, no limit and no budget for a tenant never configured)."""
@@ -250,6 +332,29 @@ class InteractionCreate(BaseModel):
         if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
             return value
         raise ValueError("must be a number of seconds, or null")
+
+
+class SceneRerender(BaseModel):
+    """Body of ``POST /v1/jobs/{id}/scenes/{index}/rerender``: the scene's new visual
+    ``prompt`` and/or ``narration`` (at least one), and ``dry_run`` for the cost only."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    prompt: str | None = Field(default=None, min_length=1, max_length=2000)
+    narration: str | None = Field(default=None, min_length=1, max_length=1000)
+    dry_run: bool = Field(default=False, strict=True)
+
+    @field_validator("prompt", "narration")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and _has_control_chars(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    def changes(self) -> dict[str, str]:
+        """The fields sent: ``prompt``, ``narration`` or both."""
+        fields = {"prompt": self.prompt, "narration": self.narration}
+        return {name: value for name, value in fields.items() if value is not None}
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, Any]]:

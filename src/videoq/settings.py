@@ -6,15 +6,18 @@ Precedence, highest first: a job's ``options`` (see :meth:`Settings.for_job`) > 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -24,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -81,6 +85,25 @@ DEFAULT_WEIGHTS: dict[InteractionType, float] = {
 }  # fmt: skip
 
 
+def _listed(value: Any) -> Any:
+    """A list setting as an environment variable writes it: a JSON list (``["a", "b"]``) or
+    comma-separated (``a,b``; blank: empty). Anything else is validated as it is."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError("is neither a JSON list nor comma-separated values") from None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+#: A list of strings in a setting: a JSON list or comma-separated (:func:`_listed`).
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_listed)]
+#: Seconds, as a list: a JSON list or comma-separated.
+Seconds = Annotated[tuple[float, ...], NoDecode, BeforeValidator(_listed)]
+
+
 def price_key(provider: str, model: str) -> str:
     """How :attr:`Settings.prices` names a provider's model."""
     return f"{provider}:{model}"
@@ -128,13 +151,23 @@ class Settings(BaseSettings):
     )
 
     # Logging.
-    log_format: Literal["console", "json"] = "console"
-    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = Field(
+        default="console", description="`json` (one object a line) in production."
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    # Tracing (docs/tracing.md).
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP/HTTP) to export spans to, e.g. "
+        "http://localhost:4318; unset: no tracing. Needs the `tracing` extra.",
+        validation_alias=AliasChoices("VIDEOQ_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
 
     # API.
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_body_bytes: int = 64 * 1024
+    host: str = Field(default="127.0.0.1", description="Where `videoq api` listens.")
+    port: int = Field(default=8000, description="The port `videoq api` listens on.")
+    max_body_bytes: int = Field(default=64 * 1024, description="Largest request body (413).")
     ws_idle_check_s: float = Field(
         default=15.0,
         description="A job WebSocket with no event for this long re-reads the job, and closes "
@@ -154,7 +187,9 @@ class Settings(BaseSettings):
     )
 
     # Worker.
-    queue_name: str = "videoq:queue"
+    queue_name: str = Field(
+        default="videoq:queue", description="The arq queue (Redis key) the API and workers share."
+    )
     max_jobs: int = Field(
         default=200,
         ge=1,
@@ -173,8 +208,8 @@ class Settings(BaseSettings):
         description="Idle poll interval. `videoq worker` is woken at once by new jobs and polls "
         "only as a safety net; the plain `arq` CLI polls at this rate.",
     )
-    job_timeout_s: float = 1800.0
-    stage_timeout_s: float = 900.0
+    job_timeout_s: float = Field(default=1800.0, description="A job's attempt fails after this.")
+    stage_timeout_s: float = Field(default=900.0, description="One stage fails after this.")
     max_retries: int = Field(default=3, description="Retries after the first attempt.")
     heartbeat_s: float = Field(default=2.0, description="How often workers heartbeat their jobs.")
     worker_stale_s: float = Field(
@@ -199,36 +234,44 @@ class Settings(BaseSettings):
         default="videoq.pipeline:run_pipeline",
         description="`module:function` the worker runs for each job (same signature).",
     )
-    retry_delays_s: tuple[float, ...] = (2.0, 4.0, 8.0)
+    retry_delays_s: Seconds = Field(
+        default=(2.0, 4.0, 8.0), description="Waits before each retry of a job (jittered ±20 %)."
+    )
 
     # Pipeline.
     providers: Literal["auto", "offline"] = Field(
         default="auto", description="`offline` forces the offline providers for every stage."
     )
     ffmpeg_path: str | None = Field(default=None, description="Default: PATH, then imageio-ffmpeg.")
-    ffmpeg_preset: str = "veryfast"
-    ffmpeg_crf: int = 23
+    ffmpeg_preset: str = Field(default="veryfast", description="x264 preset of the MP4.")
+    ffmpeg_crf: int = Field(default=23, description="x264 quality (lower: better, larger).")
     ffmpeg_stop_grace_s: float = Field(
         default=0.2,
         description="When a job is stopped, how long FFmpeg gets after 'q', then after SIGTERM, "
         "before SIGKILL: its output is discarded then, a clean trailer is not worth waiting for.",
     )
-    fps: int = 30
-    font_file: Path | None = None
+    fps: int = Field(default=30, description="Frames per second of the video.")
+    font_file: Path | None = Field(
+        default=None, description="Font of captions and the CTA; default: a system font."
+    )
 
     # Providers (names those ecosystems already use; the VIDEOQ_ forms work too).
     anthropic_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "VIDEOQ_ANTHROPIC_API_KEY")
+        default=None,
+        description="Anthropic key: live scripts; unset: the offline template.",
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "VIDEOQ_ANTHROPIC_API_KEY"),
     )
     elevenlabs_api_key: SecretStr | None = Field(
         default=None,
+        description="ElevenLabs key: live voices; unset: offline tones.",
         validation_alias=AliasChoices("ELEVENLABS_API_KEY", "VIDEOQ_ELEVENLABS_API_KEY"),
     )
     replicate_api_token: SecretStr | None = Field(
         default=None,
+        description="Replicate token: live clips; unset: offline clips.",
         validation_alias=AliasChoices("REPLICATE_API_TOKEN", "VIDEOQ_REPLICATE_API_TOKEN"),
     )
-    anthropic_model: str = "claude-sonnet-5-5"
+    anthropic_model: str = Field(default="claude-sonnet-5-5", description="The script model.")
 
     # Live provider endpoints. Each also honours the variable its own SDK reads.
     anthropic_base_url: str | None = Field(
@@ -255,7 +298,9 @@ class Settings(BaseSettings):
     elevenlabs_voice_id: str = Field(
         default="21m00Tcm4TlvDq8ikWAM", description="Voice used when the brief names none."
     )
-    elevenlabs_model_id: str = "eleven_multilingual_v2"
+    elevenlabs_model_id: str = Field(
+        default="eleven_multilingual_v2", description="The text-to-speech model."
+    )
     elevenlabs_output_format: str = Field(
         default="mp3_44100_128", description="codec_samplerate_bitrate, as ElevenLabs names it."
     )
@@ -270,7 +315,7 @@ class Settings(BaseSettings):
         description="64-hex version id of replicate_model; unset runs the model's latest "
         "(official).",
     )
-    replicate_fallback_models: list[str] = Field(
+    replicate_fallback_models: StrList = Field(
         default_factory=list,
         description="owner/name of the models a scene switches to, in order, when the one "
         "before keeps failing to take its prediction (capacity, 5xx, timeouts past "
@@ -337,7 +382,9 @@ class Settings(BaseSettings):
     )
 
     # Concurrency limits per provider, shared by every worker through Redis leases.
-    anthropic_concurrency: int = Field(default=8, ge=1)
+    anthropic_concurrency: int = Field(
+        default=8, ge=1, description="Script requests in flight at once, across all workers."
+    )
     elevenlabs_concurrency: int = Field(
         default=5, ge=1, description="Your plan's limit (Creator: 5 on multilingual v2)."
     )
@@ -369,17 +416,17 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(
         default=1024 * 1024, description="Largest inbound webhook body (GitHub, Replicate)."
     )
-    cors_origins: list[str] = Field(
+    cors_origins: StrList = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser; empty: CORS off.",
     )
-    webhook_allowed_networks: list[str] = Field(
+    webhook_allowed_networks: StrList = Field(
         default_factory=list,
         description="Networks (CIDR) webhook URLs may point at although they are private, "
         "loopback or link-local; empty: public addresses only.",
     )
     webhook_timeout_s: float = Field(default=10.0, description="HTTP timeout per webhook attempt.")
-    webhook_retry_delays_s: tuple[float, ...] = Field(
+    webhook_retry_delays_s: Seconds = Field(
         default=(5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0),
         description="Waits between webhook attempts; one attempt more than there are delays.",
     )
@@ -470,6 +517,12 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         description="How often each worker embeds finished videos and refills the feeds due.",
+    )
+    schedule_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each worker fires the recurring jobs (/v1/schedules) that are "
+        "due: a tick's job is submitted within this long of its time.",
     )
 
     @classmethod
@@ -586,3 +639,76 @@ class Settings(BaseSettings):
             if number and ceiling is not None:
                 allowed[limit] = min(value, ceiling)
         return self.model_validate({**self.model_dump(), **allowed}) if allowed else self
+
+
+# --- The README's configuration table: `python -m videoq.settings --markdown` ---------------
+
+#: Where the README's table begins and ends (`--write README.md` replaces what lies between).
+TABLE_START = "<!-- settings table: python -m videoq.settings --write README.md -->"
+TABLE_END = "<!-- end of settings table -->"
+#: Defaults too long for a table cell, in words.
+_DOC_DEFAULTS = {"prices": "list prices of the default models (docs/providers.md)"}
+
+
+def _variables(name: str, alias: Any) -> list[str]:
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [f"VIDEOQ_{name.upper()}"]
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float | Decimal):
+        return f"{value:g}"
+    if isinstance(value, tuple | list):
+        return ", ".join(_shown(v) for v in value) or "empty"
+    if isinstance(value, dict):
+        return json.dumps(value) if value else "empty"
+    return str(value)
+
+
+def markdown_table() -> str:
+    """Every setting: its variables, its default and what it does, as a Markdown table."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        names = ", ".join(f"`{v}`" for v in _variables(name, field.validation_alias))
+        default = field.get_default(call_default_factory=True)
+        shown = _DOC_DEFAULTS.get(name) or f"`{_shown(default)}`"
+        what = field.description or ""
+        if NoDecode in field.metadata:
+            what += " Comma-separated or a JSON list."
+        elif isinstance(default, dict):
+            what += " A JSON object."
+        # (As HTML entities, `<home>` shows as written, not as an unknown tag.)
+        what = what.strip().replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        rows.append(f"| {names} | {shown} | {what} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_table(readme: str) -> str:
+    """``readme`` with its configuration table (between :data:`TABLE_START` and
+    :data:`TABLE_END`) made anew."""
+    head, start, rest = readme.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not (start and end):
+        raise ValueError(f"no {TABLE_START!r} … {TABLE_END!r} block to replace")
+    return f"{head}{start}\n{markdown_table()}{end}{tail}"
+
+
+def _main(argv: list[str]) -> int:
+    if argv == ["--markdown"]:
+        print(markdown_table(), end="")
+        return 0
+    if len(argv) == 2 and argv[0] == "--write":
+        path = Path(argv[1])
+        path.write_text(with_table(path.read_text()))
+        return 0
+    print("usage: python -m videoq.settings --markdown | --write README.md", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

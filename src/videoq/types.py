@@ -252,8 +252,18 @@ class Clip:
 
 
 #: What an event is about: ``snapshot`` (a socket's first message), ``status``, ``stage``,
-#: ``progress``, ``log`` (DESIGN.md "Events").
-EVENT_TYPES = ("snapshot", "status", "stage", "progress", "log")
+#: ``progress``, ``preview``, ``log`` (DESIGN.md "Events").
+EVENT_TYPES = ("snapshot", "status", "stage", "progress", "preview", "log")
+#: What a ``preview`` event shows (its ``data.kind``): the script's scenes as soon as it is
+#: written, a scene's thumbnail as its clip lands, the finished video's poster.
+PREVIEW_KINDS = ("storyboard", "thumbnail", "poster")
+
+
+def version_dir(version: int) -> str:
+    """Where the files a version of a job's video made live, inside the job's work directory
+    and its part of the artifact store: version 1 at the top (``""``), a re-render's under
+    ``v<N>/``."""
+    return "" if version <= 1 else f"v{version}/"
 
 
 #: An event as an archive keeps it: job id, seq, and its JSON text as Redis holds it.
@@ -271,10 +281,12 @@ def make_event(
     message: str | None = None,
     seq: int | None = None,
     eta_s: float | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One event, as every client receives it; ``seq`` is given when it is published. A
-    ``stage`` event carries the job's ``eta_s`` too, when one could be estimated."""
-    event = {
+    ``stage`` event carries the job's ``eta_s`` too, when one could be estimated, and a
+    ``preview`` event its ``data``."""
+    event: dict[str, Any] = {
         "job_id": job_id,
         "seq": seq,
         "type": type_,
@@ -287,4 +299,6 @@ def make_event(
     }
     if eta_s is not None:
         event["eta_s"] = round(eta_s, 1)
+    if data is not None:
+        event["data"] = data
     return event

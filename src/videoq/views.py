@@ -60,6 +60,7 @@ def job_view(
         result = {
             # An expired video is gone from the store: its URL would answer 410.
             "video_url": None if expired else f"{base_url}{path}/video",
+            "poster_url": None if expired else f"{base_url}{path}/poster",
             "duration_s": job.result.get("duration_s"),
             "size_bytes": job.result.get("size_bytes"),
             "captions_url": (
@@ -88,9 +89,12 @@ def job_view(
         "queue_position": queue_position,
         "eta_s": None if job.status in TERMINAL or eta_s is None else round(eta_s, 1),
         "cost": cost_view(job, purchases),
+        "version": job.version,
+        "versions": job.versions,
         "links": {
             "self": f"{base_url}{path}",
             "events": f"{base_url.replace('http', 'ws', 1)}{path}/events",
             "video": f"{base_url}{path}/video",
+            "scenes": f"{base_url}{path}/scenes",
         },
     }

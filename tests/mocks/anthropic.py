@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.mocks import spec
@@ -67,38 +66,20 @@ class AnthropicMock(MockProvider):
         self.app = Starlette(routes=[Route(PATH, self.messages, methods=["POST"])])
 
     async def messages(self, request: Request) -> Response:
-        arrived = time.monotonic()
-        with self.tracking("messages"):
-            # anthropic 2.x sends the key as a Bearer token; 0.x and curl use x-api-key.
-            bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
-            if self.key not in (request.headers.get("x-api-key"), bearer):
-                return unauthorized().response()
-            if not request.headers.get("anthropic-version"):
-                self.reject("anthropic-version header missing")
-                return invalid_request("anthropic-version header is required").response()
-            try:
-                body = await request.json()
-            except ValueError:
-                self.reject("body is not JSON")
-                return invalid_request("body is not JSON").response()
-            self.bodies.append(body)
-            self.headers.append(dict(request.headers))
-            problem = spec.errors(self.request_checker, body)
-            if problem is not None:
-                self.reject(problem)
-                return invalid_request(problem).response()
-            fault = self.take_fault()
-            if fault is not None:
-                await self.delay(arrived)
-                return fault
-            message = self.answer(body)
-            self.paid += 1
-            problem = spec.errors(self.response_checker, message)
-            if problem is not None:  # a bug in the mock, not in the client: still reported
-                self.reject(f"mock response breaks the spec: {problem}")
-            response = JSONResponse(message, headers={"request-id": message["id"]})
-            await self.delay(arrived)
-            return response
+        return await self.paid_json_call(
+            request, "messages", refuse=self.refuse, invalid=invalid_request, answer=self.answer,
+            headers=lambda message: {"request-id": message["id"]},
+        )  # fmt: skip
+
+    def refuse(self, request: Request) -> Reply | None:
+        # anthropic 2.x sends the key as a Bearer token; 0.x and curl use x-api-key.
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if self.key not in (request.headers.get("x-api-key"), bearer):
+            return unauthorized()
+        if not request.headers.get("anthropic-version"):
+            self.reject("anthropic-version header missing")
+            return invalid_request("anthropic-version header is required")
+        return None
 
     def briefs(self, body: dict[str, Any], system: str) -> dict[str, Any]:
         """The feed's ``emit_briefs`` answer: as many briefs as the prompt asks for, each a

@@ -7,13 +7,16 @@ import json
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tests.mocks import spec
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class MockProvider:
 
     #: The mock's ASGI app, built by each subclass's ``__init__``.
     app: Starlette
+    #: The spec's checks of its main call's request and answer (:mod:`tests.mocks.spec`).
+    request_checker: Any
+    response_checker: Any
 
     def __init__(self, *, key: str, latency: float = 0.0) -> None:
         self.key = key
@@ -89,6 +95,51 @@ class MockProvider:
 
     def take_fault(self) -> Response | None:
         return self.faults.popleft().response() if self.faults else None
+
+    async def paid_json_call(
+        self,
+        request: Request,
+        name: str,
+        *,
+        refuse: Callable[[Request], Reply | None],
+        invalid: Callable[[str], Reply],
+        answer: Callable[[Any], dict[str, Any]],
+        headers: Callable[[dict[str, Any]], dict[str, str]] | None = None,
+    ) -> Response:
+        """One paid call of a JSON API (Anthropic's messages, OpenAI's embeddings), in the
+        order such an API checks it: ``refuse`` answers a request it would turn away before
+        reading the body (a wrong key, a missing header), then a body that is not JSON or
+        breaks the spec (``self.request_checker``) gets ``invalid``, a scripted fault answers
+        instead of the call, and otherwise ``answer`` makes the output, which is paid for and
+        checked against the spec too (``self.response_checker``; a mock bug, still reported)."""
+        arrived = time.monotonic()
+        with self.tracking(name):
+            refused = refuse(request)
+            if refused is not None:
+                return refused.response()
+            try:
+                body = await request.json()
+            except ValueError:
+                self.reject("body is not JSON")
+                return invalid("body is not JSON").response()
+            self.bodies.append(body)
+            self.headers.append(dict(request.headers))
+            problem = spec.errors(self.request_checker, body)
+            if problem is not None:
+                self.reject(problem)
+                return invalid(problem).response()
+            fault = self.take_fault()
+            if fault is not None:
+                await self.delay(arrived)
+                return fault
+            output = answer(body)
+            self.paid += 1
+            problem = spec.errors(self.response_checker, output)
+            if problem is not None:
+                self.reject(f"mock response breaks the spec: {problem}")
+            response = JSONResponse(output, headers=headers(output) if headers else None)
+            await self.delay(arrived)
+            return response
 
 
 def request_id(prefix: str = "req_") -> str:

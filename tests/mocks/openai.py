@@ -9,12 +9,11 @@ would be; ``dimensions_answered`` makes it answer another size.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.mocks import spec
@@ -52,31 +51,14 @@ class OpenAIMock(MockProvider):
         self.app = Starlette(routes=[Route(PATH, self.embeddings, methods=["POST"])])
 
     async def embeddings(self, request: Request) -> Response:
-        arrived = time.monotonic()
-        with self.tracking("embeddings"):
-            if request.headers.get("authorization") != f"Bearer {self.key}":
-                return error(401, "invalid_request_error", "Incorrect API key provided").response()
-            try:
-                body = await request.json()
-            except ValueError:
-                self.reject("body is not JSON")
-                return invalid_request("body is not JSON").response()
-            self.bodies.append(body)
-            problem = spec.errors(self.request_checker, body)
-            if problem is not None:
-                self.reject(problem)
-                return invalid_request(problem).response()
-            fault = self.take_fault()
-            if fault is not None:
-                await self.delay(arrived)
-                return fault
-            answer = self.answer(body)
-            self.paid += 1
-            problem = spec.errors(self.response_checker, answer)
-            if problem is not None:
-                self.reject(f"mock response breaks the spec: {problem}")
-            await self.delay(arrived)
-            return JSONResponse(answer)
+        return await self.paid_json_call(
+            request, "embeddings", refuse=self.refuse, invalid=invalid_request, answer=self.answer
+        )
+
+    def refuse(self, request: Request) -> Reply | None:
+        if request.headers.get("authorization") != f"Bearer {self.key}":
+            return error(401, "invalid_request_error", "Incorrect API key provided")
+        return None
 
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]

@@ -19,7 +19,8 @@ from tests.mocks.server import serve
 from tests.providers.conftest import Mocks, Sleeps
 from videoq.errors import PermanentError, RetryableError
 from videoq.providers import ProviderPool
-from videoq.providers.briefs import AnthropicBriefWriter, OfflineBriefWriter, Taste
+from videoq.providers.anthropic import AnthropicBriefWriter
+from videoq.providers.briefs import OfflineBriefWriter, Taste
 from videoq.providers.embeddings import (
     DIMENSIONS,
     OFFLINE_MODEL,

@@ -24,7 +24,7 @@ from videoq.api import create_app
 from videoq.broker import events
 from videoq.settings import Settings
 from videoq.store.apikeys import hash_key
-from videoq.types import make_event
+from videoq.types import Scene, Script, make_event
 
 #: Every HTTP route: who may call it.
 HTTP = {
@@ -37,6 +37,10 @@ HTTP = {
     ("GET", "/v1/jobs/{job_id}/captions"): "job",
     ("POST", "/v1/jobs/{job_id}/cancel"): "job",
     ("POST", "/v1/jobs/{job_id}/retry"): "job",
+    ("GET", "/v1/jobs/{job_id}/scenes"): "job",
+    ("GET", "/v1/jobs/{job_id}/scenes/{index}/thumbnail"): "job",
+    ("POST", "/v1/jobs/{job_id}/scenes/{index}/rerender"): "job",
+    ("GET", "/v1/jobs/{job_id}/poster"): "job",
     ("GET", "/v1/workers"): "admin",
     ("POST", "/v1/workers/clear-stale"): "admin",
     ("GET", "/v1/queue/stats"): "admin",
@@ -49,8 +53,25 @@ HTTP = {
     ("POST", "/v1/interactions"): "tenant",
     ("GET", "/v1/users/{user_id}/feed"): "tenant",
     ("GET", "/v1/users/{user_id}/preferences"): "tenant",
+    # Keys: admins only (a tenant key's 403 and the bodies: tests/test_keys_api.py).
+    ("GET", "/v1/keys"): "admin",
+    ("POST", "/v1/keys"): "keys",
+    ("DELETE", "/v1/keys/{key_id}"): "keys",
+    # A schedule is its tenant's: another tenant's is a 404 (tests/test_schedules.py).
+    ("POST", "/v1/schedules"): "tenant",
+    ("GET", "/v1/schedules"): "tenant",
+    ("GET", "/v1/schedules/{schedule_id}"): "tenant",
+    ("DELETE", "/v1/schedules/{schedule_id}"): "tenant",
     ("GET", "/metrics"): "admin",
-    ("GET", "/dashboard"): "tenant",  # a page with no data: its script reads the routes above
+    # The console: a page and files with no data (its script signs in and reads the routes
+    # above), and its sign-in, whose cookie is the key's own principal and whose changes are
+    # CSRF-checked: tests/test_console_auth.py
+    ("GET", "/dashboard"): "public",
+    ("GET", "/static/{name}"): "public",
+    ("GET", "/v1/schemas/events.json"): "public",
+    ("POST", "/v1/session"): "session",
+    ("GET", "/v1/session"): "session",
+    ("DELETE", "/v1/session"): "session",
     ("GET", "/v1/webhooks/secret"): "tenant",
     ("POST", "/v1/webhooks/github"): "signed",  # HMAC of the body: tests/security/test_inputs.py
     ("POST", "/v1/webhooks/replicate"): "signed",
@@ -58,7 +79,9 @@ HTTP = {
 #: Every WebSocket: ``job`` sockets are scoped to one job, ``tenant`` ones to the caller.
 SOCKETS = {"/v1/jobs/{job_id}/events": "job", "/v1/events": "tenant"}
 
-KEYED = [(m, p) for (m, p), kind in HTTP.items() if kind in ("tenant", "job", "admin", "own")]
+KEYED = [
+    (m, p) for (m, p), kind in HTTP.items() if kind in ("tenant", "job", "admin", "own", "keys")
+]
 JOB_ROUTES = [(m, p) for (m, p), kind in HTTP.items() if kind == "job"]
 ADMIN_ROUTES = [(m, p) for (m, p), kind in HTTP.items() if kind == "admin"]
 
@@ -97,7 +120,10 @@ async def test_every_keyed_route_refuses_missing_unknown_and_revoked_keys(
     job = (
         await asgi_client.post("/v1/jobs", json={"product_name": "K"}, headers=auth(owner))
     ).json()
-    url = path.format(job_id=job["id"], tenant="someone", user_id="someone")
+    url = path.format(
+        job_id=job["id"], tenant="someone", user_id="someone", key_id=uuid.uuid4(),
+        schedule_id=uuid.uuid4(), index=0,
+    )  # fmt: skip
     for headers in ({}, auth("vq_" + uuid.uuid4().hex), auth(await revoked(sessions))):
         response = await asgi_client.request(
             method, url, json={"product_name": "K"} if method == "POST" else None, headers=headers
@@ -128,6 +154,23 @@ async def a_job_ready_for(
         vtt.write_text("WEBVTT\n")
     elif path.endswith("/retry"):
         await set_status(sessions, job["id"], "failed")
+    elif path.endswith(("/thumbnail", "/poster")):
+        image = (
+            settings.artifacts
+            / job["id"]
+            / ("thumbs/scene_00.jpg" if path.endswith("/thumbnail") else "poster.jpg")
+        )
+        image.parent.mkdir(parents=True)
+        image.write_bytes(b"jpeg")
+    elif path.endswith("/rerender"):
+        await set_status(sessions, job["id"], "succeeded", result={"duration_s": 1})
+        script = Script("K", [Scene("Meet K.", "K on a table", 5.0)])
+        checkpoint = store.StageCheckpoint(
+            job_id=uuid.UUID(job["id"]), stage="script_gen", attempt=1, output=script.to_dict()
+        )
+        async with sessions() as session:
+            session.add(checkpoint)
+            await session.commit()
     return job
 
 
@@ -151,14 +194,16 @@ async def test_another_tenants_job_is_404_on_every_job_route(
     owner = await new_key(sessions)
     other = await new_key(sessions, admin=intruder == "admin-key")  # admin is not "all tenants"
     job = await a_job_ready_for(asgi_client, sessions, settings, owner, path)
-    url = path.format(job_id=job["id"])
+    url = path.format(job_id=job["id"], index=0)
+    # A dry run: the owner's succeeds, and changes nothing either.
+    body = {"prompt": "K on a beach", "dry_run": True} if path.endswith("/rerender") else None
     before = await snapshot(sessions, job["id"])
-    response = await asgi_client.request(method, url, headers=auth(other))
+    response = await asgi_client.request(method, url, headers=auth(other), json=body)
     error = assert_error(response, 404, "not_found")
     assert "another tenant" not in error["message"]
     assert await snapshot(sessions, job["id"]) == before
     # The owner, with the same request, succeeds: the 404 was about the tenant alone.
-    mine = await asgi_client.request(method, url, headers=auth(owner))
+    mine = await asgi_client.request(method, url, headers=auth(owner), json=body)
     assert mine.status_code in (200, 202), mine.text
 
 

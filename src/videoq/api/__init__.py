@@ -4,14 +4,19 @@
     deps        the process's state, the caller (API key), request bodies
     errors      one error shape, the error tree's statuses
     jobs        the job routes
+    scenes      a job's scenes, thumbnails and poster
     events      the WebSockets: one job's events, a tenant's
     webhooks    inbound webhooks (GitHub, Replicate) and the tenant's signing secret
     tenants     a tenant's fair share of the workers (admins set it)
     spend       estimates and a tenant's usage
     feed        end users' interactions, their feeds and preferences
-    ops         workers, queue stats, /metrics, /health, the dashboard page
+    keys        API keys, managed by admins
+    schedules   recurring jobs: a job's body, a cron expression and a time zone
+    ops         workers, queue stats, /metrics, /health
+    dashboard   the operator console: its page, static files, the events' JSON Schema
+    session     the console's sign-in: an API key for a session cookie
     middleware  request ids, security headers, CORS, body limits
-    metrics     Prometheus figures; openapi: /openapi.json; dashboard: the page
+    metrics     Prometheus figures; openapi: /openapi.json
 
 Every route except ``/health`` checks the API key and scopes its queries by the key's tenant.
 While PostgreSQL is unavailable every route that needs it answers 503 ``database_unavailable``
@@ -30,16 +35,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
-from videoq import broker, outbox, store
+from videoq import broker, outbox, store, tracing
 from videoq.api import (
+    dashboard,
     errors,
     events,
     feed,
     jobs,
+    keys,
     metrics,
     middleware,
     openapi,
     ops,
+    scenes,
+    schedules,
+    session,
     spend,
     tenants,
     webhooks,
@@ -56,6 +66,7 @@ __all__ = ["create_app"]
 def create_app(settings: Settings) -> Starlette:
     """The API application. Opens the database engine and Redis pool for its lifetime; refuses
     to start on a database that is not migrated."""
+    traced = tracing.configure(settings, service="videoq-api")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -73,9 +84,12 @@ def create_app(settings: Settings) -> Starlette:
                 )
                 yield
                 await outbox.stop(app.state.videoq.background)
+                await app.state.videoq.intake.aclose()
             await redis.aclose()
         finally:
             await engine.dispose()
+            if traced:
+                tracing.shutdown()
 
     # Keyed by class; videoq_error and database_error answer WebSockets too (by closing them).
     handlers: dict[Any, Any] = {
@@ -89,10 +103,15 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", openapi.route),
         *webhooks.ROUTES,
         *jobs.ROUTES,
+        *scenes.ROUTES,
         *tenants.ROUTES,
         *spend.ROUTES,
         *feed.ROUTES,
+        *keys.ROUTES,
+        *schedules.ROUTES,
         *ops.ROUTES,
+        *session.ROUTES,
+        *dashboard.ROUTES,
         WebSocketRoute("/v1/jobs/{job_id}/events", events.job_events_socket),
         WebSocketRoute("/v1/events", events.tenant_events_socket),
     ]

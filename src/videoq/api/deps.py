@@ -1,10 +1,12 @@
 """What every route shares: the process's :class:`State` (opened by the lifespan), the caller
-(:func:`principal`, from the API key), and the request's JSON body within its size limit.
+(:func:`principal`, from the API key, or from the console's session cookie), and the request's
+JSON body within its size limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,6 +16,8 @@ from starlette.requests import HTTPConnection, Request
 
 from videoq.errors import Forbidden, Unauthorized
 from videoq.store.apikeys import Principal, authenticate
+from videoq.store.interactions import Intake
+from videoq.store.sessions import SignedIn, find_session
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -36,6 +40,11 @@ class State:
     artifacts: ArtifactStore
     #: Webhook deliveries this process started (cancelled jobs); stopped with the app.
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: End users' interactions, written in batches (:mod:`videoq.store.interactions`).
+    intake: Intake = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.intake = Intake(self.sessions)
 
 
 def state_of(conn: HTTPConnection) -> State:
@@ -65,10 +74,53 @@ async def principal(
     # Browsers cannot set headers on a WebSocket, nor on a page they navigate to.
     if key is None and (token_in_query or conn.scope["type"] == "websocket"):
         key = conn.query_params.get("token")
+    if key is None and SESSION_COOKIE in conn.cookies:
+        return (await signed_in(conn, session=session)).principal
     if session is not None:
         return await authenticate(session, key)
     async with state_of(conn).sessions() as own:
         return await authenticate(own, key)
+
+
+#: The console's session cookie (:mod:`videoq.api.session`): HttpOnly, SameSite=Strict.
+SESSION_COOKIE = "videoq_session"
+#: The header that must repeat the session's CSRF token on every state-changing request.
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    """Whether the request's ``Origin`` names this server (the host it was sent to); True
+    when a browser sent none (same-origin GETs, non-browser clients)."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return True
+    scheme, _, host = origin.partition("://")
+    return scheme in ("http", "https") and host == conn.headers.get("host")
+
+
+async def signed_in(conn: HTTPConnection, *, session: AsyncSession | None = None) -> SignedIn:
+    """The console session of the request's cookie, checked as cookies must be: a WebSocket
+    or a state-changing request must come from this server's own pages (its ``Origin``), and
+    a state-changing request must carry the session's CSRF token in ``X-CSRF-Token``
+    (:class:`~videoq.errors.Forbidden` otherwise); :class:`~videoq.errors.Unauthorized` when
+    there is no live session."""
+    token = conn.cookies.get(SESSION_COOKIE, "")
+    if session is not None:
+        found = await find_session(session, token)
+    else:
+        async with state_of(conn).sessions() as own:
+            found = await find_session(own, token)
+    websocket = conn.scope["type"] == "websocket"
+    changes = not websocket and conn.scope["method"] not in SAFE_METHODS
+    foreign = not same_origin(conn) or (websocket and "origin" not in conn.headers)
+    if (websocket or changes) and foreign:
+        raise Forbidden("cookie sign-in is accepted only from this server's own pages")
+    if changes:
+        sent = conn.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), found.csrf_token.encode()):
+            raise Forbidden("missing or wrong X-CSRF-Token: reload the console")
+    return found
 
 
 async def admin(request: Request) -> Principal:

@@ -1,6 +1,7 @@
 """The WebSockets. ``WS /v1/jobs/{id}/events``: a snapshot, then every later event of the job
 in ``seq`` order, closing after the terminal one. ``?after=SEQ`` resumes exactly after the last
-event a client saw.
+event a client saw. ``WS /v1/events``: the tenant's events in ``tenant_seq`` order, and
+``?after=TSEQ`` resumes the same way.
 
 The socket subscribes *before* it reads the current ``seq``, so nothing published in between is
 lost; events it already sent are skipped by ``seq``, and any gap is filled from the job's
@@ -18,10 +19,11 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from videoq import lifecycle
+from videoq.api import dashboard
 from videoq.api.deps import State, principal, state_of
 from videoq.broker import events, keys
 from videoq.broker.fanout import RESUBSCRIBED
-from videoq.errors import NotFound, Unauthorized
+from videoq.errors import Forbidden, NotFound, Unauthorized
 from videoq.store import jobs
 from videoq.store.apikeys import Principal
 from videoq.types import TERMINAL, make_event
@@ -31,6 +33,7 @@ log = structlog.get_logger(__name__)
 CLOSE_NORMAL = 1000
 CLOSE_INVALID = 4400
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4408
 
@@ -47,6 +50,9 @@ async def _caller(ws: WebSocket) -> Principal | None:
     except Unauthorized as exc:
         await ws.close(CLOSE_UNAUTHORIZED, exc.message)
         return None
+    except Forbidden as exc:  # a session cookie sent from another site's page
+        await ws.close(CLOSE_FORBIDDEN, exc.message)
+        return None
 
 
 async def job_events_socket(ws: WebSocket) -> None:
@@ -54,11 +60,8 @@ async def job_events_socket(ws: WebSocket) -> None:
     who = await _caller(ws)
     if who is None:
         return
-    raw_after = ws.query_params.get("after")
     try:
-        after = int(raw_after) if raw_after is not None else None
-        if after is not None and after < 0:
-            raise ValueError
+        after = _after(ws)
     except ValueError:
         await ws.close(CLOSE_INVALID, "after must be a non-negative integer")
         return
@@ -95,24 +98,108 @@ async def job_events_socket(ws: WebSocket) -> None:
 
 
 async def tenant_events_socket(ws: WebSocket) -> None:
-    """``WS /v1/events``: every live event of the caller's tenant, for dashboards. No replay:
-    a dashboard reconnecting reads current state from ``GET /v1/jobs``, and what was published
-    while the process's pub/sub connection was broken is not sent."""
+    """``WS /v1/events?after=TSEQ``: every event of the caller's tenant, for dashboards, each
+    with its ``tenant_seq``. Like a job's socket it subscribes before it reads the current
+    number, so with ``after`` it replays exactly what the client missed, then follows live;
+    without, it follows live from now. No snapshot comes first (a dashboard reads current state
+    from ``GET /v1/jobs``); events that belong to no job (``feed_updated``) carry no
+    ``tenant_seq`` and are sent live only. ``?stats=1`` adds a ``stats`` message (queue and
+    worker figures, :func:`videoq.api.dashboard.figures`) at once and every
+    :data:`STATS_PERIOD_S`, in the same stream, so a console's figures and jobs agree."""
     st = state_of(ws)
     who = await _caller(ws)
     if who is None:
         return
+    try:
+        after = _after(ws)
+    except ValueError:
+        await ws.close(CLOSE_INVALID, "after must be a non-negative integer")
+        return
     async with st.broadcaster.subscribe(keys.tenant_channel(who.tenant)) as queue:
+        feed = _TenantFeed(ws, st, who, queue)
+        current = await events.current_tenant_seq(st.redis, feed.archive, who.tenant)
+        feed.sent = current if after is None else min(after, current)
+        if feed.sent < current:
+            await feed.send(await feed.history(current))
+        ticker = None
+        if ws.query_params.get("stats") in ("1", "true"):
+            await ws.send_json(await dashboard.figures(st, who))
+            ticker = asyncio.create_task(feed.tick())
+        try:
+            await _until_done(ws, feed.forward(), "tenant")
+        finally:
+            if ticker is not None:
+                ticker.cancel()
 
-        async def forward() -> int:
-            while True:
-                event = await queue.get()
-                if event is None:
-                    return CLOSE_TOO_SLOW
-                if event is not RESUBSCRIBED:
-                    await ws.send_json(event)
 
-        await _until_done(ws, forward(), "tenant")
+def _after(ws: WebSocket) -> int | None:
+    """The socket's ``?after=``: None when absent; ValueError when not a non-negative
+    integer."""
+    raw = ws.query_params.get("after")
+    if raw is None:
+        return None
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+#: How often a tenant socket opened with ``?stats=1`` sends a ``stats`` message.
+STATS_PERIOD_S = 5.0
+#: Put in a tenant socket's queue by its ticker: time for a ``stats`` message.
+_STATS: dict[str, Any] = {"type": "_stats"}
+
+
+class _TenantFeed:
+    """One tenant socket's events in ``tenant_seq`` order, gaps filled from the history: the
+    tenant's part of :class:`_Pump`, which never ends by itself."""
+
+    def __init__(
+        self, ws: WebSocket, st: State, who: Principal, queue: asyncio.Queue[dict[str, Any] | None]
+    ) -> None:
+        self.ws, self.st, self.who, self.queue = ws, st, who, queue
+        self.tenant = who.tenant
+        self.archive = lifecycle.archive_of(st)
+        self.sent = 0  # the last tenant_seq this client has
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_PERIOD_S)
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(_STATS)
+
+    async def history(self, upto: int | None = None) -> list[dict[str, Any]]:
+        return await events.tenant_history(
+            self.st.redis, self.archive, self.tenant, self.sent, upto
+        )
+
+    async def forward(self) -> int:
+        while True:
+            event = await self.queue.get()
+            if event is None:
+                return CLOSE_TOO_SLOW
+            if event is RESUBSCRIBED:  # what was published while pub/sub was away
+                await self.send(await self.history())
+                continue
+            if event is _STATS:
+                await self.ws.send_json(await dashboard.figures(self.st, self.who))
+                continue
+            number = event.get("tenant_seq")
+            if number is None:
+                await self.ws.send_json(event)
+            elif number > self.sent + 1:  # missed on pub/sub: from the history
+                batch = await self.history(number)
+                if not batch or batch[-1]["tenant_seq"] != number:
+                    batch.append(event)
+                await self.send(batch)
+            elif number == self.sent + 1:
+                await self.send([event])
+
+    async def send(self, batch: list[dict[str, Any]]) -> None:
+        for item in batch:
+            if item["tenant_seq"] > self.sent:
+                await self.ws.send_json(item)
+                self.sent = item["tenant_seq"]
 
 
 async def _until_done(ws: WebSocket, forward: Any, label: str) -> None:

@@ -4,6 +4,8 @@ use cases are :mod:`videoq.lifecycle`'s, the reads :mod:`videoq.store.jobs`'.
 
 from __future__ import annotations
 
+from typing import TypeVar, overload
+
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,6 +14,7 @@ from starlette.routing import Route
 from videoq import lifecycle
 from videoq.api.deps import base_url, principal, read_json, state_of
 from videoq.api.errors import error_response, invalid, not_an_object
+from videoq.api.scenes import requested_version
 from videoq.api.video import captions_response, video_response
 from videoq.schemas import JobCreate, job_context
 from videoq.store import jobs, spend
@@ -19,15 +22,21 @@ from videoq.types import TERMINAL, JobStatus
 from videoq.views import job_view
 
 _STATUSES = tuple(JobStatus)
+Body = TypeVar("Body", bound=JobCreate)
 
 
-async def read_brief(request: Request) -> JobCreate | Response:
-    """The body of a ``POST /v1/jobs`` (or of an estimate), or the error answer to it."""
+@overload
+async def read_brief(request: Request) -> JobCreate | Response: ...
+@overload
+async def read_brief(request: Request, model: type[Body]) -> Body | Response: ...
+async def read_brief(request: Request, model: type[JobCreate] = JobCreate) -> JobCreate | Response:
+    """The body of a ``POST /v1/jobs`` (or of an estimate, or of a ``model`` that extends it:
+    a schedule's), or the error answer to it."""
     payload = await read_json(request)
     if not isinstance(payload, dict):
         return not_an_object()
     try:
-        return JobCreate.model_validate(payload, context=job_context(state_of(request).settings))
+        return model.model_validate(payload, context=job_context(state_of(request).settings))
     except ValidationError as exc:
         return invalid(exc)
 
@@ -110,7 +119,10 @@ async def get_captions(request: Request) -> Response:
     st = state_of(request)
     async with st.sessions() as session:
         job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
-    return await captions_response(st, job)
+    version = requested_version(request, job)
+    if isinstance(version, Response):
+        return version
+    return await captions_response(st, job, version)
 
 
 async def cancel_job(request: Request) -> Response:

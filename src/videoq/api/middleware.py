@@ -23,6 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from videoq import tracing
 from videoq.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -109,6 +110,39 @@ class SecurityMiddleware:
                 await response(scope, receive, send_secured)
 
 
+class TracingMiddleware:
+    """A server span per HTTP request (installed only while tracing is on), a child of the
+    caller's ``traceparent`` when it sends one; WebSockets live too long to be one span."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        parent = Headers(scope=scope).get("traceparent")
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        with tracing.span(method, attributes, kind="server", parent=parent) as span:
+
+            async def send_traced(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_traced)
+            finally:
+                # Known once routed: the route's template names the span (never the ids in
+                # the path), and the request id ties it to the logs.
+                route = getattr(scope.get("route"), "path", None)
+                if route is not None:
+                    span.set_attribute("http.route", route)
+                    span.update_name(f"{method} {route}")
+                span.set_attribute("videoq.request_id", request_id_of(scope) or "")
+
+
 class BodyLimitMiddleware:
     """413 for request bodies over ``limit(path)`` bytes, before they are read into memory."""
 
@@ -172,6 +206,8 @@ def install(app: Starlette, settings: Settings) -> None:
             max_age=600,
         )
     app.add_middleware(SecurityMiddleware)  # added last: outermost
+    if tracing.enabled():  # around it: the span sees the status of its generic 500 too
+        app.add_middleware(TracingMiddleware)
 
 
 def request_id_of(scope: Any) -> str | None:

@@ -16,7 +16,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from videoq.schemas import InteractionCreate, JobCreate, TenantUpdate
+from videoq.schemas import (
+    InteractionCreate,
+    JobCreate,
+    KeyCreate,
+    SceneRerender,
+    ScheduleCreate,
+    TenantUpdate,
+)
 from videoq.types import JobStatus
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -44,6 +51,7 @@ ERROR_DESCRIPTIONS = {
     403: "The key lacks the `admin` scope (`forbidden`).",
     404: "No such job for this tenant: another tenant's job is a 404 too (`not_found`).",
     409: "The job's state does not allow this (`conflict`), or a webhook replay.",
+    410: "The job's files expired (`artifact_ttl_days`) and are deleted (`gone`).",
     413: "The request body is over the size limit (`too_large`).",
     422: "A field is invalid or unknown; `details` lists `{field, message, type}` "
     "(`validation_error`).",
@@ -61,6 +69,22 @@ JOB_ID = {
     "description": "The job's id (a UUID).",
     "schema": {"type": "string"},
 }
+
+SCENE_INDEX = {
+    "name": "index",
+    "in": "path",
+    "required": True,
+    "description": "The scene's index, from 0.",
+    "schema": {"type": "string"},
+}
+VERSION = {
+    "name": "version",
+    "in": "query",
+    "required": False,
+    "description": "A version of the video (default: the latest).",
+    "schema": {"type": "integer", "minimum": 1},
+}
+JPEG = {"description": "The image.", "content": {"image/jpeg": {"schema": {"type": "string"}}}}
 
 _TS = {"type": ["string", "null"], "format": "date-time"}
 #: The query parameters of a paged list.
@@ -139,6 +163,10 @@ SCHEMAS: dict[str, Any] = {
                         "description": "The WebVTT file of the burned-in captions (null when "
                         "the brief said `captions: false` or the voice gave no word timings).",
                     },
+                    "poster_url": {
+                        "type": ["string", "null"],
+                        "description": "The poster image (JPEG, the video's size).",
+                    },
                     "duration_s": {"type": ["number", "null"]},
                     "size_bytes": {"type": ["integer", "null"]},
                 },
@@ -155,10 +183,111 @@ SCHEMAS: dict[str, Any] = {
                 "stages' recent durations are known).",
             },
             "cost": _ref("JobCost"),
+            "version": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The video's version: 1, raised by each per-scene re-render.",
+            },
+            "versions": {
+                "type": "array",
+                "description": "What each re-render asked for, oldest first.",
+                "items": _ref("VersionChange"),
+            },
             "links": {
                 "type": "object",
-                "properties": {k: {"type": "string"} for k in ("self", "events", "video")},
+                "properties": {
+                    k: {"type": "string"} for k in ("self", "events", "video", "scenes")
+                },
             },
+        },
+    },
+    "VersionChange": {
+        "type": "object",
+        "required": ["version", "scene", "changed"],
+        "properties": {
+            "version": {"type": "integer", "minimum": 2},
+            "scene": {"type": "integer", "minimum": 0},
+            "changed": {"type": "array", "items": {"enum": ["prompt", "narration"]}},
+            "prompt": {"type": "string"},
+            "narration": {"type": "string"},
+            "requested_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Scene": {
+        "type": "object",
+        "required": [
+            "index",
+            "narration",
+            "prompt",
+            "start_s",
+            "duration_s",
+            "thumbnail_url",
+            "cost",
+        ],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "narration": {"type": "string"},
+            "prompt": {"type": "string", "description": "The scene's visual prompt."},
+            "start_s": {"type": "number", "minimum": 0},
+            "duration_s": {"type": "number", "minimum": 0},
+            "thumbnail_url": {
+                "type": ["string", "null"],
+                "description": "Null until the scene's clip has landed.",
+            },
+            "version": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The version whose clip the scene shows.",
+            },
+            "cost": {
+                "type": ["number", "null"],
+                "description": "USD of the scene's clip (its reservation while it is bought); "
+                "null when nothing was bought for it.",
+            },
+        },
+    },
+    "SceneList": {
+        "type": "object",
+        "required": ["job_id", "version", "data"],
+        "properties": {
+            "job_id": {"type": "string", "format": "uuid"},
+            "version": {"type": "integer", "minimum": 1},
+            "data": {"type": "array", "items": _ref("Scene")},
+        },
+    },
+    "PreviewEvent": {
+        "type": "object",
+        "description": "The `data` of a `preview` event on the events WebSockets.",
+        "required": ["kind", "scene", "url", "version"],
+        "properties": {
+            "kind": {"enum": ["storyboard", "thumbnail", "poster"]},
+            "scene": {"type": ["integer", "null"]},
+            "url": {
+                "type": "string",
+                "description": "Where the API serves it: a path of the API, or a full URL "
+                "when the server has a `public_url`.",
+            },
+            "version": {"type": "integer", "minimum": 1},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "title": {"type": "string"},
+            "scenes": {
+                "type": "array",
+                "description": "The storyboard's scenes.",
+                "items": {"type": "object"},
+            },
+        },
+    },
+    "RerenderEstimate": {
+        "type": "object",
+        "required": ["currency", "total", "stages", "scene", "version", "changed"],
+        "properties": {
+            "currency": {"const": "USD"},
+            "total": {"type": "number", "minimum": 0},
+            "stages": {"type": "object"},
+            "scene": {"type": "integer", "minimum": 0},
+            "version": {"type": "integer", "minimum": 2},
+            "changed": {"type": "array", "items": {"enum": ["prompt", "narration"]}},
         },
     },
     "JobCost": {
@@ -320,6 +449,21 @@ SCHEMAS: dict[str, Any] = {
             "next_cursor": {"type": ["string", "null"]},
         },
     },
+    "SessionCreate": {
+        "type": "object",
+        "required": ["api_key"],
+        "properties": {"api_key": {"type": "string", "minLength": 1}},
+    },
+    "Session": {
+        "type": "object",
+        "required": ["tenant", "admin", "csrf_token", "expires_at"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "admin": {"type": "boolean"},
+            "csrf_token": {"type": "string"},
+            "expires_at": {"type": "string", "format": "date-time"},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status", "redis", "database", "queue_length", "workers"],
@@ -340,6 +484,16 @@ SCHEMAS: dict[str, Any] = {
             "finished": {"type": "object"},
             "queue_length": {"type": "integer"},
             "workers": {"type": "integer"},
+            "feed": {
+                "type": "object",
+                "description": "users_due: users whose feed is due a refill (enough new "
+                "interactions); generated_waiting: jobs made for feeds, not finished yet.",
+                "required": ["users_due", "generated_waiting"],
+                "properties": {
+                    "users_due": {"type": "integer"},
+                    "generated_waiting": {"type": "integer"},
+                },
+            },
         },
     },
     "WorkerList": {
@@ -358,7 +512,10 @@ def _operations() -> dict[str, Any]:
                 "summary": "Health of the API, Redis, PostgreSQL and the queue",
                 "security": PUBLIC,
                 "responses": {
-                    "200": _json(_ref("Health"), "Healthy or degraded (Redis away)."),
+                    "200": _json(
+                        _ref("Health"),
+                        "Healthy, or degraded: Redis away or no worker heartbeating.",
+                    ),
                     "503": _json(_ref("Health"), "Unhealthy: PostgreSQL is unreachable."),
                 },
             }
@@ -410,8 +567,9 @@ def _operations() -> dict[str, Any]:
         },
         "/v1/jobs/{job_id}/video": {
             "get": {
-                "summary": "The finished MP4 (`Range` requests supported)",
-                "parameters": [JOB_ID],
+                "summary": "The finished MP4 (`Range` requests supported); `?version=N` for "
+                "an earlier version (default: the latest finished)",
+                "parameters": [JOB_ID, VERSION],
                 "responses": {
                     "200": {
                         "description": "The video.",
@@ -422,21 +580,63 @@ def _operations() -> dict[str, Any]:
                         "content": {"video/mp4": {"schema": {"type": "string"}}},
                     },
                     "416": {"description": "The requested range is outside the video."},
-                    **_errors(401, 404, 409),
+                    **_errors(401, 404, 409, 410, 422),
                 },
             }
         },
         "/v1/jobs/{job_id}/captions": {
             "get": {
                 "summary": "The finished video's captions, as WebVTT",
-                "parameters": [JOB_ID],
+                "parameters": [JOB_ID, VERSION],
                 "responses": {
                     "200": {
                         "description": "The captions: one cue per short line of the speech.",
                         "content": {"text/vtt": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401, 404, 409),
+                    **_errors(401, 404, 409, 410, 422),
                 },
+            }
+        },
+        "/v1/jobs/{job_id}/scenes": {
+            "get": {
+                "summary": "The scenes of the job's latest version: narration, prompt, timing, "
+                "thumbnail and cost (empty until the script is written)",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": _json(_ref("SceneList"), "The scenes."),
+                    **_errors(401, 404),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/scenes/{index}/thumbnail": {
+            "get": {
+                "summary": "A scene's thumbnail (JPEG), once its clip has landed",
+                "parameters": [JOB_ID, SCENE_INDEX, VERSION],
+                "responses": {"200": JPEG, **_errors(401, 404, 410, 422)},
+            }
+        },
+        "/v1/jobs/{job_id}/scenes/{index}/rerender": {
+            "post": {
+                "summary": "Re-render one scene of a succeeded job with a new prompt and/or "
+                "narration, re-buying only that clip (and the voice when the narration "
+                "changed), then composite the next version of the video",
+                "parameters": [JOB_ID, SCENE_INDEX],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SceneRerender")}},
+                },
+                "responses": {
+                    "200": _json(_ref("RerenderEstimate"), "`dry_run`: the cost; nothing bought."),
+                    "202": _json(_ref("Job"), "Requeued to make the next version."),
+                    **_errors(400, 401, 404, 409, 410, 413, 422),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/poster": {
+            "get": {
+                "summary": "The finished video's poster (JPEG, the video's size)",
+                "parameters": [JOB_ID, VERSION],
+                "responses": {"200": JPEG, **_errors(401, 404, 410, 422)},
             }
         },
         "/v1/jobs/{job_id}/cancel": {
@@ -601,16 +801,66 @@ def _operations() -> dict[str, Any]:
         },
         "/dashboard": {
             "get": {
-                "summary": "A live web page of jobs, and of workers and the queue for admin keys",
-                "description": "Browsers send no `Authorization` header when they navigate: the "
-                "key may come as `?token=`.",
-                "security": [{"bearer": []}, {"token": []}],
+                "summary": "The operator console (signs in by itself with `POST /v1/session`)",
+                "security": PUBLIC,
                 "responses": {
                     "200": {
                         "description": "The page (HTML).",
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401),
+                },
+            }
+        },
+        "/v1/session": {
+            "post": {
+                "summary": "Sign the console in: an API key for an HttpOnly session cookie",
+                "description": "The cookie (`videoq_session`, SameSite=Strict) authenticates "
+                "requests scoped exactly like the key. State-changing requests it "
+                "authenticates must send the returned `csrf_token` as `X-CSRF-Token` and come "
+                "from this server's pages (`Origin`).",
+                "security": PUBLIC,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SessionCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Session"), "Signed in; the cookie is set."),
+                    **_errors(400, 401, 403, 413, 422),
+                },
+            },
+            "get": {
+                "summary": "Who the session cookie signs in, and its CSRF token",
+                "security": [{"session": []}],
+                "responses": {"200": _json(_ref("Session"), "Signed in."), **_errors(401)},
+            },
+            "delete": {
+                "summary": "Sign out (CSRF-checked when signed in); the cookie is cleared",
+                "security": PUBLIC,
+                "responses": {"204": {"description": "Signed out."}, **_errors(403)},
+            },
+        },
+        "/v1/schemas/events.json": {
+            "get": {
+                "summary": "The WebSocket messages (events, feed changes, stats) as JSON Schema",
+                "security": PUBLIC,
+                "responses": {
+                    "200": {
+                        "description": "JSON Schema 2020-12.",
+                        "content": {"application/schema+json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "summary": "The console's files and the browser client (`/static/videoq.js`)",
+                "security": PUBLIC,
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The file (JavaScript, CSS, JSON, or types)."},
+                    **_errors(404),
                 },
             }
         },
@@ -678,13 +928,192 @@ def _operations() -> dict[str, Any]:
     }
 
 
+#: API keys and schedules (``/v1/keys``, ``/v1/schedules``): their answers.
+KEY_AND_SCHEDULE_SCHEMAS: dict[str, Any] = {
+    "Key": {
+        "type": "object",
+        "required": ["id", "prefix", "tenant", "scope", "created_at"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "prefix": {"type": "string", "description": "The key's first 10 characters."},
+            "tenant": {"type": "string"},
+            "scope": {"enum": ["tenant", "admin"]},
+            "name": {"type": ["string", "null"]},
+            "created_at": _TS,
+            "last_used_at": {**_TS, "description": "To the minute."},
+            "expires_at": _TS,
+            "revoked_at": _TS,
+            "links": {"type": "object"},
+        },
+    },
+    "NewKey": {
+        "allOf": [
+            _ref("Key"),
+            {
+                "type": "object",
+                "required": ["key"],
+                "properties": {
+                    "key": {
+                        "type": "string",
+                        "pattern": "^vq_",
+                        "description": "The key itself: in this answer only, never again.",
+                    }
+                },
+            },
+        ]
+    },
+    "KeyList": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "array", "items": _ref("Key")}},
+    },
+    "Schedule": {
+        "type": "object",
+        "required": ["id", "cron", "timezone", "job", "next_run_at", "skipped_ticks"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "name": {"type": ["string", "null"]},
+            "cron": {"type": "string", "description": "Five fields, macros expanded."},
+            "timezone": {"type": "string"},
+            "job": {"type": "object", "description": "The POST /v1/jobs body each tick submits."},
+            "next_run_at": _TS,
+            "last_tick_at": {**_TS, "description": "The tick of the last job submitted."},
+            "last_job_id": {"type": ["string", "null"], "format": "uuid"},
+            "skipped_ticks": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Ticks that made no job: missed while no worker ran (only the "
+                "latest missed tick runs), or whose job was refused for good.",
+            },
+            "last_error": {
+                "type": ["string", "null"],
+                "description": "Why the last tick made no job (rate limit, budget, validation).",
+            },
+            "created_at": _TS,
+            "links": {"type": "object"},
+        },
+    },
+    "ScheduleList": {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": _ref("Schedule")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+}
+
+
+def _keys_and_schedules() -> dict[str, Any]:
+    key_id = {
+        "name": "key_id",
+        "in": "path",
+        "required": True,
+        "description": "The key's id, or its 10-character prefix (`vq_…`).",
+        "schema": {"type": "string"},
+    }
+    schedule_id = {
+        "name": "schedule_id",
+        "in": "path",
+        "required": True,
+        "description": "The schedule's id (a UUID).",
+        "schema": {"type": "string"},
+    }
+    schedule = _json(_ref("Schedule"), "The schedule.")
+    return {
+        "/v1/keys": {
+            "post": {
+                "summary": "Create an API key for a tenant (admin); the key is in this answer only",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("KeyCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("NewKey"), "Created."),
+                    **_errors(400, 401, 403, 413, 422),
+                },
+            },
+            "get": {
+                "summary": "API keys, newest first, by prefix: never a key (admin)",
+                "parameters": [
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "description": "Only this tenant's.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                    },
+                    {
+                        "name": "include_revoked",
+                        "in": "query",
+                        "schema": {"enum": ["true", "false"]},
+                    },
+                ],
+                "responses": {"200": _json(_ref("KeyList"), "Keys."), **_errors(401, 403, 422)},
+            },
+        },
+        "/v1/keys/{key_id}": {
+            "delete": {
+                "summary": "Revoke a key (admin): refused from the next request on, by every "
+                "API process; 409 for the last working admin key",
+                "parameters": [key_id],
+                "responses": {
+                    "200": _json(_ref("Key"), "Revoked."),
+                    **_errors(401, 403, 404, 409),
+                },
+            }
+        },
+        "/v1/schedules": {
+            "post": {
+                "summary": "Create a recurring job: a POST /v1/jobs body, a cron expression and "
+                "an IANA time zone; one job per tick",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ScheduleCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Schedule"), "Created."),
+                    **_errors(400, 401, 409, 413, 422),
+                },
+            },
+            "get": {
+                "summary": "The tenant's schedules, newest first",
+                "parameters": PAGE,
+                "responses": {
+                    "200": _json(_ref("ScheduleList"), "One page."),
+                    **_errors(401, 422),
+                },
+            },
+        },
+        "/v1/schedules/{schedule_id}": {
+            "get": {
+                "summary": "One schedule",
+                "parameters": [schedule_id],
+                "responses": {"200": schedule, **_errors(401, 404)},
+            },
+            "delete": {
+                "summary": "Delete a schedule; the jobs it made stay",
+                "parameters": [schedule_id],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **_errors(401, 404),
+                },
+            },
+        },
+    }
+
+
 WEBSOCKETS = {
-    "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order; "
+    "/v1/jobs/{job_id}/events": "A snapshot, then every later event of the job in `seq` order "
+    "(`/v1/schemas/events.json`); "
     "`?after=SEQ` resumes. Auth: `Authorization` header or `?token=`. Close codes: 1000 done, "
-    "4400 bad `after`, 4401 bad key, 4404 unknown job (or another tenant's), 4408 too slow.",
-    "/v1/events": "Every event of the caller's tenant (dashboards). Auth as above. Beside "
+    "4400 bad `after`, 4401 bad key, 4404 unknown job (or another tenant's), 4408 too slow. "
+    "`preview` events carry `data` (`#/components/schemas/PreviewEvent`): the storyboard "
+    "after the script, a thumbnail as each clip lands, the poster of the finished video.",
+    "/v1/events": "Every event of the caller's tenant (dashboards), each with its "
+    "`tenant_seq`; `?after=TSEQ` replays exactly what was missed. Auth as above. Beside "
     'job events it carries `{"type": "feed", "change": "refilled" | "ready" | "failed", '
-    '"user_id", ...}` when a user\'s feed changes.',
+    '"user_id", ...}` when a user\'s feed changes, and with `?stats=1` a `stats` message '
+    "(queue and worker figures) at once and every 5 s. Messages: `/v1/schemas/events.json`.",
 }
 
 
@@ -695,6 +1124,13 @@ def document() -> dict[str, Any]:
     schemas = {**schema.pop("$defs", {}), "JobCreate": schema, **SCHEMAS}
     schemas["TenantUpdate"] = TenantUpdate.model_json_schema()
     schemas["InteractionCreate"] = InteractionCreate.model_json_schema()
+    schemas["KeyCreate"] = KeyCreate.model_json_schema()
+    scheduled = ScheduleCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    scheduled.pop("$defs", None)
+    for field in ("run_at", "delay_s"):  # refused in a schedule: its jobs start at their ticks
+        scheduled["properties"].pop(field)
+    schemas |= {"ScheduleCreate": scheduled, **KEY_AND_SCHEDULE_SCHEMAS}
+    schemas["SceneRerender"] = SceneRerender.model_json_schema()
     error = _ref("Error")
     responses = {
         f"E{status}": {
@@ -708,7 +1144,7 @@ def document() -> dict[str, Any]:
         }
         for status, text in ERROR_DESCRIPTIONS.items()
     }
-    paths = _operations()
+    paths = {**_operations(), **_keys_and_schedules()}
     for path, item in paths.items():
         for operation in item.values():
             operation.setdefault("security", BEARER)
@@ -740,10 +1176,18 @@ def document() -> dict[str, Any]:
                     "name": "token",
                     "description": "The same key, where a browser cannot send a header.",
                 },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "videoq_session",
+                    "description": "The console's session (`POST /v1/session`), scoped like "
+                    "its key; state-changing requests also need `X-CSRF-Token`.",
+                },
             },
         },
         "security": BEARER,
         "x-websockets": WEBSOCKETS,
+        "x-event-schema": "/v1/schemas/events.json",
     }
 
 

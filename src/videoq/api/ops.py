@@ -1,6 +1,4 @@
-"""Operations: workers, queue statistics, ``/metrics`` (admin keys), ``/health`` (no key) and
-the dashboard page.
-"""
+"""Operations: workers, queue statistics, ``/metrics`` (admin keys) and ``/health`` (no key)."""
 
 from __future__ import annotations
 
@@ -9,14 +7,14 @@ from typing import Any
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from videoq import eta, store
-from videoq.api import dashboard, metrics
-from videoq.api.deps import State, admin, principal, state_of
+from videoq.api import metrics
+from videoq.api.deps import State, admin, state_of
 from videoq.broker import estimates, queue, registry
-from videoq.store import jobs, spend
+from videoq.store import feed, jobs, spend
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +51,8 @@ async def queue_stats(request: Request) -> Response:
     st = state_of(request)
     body = await _queue_figures(st)
     body["workers"] = await registry.count_workers(st.redis, st.settings.worker_stale_s)
+    async with st.sessions() as session:
+        body["feed"] = await feed.figures(session, st.settings.preference_update_threshold)
     return JSONResponse(body)
 
 
@@ -68,11 +68,6 @@ async def metrics_text(request: Request) -> Response:
         families.append(metrics.spend_family(await spend.totals(session)))
     body = metrics.render(request.app.state.metrics, families)
     return Response(body, media_type=metrics.CONTENT_TYPE)
-
-
-async def dashboard_page(request: Request) -> Response:
-    who = await principal(request, token_in_query=True)
-    return HTMLResponse(dashboard.render(request.state.csp_nonce, who.tenant))
 
 
 async def health(request: Request) -> Response:
@@ -92,7 +87,10 @@ async def health(request: Request) -> Response:
         database_ok = True
     except Exception as exc:
         log.warning("health_database_failed", error=str(exc))
-    status = "healthy" if redis_ok and database_ok else "degraded" if database_ok else "unhealthy"
+    # Degraded: jobs are taken (PostgreSQL is the record) but not run, for Redis is down or no
+    # worker has heartbeated within worker_stale_s.
+    healthy = redis_ok and database_ok and workers > 0
+    status = "healthy" if healthy else "degraded" if database_ok else "unhealthy"
     body = {
         "status": status,
         "redis": redis_ok,
@@ -109,5 +107,4 @@ ROUTES = [
     Route("/v1/workers/clear-stale", clear_stale_workers, methods=["POST"]),
     Route("/v1/queue/stats", queue_stats),
     Route("/metrics", metrics_text),
-    Route("/dashboard", dashboard_page),
 ]

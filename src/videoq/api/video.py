@@ -14,6 +14,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 
 from videoq.api.deps import State
 from videoq.api.errors import error_response
+from videoq.api.scenes import requested_version
 from videoq.artifacts import captions_key, video_key
 from videoq.errors import Conflict, Gone, NotFound
 from videoq.store import Job
@@ -25,15 +26,27 @@ _UNSATISFIABLE = (-1, -1)
 
 
 async def video_response(request: Request, st: State, job: Job) -> Response:
-    if job.status != JobStatus.SUCCEEDED:
-        raise Conflict(f"job {job.id} is {job.status}; the video exists once it has succeeded")
+    """The video of ``?version=N``, by default the latest one that is finished (while a
+    re-render runs, the version before it)."""
+    finished = job.version if job.status == JobStatus.SUCCEEDED else job.version - 1
+    if "version" in request.query_params:
+        version = requested_version(request, job)
+        if isinstance(version, Response):
+            return version
+    else:
+        version = max(finished, 1)
+    if version > finished:
+        raise Conflict(
+            f"job {job.id} is {job.status}; version {version} of its video exists once it "
+            "has succeeded"
+        )
     if job.artifacts_expired_at is not None:
         raise Gone(
             f"the video of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
             f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
         )
-    key = video_key(job.id)
-    name = f"{job.id}.mp4"
+    key = video_key(job.id, version)
+    name = f"{job.id}.mp4" if version == 1 else f"{job.id}.v{version}.mp4"
     store = st.artifacts
     if store.local_root is not None and "range" not in request.headers:
         # The whole file, sent by the server (sendfile). A ranged request takes the path below,
@@ -71,8 +84,8 @@ async def video_response(request: Request, st: State, job: Job) -> Response:
     )
 
 
-async def captions_response(st: State, job: Job) -> Response:
-    """The job's captions file (small: read whole, then sent); refused as the video is."""
+async def captions_response(st: State, job: Job, version: int = 1) -> Response:
+    """A version's captions file (small: read whole, then sent); refused as the video is."""
     if job.status != JobStatus.SUCCEEDED:
         raise Conflict(f"job {job.id} is {job.status}; its captions exist once it has succeeded")
     if job.artifacts_expired_at is not None:
@@ -86,7 +99,7 @@ async def captions_response(st: State, job: Job) -> Response:
             "word timings)"
         )
     store = st.artifacts
-    key = captions_key(job.id)
+    key = captions_key(job.id, version)
     if await store.stat(key) is None:
         raise NotFound(f"the captions of job {job.id} are no longer stored")
     body = b"".join([chunk async for chunk in store.read(key)])

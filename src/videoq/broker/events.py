@@ -8,13 +8,19 @@ copy (:class:`videoq.store.events.EventArchive`), injected by the caller, which 
 writes as it publishes. A seq is never given twice, even by a Redis that restarted empty: each
 event carries a floor, the publisher's :class:`LastSeq` (a worker's attempt) or the archive's
 last seq (the API), and takes at least that (docs/decisions.md, "Events across a Redis loss").
+
+The same script numbers each event in its tenant's feed too (``tenant_seq``, one counter per
+tenant, a capped stream per tenant), for ``WS /v1/events?after=``. That counter is shared by
+every publisher, so one Redis lost is restored from the tenant stream's last entry or, with
+both gone, from the archive's last ``tenant_seq`` of the tenant (docs/decisions.md, "Tenant
+feed replay").
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,7 +36,11 @@ from videoq.types import StoredEvent
 log = structlog.get_logger(__name__)
 
 STREAM_MAXLEN = 2000
+#: A tenant's feed holds every job's events: a longer stream, the archive behind it.
+TENANT_STREAM_MAXLEN = 10000
 TTL_S = 7 * 24 * 3600
+#: The fields the publish script writes.
+_NUMBERS = ("seq", "tenant_seq")
 
 
 class Archive(Protocol):
@@ -50,18 +60,58 @@ class Archive(Protocol):
         """Archive events just published (ones already archived are skipped)."""
         ...
 
+    async def tenant_last_seq(self, tenant: str) -> int:
+        """The highest archived ``tenant_seq`` of the tenant (0 when none)."""
+        ...
+
+    async def tenant_between(
+        self, tenant: str, after: int, before: int | None = None, upto: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's archived events with ``after < tenant_seq``, ``tenant_seq < before``
+        and ``tenant_seq <= upto``."""
+        ...
+
 
 #: Number, store and publish events, in order, in one call: event i (from 0) has the keys
-#: KEYS[4i+1..4i+4] (seq counter, stream, job channel, tenant channel), its floor in
-#: ARGV[2i+3] and its JSON object, without ``seq``, in ARGV[2i+4]; ARGV[1] is the stream's cap
-#: and ARGV[2] the keys' TTL. An event takes the counter's next number, or its floor if that is
-#: higher (Redis lost the counter: restarted empty), and the counter follows it. The seq goes
-#: in front of the object's other fields (as :func:`_numbered` writes it too). A counter that
-#: fell behind its stream (Redis lost the counter and kept the stream) catches up with the
-#: stream's last entry. Returns each event's seq, or the error that kept it out (a key of the
-#: wrong type, say): that event's number is given back, so a job's numbers keep no gap, and the
-#: batch's other events go on.
+#: KEYS[6i+1..6i+6] (seq counter, stream, job channel, tenant channel, tenant seq counter,
+#: tenant stream), its floor in ARGV[3i+4], its tenant floor in ARGV[3i+5] and its JSON
+#: object, without ``seq``, in ARGV[3i+6]; ARGV[1] is the job stream's cap, ARGV[2] the keys'
+#: TTL and ARGV[3] the tenant stream's cap. An event takes the counter's next number, or its
+#: floor if that is higher (Redis lost the counter: restarted empty), and the counter follows
+#: it. The seq and tenant_seq go in front of the object's other fields (as :func:`_numbered`
+#: writes them too). A counter that fell behind its stream (Redis lost the counter and kept
+#: the stream) catches up with the stream's last entry. Returns each event's ``{seq,
+#: tenant_seq}``, or the error that kept it out (a key of the wrong type, say): that event's
+#: numbers are given back, so a job's numbers keep no gap, and the batch's other events go on.
+#:
+#: A tenant's counter is shared by every publisher, so no one publisher's memory can restore
+#: it. One Redis lost (restarted empty, expired) is set from the tenant stream's last entry if
+#: that is left, else from the tenant floor, which a caller brings from the archive; without
+#: either nothing is numbered and the reply is ``{"tenant_seq_missing", i, ...}``, naming the
+#: events whose tenants need one, for the caller to call again with their floors.
 _PUBLISH = LuaScript("""
+local n = (#ARGV - 3) / 3
+local missing = {}
+for i = 0, n - 1 do
+  local k = i * 6
+  if redis.call('EXISTS', KEYS[k + 5]) == 0 then
+    local floor = tonumber(ARGV[3 * i + 5])
+    local last = redis.pcall('XREVRANGE', KEYS[k + 6], '+', '-', 'COUNT', 1)
+    if type(last) == 'table' and last[1] then
+      local after = tonumber(string.match(last[1][1], '^%d+')) + 1
+      if after > floor then floor = after end
+    end
+    if floor > 0 then
+      redis.call('SET', KEYS[k + 5], floor - 1)
+    else
+      missing[#missing + 1] = i
+    end
+  end
+end
+if #missing > 0 then
+  table.insert(missing, 1, 'tenant_seq_missing')
+  return missing
+end
 local function add(k, floor, body)
   local seq = redis.pcall('INCR', KEYS[k + 1])
   if type(seq) == 'table' then return nil, seq.err end
@@ -69,72 +119,108 @@ local function add(k, floor, body)
     seq = floor
     redis.call('SET', KEYS[k + 1], seq)
   end
-  local data = '{"seq":' .. seq .. ',' .. body
+  local tseq = redis.call('INCR', KEYS[k + 5])
+  local data = '{"seq":' .. seq .. ',"tenant_seq":' .. tseq .. ',' .. body
   local added = redis.pcall('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0',
                             'e', data)
   if type(added) == 'table' then
     if seq == 1 then redis.call('DEL', KEYS[k + 1]) else redis.call('DECR', KEYS[k + 1]) end
+    redis.call('DECR', KEYS[k + 5])
     return nil, added.err
   end
-  return seq, data
+  -- The archive holds the event too: a tenant stream Redis refuses only costs its replay a
+  -- trip to PostgreSQL.
+  redis.pcall('XADD', KEYS[k + 6], 'MAXLEN', '~', ARGV[3], tseq .. '-0', 'e', data)
+  return {seq, tseq}, data
 end
 local out = {}
-for i = 0, (#ARGV - 2) / 2 - 1 do
-  local k = i * 4
-  local floor = tonumber(ARGV[2 * i + 3])
-  local body = string.sub(ARGV[2 * i + 4], 2)
-  local seq, data = add(k, floor, body)
-  if seq == nil then
+for i = 0, n - 1 do
+  local k = i * 6
+  local floor = tonumber(ARGV[3 * i + 4])
+  local body = string.sub(ARGV[3 * i + 6], 2)
+  local seqs, data = add(k, floor, body)
+  if seqs == nil then
     local last = redis.pcall('XREVRANGE', KEYS[k + 2], '+', '-', 'COUNT', 1)
     if type(last) == 'table' and last[1] then
       redis.call('SET', KEYS[k + 1], string.match(last[1][1], '^%d+'))
-      seq, data = add(k, floor, body)
+      seqs, data = add(k, floor, body)
     end
   end
-  if seq == nil then
+  if seqs == nil then
     out[#out + 1] = data
   else
-    redis.call('EXPIRE', KEYS[k + 1], ARGV[2])
-    redis.call('EXPIRE', KEYS[k + 2], ARGV[2])
+    for key = k + 1, k + 6 do
+      if key ~= k + 3 and key ~= k + 4 then redis.call('EXPIRE', KEYS[key], ARGV[2]) end
+    end
     redis.call('PUBLISH', KEYS[k + 3], data)
     redis.call('PUBLISH', KEYS[k + 4], data)
-    out[#out + 1] = seq
+    out[#out + 1] = seqs
   end
 end
 return out
 """)
 
+_MISSING = b"tenant_seq_missing"
+
 #: An event to publish: ``(tenant, event, floor)``, the floor being the least seq it may take
 #: (0: none).
 Outgoing = tuple[str, dict[str, Any], int]
 
-
-def _numbered(seq: int, body: str) -> str:
-    """An event's text as the script stores and publishes it: ``seq`` first, then ``body``'s
-    fields."""
-    return f'{{"seq":{seq},{body[1:]}'
+#: The least ``tenant_seq`` a tenant's next event may take, read from the archive: asked only
+#: when Redis has lost the tenant's counter and stream (:data:`_PUBLISH`).
+TenantFloor = Callable[[str], Awaitable[int]]
 
 
-async def publish_many(redis: Redis, items: Sequence[Outgoing]) -> list[StoredEvent | None]:
-    """Number (each at least its floor), store and publish events, in order, in one round
-    trip; returns each as the archive keeps it, None for an event Redis refused (logged; the
-    others go on)."""
+def _numbered(seq: int, tenant_seq: int, body: str) -> str:
+    """An event's text as the script stores and publishes it: ``seq`` and ``tenant_seq``
+    first, then ``body``'s fields."""
+    return f'{{"seq":{seq},"tenant_seq":{tenant_seq},{body[1:]}'
+
+
+def _args(
+    items: Sequence[Outgoing], bodies: list[str], tenant_floors: dict[str, int]
+) -> tuple[list[str], list[str]]:
     names: list[str] = []
-    bodies: list[str] = []
-    args = [str(STREAM_MAXLEN), str(TTL_S)]
-    for tenant, event, floor in items:
+    args = [str(STREAM_MAXLEN), str(TTL_S), str(TENANT_STREAM_MAXLEN)]
+    for (tenant, event, floor), body in zip(items, bodies, strict=True):
         job_id = event["job_id"]
         names += (keys.seq(job_id), keys.stream(job_id), keys.job_channel(job_id),
-                  keys.tenant_channel(tenant))  # fmt: skip
-        bodies.append(json.dumps({k: v for k, v in event.items() if k != "seq"}))
-        args += (str(floor), bodies[-1])
-    stored: list[StoredEvent | None] = []
-    replies = await _PUBLISH(redis, names, args)
-    for (_, event, _), body, seq in zip(items, bodies, replies, strict=True):
-        if isinstance(seq, int):
-            stored.append((event["job_id"], seq, _numbered(seq, body)))
+                  keys.tenant_channel(tenant), keys.tenant_seq(tenant),
+                  keys.tenant_stream(tenant))  # fmt: skip
+        args += (str(floor), str(tenant_floors.get(tenant, 0)), body)
+    return names, args
+
+
+async def publish_many(
+    redis: Redis, items: Sequence[Outgoing], tenant_floor: TenantFloor | None = None
+) -> list[StoredEvent | None]:
+    """Number (each at least its floor), store and publish events, in order, in one round
+    trip (two when Redis lost a tenant's counter: its floor is asked of ``tenant_floor``, or
+    taken as none before the first without one); returns each as the archive keeps it, None
+    for an event Redis refused (logged; the others go on)."""
+    numbered = await _numbered_many(redis, items, tenant_floor)
+    return [None if one is None else one[0] for one in numbered]
+
+
+async def _numbered_many(
+    redis: Redis, items: Sequence[Outgoing], tenant_floor: TenantFloor | None
+) -> list[tuple[StoredEvent, int] | None]:
+    """:func:`publish_many`, each event with its ``tenant_seq``."""
+    bodies = [json.dumps({k: v for k, v in e.items() if k not in _NUMBERS}) for _, e, _ in items]
+    replies = await _PUBLISH(redis, *_args(items, bodies, {}))
+    if replies and replies[0] == _MISSING:
+        tenants = {items[int(i)][0] for i in replies[1:]}
+        floors = {t: (await tenant_floor(t) if tenant_floor else 0) + 1 for t in tenants}
+        log.info("tenant_seq_restored", tenants=len(floors))
+        replies = await _PUBLISH(redis, *_args(items, bodies, floors))
+    stored: list[tuple[StoredEvent, int] | None] = []
+    for (_, event, _), body, reply in zip(items, bodies, replies, strict=True):
+        if isinstance(reply, list):
+            seq, tenant_seq = int(reply[0]), int(reply[1])
+            stored.append(((event["job_id"], seq, _numbered(seq, tenant_seq, body)), tenant_seq))
         else:
-            log.warning("event_refused", job_id=event["job_id"], error=seq.decode(errors="replace"))
+            text = reply.decode(errors="replace")
+            log.warning("event_refused", job_id=event["job_id"], error=text)
             stored.append(None)
     return stored
 
@@ -165,14 +251,26 @@ class Publisher:
 
     An event published with its attempt's :class:`LastSeq` is numbered after it, and updates it.
     The events Redis took are handed to ``keep`` (the worker's grouped archive writes,
-    :meth:`videoq.store.grouped.GroupedWriter.keep_events`), which must not block."""
+    :meth:`videoq.store.grouped.GroupedWriter.keep_events`), which must not block. When Redis
+    lost a tenant's counter, its events are numbered after both the archive's last
+    (``tenant_floor``) and the last this publisher was given, whichever is higher: its own
+    archive writes trail its publishing."""
 
     def __init__(
-        self, redis: Redis, keep: Callable[[list[StoredEvent]], object] | None = None
+        self,
+        redis: Redis,
+        keep: Callable[[list[StoredEvent]], object] | None = None,
+        tenant_floor: TenantFloor | None = None,
     ) -> None:
         self.redis = redis
         self.keep = keep
+        self.tenant_floor = tenant_floor
+        self._tenant_last: dict[str, int] = {}
         self._group = GroupCommit(self._publish)
+
+    async def _floor(self, tenant: str) -> int:
+        archived = await self.tenant_floor(tenant) if self.tenant_floor else 0
+        return max(archived, self._tenant_last.get(tenant, 0))
 
     async def _publish(
         self, items: list[tuple[str, dict[str, Any], LastSeq | None]]
@@ -180,17 +278,20 @@ class Publisher:
         # The batch before this one is done: each LastSeq is exact.
         outgoing = [(tenant, event, last.value + 1 if last else 0) for tenant, event, last in items]
         try:
-            stored = await publish_many(self.redis, outgoing)
-        except (RedisError, OSError) as exc:
+            numbered = await _numbered_many(self.redis, outgoing, self._floor)
+        except Exception as exc:  # Redis, or the archive asked for a tenant's floor
             log.warning("event_publish_failed", events=len(items), error=str(exc))
             return [None] * len(items)
-        for (_, _, last), one in zip(items, stored, strict=True):
-            if last is not None and one is not None:
-                last.value = max(last.value, one[1])
-        published = [one for one in stored if one is not None]
+        for (tenant, _, last), one in zip(items, numbered, strict=True):
+            if one is None:
+                continue
+            if last is not None:
+                last.value = max(last.value, one[0][1])
+            self._tenant_last[tenant] = max(self._tenant_last.get(tenant, 0), one[1])
+        published = [one[0] for one in numbered if one is not None]
         if self.keep is not None and published:
             self.keep(published)
-        return [None if one is None else one[1] for one in stored]
+        return [None if one is None else one[0][1] for one in numbered]
 
     def __call__(
         self, tenant: str, event: dict[str, Any], last: LastSeq | None = None
@@ -208,10 +309,12 @@ async def publish_best_effort(
     transitions), logging instead of raising: events are best effort, PostgreSQL holds the
     state. It is numbered after the job's archived history (its floor), which every publisher
     archives as it goes (a worker within one grouped write), so the numbering goes on even if
-    Redis lost the job's counter. ``archive`` errors (PostgreSQL down) are logged too."""
+    Redis lost the job's counter; its ``tenant_seq`` likewise after the tenant's. ``archive``
+    errors (PostgreSQL down) are logged too."""
     try:
         floor = await archive.last_seq(event["job_id"]) + 1
-        stored = (await publish_many(redis, [(tenant, event, floor)]))[0]
+        outgoing = [(tenant, event, floor)]
+        stored = (await publish_many(redis, outgoing, archive.tenant_last_seq))[0]
         if stored is not None:
             await archive.keep([stored])
     except Exception as exc:  # Redis or the archive's store: neither may fail the transition
@@ -258,8 +361,35 @@ async def current_seq(redis: Redis, archive: Archive, job_id: str) -> int:
     return seq or await archive.last_seq(job_id)
 
 
+async def tenant_history(
+    redis: Redis, archive: Archive, tenant: str, after: int, upto: int | None = None
+) -> list[dict[str, Any]]:
+    """The tenant's events with ``after < tenant_seq <= upto``, in order: :func:`history` for a
+    tenant's feed, from its Redis stream and, for what that no longer holds, the archive."""
+    try:
+        entries = await redis.xrange(
+            keys.tenant_stream(tenant), f"{after + 1}-0", f"{upto}-0" if upto else "+"
+        )
+        live = [json.loads(fields[b"e"]) for _, fields in entries]
+    except (RedisError, OSError) as exc:
+        log.warning("tenant_events_replayed_from_archive", error=str(exc))
+        live = []
+    if live and live[0]["tenant_seq"] == after + 1:
+        return live
+    if live:
+        return await archive.tenant_between(tenant, after, before=live[0]["tenant_seq"]) + live
+    return await archive.tenant_between(tenant, after, upto=upto)
+
+
+async def current_tenant_seq(redis: Redis, archive: Archive, tenant: str) -> int:
+    """The tenant's latest ``tenant_seq``: Redis's counter, or the archive's when Redis lost
+    it."""
+    value = await redis.get(keys.tenant_seq(tenant))
+    return int(value) if value else await archive.tenant_last_seq(tenant)
+
+
 async def publish_tenant(redis: Redis, tenant: str, event: dict[str, Any]) -> None:
     """Publish an event that belongs to no one job (a user's feed changed) on the tenant's
-    channel, for the tenant's event stream. It has no ``seq`` and no replay: the feed itself,
-    in PostgreSQL, is what a client reads again after a gap."""
+    channel, for the tenant's event stream. It has no ``seq`` nor ``tenant_seq`` and no
+    replay: the feed itself, in PostgreSQL, is what a client reads again after a gap."""
     await redis.publish(keys.tenant_channel(tenant), json.dumps(event))

@@ -33,6 +33,8 @@ __all__ = [
     "seq",
     "stream",
     "tenant_channel",
+    "tenant_seq",
+    "tenant_stream",
     "wake_channel",
     "webhook_seen",
     "worker_info",
@@ -124,6 +126,17 @@ def job_channel(job_id: str) -> str:
 
 def tenant_channel(tenant: str) -> str:
     return f"videoq:events:tenant:{tenant}"
+
+
+# Per tenant, the same again for its feed (``WS /v1/events``): a counter and a capped stream.
+
+
+def tenant_seq(tenant: str) -> str:
+    return f"videoq:tseq:{tenant}"
+
+
+def tenant_stream(tenant: str) -> str:
+    return f"videoq:tstream:{tenant}"
 
 
 # The worker registry: a sorted set of worker ids by last heartbeat, one document per worker.

@@ -20,13 +20,16 @@ from typing import Any, Protocol
 
 import structlog
 
-from videoq.errors import OverBudget, RetryableError
-from videoq.ffmpeg import find_font
-from videoq.pipeline import compositing, script_gen, video_gen, voice_gen
+from videoq import tracing
+from videoq.errors import OverBudget, PermanentError, RetryableError
+from videoq.pipeline import compositing, script_gen, stages, video_gen, voice_gen
+from videoq.pipeline.previews import Previews, storyboard
 from videoq.pipeline.spending import Spend, Unmetered
+from videoq.pipeline.versions import VersionCheckpoints, VersionSpend
 from videoq.providers import Providers
 from videoq.settings import Settings
-from videoq.types import STAGE_RANGES, STAGES, Brief, Result, Script, VoiceTrack
+from videoq.types import STAGE_RANGES, STAGES, Brief, Result, Script, version_dir
+from videoq.versions import Rerender
 
 __all__ = [
     "STAGES",
@@ -35,7 +38,9 @@ __all__ = [
     "Artifacts",
     "Checkpoints",
     "MemoryCheckpoints",
+    "Previews",
     "Reporter",
+    "Rerender",
     "ScratchOnly",
     "Spend",
     "Unmetered",
@@ -228,6 +233,8 @@ async def run_pipeline(
     providers: Providers,
     artifacts: Artifacts | None = None,
     spend: Spend | None = None,
+    previews: Previews | None = None,
+    rerender: Rerender | None = None,
 ) -> Result:
     """Run the four stages in order and return the finished video, ``workdir/video.mp4``.
 
@@ -245,33 +252,55 @@ async def run_pipeline(
     ``options`` may force offline). What each stage cost is in :attr:`Result.cost` and logged.
     Each paid call is reserved with ``spend`` before it is made and settled after (default:
     unmetered); a budget that cannot cover one raises :class:`~videoq.errors.OverBudget`.
+
+    ``previews`` receives the storyboard once the script is written, each scene's thumbnail
+    (kept in ``artifacts`` first) as its clip lands, and the poster of the finished video
+    (:mod:`~videoq.pipeline.previews`); a stage skipped from its checkpoint previews nothing
+    again.
+
+    With ``rerender`` the run makes that version of the video from the version before it,
+    re-buying only what the re-render changed (:func:`~videoq.pipeline.stages.rerun_stage`),
+    into ``workdir/v<N>/``, with the version's own checkpoints and purchase keys
+    (:mod:`~videoq.pipeline.versions`): it resumes after a crash as any run does.
     """
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     kept: Artifacts = artifacts or ScratchOnly()
     progress = _Progress(report)
     outputs: dict[str, dict[str, Any]] = {}
     ran: set[str] = set()
+    metered: Spend = spend or Unmetered()
+    out = workdir
+    earlier: stages.Earlier | None = None
+    if rerender is not None:
+        earlier = _earlier(checkpoints, rerender.version - 1, workdir, kept)
+        checkpoints = VersionCheckpoints(checkpoints, rerender.version)
+        metered = VersionSpend(metered, rerender.version)
+        out = workdir / version_dir(rerender.version).rstrip("/")
+        await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
 
     async def run(stage: str, on_progress: Callable[[float], Awaitable[None]]) -> None:
+        with tracing.span(f"stage {stage}", {"videoq.stage": stage}):
+            await run_stage(stage, on_progress)
+
+    async def run_stage(stage: str, on_progress: Callable[[float], Awaitable[None]]) -> None:
+        common: dict[str, Any] = {
+            "settings": settings, "workdir": out, "providers": providers,
+            "checkpoints": checkpoints, "artifacts": kept, "spend": metered,
+            "on_progress": on_progress, "on_message": progress.telling(stage),
+            "previews": previews,
+        }  # fmt: skip
         async with _deadline(stage, settings.stage_timeout_s):
-            output = await _run_stage(
-                stage,
-                brief,
-                outputs,
-                settings=settings,
-                workdir=workdir,
-                providers=providers,
-                checkpoints=checkpoints,
-                artifacts=kept,
-                spend=spend or Unmetered(),
-                on_progress=on_progress,
-                on_message=progress.telling(stage),
-            )
+            output = await _make(stage, brief, outputs, rerender, earlier, common)
         await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
         await checkpoints.save(stage, output)
         if output.get("cost"):
             log.info("stage_cost_recorded", stage=stage, cost=output["cost"])
         outputs[stage] = output
+        if previews is not None and stage == "script_gen":
+            script = Script.from_dict(output)
+            await previews.preview(
+                "storyboard", None, {"title": script.title, "scenes": storyboard(script)}
+            )
 
     async def saved_for(stage: str) -> dict[str, Any] | None:
         """The stage's checkpoint, when it still holds (nothing it depends on ran again)."""
@@ -306,6 +335,38 @@ async def run_pipeline(
         final.video_path, final.duration_s, final.size_bytes, cost=cost,
         captions_path=final.captions_path,
     )  # fmt: skip
+
+
+async def _make(
+    stage: str,
+    brief: Brief,
+    outputs: dict[str, dict[str, Any]],
+    rerender: Rerender | None,
+    earlier: stages.Earlier | None,
+    common: dict[str, Any],
+) -> dict[str, Any]:
+    """The stage's outputs: made anew, or, in a re-render, from the version before."""
+    if rerender is None:
+        return await stages.run_stage(stage, brief, outputs, **common)
+    assert earlier is not None
+    return await stages.rerun_stage(stage, brief, rerender, outputs, earlier=earlier, **common)
+
+
+def _earlier(
+    checkpoints: Checkpoints, version: int, workdir: Path, artifacts: Artifacts
+) -> stages.Earlier:
+    """What each stage made in ``version`` (the one a re-render starts from)."""
+    made = VersionCheckpoints(checkpoints, version)
+
+    async def earlier(stage: str) -> dict[str, Any]:
+        found = await _load_valid(made, stage, workdir, artifacts)
+        if found is None:
+            raise PermanentError(
+                f"the {stage} outputs of version {version} are gone", code="version_lost"
+            )
+        return found
+
+    return earlier
 
 
 async def _together(
@@ -349,58 +410,3 @@ async def _together(
         raise video_gen.first_error(failed) from None
     if refused:
         raise refused[0]
-
-
-async def _run_stage(
-    stage: str,
-    brief: Brief,
-    outputs: dict[str, dict[str, Any]],
-    *,
-    settings: Settings,
-    workdir: Path,
-    providers: Providers,
-    checkpoints: Checkpoints,
-    artifacts: Artifacts,
-    spend: Spend,
-    on_progress: Callable[[float], Awaitable[None]],
-    on_message: Callable[[str], Awaitable[None]],
-) -> dict[str, Any]:
-    """Run one stage on the outputs of the earlier ones; return its checkpoint."""
-    if stage == "script_gen":
-        written = await script_gen.run(
-            brief, provider=providers.script, settings=settings, spend=spend
-        )
-        return written.to_dict()
-    script = Script.from_dict(outputs["script_gen"])
-    if stage == "voice_gen":
-        voice = await voice_gen.run(
-            brief, script, provider=providers.voice, workdir=workdir, checkpoints=checkpoints,
-            settings=settings, spend=spend,
-        )  # fmt: skip
-        return voice.to_dict()
-    if stage == "video_gen":
-        clips = await video_gen.run(
-            brief,
-            script,
-            provider=providers.video,
-            workdir=workdir,
-            on_progress=on_progress,
-            checkpoints=checkpoints,
-            artifacts=artifacts,
-            settings=settings,
-            spend=spend,
-            fallbacks=providers.video_fallbacks,
-            on_message=on_message,
-        )
-        return video_gen.to_output(clips)
-    result = await compositing.run(
-        brief,
-        script,
-        VoiceTrack.from_dict(outputs["voice_gen"]),
-        video_gen.from_output(outputs["video_gen"]),
-        settings=settings,
-        workdir=workdir,
-        font=await find_font(settings) if brief.cta_text or brief.captions else None,
-        on_progress=on_progress,
-    )
-    return compositing.to_output(result)

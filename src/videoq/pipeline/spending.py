@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from videoq import tracing
 from videoq.errors import Declined, ProviderError
+from videoq.providers import Billed
 from videoq.providers.http import MAYBE_DONE
 
 T = TypeVar("T")
@@ -43,8 +45,8 @@ class Unmetered:
 
 
 def paid(provider: object) -> bool:
-    """Whether ``provider`` charges for its calls (the live providers say so)."""
-    return bool(getattr(provider, "paid", False))
+    """Whether ``provider`` charges for its calls (:class:`~videoq.providers.Billed`)."""
+    return isinstance(provider, Billed) and provider.paid
 
 
 def bought_nothing(exc: BaseException) -> bool:
@@ -67,13 +69,23 @@ async def paid_call(
     call: Callable[[], Awaitable[T]],
     cost_of: Callable[[T], dict[str, Any]],
 ) -> T:
-    """``call()``, reserved under ``key`` first and settled with ``cost_of(result)`` after."""
-    await spend.reserve(stage, key, usage)
-    try:
-        result = await call()
-    except Exception as exc:
-        if bought_nothing(exc):
-            await spend.release(key)
-        raise
-    await spend.settle(key, cost_of(result))
-    return result
+    """``call()``, reserved under ``key`` first and settled with ``cost_of(result)`` after;
+    traced as one span with the provider, model and what the call used (the spend may add its
+    price)."""
+    provider = usage.get("provider")
+    attributes = {"videoq.stage": stage, "videoq.purchase": key, "videoq.provider": provider,
+                  "videoq.model": usage.get("model")}  # fmt: skip
+    with tracing.span(f"{provider} purchase", attributes, kind="client") as span:
+        await spend.reserve(stage, key, usage)
+        try:
+            result = await call()
+        except Exception as exc:
+            if bought_nothing(exc):
+                await spend.release(key)
+            raise
+        cost = cost_of(result)
+        for name, value in cost.items():  # the model that served it, and the units it used
+            if isinstance(value, str | int | float) and name != "provider":
+                span.set_attribute("videoq.model" if name == "model" else f"videoq.{name}", value)
+        await spend.settle(key, cost)
+        return result

@@ -42,6 +42,7 @@ from videoq.errors import Declined, OverBudget, PermanentError, RetryableError
 from videoq.pipeline.spending import Spend, Unmetered, paid, paid_call
 from videoq.providers import PaidWork, ResumableVideoProvider, VideoProvider
 from videoq.types import Clip, Scene, Script
+from videoq.versions import scene_key
 
 if TYPE_CHECKING:
     from videoq.ffmpeg import ProgressCallback
@@ -61,7 +62,7 @@ def note_key(index: int) -> str:
 
 def purchase_key(index: int) -> str:
     """The key under which a scene's purchase is reserved against the budget."""
-    return f"{STAGE}:{index}"
+    return scene_key(index)
 
 
 async def _clip(
@@ -83,10 +84,14 @@ async def run(
     spend: Spend | None = None,
     fallbacks: Sequence[ResumableVideoProvider] = (),
     on_message: Callable[[str], Awaitable[None]] | None = None,
+    on_clip: Callable[[int, Clip], Awaitable[None]] | None = None,
+    only: Sequence[int] | None = None,
 ) -> list[Clip]:
-    """Render every scene concurrently; ``on_progress`` gets the fraction of clips finished,
+    """Render every scene (or the scenes ``only`` names, in its order: a re-render's)
+    concurrently; ``on_progress`` gets the fraction of clips finished,
     ``on_message`` each switch of a scene to one of the ``fallbacks`` (the models a resumable
-    ``provider`` hands a scene to, in order, when it declines it).
+    ``provider`` hands a scene to, in order, when it declines it), ``on_clip`` each scene's
+    clip as it lands (bought, or found kept by an earlier attempt).
 
     If one scene fails the others are cancelled and that scene's own error propagates (a
     permanent one before a retryable one, when several failed): their noted work stays noted,
@@ -94,7 +99,8 @@ async def run(
     scene the budget cannot cover cancels nothing: the others finish (each clip kept), and
     then :class:`~videoq.errors.OverBudget` propagates.
     """
-    total = len(script.scenes)
+    indices = list(range(len(script.scenes)) if only is None else only)
+    total = len(indices)
     finished = 0
     noted = await checkpoints.notes(STAGE) if checkpoints is not None else {}
     metered = spend or Unmetered()
@@ -117,6 +123,8 @@ async def run(
             )  # fmt: skip
         else:
             clip = await _clip(provider, index, brief, script, workdir)
+        if on_clip is not None:
+            await on_clip(index, clip)
         finished += 1
         await on_progress(finished / total)
         return clip
@@ -132,7 +140,7 @@ async def run(
 
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(render_or_wait(i)) for i in range(total)]
+            tasks = [group.create_task(render_or_wait(i)) for i in indices]
     except ExceptionGroup as failed:
         raise first_error(failed) from None
     if refused:

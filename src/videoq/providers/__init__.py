@@ -75,6 +75,14 @@ class VideoProvider(Protocol):
         ...
 
 
+@runtime_checkable
+class Billed(Protocol):
+    """A provider that charges for its calls (the live ones say so with ``paid = True``): the
+    pipeline reserves each call against the tenant's budget before it is made."""
+
+    paid: bool
+
+
 @dataclass(frozen=True)
 class PaidWork:
     """One scene's purchase as the ``video_gen`` stage keeps it: what earlier attempts noted
@@ -306,7 +314,8 @@ class ProviderPool:
     def briefs(self, settings: Settings) -> BriefWriter:
         """The writer of new briefs for users' feeds: Claude where this pool has a client
         (unless ``providers="offline"``), else the offline template."""
-        from videoq.providers.briefs import AnthropicBriefWriter, OfflineBriefWriter
+        from videoq.providers.anthropic import AnthropicBriefWriter
+        from videoq.providers.briefs import OfflineBriefWriter
 
         if self.anthropic is None or settings.providers == "offline":
             return OfflineBriefWriter()

@@ -26,10 +26,12 @@ from anthropic.types import Message
 
 from videoq.errors import PermanentError
 from videoq.prompts import TOOL_NAME, request
+from videoq.providers import briefs
 from videoq.providers.http import RetryPolicy, call_with_retries, classify, transport_error
 from videoq.types import Scene, Script, scene_count, scene_durations
 
 if TYPE_CHECKING:
+    from videoq.providers.briefs import Taste
     from videoq.providers.limits import Limiter
     from videoq.settings import Settings
     from videoq.types import Brief
@@ -109,11 +111,9 @@ async def create_message(client: anthropic.AsyncAnthropic, body: dict[str, Any])
         raise transport_error("anthropic", exc) from exc
 
 
-class AnthropicScriptProvider:
-    """A :class:`~videoq.providers.ScriptProvider` on Claude."""
-
-    #: Its calls are paid for: the pipeline reserves them against the tenant's budget.
-    paid = True
+class _Claude:
+    """What every caller of Claude holds: the process's client, the settings, the limit on
+    concurrent calls (shared by scripts and briefs) and the retry policy."""
 
     def __init__(
         self,
@@ -128,18 +128,30 @@ class AnthropicScriptProvider:
         self._limiter = limiter
         self._policy = policy
 
+    async def _ask(self, body: dict[str, Any], what: str) -> Message:
+        """One answer to ``body``, each try within the limit, retried by the policy."""
+
+        async def once() -> Message:
+            async with self._limiter.slot():
+                return await create_message(self._client, body)
+
+        return await call_with_retries(once, policy=self._policy, what=what)
+
+
+class AnthropicScriptProvider(_Claude):
+    """A :class:`~videoq.providers.ScriptProvider` on Claude."""
+
+    #: Its calls are paid for: the pipeline reserves them against the tenant's budget.
+    paid = True
+
     async def write_script(self, brief: Brief) -> Script:
         """A checked script of :func:`scene_count` scenes (an answer with another count is
         fitted to it); a malformed answer is asked for once more."""
         count = scene_count(brief.duration_s)
-
-        async def once() -> Message:
-            async with self._limiter.slot():
-                return await self._create(brief, count)
-
+        body = request(brief, count, self._settings)
         spent = {"input_tokens": 0, "output_tokens": 0}
         for ask in range(1, MAX_ASKS + 1):
-            message = await call_with_retries(once, policy=self._policy, what="anthropic.messages")
+            message = await self._ask(body, "anthropic.messages")
             try:
                 script = self._parse(message, brief, count)
             except PermanentError as exc:
@@ -154,9 +166,6 @@ class AnthropicScriptProvider:
             script.cost["asks"] = ask
             return script
         raise AssertionError("unreachable")
-
-    async def _create(self, brief: Brief, count: int) -> Message:
-        return await create_message(self._client, request(brief, count, self._settings))
 
     def _parse(self, message: Message, brief: Brief, count: int) -> Script:
         if message.stop_reason == "refusal":
@@ -206,3 +215,22 @@ class AnthropicScriptProvider:
             ],
             cost=cost,
         )
+
+
+class AnthropicBriefWriter(_Claude):
+    """A :class:`~videoq.providers.briefs.BriefWriter` on Claude: one forced, strict tool call
+    (:func:`videoq.providers.briefs.request`)."""
+
+    async def write_briefs(self, taste: Taste, count: int) -> list[dict[str, Any]]:
+        body = briefs.request(taste, count, self._settings)
+        message = await self._ask(body, "anthropic.briefs")
+        block = next(
+            (b for b in message.content if b.type == "tool_use" and b.name == briefs.TOOL_NAME),
+            None,
+        )
+        written = block.input.get("briefs") if block and isinstance(block.input, dict) else None
+        if not isinstance(written, list):
+            raise PermanentError("anthropic answered without briefs", code="invalid_briefs")
+        return [
+            {k: b.get(k) for k in briefs.FIELDS} for b in written[:count] if isinstance(b, dict)
+        ]

@@ -1,10 +1,11 @@
 """New briefs for one end user's feed, written from what they liked and skipped.
 
-One Protocol, :class:`BriefWriter`, and two implementations: :class:`AnthropicBriefWriter`,
-the script model asked for structured output (one forced, strict tool call), and
+One Protocol, :class:`BriefWriter`, and two implementations:
+:class:`~videoq.providers.anthropic.AnthropicBriefWriter`, the script model asked for
+structured output (one forced, strict tool call, :func:`request`), and
 :class:`OfflineBriefWriter`, a deterministic template. Both get a :class:`Taste` (the briefs
-of the videos the user liked and disliked, and those already made for them) and answer
-plain brief fields (``product_name``, ``style``, ``cta_text``, ``prompt``), which the feed
+of the videos the user liked and disliked, and those already made for them) and answer plain
+brief fields (``product_name``, ``style``, ``cta_text``, ``prompt``), which the feed
 validates as any job's brief before it submits them.
 
 As for scripts, the briefs in the request are customer data: they go in the user turn as
@@ -17,14 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from videoq.errors import PermanentError
-from videoq.providers.http import call_with_retries
-
 if TYPE_CHECKING:
-    import anthropic
-
-    from videoq.providers.http import RetryPolicy
-    from videoq.providers.limits import Limiter
     from videoq.settings import Settings
 
 #: What each brief of a :class:`Taste` keeps, and what a writer answers.
@@ -158,39 +152,3 @@ def request(taste: Taste, count: int, settings: Settings) -> dict[str, Any]:
         "tools": [briefs_tool()],
         "tool_choice": {"type": "tool", "name": TOOL_NAME, "disable_parallel_tool_use": True},
     }
-
-
-class AnthropicBriefWriter:
-    """A :class:`BriefWriter` on Claude, through the process's Anthropic client and its
-    concurrency limit (the scripts' own)."""
-
-    def __init__(
-        self,
-        client: anthropic.AsyncAnthropic,
-        settings: Settings,
-        *,
-        limiter: Limiter,
-        policy: RetryPolicy,
-    ) -> None:
-        self._client = client
-        self._settings = settings
-        self._limiter = limiter
-        self._policy = policy
-
-    async def write_briefs(self, taste: Taste, count: int) -> list[dict[str, Any]]:
-        from videoq.providers.anthropic import create_message
-
-        body = request(taste, count, self._settings)
-
-        async def once() -> Any:
-            async with self._limiter.slot():
-                return await create_message(self._client, body)
-
-        message = await call_with_retries(once, policy=self._policy, what="anthropic.briefs")
-        block = next(
-            (b for b in message.content if b.type == "tool_use" and b.name == TOOL_NAME), None
-        )
-        briefs = block.input.get("briefs") if block and isinstance(block.input, dict) else None
-        if not isinstance(briefs, list):
-            raise PermanentError("anthropic answered without briefs", code="invalid_briefs")
-        return [{k: b.get(k) for k in FIELDS} for b in briefs[:count] if isinstance(b, dict)]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 import structlog
 
+from videoq import tracing
 from videoq.errors import PermanentError, ProviderError, RetryableError
 
 if TYPE_CHECKING:
@@ -174,15 +175,26 @@ async def call_with_retries(
     call: Callable[[], Awaitable[T]], *, policy: RetryPolicy, what: str
 ) -> T:
     """``await call()``, retrying :class:`RetryableError` as ``policy`` says; the last error
-    (or a permanent one, at once) propagates unchanged."""
+    (or a permanent one, at once) propagates unchanged. Traced as one span named ``what``,
+    with the retries it took and each retry's error and wait as an event."""
+    with tracing.span(what, {"videoq.provider.call": what}, kind="client") as span:
+        return await _with_retries(call, policy, what, span)
+
+
+async def _with_retries(
+    call: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str, span: tracing.Span
+) -> T:
     retry = 0
     while True:
+        span.set_attribute("videoq.provider.retries", retry)
         try:
             return await call()
         except RetryableError as exc:
+            span.set_attribute("videoq.provider.last_error", exc.code)
             delay = policy.delay(retry, exc) if retry < policy.retries else None
             if delay is None:
                 raise
+            span.add_event("retry", {"error.type": exc.code, "delay_s": delay})
             log.warning(
                 "provider_call_retried",
                 call=what,

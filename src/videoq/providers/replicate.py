@@ -54,7 +54,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpx
 import structlog
 
-from videoq import prices
+from videoq import prices, tracing
 from videoq.errors import Declined, PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output
 from videoq.providers import PaidWork, PredictionWatch
@@ -274,7 +274,8 @@ class PredictionSweep:
         awaited.created_at = min(awaited.created_at, created_at)
         awaited.woken.add(woken)
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="replicate-sweep")
+            with tracing.detached():  # the sweep serves every job: it is none's span
+                self._task = asyncio.create_task(self._run(), name="replicate-sweep")
         try:
             yield
         finally:

@@ -7,7 +7,8 @@ grouped      a worker's hot writes, grouped across its jobs, on raw asyncpg
 liveness     workers' session locks, and the jobs of workers whose lock is gone
 checkpoints  a stage's outputs and paid work in progress, for one attempt
 events       the archive of every job's events
-apikeys      API keys
+apikeys      API keys: issued, authenticated, listed, revoked
+schedules    recurring jobs: their rows, the due ones claimed by one ticker at a time
 tenants      tenants' fair shares, as admins set them
 webhooks     outbound deliveries, tenant secrets, inbound receipts
 spend        tenants' budgets: paid calls reserved and settled
@@ -35,6 +36,7 @@ from videoq.store.tables import (
     Job,
     JobEvent,
     Purchase,
+    Schedule,
     StageCheckpoint,
     Tenant,
     WebhookAttempt,
@@ -51,6 +53,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "Purchase",
+    "Schedule",
     "StageCheckpoint",
     "Tenant",
     "WebhookAttempt",

@@ -1,4 +1,6 @@
-"""API keys: random tokens shown once, stored as SHA-256 hashes, scoped to a tenant."""
+"""API keys: random tokens shown once, stored as SHA-256 hashes, scoped to a tenant, with an
+optional expiry. Every request looks its key up here (no cache in any process), so a revoked
+or expired key is refused at once by every API process."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from videoq.errors import Conflict, NotFound, Unauthorized
@@ -32,12 +34,30 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+async def issue(
+    session: AsyncSession,
+    tenant: str,
+    *,
+    admin: bool = False,
+    name: str | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key for ``tenant``: its row and the key itself, which is not stored (only its
+    hash is) and so cannot be shown again."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(
+        id=uuid.uuid4(), tenant=tenant, prefix=key[:10], key_hash=hash_key(key), is_admin=admin,
+        name=name, expires_at=expires_at,
+    )  # fmt: skip
+    session.add(row)
+    await session.commit()
+    await session.refresh(row)
+    return row, key
+
+
 async def create_key(session: AsyncSession, tenant: str, *, admin: bool = False) -> str:
     """Create a key for ``tenant`` and return it; only its hash is stored."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(tenant=tenant, prefix=key[:10], key_hash=hash_key(key), is_admin=admin))
-    await session.commit()
-    return key
+    return (await issue(session, tenant, admin=admin))[1]
 
 
 async def authenticate(session: AsyncSession, key: str | None) -> Principal:
@@ -52,24 +72,33 @@ async def authenticate(session: AsyncSession, key: str | None) -> Principal:
     if row is None:
         raise Unauthorized("invalid API key")
     now = datetime.now(UTC)
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthorized(f"this API key expired at {row.expires_at.isoformat()}")
     if row.last_used_at is None or now - row.last_used_at > _LAST_USED_RESOLUTION:
         await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         await session.commit()
     return Principal(tenant=row.tenant, is_admin=row.is_admin)
 
 
-async def list_keys(session: AsyncSession, tenant: str | None = None) -> list[ApiKey]:
-    """Every key (or one tenant's), newest first: ids, prefixes and times, never a key."""
-    query = select(ApiKey).order_by(ApiKey.created_at.desc())
+async def list_keys(
+    session: AsyncSession, tenant: str | None = None, *, revoked: bool = True
+) -> list[ApiKey]:
+    """Every key (or one tenant's; without the revoked ones when ``revoked`` is false), newest
+    first: ids, prefixes and times, never a key."""
+    query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
     if tenant is not None:
         query = query.where(ApiKey.tenant == tenant)
+    if not revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
     return list((await session.execute(query)).scalars())
 
 
 async def revoke_key(session: AsyncSession, prefix_or_id: str) -> ApiKey:
     """Revoke one key, named by its id or its prefix (the first 10 characters, ``vq_…``); it
     stops working at once. :class:`NotFound` when nothing matches, :class:`Conflict` when a
-    prefix names several keys or the key is already revoked."""
+    prefix names several keys, the key is already revoked, or it is the last admin key that
+    works (revoking it would leave nobody able to manage keys over HTTP: create another
+    admin key first)."""
     try:
         condition = ApiKey.id == uuid.UUID(prefix_or_id)
     except ValueError:
@@ -86,9 +115,23 @@ async def revoke_key(session: AsyncSession, prefix_or_id: str) -> ApiKey:
     row = rows[0]
     if row.revoked_at is not None:
         raise Conflict(f"key {row.prefix}… was already revoked at {row.revoked_at.isoformat()}")
-    await session.execute(
-        update(ApiKey).where(ApiKey.id == row.id).values(revoked_at=datetime.now(UTC))
-    )
+    now, prefix = datetime.now(UTC), row.prefix  # (a rollback expires the row's attributes)
+    if row.is_admin:
+        # Locked, so that two admins revoking the last two admin keys at once cannot both pass.
+        working = select(ApiKey.id).where(
+            ApiKey.is_admin, ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )  # fmt: skip
+        if set((await session.execute(working.with_for_update())).scalars()) == {row.id}:
+            await session.rollback()
+            raise Conflict(
+                f"key {prefix}… is the last working admin key; create another admin key "
+                "first (POST /v1/keys with scope admin), then revoke this one"
+            )
+    revoke = update(ApiKey).where(ApiKey.id == row.id, ApiKey.revoked_at.is_(None))
+    if (await session.execute(revoke.values(revoked_at=now).returning(ApiKey.id))).first() is None:
+        await session.rollback()
+        raise Conflict(f"key {prefix}… was revoked meanwhile")
     await session.commit()
     await session.refresh(row)
     return row

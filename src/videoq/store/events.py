@@ -1,7 +1,8 @@
 """The archive of every job's events in PostgreSQL (``job_events``): written as the events are
 published (a worker's through its grouped writes, :mod:`videoq.store.grouped`; the API's here),
 read back when Redis no longer holds them, and where numbering goes on after Redis lost a job's
-counter.
+counter. Each row also keeps the job's tenant and the event's ``tenant_seq``, so the tenant feed
+(``WS /v1/events``) replays and numbers on from here the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from videoq.store.tables import JobEvent
 from videoq.types import StoredEvent
 
 #: Run by the API (:meth:`EventArchive.keep`) and by a worker's grouped writes alike. A seq
-#: names one event, so one already kept is the same event again (a write repeated).
+#: names one event, so one already kept is the same event again (a write repeated). The tenant
+#: comes from the job's row, the ``tenant_seq`` from the event itself.
 ARCHIVE_SQL = """
-    INSERT INTO job_events (job_id, seq, event)
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::jsonb[])
+    INSERT INTO job_events (job_id, seq, event, tenant, tenant_seq)
+    SELECT e.job_id, e.seq, e.event, j.tenant, (e.event->>'tenant_seq')::int
+    FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) AS e(job_id, seq, event)
+    JOIN jobs j ON j.id = e.job_id
     ON CONFLICT DO NOTHING
 """
 
@@ -56,6 +60,25 @@ class EventArchive:
             query = query.where(JobEvent.seq <= upto)
         async with self.sessions() as session:
             return list((await session.execute(query.order_by(JobEvent.seq))).scalars())
+
+    async def tenant_last_seq(self, tenant: str) -> int:
+        """The highest archived ``tenant_seq`` of the tenant's events (0 when none)."""
+        async with self.sessions() as session:
+            query = select(func.max(JobEvent.tenant_seq)).where(JobEvent.tenant == tenant)
+            return int((await session.execute(query)).scalar() or 0)
+
+    async def tenant_between(
+        self, tenant: str, after: int, before: int | None = None, upto: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's archived events with ``after < tenant_seq``, ``tenant_seq < before``
+        and ``tenant_seq <= upto`` (when given), in ``tenant_seq`` order."""
+        query = select(JobEvent.event).where(JobEvent.tenant == tenant, JobEvent.tenant_seq > after)
+        if before is not None:
+            query = query.where(JobEvent.tenant_seq < before)
+        if upto is not None:
+            query = query.where(JobEvent.tenant_seq <= upto)
+        async with self.sessions() as session:
+            return list((await session.execute(query.order_by(JobEvent.tenant_seq))).scalars())
 
     async def keep(self, events: list[StoredEvent]) -> None:
         """Archive events just published (ones already kept are skipped): the API's way in; a

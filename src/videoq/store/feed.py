@@ -429,3 +429,25 @@ async def made_since(session: AsyncSession, tenant: str, user_id: str, since: da
         FeedBrief.tenant == tenant, FeedBrief.user_id == user_id, FeedBrief.created_at >= since
     )
     return int((await session.execute(query)).scalar_one())
+
+
+async def figures(session: AsyncSession, threshold: int) -> dict[str, int]:
+    """For operators (``/v1/queue/stats``): users with enough new interactions that their feed
+    is due a refill, and jobs made for feeds that have not finished yet."""
+    users_due = select(func.count()).select_from(FeedUser).where(FeedUser.pending >= threshold)
+    waiting = (
+        select(func.count())
+        .select_from(FeedBrief)
+        .join(Job, Job.id == FeedBrief.job_id)
+        .where(Job.status.not_in(TERMINAL))
+    )
+    return {
+        "users_due": int((await session.execute(users_due)).scalar_one()),
+        "generated_waiting": int((await session.execute(waiting)).scalar_one()),
+    }
+
+
+async def refilled_since(session: AsyncSession, since: datetime) -> int:
+    """Users whose feed was refilled at ``since`` or later."""
+    query = select(func.count()).select_from(FeedUser).where(FeedUser.refilled_at >= since)
+    return int((await session.execute(query)).scalar_one())

@@ -37,6 +37,7 @@ async def create_job(
     queue: str = "videoq:queue",
     eta_s: float | None = None,
     cost_estimate_usd: Decimal | None = None,
+    traceparent: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a job; returns ``(job, created)``. A repeated ``idempotency_key`` returns the
     tenant's original job and ``created=False`` when it comes with the same request, and raises
@@ -64,6 +65,7 @@ async def create_job(
         updated_at=now,
         eta_at_submit_s=eta_s,
         cost_estimate_usd=cost_estimate_usd,
+        traceparent=traceparent,
     )
     session.add(job)
     try:

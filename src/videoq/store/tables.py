@@ -60,6 +60,25 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: A label for people (``POST /v1/keys``), never used to authenticate.
+    name: Mapped[str | None] = mapped_column(String(100))
+    #: When the key stops working by itself (None: never).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleSession(Base):
+    """A signed-in console (``POST /v1/session``): the hash of its cookie's token, the key it
+    was opened with (its scope; revoking the key ends it) and its CSRF token."""
+
+    __tablename__ = "console_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class Job(Base):
@@ -67,6 +86,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(JobStatus)})", name="jobs_status_valid"),
         CheckConstraint("progress >= 0 AND progress <= 100", name="jobs_progress_range"),
+        CheckConstraint("version >= 1", name="jobs_version_positive"),
         Index("jobs_tenant_created", "tenant", text("created_at DESC"), text("id DESC")),
         Index(
             "jobs_tenant_idempotency",
@@ -136,6 +156,17 @@ class Job(Base):
     #: When the finished video's embedding was stored (or given up on): the feed's backlog is
     #: the succeeded jobs without one.
     embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The W3C ``traceparent`` of the request that created the job (None: untraced): every
+    #: attempt's spans join that trace (videoq.tracing).
+    traceparent: Mapped[str | None] = mapped_column(String(100))
+    #: The video's version: 1, raised by each per-scene re-render (``POST
+    #: /v1/jobs/{id}/scenes/{index}/rerender``); every earlier version stays downloadable.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    #: What each re-render asked for, oldest first: ``version``, ``scene``, ``changed`` (the
+    #: fields), ``prompt`` / ``narration`` (the new text), ``requested_at``.
+    versions: Mapped[list[dict[str, Any]]] = mapped_column(
+        Json, default=list, server_default=text("'[]'::jsonb")
+    )
 
 
 class Tenant(Base):
@@ -160,6 +191,38 @@ class Tenant(Base):
     updated_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class Schedule(Base):
+    """A recurring job (``POST /v1/schedules``): the body of a ``POST /v1/jobs`` each tick of
+    ``cron`` in ``timezone`` submits. ``next_run_at`` is the next tick; the ticker that fires
+    it moves it on (:mod:`videoq.store.schedules`)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        Index("schedules_due", "queue", "next_run_at"),
+        Index("schedules_tenant_created", "tenant", text("created_at DESC"), text("id DESC")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(100))
+    #: The arq queue of the API that took it: only that queue's workers fire it.
+    queue: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    #: The job each tick submits: a ``POST /v1/jobs`` body as validated.
+    job: Mapped[dict[str, Any]] = mapped_column(Json)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The tick of the last job it submitted, and that job.
+    last_tick_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    #: Ticks that submitted no job: missed while no worker ran, or refused (last_error says why).
+    skipped_ticks: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Purchase(Base):
@@ -278,15 +341,26 @@ class InboundWebhook(Base):
 
 
 class JobEvent(Base):
-    """A job's events, archived from its Redis stream at the end of every attempt."""
+    """A job's events, archived as they are published; ``tenant`` and ``tenant_seq`` (the
+    event's number in its tenant's feed) let the tenant feed replay what Redis lost."""
 
     __tablename__ = "job_events"
+    __table_args__ = (
+        Index(
+            "job_events_tenant_seq",
+            "tenant",
+            "tenant_seq",
+            postgresql_where=text("tenant_seq IS NOT NULL"),
+        ),
+    )
 
     job_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     event: Mapped[dict[str, Any]] = mapped_column(Json)
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    tenant_seq: Mapped[int | None] = mapped_column(Integer)
 
 
 class Interaction(Base):

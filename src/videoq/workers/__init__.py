@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from arq import func
 
-from videoq import store
+from videoq import store, tracing
 from videoq.broker import BROKER_ERRORS, inbound, keys, limits, queue, registry
 from videoq.embedded import resolve
 from videoq.logs import configure_logging
@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     configure_logging(settings)
+    ctx["traced"] = tracing.configure(settings, service="videoq-worker")
     assert settings.database_url
     # The jobs' own writes go through the bookkeeper's asyncpg pool (WorkerState.books); this
     # engine serves the rest (take-overs, webhooks, the supervisor), pinged before each use.
@@ -98,6 +99,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await state.books.aclose()
     await state.lock.aclose()  # last: what is still running now is handed to others at once
     await state.engine.dispose()
+    if ctx.get("traced"):
+        tracing.shutdown()
     log.info("worker_shutdown_complete", worker_id=state.worker_id)
 
 
@@ -119,6 +122,10 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         # to every poll.
         "allow_abort_jobs": False,
         "job_completion_wait": settings.shutdown_grace_s,
+        # arq's health key (`arq --check`), shared by every worker of the queue: renewed this
+        # often, it outlives no worker by long, and comes back this soon after another
+        # worker's shutdown deletes it (docs/deploy.md, "Health").
+        "health_check_interval": settings.worker_stale_s,
         "ctx": {"settings": settings},
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -6,7 +6,7 @@ import uuid
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from videoq import prices
+from videoq import prices, tracing
 from videoq.errors import OverBudget
 from videoq.settings import Settings
 from videoq.store import spend
@@ -57,6 +57,7 @@ class JobSpend:
         actual = prices.cost_usd(self._settings, cost)
         if actual is None:  # a record with no price: what was reserved
             actual = self._reserved.get(key, Decimal(0))
+        tracing.annotate({"videoq.cost_usd": float(actual)})  # on the call's span
 
         async def write() -> None:
             async with self._sessions() as session:

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+#: The stage that makes each kind of preview (a preview event is about it, whichever other
+#: stage runs at the same time).
+_MADE_IN = {"storyboard": "script_gen", "thumbnail": "video_gen", "poster": "compositing"}
+
 _Held = tuple["asyncio.Future[bool] | None", dict[str, Any], "asyncio.Future[int | None]"]
 
 
@@ -58,8 +62,13 @@ class EventReporter:
         *,
         eta: Callable[[str], float | None] | None = None,
         on_stage_done: Callable[[str, float], None] | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.publish = publish
+        #: What the URLs of ``preview`` events start with (none: they are paths of the API).
+        self.root = (public_url or "").rstrip("/")
+        #: The version of the video this attempt makes (raised by each re-render).
+        self.version = job.version
         #: The job's ETA as a stage starts (carried by its ``stage`` event).
         self.eta = eta
         #: Told each stage that ran to its end, and how long it took (without its waits for
@@ -83,12 +92,21 @@ class EventReporter:
         self._held: list[_Held] = []
 
     def emit(
-        self, type_: str, status: str, message: str | None = None, *, eta_s: float | None = None
+        self,
+        type_: str,
+        status: str,
+        message: str | None = None,
+        *,
+        eta_s: float | None = None,
+        data: dict[str, Any] | None = None,
+        stage: str | None = None,
     ) -> asyncio.Future[int | None]:
-        """Publish an event without waiting; await the result to know it went out."""
+        """Publish an event without waiting (about ``stage``, default the current one); await
+        the result to know it went out."""
         event = make_event(
-            str(self.job_id), type_, status=status, stage=self.stage, progress=self.progress,
-            worker_id=self.worker_id, message=message, eta_s=eta_s,
+            str(self.job_id), type_, status=status, stage=stage or self.stage,
+            progress=self.progress,
+            worker_id=self.worker_id, message=message, eta_s=eta_s, data=data,
         )  # fmt: skip
         saving = self.checkpoints.pending()
         if saving is None and not self._held:
@@ -136,6 +154,23 @@ class EventReporter:
         if progress - self.stored_progress >= 5.0:
             self._store()
         self.emit("progress", JobStatus.RUNNING, message)
+
+    async def preview(self, kind: str, scene: int | None, data: dict[str, Any]) -> None:
+        """Publish a ``preview`` event (:class:`videoq.pipeline.Previews`), its ``data`` being
+        ``kind``, ``scene``, the ``url`` the API serves it at, the video's ``version`` and
+        the pipeline's ``data``; in order with the other events, without waiting."""
+        path = f"/v1/jobs/{self.job_id}"
+        if kind == "storyboard":
+            url = f"{path}/scenes"
+        elif kind == "thumbnail":
+            url = f"{path}/scenes/{scene}/thumbnail?version={self.version}"
+        else:
+            url = f"{path}/poster?version={self.version}"
+        body = {"kind": kind, "scene": scene, "url": self.root + url, "version": self.version}
+        message = f"{kind} of scene {scene} ready" if scene is not None else f"{kind} ready"
+        self.emit(
+            "preview", JobStatus.RUNNING, message, data={**body, **data}, stage=_MADE_IN[kind]
+        )
 
     def _stage_time(self, stage: str) -> float:
         """How long ``stage`` took, its FFmpeg runs counted as if alone and without their

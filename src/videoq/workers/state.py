@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from videoq.artifacts import ArtifactStore, open_store
 from videoq.broker import events
+from videoq.store.events import EventArchive
 from videoq.store.grouped import GroupedWriter
 from videoq.store.liveness import SessionLock
 
@@ -67,6 +68,8 @@ class WorkerState:
     durations: dict[str, float] = field(default_factory=dict)
     #: Stage durations and ETA errors measured since the last heartbeat, which sends them.
     stage_times: list[tuple[str, float]] = field(default_factory=list)
+    #: When this worker's last compositing ended (monotonic; None: none yet).
+    composited_at: float | None = None
     eta_errors: list[float] = field(default_factory=list)
     #: Live provider clients, opened once per process and shared by its jobs.
     providers: ProviderPool | None = None
@@ -86,7 +89,11 @@ class WorkerState:
         self.artifacts = open_store(self.settings)
         self.books = GroupedWriter(self.settings.database_url or "", self.worker_id)
         self.lock = SessionLock(self.settings.database_url or "", self.worker_id)
-        self.publish = events.Publisher(self.redis, keep=self.books.keep_events)
+        self.publish = events.Publisher(
+            self.redis,
+            keep=self.books.keep_events,
+            tenant_floor=EventArchive(self.sessions).tenant_last_seq,
+        )
 
     def wrap_up(self, work: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)

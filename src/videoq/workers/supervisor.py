@@ -20,6 +20,8 @@
 - **the feed**: every ``feed_poll_s`` one worker (a Redis lock elects it) embeds finished
   videos, announces generated feed items whose jobs ended and refills the feeds of users with
   enough new interactions (:func:`videoq.feed.tick`).
+- **schedules**: every ``schedule_poll_s`` each worker fires the recurring jobs of its queue
+  that are due (:func:`fire_schedules`): one job per tick however many workers tick at once.
 - **scratch space**: with each heartbeat the worker checks its scratch disk, and takes no new
   jobs while less than ``scratch_min_free_bytes`` is free (its heartbeat says so).
 """
@@ -36,22 +38,32 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError
 
-from videoq import eta, feed, outbox
+from videoq import cron, eta, feed, lifecycle, outbox
 from videoq.broker import BROKER_ERRORS, estimates, keys, queue, registry, shares
+from videoq.errors import IdempotencyKeyReused, OverBudget, RateLimited
 from videoq.providers.briefs import OfflineBriefWriter
 from videoq.providers.embeddings import OfflineEmbedder
+from videoq.schemas import JobCreate, field_errors, job_context
 from videoq.store import DATABASE_ERRORS, liveness
 from videoq.store import jobs as job_rows
+from videoq.store import schedules as schedule_rows
 from videoq.store import tenants as tenant_rows
 from videoq.types import JobStatus
 
 if TYPE_CHECKING:
+    from videoq.store import Schedule
     from videoq.workers.state import WorkerState
 
 log = structlog.get_logger(__name__)
 
+#: The name of the feed loop's task (``videoq process-pending`` runs the feed itself).
+FEED_TASK = "videoq-feed"
+
 _INFRA_ERRORS = (*DATABASE_ERRORS, *BROKER_ERRORS)
+#: How many due schedules one ticker pass fires (the rest wait for the next pass).
+SCHEDULES_PER_PASS = 100
 
 
 def start(state: WorkerState) -> list[asyncio.Task[None]]:
@@ -60,7 +72,8 @@ def start(state: WorkerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(_keep_lock(state), name="videoq-session-lock"),
         asyncio.create_task(_cancel_signals(state), name="videoq-cancel-signals"),
         asyncio.create_task(_reconcile(state), name="videoq-reconcile"),
-        asyncio.create_task(_feed(state), name="videoq-feed"),
+        asyncio.create_task(_feed(state), name=FEED_TASK),
+        asyncio.create_task(_schedules(state), name="videoq-schedules"),
     ]
     if state.settings.death_watch_s > 0:
         tasks.append(asyncio.create_task(_death_watch(state), name="videoq-death-watch"))
@@ -311,3 +324,70 @@ async def _feed(state: WorkerState) -> None:
         except Exception as exc:  # the loop must outlive any one failure
             log.warning("feed_failed", error=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(settings.feed_poll_s)
+
+
+def _invalid_fields(exc: ValidationError) -> str:
+    return "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc))
+
+
+def tick_key(schedule_id: uuid.UUID, tick: datetime) -> str:
+    """The idempotency key of a tick's job: whoever submits it, and however often, one job."""
+    return f"schedule:{schedule_id}:{tick.astimezone(UTC):%Y-%m-%dT%H:%MZ}"
+
+
+async def fire_schedules(state: WorkerState, now: datetime | None = None) -> int:
+    """Submit the job of each schedule of this queue that is due, and move it on to its next
+    tick; returns how many jobs were submitted. The rows are locked while this runs (other
+    workers skip them), and each tick's job has a key of its own (:func:`tick_key`), so a
+    pass that dies between submitting and moving on makes no second job when the tick is
+    fired again. Of the ticks missed while no worker ran only the latest fires; the others
+    are counted as skipped. A tick refused for now (rate limit, queue cap, budget) stays due
+    and is tried again at the next pass; one whose job is no longer valid is skipped."""
+    settings = state.settings
+    now = now or datetime.now(UTC)
+    submitted = 0
+    async with schedule_rows.due(
+        state.sessions, settings.queue_name, now, SCHEDULES_PER_PASS
+    ) as rows:
+        for row in rows:
+            submitted += await _fire(state, row, now)
+    return submitted
+
+
+async def _fire(state: WorkerState, row: Schedule, now: datetime) -> bool:
+    """Fire one due schedule (:func:`fire_schedules`); True when it made a new job."""
+    bound = log.bind(schedule_id=str(row.id), tenant=row.tenant)
+    try:
+        # In a thread: after a long outage, counting the missed ticks takes a while.
+        when = await asyncio.to_thread(cron.due, row.cron, row.timezone, row.next_run_at, now)
+    except ValueError as exc:  # its zone left this machine's zone database
+        schedule_rows.held(row, str(exc))
+        bound.warning("schedule_tick_failed", error=str(exc))
+        return False
+    bound = bound.bind(tick=when.tick.isoformat(), skipped=when.skipped)
+    try:
+        body = JobCreate.model_validate(row.job, context=job_context(state.settings))
+        job, created = await lifecycle.submit(
+            state, row.tenant, body, idempotency_key=tick_key(row.id, when.tick)
+        )
+    except (RateLimited, OverBudget) as exc:
+        schedule_rows.held(row, exc.message)
+        bound.info("schedule_tick_deferred", reason=exc.code)
+        return False
+    except (ValidationError, IdempotencyKeyReused) as exc:
+        error = exc.message if isinstance(exc, IdempotencyKeyReused) else _invalid_fields(exc)
+        schedule_rows.fired(row, when, None, error=f"the tick's job was refused: {error}")
+        bound.warning("schedule_tick_refused", error=error)
+        return False
+    schedule_rows.fired(row, when, job.id)
+    bound.info("schedule_fired", job_id=str(job.id), created=created)
+    return created
+
+
+async def _schedules(state: WorkerState) -> None:
+    while True:
+        try:
+            await fire_schedules(state)
+        except Exception as exc:  # the loop must outlive any one failure
+            log.warning("schedules_failed", error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(state.settings.schedule_poll_s)

@@ -11,6 +11,7 @@ import importlib
 import os
 import random
 import shutil
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -21,11 +22,12 @@ from typing import Any
 import structlog
 from arq import Retry
 
-from videoq import eta, fair, lifecycle
-from videoq.artifacts import CAPTIONS, VIDEO
+from videoq import eta, fair, lifecycle, tracing
+from videoq.artifacts import captions_name, video_name
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
-from videoq.pipeline import video_gen
+from videoq.ffmpeg import cpu_slots
+from videoq.pipeline import Rerender, video_gen
 from videoq.providers import Providers, ResumableVideoProvider, offline_providers
 from videoq.settings import Settings
 from videoq.store import DATABASE_ERRORS, Job
@@ -33,6 +35,7 @@ from videoq.store import jobs as job_rows
 from videoq.store.checkpoints import DbCheckpoints
 from videoq.store.grouped import AttemptOutcome
 from videoq.types import Brief, JobStatus, Result
+from videoq.versions import checkpoint_name
 from videoq.workers.budget import JobSpend
 from videoq.workers.progress import EventReporter
 from videoq.workers.state import RunningJob, WorkerState
@@ -107,10 +110,21 @@ def _providers(state: WorkerState, settings: Settings) -> Providers:
 async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None] | None:
     """Claim the job and run it to an outcome recorded in PostgreSQL: recorded on return, or,
     when it succeeded, being recorded by the future returned."""
+    picked_ns = time.time_ns()
     job = await _claim(state, job_id)
     if job is None:
         log.info("job_skipped", reason="not runnable")
         return None
+    # Every attempt (retried, recovered, taken over) continues the trace the job was made in.
+    attributes: tracing.Attributes = {"videoq.job_id": str(job.id), "videoq.attempt": job.attempts,
+                  "videoq.tenant": job.tenant, "videoq.worker_id": state.worker_id}  # fmt: skip
+    with tracing.span(
+        "job.run", attributes, kind="consumer", parent=job.traceparent, start_ns=picked_ns
+    ):
+        return await _run(state, job)
+
+
+async def _run(state: WorkerState, job: Job) -> asyncio.Future[None] | None:
     task = asyncio.current_task()
     assert task is not None
     running = RunningJob(task, job.attempts)
@@ -121,9 +135,8 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
     reporter = EventReporter(
         state.publish, state.books, state.worker_id, job, checkpoints,
         eta=partial(_eta, state, settings, job.id),
-        on_stage_done=lambda stage, took: state.stage_times.append(
-            (eta.stage_key(settings, stage), took)
-        ),
+        on_stage_done=partial(_stage_done, state, settings),
+        public_url=settings.public_url,
     )  # fmt: skip
     fair.spent.set(reporter.spent)
     workdir = settings.scratch / str(job.id)
@@ -148,11 +161,13 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
                     providers=_providers(state, settings),
                     artifacts=artifacts,
                     spend=JobSpend(state.sessions, job.id, job.tenant, settings),
+                    previews=reporter,
+                    rerender=Rerender.of(job.versions, job.version),
                 )
                 # The video is in the store before the job says it succeeded.
-                await artifacts.keep(result.video_path, VIDEO)
+                await artifacts.keep(result.video_path, video_name(job.version))
                 if result.captions_path is not None:
-                    await artifacts.keep(result.captions_path, CAPTIONS)
+                    await artifacts.keep(result.captions_path, captions_name(job.version))
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
             state.running.pop(job.id, None)
@@ -165,7 +180,7 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
         if running.stop_reason == "cancelled":
             # (Lease lost: the new owner may be writing in the same directory, and may use
             # the work still running; left be.)
-            state.wrap_up(_stop_paid_work(state, settings, checkpoints))
+            state.wrap_up(_stop_paid_work(state, settings, checkpoints, job.version))
             await _clear_scratch(workdir)
         log.info("job_stopped", reason=running.stop_reason)
         return None
@@ -178,10 +193,22 @@ async def execute(state: WorkerState, job_id: uuid.UUID) -> asyncio.Future[None]
         return None
     except Exception as exc:
         if not await _retry_or_fail(state, job, reporter, exc):
-            state.wrap_up(_stop_paid_work(state, settings, checkpoints))
+            state.wrap_up(_stop_paid_work(state, settings, checkpoints, job.version))
         return None
     reporter.progress = 100.0
     return state.wrap_up(_succeeded(state, reporter, job, result, workdir))
+
+
+def _stage_done(state: WorkerState, settings: Settings, stage: str, took: float) -> None:
+    """Count a stage's duration, and, for a compositing that ended while this worker's FFmpeg
+    slots stayed full since the one before it, the turn between them (:data:`eta.TURN`)."""
+    state.stage_times.append((eta.stage_key(settings, stage), took))
+    if stage != "compositing":
+        return
+    now, full_since = time.monotonic(), cpu_slots(settings).full_since
+    last, state.composited_at = state.composited_at, now
+    if last is not None and full_since is not None and full_since <= last:
+        state.stage_times.append((eta.TURN, now - last))
 
 
 def _eta(state: WorkerState, settings: Settings, job_id: uuid.UUID, stage: str) -> float | None:
@@ -292,15 +319,16 @@ def _error(exc: Exception) -> dict[str, Any]:
 
 
 async def _stop_paid_work(
-    state: WorkerState, settings: Settings, checkpoints: DbCheckpoints
+    state: WorkerState, settings: Settings, checkpoints: DbCheckpoints, version: int
 ) -> None:
     """The job failed or was cancelled: stop the paid work still running for it (the other
-    scenes' predictions of a job whose one scene failed) at the provider, off the job's path."""
+    scenes' predictions of a job whose one scene failed; those of the ``version`` it makes)
+    at the provider, off the job's path."""
     video = _providers(state, settings).video
     if not isinstance(video, ResumableVideoProvider):
         return
     try:
-        notes = await checkpoints.notes(video_gen.STAGE)
+        notes = await checkpoints.notes(checkpoint_name(video_gen.STAGE, version))
     except DATABASE_ERRORS as exc:
         log.warning("paid_work_not_stopped", error=str(exc))
         return

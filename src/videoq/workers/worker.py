@@ -315,6 +315,17 @@ class VideoqWorker(Worker):
                 del self.tasks[job_id]
                 task.result()  # arq's way: errors of its own run_job surface here
         await self.heart_beat()
+        if self.burst and self.max_burst_jobs < 0 and await self._burst_over():
+            # arq's burst ends once its queue is empty, scheduled jobs included: a job due
+            # tomorrow would hold it until tomorrow. Ended here once nothing runs and nothing
+            # is due, through arq's own end (its burst job limit, reached now).
+            self.max_burst_jobs = self._jobs_started()
+
+    async def _burst_over(self) -> bool:
+        """Nothing runs here and no job is due (one another worker runs counts as due)."""
+        if self.tasks or self.ahead or self._behind:
+            return False
+        return not await self.pool.zcount(self.queue_name, "-inf", timestamp_ms())
 
     def _taking(self) -> bool:
         # videoq's state says whether its scratch disk has room (supervisor.check_scratch).
