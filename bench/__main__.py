@@ -12,6 +12,7 @@ from videoq.children import preexec
 SUITES = (
     "providers",
     "compositing",
+    "captions",
     "pickup",
     "takeover",
     "throughput",

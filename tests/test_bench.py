@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "suite",
-    ["pickup", "takeover", "events", "throughput", "memory", "compositing", "storage",
+    ["pickup", "takeover", "events", "throughput", "memory", "compositing", "captions", "storage",
      "realistic", "fairness", "feed", "tracing", "previews"],
 )  # fmt: skip
 def test_benchmark_quick_run_reports_its_table(suite: str) -> None:

@@ -34,6 +34,8 @@ def test_the_wheel_carries_every_migration(tmp_path: Path) -> None:
     }
     assert any(name.endswith("0001_initial.py") for name in expected)
     assert expected <= names
+    # The font text is drawn with on a machine that has none (videoq.ffmpeg.BUNDLED_FONT).
+    assert {"videoq/fonts/DejaVuSans-Bold.ttf", "videoq/fonts/LICENSE-DejaVu.txt"} <= names
     # Found beside the package's code, as an installed wheel lays it out.
     assert MIGRATIONS_DIR.parent == Path(store.__file__).resolve().parent
 

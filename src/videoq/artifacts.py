@@ -36,10 +36,15 @@ from videoq.errors import RetryableError, StorageMisconfigured
 from videoq.settings import Settings
 from videoq.types import version_dir
 
-__all__ = ["VIDEO", "ArtifactStore", "JobArtifacts", "open_store", "video_key", "video_name"]
+__all__ = [
+    "CAPTIONS", "VIDEO", "ArtifactStore", "JobArtifacts", "captions_key", "captions_name",
+    "open_store", "video_key", "video_name",
+]  # fmt: skip
 
 #: The finished video's name in a job's part of the store (the API serves it from there).
 VIDEO = "video.mp4"
+#: The finished video's captions (WebVTT), beside it.
+CAPTIONS = "captions.vtt"
 #: Parts of a multipart upload; files larger than one part are uploaded in parts, concurrently.
 PART_BYTES = 8 * 1024 * 1024
 UPLOAD_CONCURRENCY = 8
@@ -215,6 +220,17 @@ def video_key(job_id: uuid.UUID | str, version: int = 1) -> str:
     """The key of a version of a job's finished video: from its id and a version number only,
     never from what a caller sent."""
     return f"{uuid.UUID(str(job_id))}/{video_name(version)}"
+
+
+def captions_name(version: int = 1) -> str:
+    """Where a version's captions are in the job's part of the store, beside its video."""
+    return f"{version_dir(version)}{CAPTIONS}"
+
+
+def captions_key(job_id: uuid.UUID | str, version: int = 1) -> str:
+    """The key of a version's captions file: from its id and a version number only, never
+    from what a caller sent."""
+    return f"{uuid.UUID(str(job_id))}/{captions_name(version)}"
 
 
 def open_store(settings: Settings) -> ArtifactStore:

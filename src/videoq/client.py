@@ -124,6 +124,8 @@ class JobResult(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     video_url: str
+    #: The WebVTT captions (None when the brief turned them off).
+    captions_url: str | None = None
     duration_s: float | None = None
     size_bytes: int | None = None
     #: The finished video's poster image (JPEG, the video's size).
@@ -682,6 +684,11 @@ class Client:
             await response.aclose()
         tmp.replace(target)
         return target
+
+    async def captions(self, job_id: str) -> str:
+        """The finished video's captions, as WebVTT text."""
+        response = await self._send("GET", f"/v1/jobs/{job_id}/captions")
+        return response.text
 
 
 def _rerender_body(prompt: str | None, narration: str | None) -> dict[str, Any]:

@@ -35,6 +35,9 @@ from videoq.settings import Settings
 
 ProgressCallback = Callable[[float], Awaitable[None]]
 
+#: The font shipped with videoq (DejaVu Sans Bold, its licence beside it): the last candidate,
+#: so that text is drawn on a machine with no fonts at all.
+BUNDLED_FONT = Path(__file__).parent / "fonts" / "DejaVuSans-Bold.ttf"
 #: Fonts tried, in order, when ``settings.font_file`` is unset or missing.
 FONT_CANDIDATES: tuple[Path, ...] = (
     Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
@@ -47,6 +50,7 @@ FONT_CANDIDATES: tuple[Path, ...] = (
     Path("/System/Library/Fonts/Supplemental/Arial Bold.ttf"),
     Path("/Library/Fonts/Arial.ttf"),
     Path("C:/Windows/Fonts/arialbd.ttf"),
+    BUNDLED_FONT,
 )
 
 _STDERR_TAIL_BYTES = 2048

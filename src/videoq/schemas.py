@@ -116,6 +116,8 @@ class JobCreate(BaseModel):
     duration_s: int = Field(default=15, ge=5, le=60, strict=True)
     aspect_ratio: AspectRatio = "9:16"
     voice: str | None = Field(default=None, min_length=1, max_length=100)
+    #: Captions burned in from the voice's word timings, and a WebVTT file beside the video.
+    captions: bool = Field(default=True, strict=True)
     priority: Priority = "normal"
     run_at: datetime | None = None
     delay_s: float | None = Field(default=None, ge=0, le=MAX_SCHEDULE_S, strict=True)
@@ -182,7 +184,8 @@ class JobCreate(BaseModel):
         """The fields the pipeline needs, as stored in the job row."""
         return self.model_dump(
             include={
-                "product_name", "style", "cta_text", "prompt", "duration_s", "aspect_ratio", "voice"
+                "product_name", "style", "cta_text", "prompt", "duration_s", "aspect_ratio",
+                "voice", "captions",
             }
         )  # fmt: skip
 

@@ -95,6 +95,8 @@ class Brief:
     duration_s: int = 15
     aspect_ratio: str = "9:16"
     voice: str | None = None
+    #: Burn captions into the video (and write its WebVTT file) from the voice's word timings.
+    captions: bool = True
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -109,6 +111,8 @@ class Result:
     duration_s: float
     size_bytes: int
     cost: dict[str, Any] = field(default_factory=dict)
+    #: The WebVTT file of the burned-in captions, when there are any.
+    captions_path: Path | None = None
 
 
 #: About how long one scene runs: a brief's duration divided by this gives its scene count.
@@ -187,6 +191,15 @@ class Script:
 
 
 @dataclass(frozen=True)
+class Word:
+    """One spoken word and when the voice says it (seconds from the track's start)."""
+
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
 class VoiceTrack:
     """The narration audio file and its length."""
 
@@ -197,12 +210,16 @@ class VoiceTrack:
     scene_starts_s: tuple[float, ...] | None = None
     #: What speaking it cost (live providers: characters, request id); empty offline.
     cost: dict[str, Any] = field(default_factory=dict)
+    #: When each word is said, if the provider knows: the captions follow them.
+    words: tuple[Word, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict."""
         data: dict[str, Any] = {"path": str(self.path), "duration_s": self.duration_s}
         if self.scene_starts_s is not None:
             data["scene_starts_s"] = list(self.scene_starts_s)
+        if self.words is not None:
+            data["words"] = [[w.text, w.start_s, w.end_s] for w in self.words]
         if self.cost:
             data["cost"] = self.cost
         return data
@@ -211,11 +228,15 @@ class VoiceTrack:
     def from_dict(cls, data: dict[str, Any]) -> VoiceTrack:
         """The inverse of :meth:`to_dict`."""
         starts = data.get("scene_starts_s")
+        words = data.get("words")
         return cls(
             path=Path(data["path"]),
             duration_s=float(data["duration_s"]),
             scene_starts_s=tuple(float(s) for s in starts) if starts is not None else None,
             cost=dict(data.get("cost") or {}),
+            words=None
+            if words is None
+            else tuple(Word(str(t), float(a), float(b)) for t, a, b in words),
         )
 
 

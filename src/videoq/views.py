@@ -63,6 +63,9 @@ def job_view(
             "poster_url": None if expired else f"{base_url}{path}/poster",
             "duration_s": job.result.get("duration_s"),
             "size_bytes": job.result.get("size_bytes"),
+            "captions_url": (
+                f"{base_url}{path}/captions" if job.result.get("captions") and not expired else None
+            ),
         }
         if expired:
             result["expired_at"] = ts(expired)

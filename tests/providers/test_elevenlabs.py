@@ -51,6 +51,9 @@ async def test_speaks_the_whole_script_and_finds_each_scene(
     assert track.scene_starts_s is not None and len(track.scene_starts_s) == 3
     assert track.scene_starts_s[0] == 0.0
     assert track.scene_starts_s == tuple(sorted(track.scene_starts_s))
+    # The words the captions follow, from the character alignment.
+    assert track.words is not None and [w.text for w in track.words] == body["text"].split()
+    assert track.words[0].start_s == 0.0 and track.words[-1].end_s == track.duration_s
     assert 0 < track.duration_s <= 4.0
     assert track.cost["characters"] == len(body["text"]) and track.cost["request_id"]
 
@@ -162,6 +165,7 @@ async def test_a_track_whose_answer_was_lost_is_found_in_history_not_bought_agai
     assert track.cost["history_item_id"] == item["history_item_id"]
     assert track.path.read_bytes() == speech_mp3()
     assert track.scene_starts_s is not None and len(track.scene_starts_s) == 3
+    assert track.words is not None and len(track.words) == 11  # from the item's alignment
     assert [set(n) for n in notes] == [{"since"}]  # noted before the request left
 
 

@@ -34,6 +34,7 @@ HTTP = {
     ("GET", "/v1/jobs"): "tenant",
     ("GET", "/v1/jobs/{job_id}"): "job",
     ("GET", "/v1/jobs/{job_id}/video"): "job",
+    ("GET", "/v1/jobs/{job_id}/captions"): "job",
     ("POST", "/v1/jobs/{job_id}/cancel"): "job",
     ("POST", "/v1/jobs/{job_id}/retry"): "job",
     ("GET", "/v1/jobs/{job_id}/scenes"): "job",
@@ -144,6 +145,13 @@ async def a_job_ready_for(
         video = settings.artifacts / job["id"] / "video.mp4"
         video.parent.mkdir(parents=True)
         video.write_bytes(b"mp4")
+    elif path.endswith("/captions"):
+        await set_status(
+            sessions, job["id"], "succeeded", result={"duration_s": 1, "captions": True}
+        )
+        vtt = settings.artifacts / job["id"] / "captions.vtt"
+        vtt.parent.mkdir(parents=True)
+        vtt.write_text("WEBVTT\n")
     elif path.endswith("/retry"):
         await set_status(sessions, job["id"], "failed")
     elif path.endswith(("/thumbnail", "/poster")):

@@ -14,7 +14,8 @@ from starlette.routing import Route
 from videoq import lifecycle
 from videoq.api.deps import base_url, principal, read_json, state_of
 from videoq.api.errors import error_response, invalid, not_an_object
-from videoq.api.video import video_response
+from videoq.api.scenes import requested_version
+from videoq.api.video import captions_response, video_response
 from videoq.schemas import JobCreate, job_context
 from videoq.store import jobs, spend
 from videoq.types import TERMINAL, JobStatus
@@ -113,6 +114,17 @@ async def get_video(request: Request) -> Response:
     return await video_response(request, st, job)
 
 
+async def get_captions(request: Request) -> Response:
+    who = await principal(request)
+    st = state_of(request)
+    async with st.sessions() as session:
+        job = await jobs.get_job(session, request.path_params["job_id"], who.tenant)
+    version = requested_version(request, job)
+    if isinstance(version, Response):
+        return version
+    return await captions_response(st, job, version)
+
+
 async def cancel_job(request: Request) -> Response:
     who = await principal(request)
     job = await lifecycle.cancel(state_of(request), request.path_params["job_id"], who.tenant)
@@ -130,6 +142,7 @@ ROUTES = [
     Route("/v1/jobs", list_jobs, methods=["GET"]),
     Route("/v1/jobs/{job_id}", get_job),
     Route("/v1/jobs/{job_id}/video", get_video),
+    Route("/v1/jobs/{job_id}/captions", get_captions),
     Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
 ]

@@ -158,6 +158,11 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["object", "null"],
                 "properties": {
                     "video_url": {"type": "string"},
+                    "captions_url": {
+                        "type": ["string", "null"],
+                        "description": "The WebVTT file of the burned-in captions (null when "
+                        "the brief said `captions: false` or the voice gave no word timings).",
+                    },
                     "poster_url": {
                         "type": ["string", "null"],
                         "description": "The poster image (JPEG, the video's size).",
@@ -575,6 +580,19 @@ def _operations() -> dict[str, Any]:
                         "content": {"video/mp4": {"schema": {"type": "string"}}},
                     },
                     "416": {"description": "The requested range is outside the video."},
+                    **_errors(401, 404, 409, 410, 422),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/captions": {
+            "get": {
+                "summary": "The finished video's captions, as WebVTT",
+                "parameters": [JOB_ID, VERSION],
+                "responses": {
+                    "200": {
+                        "description": "The captions: one cue per short line of the speech.",
+                        "content": {"text/vtt": {"schema": {"type": "string"}}},
+                    },
                     **_errors(401, 404, 409, 410, 422),
                 },
             }

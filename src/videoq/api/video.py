@@ -1,7 +1,8 @@
 """``GET /v1/jobs/{id}/video``, from any API process: a file store's file as it is, a ranged
 request or an object store's object streamed (``Range`` honoured, one range per request; a
 refusal in the shared error shape) or, with ``VIDEOQ_VIDEO_REDIRECT``, a ``307`` to a
-short-lived signed URL.
+short-lived signed URL. ``GET /v1/jobs/{id}/captions``: the video's WebVTT captions, read from
+the store likewise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 from videoq.api.deps import State
 from videoq.api.errors import error_response
 from videoq.api.scenes import requested_version
-from videoq.artifacts import video_key
+from videoq.artifacts import captions_key, video_key
 from videoq.errors import Conflict, Gone, NotFound
 from videoq.store import Job
 from videoq.types import JobStatus
@@ -81,6 +82,28 @@ async def video_response(request: Request, st: State, job: Job) -> Response:
     return StreamingResponse(
         store.read(key, start, end), status_code=206, media_type="video/mp4", headers=headers
     )
+
+
+async def captions_response(st: State, job: Job, version: int = 1) -> Response:
+    """A version's captions file (small: read whole, then sent); refused as the video is."""
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(f"job {job.id} is {job.status}; its captions exist once it has succeeded")
+    if job.artifacts_expired_at is not None:
+        raise Gone(
+            f"the captions of job {job.id} expired at {job.artifacts_expired_at.isoformat()} "
+            f"(artifacts are kept {st.settings.artifact_ttl_days:g} days)"
+        )
+    if not (job.result or {}).get("captions"):
+        raise NotFound(
+            f"job {job.id} has no captions (its brief turned them off, or its voice had no "
+            "word timings)"
+        )
+    store = st.artifacts
+    key = captions_key(job.id, version)
+    if await store.stat(key) is None:
+        raise NotFound(f"the captions of job {job.id} are no longer stored")
+    body = b"".join([chunk async for chunk in store.read(key)])
+    return Response(body, media_type="text/vtt; charset=utf-8")
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -331,7 +331,10 @@ async def run_pipeline(
     cost = {
         stage: out["cost"] for stage, out in outputs.items() if isinstance(out.get("cost"), dict)
     }
-    return Result(final.video_path, final.duration_s, final.size_bytes, cost=cost)
+    return Result(
+        final.video_path, final.duration_s, final.size_bytes, cost=cost,
+        captions_path=final.captions_path,
+    )  # fmt: skip
 
 
 async def _make(

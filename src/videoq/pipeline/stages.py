@@ -193,7 +193,7 @@ async def _composite(
         video_gen.from_output(outputs["video_gen"]),
         settings=settings,
         workdir=workdir,
-        font=await find_font(settings) if brief.cta_text else None,
+        font=await find_font(settings) if brief.cta_text or brief.captions else None,
         on_progress=on_progress,
     )
     # Made and kept before the checkpoint: a skipped compositing has its poster.

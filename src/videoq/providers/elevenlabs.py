@@ -3,7 +3,8 @@
 One request per script, ``POST /v1/text-to-speech/{voice_id}/with-timestamps``: the whole
 narration in one voice (continuous intonation, one request id), and the character alignment
 tells where each scene's narration starts, so compositing cuts the picture where the voice
-moves on.
+moves on, and when each word is said, which the captions follow
+(:func:`videoq.captions.words_from_alignment`).
 
 The voice is paid work, bought once per job across attempts: before the request leaves, the
 stage notes that it is about to buy (``since``, through :class:`~videoq.providers.PaidWork`).
@@ -35,6 +36,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from videoq.captions import words_from_alignment
 from videoq.errors import PermanentError, ProviderError, RetryableError
 from videoq.ffmpeg import atomic_output, probe
 from videoq.providers import PaidWork
@@ -244,6 +246,7 @@ class ElevenLabsVoiceProvider:
             path=path,
             duration_s=duration,
             scene_starts_s=scene_starts(alignment, offsets),
+            words=words_from_alignment(alignment),
             cost={k: v for k, v in cost.items() if v is not None},
         )
 

@@ -23,7 +23,7 @@ import structlog
 from arq import Retry
 
 from videoq import eta, fair, lifecycle, tracing
-from videoq.artifacts import video_name
+from videoq.artifacts import captions_name, video_name
 from videoq.broker import BROKER_ERRORS
 from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
 from videoq.ffmpeg import cpu_slots
@@ -166,6 +166,8 @@ async def _run(state: WorkerState, job: Job) -> asyncio.Future[None] | None:
                 )
                 # The video is in the store before the job says it succeeded.
                 await artifacts.keep(result.video_path, video_name(job.version))
+                if result.captions_path is not None:
+                    await artifacts.keep(result.captions_path, captions_name(job.version))
         finally:
             # Before any outcome is recorded: from here on nothing may cancel this attempt.
             state.running.pop(job.id, None)
@@ -237,7 +239,7 @@ async def _succeeded(
             state, reporter, job, JobStatus.SUCCEEDED, "video ready",
             progress=100.0,
             result={"duration_s": result.duration_s, "size_bytes": result.size_bytes,
-                    **result.cost},
+                    **result.cost, **({"captions": True} if result.captions_path else {})},
         )  # fmt: skip
     except DATABASE_ERRORS as exc:
         raise _deferred(state, exc) from exc
