@@ -161,6 +161,22 @@ def route_calls(job_id: str) -> dict[tuple[str, str], Callable[[], dict[str, Any
         ),
         ("GET", "/v1/users/{user_id}/feed"): plain("/v1/users/u/feed"),
         ("GET", "/v1/users/{user_id}/preferences"): plain("/v1/users/u/preferences"),
+        ("GET", "/v1/jobs/{job_id}/scenes"): plain(f"{job}/scenes"),
+        ("GET", "/v1/jobs/{job_id}/scenes/{index}/thumbnail"): plain(f"{job}/scenes/0/thumbnail"),
+        ("POST", "/v1/jobs/{job_id}/scenes/{index}/rerender"): plain(
+            f"{job}/scenes/0/rerender", json={"prompt": "again", "dry_run": True}
+        ),
+        ("GET", "/v1/jobs/{job_id}/poster"): plain(f"{job}/poster"),
+        ("GET", "/v1/jobs/{job_id}/captions"): plain(f"{job}/captions"),
+        ("POST", "/v1/keys"): plain("/v1/keys", json={"tenant": "someone"}),
+        ("GET", "/v1/keys"): plain("/v1/keys"),
+        ("DELETE", "/v1/keys/{key_id}"): plain(f"/v1/keys/{uuid.uuid4()}"),
+        ("POST", "/v1/schedules"): plain(
+            "/v1/schedules", json={"product_name": "During", "cron": "@daily"}
+        ),
+        ("GET", "/v1/schedules"): plain("/v1/schedules"),
+        ("GET", "/v1/schedules/{schedule_id}"): plain(f"/v1/schedules/{uuid.uuid4()}"),
+        ("DELETE", "/v1/schedules/{schedule_id}"): plain(f"/v1/schedules/{uuid.uuid4()}"),
         ("GET", "/metrics"): plain("/metrics"),
         ("GET", "/dashboard"): plain("/dashboard"),
         ("GET", "/static/{name}"): plain("/static/videoq.js"),
