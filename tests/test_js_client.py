@@ -15,6 +15,7 @@ import httpx
 import jsonschema
 
 from videoq.api.dashboard import STATIC
+from videoq.children import preexec
 from videoq.types import make_event
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def test_the_wheel_carries_the_console(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        check=True, capture_output=True, timeout=300, preexec_fn=preexec(),
     )  # fmt: skip
     (wheel,) = tmp_path.glob("videoq-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
