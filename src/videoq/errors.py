@@ -13,6 +13,7 @@ one place (:mod:`videoq.workers.task`).
     ├── OverBudget                  the tenant's budget cannot cover a paid call (or a new job)
     ├── NotFound                    no such job / key (for this tenant)
     ├── VideoNotFinished            an interaction's video is no succeeded job of the tenant
+    ├── InvalidParameter            a query parameter a route cannot take (a limit, a cursor)
     ├── Conflict                    the job's state forbids the operation
     ├── Unauthorized                missing or unknown API key
     ├── Forbidden                   the key lacks the scope
@@ -111,6 +112,18 @@ class VideoNotFinished(VideoqError):
     unfinished and another tenant's look alike (422, naming ``video_id``)."""
 
     code = "validation_error"
+
+
+class InvalidParameter(VideoqError):
+    """A query parameter the route cannot take, such as a ``limit`` out of range or a
+    ``cursor`` it never gave (422, naming the parameter in ``details``)."""
+
+    code = "validation_error"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
 
 
 class Conflict(VideoqError):

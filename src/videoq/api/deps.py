@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 
-from videoq.errors import Forbidden, Unauthorized
+from videoq.errors import Forbidden, InvalidParameter, Unauthorized
 from videoq.store.apikeys import Principal, authenticate
 from videoq.store.interactions import Intake
 from videoq.store.sessions import SignedIn, find_session
@@ -129,6 +129,17 @@ async def admin(request: Request) -> Principal:
     if not who.is_admin:
         raise Forbidden("this route needs an admin key (videoq keys create --admin)")
     return who
+
+
+def page_limit(request: Request, default: int = 50) -> int:
+    """``?limit=`` of a listing, 1-100 (``default`` when absent); :class:`InvalidParameter`
+    otherwise."""
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 100):
+        raise InvalidParameter("limit", "must be an integer from 1 to 100")
+    return int(raw)
 
 
 def base_url(request: Request) -> str:

@@ -30,6 +30,7 @@ from videoq.errors import (
     Forbidden,
     Gone,
     IdempotencyKeyReused,
+    InvalidParameter,
     NotFound,
     NotMigrated,
     OverBudget,
@@ -53,6 +54,7 @@ STATUS: dict[type[VideoqError], int] = {
     OverBudget: 402,
     UnsafeUrl: 422,
     VideoNotFinished: 422,
+    InvalidParameter: 422,
     IdempotencyKeyReused: 422,
     RateLimited: 429,
     NotMigrated: 503,
@@ -110,7 +112,10 @@ async def videoq_error(conn: HTTPConnection, exc: Exception) -> Response | None:
             await conn.close(close_code(status), reason)
         return None
     headers = getattr(exc, "headers", None)  # e.g. Retry-After of a 429 or a 503
-    return error_response(status, exc.code, exc.message, None, headers)
+    details = None
+    if isinstance(exc, InvalidParameter):
+        details = [{"field": exc.field, "message": exc.problem}]
+    return error_response(status, exc.code, exc.message, details, headers)
 
 
 async def database_error(conn: HTTPConnection, exc: Exception) -> Response | None:

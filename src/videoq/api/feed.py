@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from videoq.api.deps import base_url, parse_json, principal, read_body, state_of
+from videoq.api.deps import base_url, page_limit, parse_json, principal, read_body, state_of
 from videoq.api.errors import error_response, invalid, not_an_object
 from videoq.errors import VideoNotFinished
 from videoq.schemas import InteractionCreate
@@ -80,12 +80,7 @@ async def get_feed(request: Request) -> Response:
     if user_id is None:
         return _refused("user_id", "must be 1-200 printable characters")
     params = request.query_params
-    try:
-        limit = int(params.get("limit", "20"))
-        if not 1 <= limit <= 100:
-            raise ValueError
-    except ValueError:
-        return _refused("limit", "must be an integer from 1 to 100")
+    limit = page_limit(request, 20)
     async with state_of(request).sessions() as session:
         try:
             items, cursor = await feed_rows.page(

@@ -12,10 +12,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from videoq import lifecycle
-from videoq.api.deps import base_url, principal, read_json, state_of
+from videoq.api.deps import base_url, page_limit, principal, read_json, state_of
 from videoq.api.errors import error_response, invalid, not_an_object
 from videoq.api.scenes import requested_version
 from videoq.api.video import captions_response, video_response
+from videoq.errors import InvalidParameter
 from videoq.schemas import JobCreate, job_context
 from videoq.store import jobs, spend
 from videoq.types import TERMINAL, JobStatus
@@ -83,25 +84,14 @@ async def list_jobs(request: Request) -> Response:
             422, "validation_error", f"status must be one of {', '.join(_STATUSES)}",
             [{"field": "status", "message": "unknown status"}],
         )  # fmt: skip
-    try:
-        limit = int(params.get("limit", "50"))
-        if not 1 <= limit <= 100:
-            raise ValueError
-    except ValueError:
-        return error_response(
-            422, "validation_error", "limit must be an integer from 1 to 100",
-            [{"field": "limit", "message": "must be an integer from 1 to 100"}],
-        )  # fmt: skip
+    limit = page_limit(request)
     async with state_of(request).sessions() as session:
         try:
             page, cursor = await jobs.list_jobs(
                 session, who.tenant, status=status, limit=limit, cursor=params.get("cursor")
             )
         except ValueError:
-            return error_response(
-                422, "validation_error", "invalid cursor",
-                [{"field": "cursor", "message": "invalid cursor"}],
-            )  # fmt: skip
+            raise InvalidParameter("cursor", "is not a cursor of this list") from None
     url = base_url(request)
     return JSONResponse({"data": [job_view(j, url) for j in page], "next_cursor": cursor})
 

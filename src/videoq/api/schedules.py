@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from videoq import cron
-from videoq.api.deps import base_url, principal, state_of
-from videoq.api.errors import error_response
+from videoq.api.deps import base_url, page_limit, principal, state_of
 from videoq.api.jobs import read_brief
+from videoq.errors import InvalidParameter
 from videoq.schemas import ScheduleCreate
 from videoq.store import Schedule, schedules
 
@@ -62,25 +62,14 @@ async def create_schedule(request: Request) -> Response:
 async def list_schedules(request: Request) -> Response:
     who = await principal(request)
     params = request.query_params
-    try:
-        limit = int(params.get("limit", "50"))
-        if not 1 <= limit <= 100:
-            raise ValueError
-    except ValueError:
-        return error_response(
-            422, "validation_error", "limit must be an integer from 1 to 100",
-            [{"field": "limit", "message": "must be an integer from 1 to 100"}],
-        )  # fmt: skip
+    limit = page_limit(request)
     async with state_of(request).sessions() as session:
         try:
             rows, cursor = await schedules.page(
                 session, who.tenant, limit=limit, cursor=params.get("cursor")
             )
         except ValueError:
-            return error_response(
-                422, "validation_error", "invalid cursor",
-                [{"field": "cursor", "message": "invalid cursor"}],
-            )  # fmt: skip
+            raise InvalidParameter("cursor", "is not a cursor of this list") from None
     url = base_url(request)
     return JSONResponse({"data": [schedule_view(r, url) for r in rows], "next_cursor": cursor})
 
