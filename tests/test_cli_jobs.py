@@ -28,7 +28,8 @@ async def test_submit_has_a_flag_for_every_create_field(
     env = _env(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=await new_key(sessions))
     code, out, err = await _run(
         "submit", "Flagged Lamp", "--style", "bold", "--cta", "Buy", "--prompt", "warm light",
-        "--duration", "6", "--aspect-ratio", "1:1", "--voice", "v-1", "--priority", "high",
+        "--duration", "6", "--aspect-ratio", "1:1", "--voice", "v-1", "--no-captions",
+        "--priority", "high",
         "--delay", "3600", "--max-retries", "1", "--option", "providers=offline",
         "--option", "job_timeout_s=600", "--idempotency-key", "flagged-1", "--json",
         env=env, cwd=tmp_path,
@@ -40,13 +41,15 @@ async def test_submit_has_a_flag_for_every_create_field(
     assert row.brief == {
         "product_name": "Flagged Lamp", "style": "bold", "cta_text": "Buy",
         "prompt": "warm light", "duration_s": 6, "aspect_ratio": "1:1", "voice": "v-1",
+        "captions": False,
     }  # fmt: skip
     assert row.max_retries == 1
     assert row.options == {"providers": "offline", "job_timeout_s": 600}
     # The same idempotency key: the same job.
     code, again, _ = await _run(
         "submit", "Flagged Lamp", "--style", "bold", "--cta", "Buy", "--prompt", "warm light",
-        "--duration", "6", "--aspect-ratio", "1:1", "--voice", "v-1", "--priority", "high",
+        "--duration", "6", "--aspect-ratio", "1:1", "--voice", "v-1", "--no-captions",
+        "--priority", "high",
         "--delay", "3600", "--max-retries", "1", "--option", "providers=offline",
         "--option", "job_timeout_s=600", "--idempotency-key", "flagged-1", "--json",
         env=env, cwd=tmp_path,

@@ -45,6 +45,9 @@ def brief_options(fn: Any) -> Any:
             "--aspect", "--aspect-ratio", "aspect_ratio", type=click.Choice(["9:16", "16:9", "1:1"])
         ),
         click.option("--voice", help="Voice id of the voice provider."),
+        click.option(
+            "--captions/--no-captions", default=None, help="Burn in captions (default: on)."
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
