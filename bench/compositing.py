@@ -32,8 +32,9 @@ from typing import Any
 
 from bench.common import summary, write_section
 from videoq.children import preexec
-from videoq.ffmpeg import ffmpeg_command, find_font
+from videoq.ffmpeg import ffmpeg_command, find_font, frame_args
 from videoq.pipeline import MemoryCheckpoints, compositing, run_pipeline, video_gen
+from videoq.pipeline.previews import POSTER_AT
 from videoq.providers import offline_providers
 from videoq.settings import Settings
 from videoq.types import Brief, Script, VoiceTrack
@@ -124,8 +125,9 @@ async def ours(
 
 async def by_hand_argv(
     brief: Brief, settings: Settings, workdir: Path, inputs: MemoryCheckpoints
-) -> list[str]:
-    """The command the stage runs, from the stage's own code, writing ``workdir/by-hand.mp4``."""
+) -> list[list[str]]:
+    """The commands the stage runs, from the stage's own code: the video, written to
+    ``workdir/by-hand.mp4``, then its poster."""
     outputs: dict[str, Any] = inputs.outputs
     args = compositing.command(
         brief,
@@ -137,16 +139,25 @@ async def by_hand_argv(
         font=await find_font(settings),
         output=workdir / "by-hand.mp4",
     )
+    return [ffmpeg_command(args, settings), poster_argv(brief, settings, workdir / "by-hand.mp4")]
+
+
+def poster_argv(brief: Brief, settings: Settings, video: Path) -> list[str]:
+    """The poster's command, as the stage runs it after the video (``previews.poster``)."""
+    at_s = brief.duration_s * POSTER_AT
+    args = frame_args(video, video.with_suffix(".jpg"), at_s=at_s, size=brief.resolution)
     return ffmpeg_command(args, settings)
 
 
-def by_hand(argv: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds for ``argv`` run to completion; its progress blocks go nowhere."""
+def by_hand(argvs: list[list[str]]) -> tuple[float, float]:
+    """Wall and CPU seconds for ``argvs`` run to completion one after another; their progress
+    blocks go nowhere."""
     clock = Clock()
-    subprocess.run(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        check=True, preexec_fn=preexec(),  # as videoq starts FFmpeg, so the spawn costs the same
-    )  # fmt: skip
+    for argv in argvs:
+        subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            check=True, preexec_fn=preexec(),  # as videoq starts FFmpeg: the spawn costs the same
+        )  # fmt: skip
     return clock.read()
 
 

@@ -451,16 +451,18 @@ async def grab_frame(
     """Write the frame of ``source`` at ``at_s`` seconds to ``output`` (a JPEG), fitted into
     ``size`` and padded with black as compositing frames a clip: a scene's thumbnail, or the
     finished video's poster. Written under a temporary name, then renamed."""
+    with atomic_output(output) as tmp:
+        await run_ffmpeg(frame_args(source, tmp, at_s=at_s, size=size), settings=settings)
+
+
+def frame_args(source: Path, output: Path, *, at_s: float, size: tuple[int, int]) -> list[str]:
+    """The arguments of :func:`grab_frame`'s FFmpeg run, writing straight to ``output``."""
     width, height = size
     fit = (
         f"scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2,"
         f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1"
     )
-    with atomic_output(output) as tmp:
-        await run_ffmpeg(
-            [
-                *("-ss", f"{max(0.0, at_s):.3f}", "-i", str(source), "-an", "-vf", fit),
-                *("-frames:v", "1", "-q:v", "3", "-update", "1", str(tmp)),
-            ],
-            settings=settings,
-        )
+    return [
+        *("-ss", f"{max(0.0, at_s):.3f}", "-i", str(source), "-an", "-vf", fit),
+        *("-frames:v", "1", "-q:v", "3", "-update", "1", str(output)),
+    ]
