@@ -106,6 +106,9 @@ def test_dev_prints_its_urls_serves_and_stops_cleanly(settings: Settings, tmp_pa
         )  # fmt: skip
         assert status.returncode == 0, status.stderr[-2000:]
         assert '"status": "succeeded"' in status.stdout
+        # The scenes are listed as they land, above the bars.
+        assert "storyboard: " in status.stderr and "scene 0 landed: " in status.stderr
+        assert "poster: " in status.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

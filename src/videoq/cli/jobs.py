@@ -143,7 +143,10 @@ def submit(
 
 
 async def watch_progress(client: Any, job_id: str) -> None:
-    """Per-stage progress bars on stderr, fed by the job's WebSocket."""
+    """Per-stage progress bars on stderr, fed by the job's WebSocket, with the previews above
+    them as they come: the storyboard's scenes, each scene as its clip lands, the poster."""
+    from videoq.client import describe_preview
+
     with Progress(
         TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
         console=err, transient=False,
@@ -151,6 +154,8 @@ async def watch_progress(client: Any, job_id: str) -> None:
         tasks = {stage: bars.add_task(stage, total=25) for stage in STAGES}
         base = dict(zip(STAGES, (0, 25, 50, 75), strict=True))
         async for event in client.events(job_id):
+            if (shown := describe_preview(event)) is not None:
+                bars.console.print(shown, markup=False, highlight=False)
             for stage in STAGES:
                 done = min(25.0, max(0.0, event.progress - base[stage]))
                 bars.update(tasks[stage], completed=done)
