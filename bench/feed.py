@@ -273,10 +273,12 @@ the preference, finds the {fed} nearest videos the user has not seen (the planne
 `existing_video` items and announces the refill. Seeding {videos:,} embeddings (COPY) took
 {seeded:.0f} s, of which building the HNSW index after them {built:.0f} s (default `m` 16,
 `ef_construction` 64, `maintenance_work_mem` 2 GB). Each accepted interaction is the API key's
-lookup and one statement (the video checked, the row inserted, the user's counters raised) in
-its own transaction. The bare INSERTs from {clients} connections share PostgreSQL's WAL
+lookup, then a place in the next batch: the interactions that arrive while one batch is
+written go together, one statement (the videos checked, the rows inserted, the users' counters
+raised) and one commit. The bare INSERTs from {clients} connections share PostgreSQL's WAL
 flushes (group commit); the API spends its time in Python (the ASGI stack and middleware, the
-key's lookup, validation, SQLAlchemy), on one core.
+key's lookup, validation, SQLAlchemy), about 2–3 ms of CPU a request on one core, and the
+load's own HTTP client shares the same two cores.
 """
     print(body)
     print("baseline: bare asyncpg INSERT")
