@@ -34,7 +34,7 @@ from videoq.providers.offline import OfflineScriptProvider
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
 from videoq.store import feed as rows
-from videoq.store.tables import DIMENSIONS, FeedUser, Interaction, VideoEmbedding
+from videoq.store.tables import DIMENSIONS, ApiKey, FeedUser, Interaction, VideoEmbedding
 from videoq.types import Brief
 
 BREAD = "rustic sourdough loaves fresh from a wood-fired bakery oven"
@@ -426,6 +426,45 @@ async def test_interactions_sent_at_once_are_each_recorded_once(
         users = [await rows.user(session, tenant, f"u{n}") for n in range(3)]
     assert [u.interactions if u else 0 for u in users] == [11, 10, 10]
     assert all(u is not None and u.pending == u.interactions for u in users)
+
+
+async def test_the_key_is_checked_in_the_batch_at_once_and_a_bad_one_stores_nothing(
+    live_api: LiveApi, sessions: Any
+) -> None:
+    # A request with a key and a valid body has its key looked up by the batch's statement:
+    # revocation and expiry must still hold at once, and a bad key must still outrank a bad
+    # body (the caller learns nothing of the body's faults).
+    from datetime import timedelta
+
+    from videoq.store.apikeys import issue, revoke_key
+
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    async with sessions() as session:
+        row, key = await issue(session, tenant)
+        _, expired = await issue(session, tenant, expires_at=datetime.now(UTC) - timedelta(1))
+    video = await finished_video(sessions, tenant, "Kettle", "bold", "a kettle")
+    good = {"user_id": "u", "video_id": video, "type": "like"}
+    async with httpx.AsyncClient(base_url=live_api.url) as http:
+        answers = await asyncio.gather(
+            *(http.post("/v1/interactions", json=good, headers=auth(key)) for _ in range(4)),
+            *(http.post("/v1/interactions", json=good, headers=auth("vq_bogus")) for _ in range(3)),
+            http.post("/v1/interactions", json=good, headers=auth(expired)),
+            http.post("/v1/interactions", json={"type": "love"}, headers=auth("vq_bogus")),
+            http.post("/v1/interactions", json=good),
+        )
+        assert [a.status_code for a in answers[:4]] == [202] * 4
+        for answer in answers[4:7]:
+            assert "invalid API key" in assert_error(answer, 401, "unauthorized")["message"]
+        assert "expired" in assert_error(answers[7], 401)["message"]
+        assert_error(answers[8], 401)
+        assert_error(answers[9], 401)
+        async with sessions() as session:
+            used = await session.get(ApiKey, row.id)
+            assert used is not None and used.last_used_at is not None
+            await revoke_key(session, str(row.id))
+        revoked = await http.post("/v1/interactions", json=good, headers=auth(key))
+        assert_error(revoked, 401)
+    assert await count_stored(sessions, tenant) == (4, 1)
 
 
 def touch(

@@ -44,7 +44,7 @@ class State:
     intake: Intake = field(init=False)
 
     def __post_init__(self) -> None:
-        self.intake = Intake(self.sessions)
+        self.intake = Intake(self.settings.database_url or "")
 
 
 def state_of(conn: HTTPConnection) -> State:

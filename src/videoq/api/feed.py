@@ -13,13 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from videoq.api.deps import base_url, page_limit, parse_json, principal, read_body, state_of
+from videoq.api.deps import base_url, bearer, page_limit, parse_json, principal, read_body, state_of
 from videoq.api.errors import error_response, invalid, not_an_object
 from videoq.errors import VideoNotFinished
 from videoq.schemas import InteractionCreate
 from videoq.store import feed as feed_rows
 from videoq.store import interactions
-from videoq.store.tables import Interaction
 from videoq.types import JobStatus
 
 #: Briefs shown by ``GET /v1/users/{user_id}/preferences``, the newest.
@@ -37,7 +36,7 @@ def _user_id(request: Request) -> str | None:
     return user_id if 1 <= len(user_id) <= 200 and user_id.isprintable() else None
 
 
-def _interaction_view(row: Interaction) -> dict[str, Any]:
+def _interaction_view(row: interactions.Recorded) -> dict[str, Any]:
     return {
         "id": str(row.id),
         "user_id": row.user_id,
@@ -48,14 +47,11 @@ def _interaction_view(row: Interaction) -> dict[str, Any]:
     }
 
 
-async def create_interaction(request: Request) -> Response:
-    # The body arrives before a connection is taken: a slow client holds none. The key is
-    # looked up, then the interaction goes with the others arriving meanwhile, in one batch
-    # (the intake's hot path: docs/benchmarks.md, "Feed").
-    raw = await read_body(request)
-    st = state_of(request)
-    async with st.sessions() as session:
-        who = await principal(request, session=session)
+def _interaction_of(
+    request: Request, raw: bytes
+) -> tuple[interactions.NewInteraction, str | None] | Response:
+    """The interaction a request asks for and its ``Idempotency-Key``, or the answer that
+    refuses it."""
     payload = parse_json(raw)
     if not isinstance(payload, dict):
         return not_an_object()
@@ -66,9 +62,30 @@ async def create_interaction(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 200:
         return _refused("Idempotency-Key", "must be 1-200 characters")
-    new = interactions.NewInteraction(body.user_id, body.video_id, body.type, body.watched_s)
+    return interactions.NewInteraction(body.user_id, body.video_id, body.type, body.watched_s), key
+
+
+async def create_interaction(request: Request) -> Response:
+    # The intake's hot path (docs/benchmarks.md, "Feed"): the body arrives before anything is
+    # asked of the database (a slow client holds no connection), and a valid one sent with a
+    # key goes with the others arriving meanwhile, in one batch that also looks the key up.
+    # Anything else has its caller authenticated first, as on every route: a caller without a
+    # valid key learns nothing of the body's faults.
+    raw = await read_body(request)
+    sent = request.headers.getlist("authorization")
+    api_key = bearer(sent[0]) if len(sent) == 1 else None
+    asked = _interaction_of(request, raw)
+    tenant = None
+    if isinstance(asked, Response) or api_key is None:
+        tenant = (await principal(request)).tenant
+        if isinstance(asked, Response):
+            return asked
+        api_key = None
+    new, key = asked
     try:
-        row, created = await st.intake.record(who.tenant, new, idempotency_key=key)
+        row, created = await state_of(request).intake.record(
+            new, idempotency_key=key, api_key=api_key, tenant=tenant
+        )
     except VideoNotFinished:
         return _refused("video_id", "names no finished video of this tenant")
     return JSONResponse(_interaction_view(row), status_code=202 if created else 200)

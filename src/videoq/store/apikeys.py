@@ -17,8 +17,8 @@ from videoq.errors import Conflict, NotFound, Unauthorized
 from videoq.store.tables import ApiKey
 
 KEY_PREFIX = "vq_"
-# Writing last_used_at on every request would turn each read into a write; once a minute is enough.
-_LAST_USED_RESOLUTION = timedelta(minutes=1)
+#: Writing last_used_at on every request would turn each read into a write; once a minute is enough.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ async def create_key(session: AsyncSession, tenant: str, *, admin: bool = False)
     return (await issue(session, tenant, admin=admin))[1]
 
 
+def check_expiry(expires_at: datetime | None, now: datetime) -> None:
+    """:class:`Unauthorized` when a key that expires at ``expires_at`` has expired by ``now``."""
+    if expires_at is not None and expires_at <= now:
+        raise Unauthorized(f"this API key expired at {expires_at.isoformat()}")
+
+
 async def authenticate(session: AsyncSession, key: str | None) -> Principal:
     """The principal for ``key``, or :class:`Unauthorized`."""
     if not key:
@@ -72,9 +78,8 @@ async def authenticate(session: AsyncSession, key: str | None) -> Principal:
     if row is None:
         raise Unauthorized("invalid API key")
     now = datetime.now(UTC)
-    if row.expires_at is not None and row.expires_at <= now:
-        raise Unauthorized(f"this API key expired at {row.expires_at.isoformat()}")
-    if row.last_used_at is None or now - row.last_used_at > _LAST_USED_RESOLUTION:
+    check_expiry(row.expires_at, now)
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         await session.commit()
     return Principal(tenant=row.tenant, is_admin=row.is_admin)

@@ -1,10 +1,12 @@
-"""The connection to PostgreSQL: the async engine and its sessions, the URL forms SQLAlchemy and
-asyncpg take, what a failing database raises (and which of it is an outage), and the schema's
-migrations (Alembic).
+"""The connection to PostgreSQL: the async engine and its sessions, the direct asyncpg pools of
+the hot paths, the URL forms SQLAlchemy and asyncpg take, what a failing database raises (and
+which of it is an outage), and the schema's migrations (Alembic).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,51 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     except OSError as exc:  # TimeoutError included
         raise DatabaseUnreachable(f"cannot connect to PostgreSQL: {exc}") from exc
     return connection
+
+
+class DirectPool:
+    """asyncpg connections of their own, for a hot path that goes around SQLAlchemy (whose
+    pool and execution layers cost several times the CPU: docs/decisions.md "Workers"):
+    opened on first use (at most ``max_size``), closed by :meth:`aclose` (and opened again if
+    used again). Every statement sent on them must be its own transaction (autocommit), so a
+    released connection is not reset (asyncpg's reset costs a round trip per release)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        max_size: int,
+        application_name: str,
+        server_settings: dict[str, str] | None = None,
+        init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    ) -> None:
+        self.dsn = driver_dsn(database_url)
+        self.max_size = max_size
+        # Named in pg_stat_activity (and so in lock waits).
+        self.server_settings = {"application_name": application_name[:63],
+                                **(server_settings or {})}  # fmt: skip
+        self._init = init
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def __call__(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn, min_size=1, max_size=self.max_size, connect=connect,
+                        init=self._init, reset=_no_reset, server_settings=self.server_settings,
+                    )  # fmt: skip
+        return self._pool
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Nothing to reset: see :class:`DirectPool`."""
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:

@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy.orm import class_mapper
 
 from videoq.groupcommit import GroupCommit
-from videoq.store.engine import connect, driver_dsn
+from videoq.store.engine import DirectPool
 from videoq.store.events import ARCHIVE_SQL, archive_args
 from videoq.store.tables import Job
 from videoq.types import TERMINAL, JobStatus, StoredEvent, sources
@@ -154,31 +154,17 @@ class GroupedWriter:
         max_connections: int = 10,
         server_settings: dict[str, str] | None = None,
     ) -> None:
-        self.dsn = driver_dsn(database_url)
         self.worker_id = worker_id
-        self.max_connections = max_connections
-        # Named in pg_stat_activity (and so in lock waits) after the worker.
-        self.server_settings = {"application_name": f"videoq {worker_id}"[:63],
-                                **(server_settings or {})}  # fmt: skip
-        self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
+        self.pool = DirectPool(
+            database_url, max_size=max_connections, application_name=f"videoq {worker_id}",
+            server_settings=server_settings, init=_codecs,
+        )  # fmt: skip
         self.claim = GroupCommit(self._write_claims)
         self.finish = GroupCommit(self._write_outcomes)
         self.save = GroupCommit(self._write_checkpoints)
         # Nobody waits for these: they gather for a moment.
         self._progress = GroupCommit(self._write_progress, linger_s=LINGER_S)
         self._events = GroupCommit(self._write_events, linger_s=LINGER_S)
-
-    async def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            async with self._opening:
-                if self._pool is None:
-                    self._pool = await asyncpg.create_pool(
-                        self.dsn, min_size=1, max_size=self.max_connections,
-                        connect=connect, init=_codecs, reset=_autocommit_only,
-                        server_settings=self.server_settings,
-                    )  # fmt: skip
-        return self._pool
 
     async def _write_claims(self, job_ids: list[uuid.UUID]) -> list[Job | None]:
         """``queued``/``scheduled``/``retrying`` → ``running``, counting the attempt."""
@@ -280,20 +266,13 @@ class GroupedWriter:
     async def aclose(self) -> None:
         for group in (self.claim, self.finish, self.save, self._progress, self._events):
             await group.aclose()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None  # reopened if used again
-            await pool.close()
+        await self.pool.aclose()
 
 
 async def _codecs(conn: asyncpg.Connection) -> None:
     """JSON in as text (encoded once, by us), out as Python objects."""
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=str, decoder=json.loads, schema="pg_catalog")
-
-
-async def _autocommit_only(conn: asyncpg.Connection) -> None:
-    """A released connection needs no reset: every statement here is its own transaction and
-    leaves no session state (asyncpg's default reset costs a round trip per release)."""
 
 
 def _jsonb(value: dict[str, Any] | None) -> str | None:

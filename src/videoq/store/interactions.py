@@ -6,7 +6,10 @@ last computed), so the workers know whose feed is due.
 The API records them through an :class:`Intake`: the interactions that arrive while one batch
 is being written go together in the next, as one statement and one commit
 (:class:`~videoq.groupcommit.GroupCommit`), so under load a request costs a fraction of a
-round trip and of a WAL flush."""
+round trip and of a WAL flush. The same statement looks the caller's API key up (as
+:func:`~videoq.store.apikeys.authenticate` does: by its hash, never revoked, not expired), so a
+request sent with a key needs no round trip of its own, and a revoked key is still refused at
+once."""
 
 from __future__ import annotations
 
@@ -15,14 +18,11 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from videoq.errors import IdempotencyKeyReused, VideoNotFinished
+from videoq.errors import IdempotencyKeyReused, Unauthorized, VideoNotFinished
 from videoq.groupcommit import GroupCommit
-from videoq.store.tables import Interaction
+from videoq.store.apikeys import LAST_USED_RESOLUTION, check_expiry, hash_key
+from videoq.store.engine import DirectPool
 from videoq.types import JobStatus
 
 
@@ -43,28 +43,38 @@ class NewInteraction:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-#: A batch (arrays, one element per interaction, ``n`` its place): the interactions whose video
-#: is a succeeded job of their tenant get an id and are inserted (a repeated idempotency key:
+#: A batch (arrays, one element per interaction, ``n`` its place). Each interaction's tenant is
+#: its API key's (the key by its hash, not revoked; its expiry is checked by the caller) or,
+#: with no key, the one given (a caller the API authenticated otherwise). Those whose video is
+#: a succeeded job of their tenant get an id and are inserted (a repeated idempotency key:
 #: not), and their users' counters are raised, each user once, in a fixed order (two batches
-#: never wait on each other's users in a cycle). One row per found interaction: its place, its
-#: id, and whether it was inserted.
-_RECORD = text(
-    f"""
+#: never wait on each other's users in a cycle); a key not written down as used for a minute
+#: is. One row per interaction: its place, its tenant and key's expiry (no tenant: no such
+#: key), its id (none: its video is no succeeded job of the tenant) and whether it was
+#: inserted.
+_RECORD = f"""
     WITH input AS (
         SELECT * FROM unnest(
-            CAST(:tenants AS text[]), CAST(:users AS text[]), CAST(:videos AS uuid[]),
-            CAST(:types AS text[]), CAST(:watched AS float8[]), CAST(:keys AS text[]),
-            CAST(:fingerprints AS text[])
-        ) WITH ORDINALITY AS t(tenant, user_id, video_id, type, watched_s, key, fingerprint, n)
+            $1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::float8[], $7::text[],
+            $8::text[]
+        ) WITH ORDINALITY AS t(key_hash, tenant, user_id, video_id, type, watched_s, key,
+                               fingerprint, n)
+    ), callers AS (
+        SELECT input.*, api_keys.id AS key_id, api_keys.expires_at,
+               coalesce(api_keys.tenant, input.tenant) AS caller
+        FROM input LEFT JOIN api_keys
+        ON api_keys.key_hash = input.key_hash AND api_keys.revoked_at IS NULL
+        WHERE input.key_hash IS NULL OR api_keys.id IS NOT NULL
     ), found AS (
-        SELECT input.*, nextval(pg_get_serial_sequence('interactions', 'id')) AS id
-        FROM input JOIN jobs ON jobs.id = input.video_id AND jobs.tenant = input.tenant
+        SELECT callers.*, nextval(pg_get_serial_sequence('interactions', 'id')) AS id
+        FROM callers JOIN jobs ON jobs.id = callers.video_id AND jobs.tenant = callers.caller
         WHERE jobs.status = '{JobStatus.SUCCEEDED}'
+          AND (callers.expires_at IS NULL OR callers.expires_at > $9)
     ), added AS (
         INSERT INTO interactions
             (id, tenant, user_id, video_id, type, watched_s, idempotency_key, fingerprint,
              created_at)
-        SELECT id, tenant, user_id, video_id, type, watched_s, key, fingerprint, :now
+        SELECT id, caller, user_id, video_id, type, watched_s, key, fingerprint, $9
         FROM found ORDER BY n
         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, tenant, user_id
@@ -75,16 +85,39 @@ _RECORD = text(
         ON CONFLICT (tenant, user_id) DO UPDATE
         SET interactions = feed_users.interactions + EXCLUDED.interactions,
             pending = feed_users.pending + EXCLUDED.pending
+    ), used AS (
+        UPDATE api_keys SET last_used_at = $9
+        WHERE id IN (
+            SELECT key_id FROM callers WHERE expires_at IS NULL OR expires_at > $9
+        )
+          AND (last_used_at IS NULL OR last_used_at < $10)
     )
-    SELECT found.n, found.id, added.id IS NOT NULL AS created
-    FROM found LEFT JOIN added ON added.id = found.id
-    """
-)
+    SELECT callers.n, callers.caller, callers.expires_at, found.id,
+           added.id IS NOT NULL AS created
+    FROM callers LEFT JOIN found ON found.n = callers.n LEFT JOIN added ON added.id = found.id
+"""
+_FIRST = """
+    SELECT id, user_id, video_id, type, watched_s, fingerprint, created_at FROM interactions
+    WHERE tenant = $1 AND idempotency_key = $2
+"""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An interaction as recorded, as ``POST /v1/interactions`` shows it."""
+
+    id: int
+    user_id: str
+    video_id: uuid.UUID
+    type: str
+    watched_s: float | None
+    created_at: datetime
 
 
 @dataclass(frozen=True)
 class _Item:
-    tenant: str
+    key_hash: str | None
+    tenant: str | None
     new: NewInteraction
     key: str | None
     fingerprint: str | None
@@ -92,65 +125,84 @@ class _Item:
 
 @dataclass(frozen=True)
 class _Written:
-    id: int | None  # None: its video is no succeeded job of the tenant
+    tenant: str | None  # None: no such key
+    expires_at: datetime | None
+    id: int | None  # None: its video is no succeeded job of the tenant (or the key expired)
     created: bool
     at: datetime
 
 
 class Intake:
-    """The API process's writer of interactions, in batches (see the module)."""
+    """The API process's writer of interactions, in batches (see the module), on connections
+    of its own (:class:`~videoq.store.engine.DirectPool`): two batches may be written at once,
+    so the requests of the next are read while one is in flight."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
-        self._group: GroupCommit[_Item, _Written] = GroupCommit(self._write)
+    def __init__(self, database_url: str) -> None:
+        self._pool = DirectPool(database_url, max_size=2, application_name="videoq intake")
+        self._group: GroupCommit[_Item, _Written] = GroupCommit(self._write, in_flight=2)
 
     async def _write(self, items: list[_Item]) -> list[_Written]:
         now = datetime.now(UTC)
-        values: dict[str, Any] = {
-            "tenants": [i.tenant for i in items], "users": [i.new.user_id for i in items],
-            "videos": [i.new.video_id for i in items], "types": [i.new.type for i in items],
-            "watched": [i.new.watched_s for i in items], "keys": [i.key for i in items],
-            "fingerprints": [i.fingerprint for i in items], "now": now,
-        }  # fmt: skip
-        async with self._sessions() as session:
-            rows = (await session.execute(_RECORD, values)).all()
-            await session.commit()
-        written = {row.n: _Written(row.id, row.created, now) for row in rows}
-        return [written.get(n, _Written(None, False, now)) for n in range(1, len(items) + 1)]
+        pool = await self._pool()
+        rows = await pool.fetch(
+            _RECORD,
+            [i.key_hash for i in items], [i.tenant for i in items],
+            [i.new.user_id for i in items], [i.new.video_id for i in items],
+            [i.new.type for i in items], [i.new.watched_s for i in items],
+            [i.key for i in items], [i.fingerprint for i in items],
+            now, now - LAST_USED_RESOLUTION,
+        )  # fmt: skip
+        written = {
+            row["n"]: _Written(row["caller"], row["expires_at"], row["id"], row["created"], now)
+            for row in rows
+        }
+        unknown = _Written(None, None, None, False, now)
+        return [written.get(n, unknown) for n in range(1, len(items) + 1)]
 
     async def record(
-        self, tenant: str, new: NewInteraction, *, idempotency_key: str | None
-    ) -> tuple[Interaction, bool]:
-        """Record the interaction (committed); returns ``(interaction, created)``.
-        :class:`VideoNotFinished` when its video is not a succeeded job of ``tenant``. A
+        self,
+        new: NewInteraction,
+        *,
+        idempotency_key: str | None,
+        api_key: str | None = None,
+        tenant: str | None = None,
+    ) -> tuple[Recorded, bool]:
+        """Record the interaction (committed) for the tenant of ``api_key`` (looked up with the
+        batch) or, without one, for ``tenant``; returns ``(interaction, created)``.
+        :class:`Unauthorized` for a key that is unknown, revoked or expired;
+        :class:`VideoNotFinished` when the video is not a succeeded job of the tenant. A
         repeated ``idempotency_key`` returns the interaction it first recorded and
         ``created=False`` (the user's counters unchanged) when it comes with the same request,
         and raises :class:`IdempotencyKeyReused` with another."""
+        if (api_key is None) == (tenant is None):
+            raise TypeError("record() takes an api_key or a tenant, not both")
+        key_hash = hash_key(api_key) if api_key is not None else None
         fingerprint = new.fingerprint() if idempotency_key is not None else None
-        done = await self._group(_Item(tenant, new, idempotency_key, fingerprint))
+        done = await self._group(_Item(key_hash, tenant, new, idempotency_key, fingerprint))
+        if done.tenant is None:
+            raise Unauthorized("invalid API key")
+        check_expiry(done.expires_at, done.at)
+        tenant = done.tenant
         if done.id is None:
             raise VideoNotFinished(f"video_id {new.video_id} is no finished video of this tenant")
         if done.created:
-            interaction = Interaction(
-                id=done.id, tenant=tenant, user_id=new.user_id, video_id=new.video_id,
-                type=new.type, watched_s=new.watched_s, idempotency_key=idempotency_key,
-                fingerprint=fingerprint, created_at=done.at,
-            )  # fmt: skip
-            return interaction, True
-        async with self._sessions() as session:
-            existing = (
-                await session.execute(
-                    select(Interaction).where(
-                        Interaction.tenant == tenant, Interaction.idempotency_key == idempotency_key
-                    )
-                )
-            ).scalar_one()
-        if existing.fingerprint != fingerprint:
+            recorded = Recorded(
+                done.id, new.user_id, new.video_id, new.type, new.watched_s, done.at
+            )
+            return recorded, True
+        pool = await self._pool()
+        first = await pool.fetchrow(_FIRST, tenant, idempotency_key)
+        if first["fingerprint"] != fingerprint:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was first sent with another interaction; use a new key"
             )
-        return existing, False
+        recorded = Recorded(
+            first["id"], first["user_id"], first["video_id"], first["type"], first["watched_s"],
+            first["created_at"],
+        )  # fmt: skip
+        return recorded, False
 
     async def aclose(self) -> None:
-        """Wait for the interactions already taken."""
+        """Wait for the interactions already taken, then close the connections."""
         await self._group.aclose()
+        await self._pool.aclose()
