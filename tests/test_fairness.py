@@ -221,6 +221,32 @@ async def test_fair_slots_serve_a_newcomer_before_a_backlog() -> None:
     assert slots.busy == 0 and slots.waiting == 0
 
 
+async def test_within_a_tenant_the_earlier_job_goes_first_whenever_it_asks() -> None:
+    # A job's poster asks for a slot after its compositing, while the compositings of the
+    # tenant's later jobs already wait: the poster goes first, so the job ends first.
+    slots = fair.FairSlots(1)
+    order: list[str] = []
+
+    async def work(name: str, rank: float) -> None:
+        fair.share.set(fair.Share("t", 1.0, rank))
+        async with slots.slot():
+            order.append(name)
+            await asyncio.sleep(0)
+
+    await slots.acquire()
+    tasks = [asyncio.create_task(work(f"job{r}", r)) for r in (2, 3, 4)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(work("job1 poster", 1)))
+    tasks.append(asyncio.create_task(work("job3 poster", 3)))
+    doomed = asyncio.create_task(work("job0", 0))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    slots.release()
+    await asyncio.gather(*tasks)
+    assert order == ["job1 poster", "job2", "job3", "job3 poster", "job4"]
+    assert slots.busy == 0 and slots.waiting == 0
+
+
 async def test_fair_slots_shares_follow_weights_and_survive_cancellation() -> None:
     slots = fair.FairSlots(1)
     order: list[str] = []

@@ -5,7 +5,10 @@ sets when it starts the job). :class:`FairSlots` hands out at most ``limit`` slo
 tenants wait, the next free slot goes to the waiting tenant with the smallest virtual finish
 time (start-time fair queueing: each grant moves the tenant's clock by ``1 / weight``, and a
 tenant that was idle starts from the current clock, so idleness earns no credit). Within a
-tenant, waiters are served in arrival order.
+tenant, waiters are served by their job's rank (the order the queue hands jobs out: priority,
+then age), arrival order breaking ties. So a job's later runs (a poster after its
+compositing) go before those of the tenant's jobs behind it, and jobs finish one after another
+in queue order instead of all together at the end of a burst.
 
 The worker uses it for FFmpeg (CPU-bound: at most ``ffmpeg_slots`` encodes at once) and in
 front of the providers' shared concurrency limits, so that one tenant's hundred jobs in
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -25,10 +29,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Share:
-    """Whose work this is, and its weight against other tenants' work."""
+    """Whose work this is, its weight against other tenants' work, and its job's rank among
+    the tenant's (lower goes first)."""
 
     tenant: str
     weight: float = 1.0
+    rank: float = 0.0
 
 
 #: The share of the job the current task works for (unset outside jobs: one anonymous share).
@@ -61,7 +67,9 @@ class FairSlots:
         self.busy = 0
         #: Since when every slot has been held without a break (None: one is free).
         self.full_since: float | None = None
-        self._waiting: dict[str, deque[tuple[asyncio.Future[None], float]]] = {}
+        #: Per tenant, a heap of (rank, arrival, future, weight).
+        self._waiting: dict[str, list[tuple[float, int, asyncio.Future[None], float]]] = {}
+        self._arrivals = itertools.count()
         self._finish: dict[str, float] = {}  # each tenant's virtual finish time
         self._clock = 0.0  # the virtual start time of the last grant
 
@@ -86,7 +94,8 @@ class FairSlots:
                 self.full_since = time.monotonic()
             return
         future = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(who.tenant, deque()).append((future, who.weight))
+        entry = (who.rank, next(self._arrivals), future, who.weight)
+        heapq.heappush(self._waiting.setdefault(who.tenant, []), entry)
         try:
             await future
         except asyncio.CancelledError:
@@ -101,7 +110,7 @@ class FairSlots:
         while self._waiting and self.busy < self.limit:
             tenant = min(self._waiting, key=self._start)
             queue = self._waiting[tenant]
-            future, weight = queue.popleft()
+            _, _, future, weight = heapq.heappop(queue)
             if not queue:
                 del self._waiting[tenant]
             if future.done():  # cancelled while it waited
@@ -128,9 +137,11 @@ class FairSlots:
         queue = self._waiting.get(tenant)
         if queue is None:
             return
-        for entry in queue:
-            if entry[0] is future:
-                queue.remove(entry)
+        for i, entry in enumerate(queue):
+            if entry[2] is future:
+                queue[i] = queue[-1]
+                queue.pop()
+                heapq.heapify(queue)
                 break
         if not queue:
             del self._waiting[tenant]

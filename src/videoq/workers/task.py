@@ -24,7 +24,7 @@ from arq import Retry
 
 from videoq import eta, fair, lifecycle, tracing
 from videoq.artifacts import captions_name, video_name
-from videoq.broker import BROKER_ERRORS
+from videoq.broker import BROKER_ERRORS, queue
 from videoq.errors import AttemptSuperseded, OverBudget, RetryableError, VideoqError
 from videoq.ffmpeg import cpu_slots
 from videoq.pipeline import Rerender, video_gen
@@ -129,7 +129,9 @@ async def _run(state: WorkerState, job: Job) -> asyncio.Future[None] | None:
     assert task is not None
     running = RunningJob(task, job.attempts)
     structlog.contextvars.bind_contextvars(attempt=job.attempts)
-    fair.share.set(fair.Share(job.tenant, state.weights.get(job.tenant, 1.0)))
+    # Ranked as the queue ranks jobs: a job's work goes before that of its tenant's later jobs.
+    rank = job.created_at.timestamp() + queue.PRIORITY_OFFSET_S.get(job.priority, 0.0)
+    fair.share.set(fair.Share(job.tenant, state.weights.get(job.tenant, 1.0), rank))
     checkpoints = DbCheckpoints(state.books, job.id, job.attempts)
     settings = state.settings.for_job(job.options)
     reporter = EventReporter(
