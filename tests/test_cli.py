@@ -16,6 +16,7 @@ import av
 import httpx
 from click.testing import CliRunner
 
+from tests.commands import videoq
 from videoq.children import preexec
 from videoq.cli import main
 from videoq.settings import Settings
@@ -125,12 +126,7 @@ def test_dev_prints_its_urls_serves_and_stops_cleanly(settings: Settings, tmp_pa
 async def run_cli(*args: str, url: str, key: str) -> tuple[int, str, str]:
     """`videoq …` as a subprocess, so the in-process API keeps serving meanwhile."""
     env = {**os.environ, "VIDEOQ_API_URL": url, "VIDEOQ_API_KEY": key}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "videoq", *args, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec(),
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
+    return await videoq(*args, env=env, timeout_s=60)
 
 
 async def test_job_commands_print_tables_json_and_exit_codes(

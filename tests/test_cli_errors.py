@@ -5,7 +5,6 @@ subprocess against a real API (or none)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -17,41 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.commands import Case, closed_port, isolated, one_line, videoq
 from tests.conftest import LiveApi, auth, new_key
 from videoq.children import preexec
 
 USAGE, FAILED, UNREACHABLE, INTERRUPTED = 2, 1, 3, 130
 
 
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOQ_")}
-    return {**env, "VIDEOQ_HOME": str(home), **extra}
-
-
-async def _run(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "videoq", *args, env=env, cwd=cwd,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec(),
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def _one_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: "), stderr
-    return lines[0]
-
-
 @dataclass(frozen=True)
-class Case:
-    name: str
-    args: tuple[str, ...]
-    code: int
-    says: tuple[str, ...]
+class ApiCase(Case):
     #: Which key the command is given: "admin", "tenant", "bad" or "none" (no API at all).
     key: str = "tenant"
     #: The API's URL: "live", "dead" (a closed port) or "unset".
@@ -61,37 +34,37 @@ class Case:
 
 DURATION = "--duration (duration_s): Input should be greater than or equal to 5"
 CASES = [
-    Case("invalid field", ("submit", "Lamp", "--duration", "3"), USAGE, (DURATION, "422")),
-    Case(
+    ApiCase("invalid field", ("submit", "Lamp", "--duration", "3"), USAGE, (DURATION, "422")),
+    ApiCase(
         "invalid schedule",
         ("submit", "Lamp", "--run-at", "tomorrow"),
         USAGE,
         ("--run-at (run_at): must be an ISO 8601 date-time",),
     ),
-    Case(
+    ApiCase(
         "unknown option key",
         ("submit", "Lamp", "--option", "colour=red"),
         USAGE,
         ("--option (options.colour): unknown field",),
     ),
-    Case("option not KEY=VALUE", ("submit", "Lamp", "--option", "x"), USAGE, ("KEY=VALUE",)),
-    Case("bad flag value", ("submit", "Lamp", "--priority", "urgent"), USAGE, ("--priority",)),
-    Case("unknown flag", ("status", "--nope"), USAGE, ("--nope", "videoq status --help")),
-    Case(
+    ApiCase("option not KEY=VALUE", ("submit", "Lamp", "--option", "x"), USAGE, ("KEY=VALUE",)),
+    ApiCase("bad flag value", ("submit", "Lamp", "--priority", "urgent"), USAGE, ("--priority",)),
+    ApiCase("unknown flag", ("status", "--nope"), USAGE, ("--nope", "videoq status --help")),
+    ApiCase(
         "unknown job",
         ("status", "0" * 8 + "-0000-4000-8000-" + "0" * 12),
         USAGE,
         ("404", "videoq jobs"),
     ),
-    Case(
+    ApiCase(
         "unknown job's video",
         ("download", "0" * 8 + "-0000-4000-8000-" + "0" * 12),
         USAGE,
         ("404",),
     ),
-    Case("bad key", ("jobs",), USAGE, ("refused the key", "401", "VIDEOQ_API_KEY"), key="bad"),
-    Case("tenant key on admin route", ("info",), USAGE, ("403", "admin key")),
-    Case(
+    ApiCase("bad key", ("jobs",), USAGE, ("refused the key", "401", "VIDEOQ_API_KEY"), key="bad"),
+    ApiCase("tenant key on admin route", ("info",), USAGE, ("403", "admin key")),
+    ApiCase(
         "API not running",
         ("jobs",),
         UNREACHABLE,
@@ -103,14 +76,14 @@ CASES = [
         ),
         api="dead",
     ),
-    Case(
+    ApiCase(
         "API not running, on submit",
         ("submit", "Lamp", "--watch"),
         UNREACHABLE,
         ("cannot reach the API", "connection refused"),
         api="dead",
     ),
-    Case(
+    ApiCase(
         "no API configured",
         ("status", "x"),
         USAGE,
@@ -118,7 +91,7 @@ CASES = [
         key="none",
         api="unset",
     ),
-    Case(
+    ApiCase(
         "not a URL",
         ("jobs",),
         USAGE,
@@ -126,14 +99,14 @@ CASES = [
         api="unset",
         extra_env=(("VIDEOQ_API_URL", "localhost:8000"),),
     ),
-    Case(
+    ApiCase(
         "invalid setting",
         ("jobs",),
         USAGE,
         ("invalid settings: VIDEOQ_CORS_ORIGINS",),
         extra_env=(("VIDEOQ_CORS_ORIGINS", "[not json"),),
     ),
-    Case(
+    ApiCase(
         "render checks the brief as the API does",
         ("render", "Lamp", "--duration", "3"),
         USAGE,
@@ -141,7 +114,7 @@ CASES = [
         key="none",
         api="unset",
     ),
-    Case(
+    ApiCase(
         "no database for a server command",
         ("keys", "create", "--tenant", "t"),
         USAGE,
@@ -153,21 +126,15 @@ CASES = [
 ]
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_each_error_is_one_line_with_its_exit_code(
-    case: Case, live_api: LiveApi, sessions: Any, tmp_path: Path, monkeypatch: Any
+    case: ApiCase, live_api: LiveApi, sessions: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    env = _env(tmp_path / "home", **dict(case.extra_env))
+    env = isolated(tmp_path / "home", **dict(case.extra_env))
     if case.api == "live":
         env["VIDEOQ_API_URL"] = live_api.url
     elif case.api == "dead":
-        env["VIDEOQ_API_URL"] = f"http://127.0.0.1:{_closed_port()}"
+        env["VIDEOQ_API_URL"] = f"http://127.0.0.1:{closed_port()}"
     if case.key == "tenant":
         env["VIDEOQ_API_KEY"] = await new_key(sessions)
     elif case.key == "admin":
@@ -178,22 +145,19 @@ async def test_each_error_is_one_line_with_its_exit_code(
         env["VIDEOQ_API_KEY"] = "vq_whatever"
     if case.args[0] == "keys":  # nothing embedded to fall back on
         env["VIDEOQ_REDIS_URL"] = ""
-    code, _, err = await _run(*case.args, env=env, cwd=tmp_path)
-    line = _one_line(err)
-    assert code == case.code, err
-    for words in case.says:
-        assert words in line, line
+    code, _, err = await videoq(*case.args, env=env, cwd=tmp_path)
+    case.check(code, one_line(err))
 
 
 async def test_submit_and_render_refuse_a_brief_in_the_same_words(
     live_api: LiveApi, sessions: Any, tmp_path: Path
 ) -> None:
-    env = _env(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=await new_key(sessions))
+    env = isolated(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=await new_key(sessions))
     brief = ("Lamp", "--duration", "61", "--cta", "x" * 81)
-    _, _, submitted = await _run("submit", *brief, env=env, cwd=tmp_path)
-    _, _, rendered = await _run("render", *brief, env=env, cwd=tmp_path)
-    api_words = _one_line(submitted).removesuffix(" (422 validation_error)")
-    assert _one_line(rendered) == api_words
+    _, _, submitted = await videoq("submit", *brief, env=env, cwd=tmp_path)
+    _, _, rendered = await videoq("render", *brief, env=env, cwd=tmp_path)
+    api_words = one_line(submitted).removesuffix(" (422 validation_error)")
+    assert one_line(rendered) == api_words
     assert "--cta (cta_text)" in api_words and "--duration (duration_s)" in api_words
 
 
@@ -202,8 +166,10 @@ async def test_dev_on_a_busy_port_says_so(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, _, err = await _run("dev", "--port", str(port), env=_env(tmp_path), cwd=tmp_path)
-    line = _one_line(err)
+        code, _, err = await videoq(
+            "dev", "--port", str(port), env=isolated(tmp_path), cwd=tmp_path
+        )
+    line = one_line(err)
     assert code == USAGE
     assert f"port {port} on 127.0.0.1 is in use" in line and "--port" in line
 
@@ -213,7 +179,7 @@ async def test_watch_prints_the_id_first_and_ctrl_c_leaves_the_job_running(
 ) -> None:
     """No worker runs: the job stays queued while it is watched; Ctrl-C stops the watching."""
     key = await new_key(sessions)
-    env = _env(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=key)
+    env = isolated(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=key)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "videoq", "submit", "Watched Lamp", "--watch", env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec(),

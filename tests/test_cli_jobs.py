@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.commands import isolated, one_line, videoq
 from tests.conftest import LiveApi, new_key, running_worker
-from tests.test_cli_errors import _env, _one_line, _run
 from videoq import store
 from videoq.settings import Settings
 
@@ -25,8 +25,8 @@ async def _job_row(sessions: Any, job_id: str) -> store.Job:
 async def test_submit_has_a_flag_for_every_create_field(
     live_api: LiveApi, sessions: Any, tmp_path: Path
 ) -> None:
-    env = _env(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=await new_key(sessions))
-    code, out, err = await _run(
+    env = isolated(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=await new_key(sessions))
+    code, out, err = await videoq(
         "submit", "Flagged Lamp", "--style", "bold", "--cta", "Buy", "--prompt", "warm light",
         "--duration", "6", "--aspect-ratio", "1:1", "--voice", "v-1", "--no-captions",
         "--priority", "high",
@@ -46,7 +46,7 @@ async def test_submit_has_a_flag_for_every_create_field(
     assert row.max_retries == 1
     assert row.options == {"providers": "offline", "job_timeout_s": 600}
     # The same idempotency key: the same job.
-    code, again, _ = await _run(
+    code, again, _ = await videoq(
         "submit", "Flagged Lamp", "--style", "bold", "--cta", "Buy", "--prompt", "warm light",
         "--duration", "6", "--aspect-ratio", "1:1", "--voice", "v-1", "--no-captions",
         "--priority", "high",
@@ -56,7 +56,7 @@ async def test_submit_has_a_flag_for_every_create_field(
     )  # fmt: skip
     assert code == 0 and json.loads(again)["id"] == job["id"]
     run_at = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    code, out, err = await _run(
+    code, out, err = await videoq(
         "submit", "Later Lamp", "--run-at", run_at, "--webhook-url", "https://hooks.example/x",
         "--json", env=env, cwd=tmp_path,
     )  # fmt: skip
@@ -69,16 +69,16 @@ async def test_submit_has_a_flag_for_every_create_field(
 async def test_download_saves_the_video(
     live_api: LiveApi, sessions: Any, settings: Settings, tmp_path: Path
 ) -> None:
-    env = _env(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=await new_key(sessions))
+    env = isolated(tmp_path, VIDEOQ_API_URL=live_api.url, VIDEOQ_API_KEY=await new_key(sessions))
     async with running_worker(settings.model_copy(update={"pipeline": "tests.fakes:quick"})):
-        code, out, err = await _run("submit", "Saved", "--watch", "--json", env=env, cwd=tmp_path)
+        code, out, err = await videoq("submit", "Saved", "--watch", "--json", env=env, cwd=tmp_path)
     assert code == 0, err
     job_id = json.loads(out)["id"]
     target = tmp_path / "lamp.mp4"
-    code, out, err = await _run("download", job_id, str(target), env=env, cwd=tmp_path)
+    code, out, err = await videoq("download", job_id, str(target), env=env, cwd=tmp_path)
     assert code == 0, err
     assert out.strip() == str(target.resolve()) and target.read_bytes() == b"\0" * 64
-    code, out, err = await _run("download", job_id, env=env, cwd=tmp_path)
+    code, out, err = await videoq("download", job_id, env=env, cwd=tmp_path)
     assert code == 0 and (tmp_path / f"{job_id}.mp4").read_bytes() == b"\0" * 64
-    code, _, err = await _run("download", job_id, "no/such/dir/v.mp4", env=env, cwd=tmp_path)
-    assert code == 2 and "no directory no/such/dir" in _one_line(err)
+    code, _, err = await videoq("download", job_id, "no/such/dir/v.mp4", env=env, cwd=tmp_path)
+    assert code == 2 and "no directory no/such/dir" in one_line(err)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from tests.commands import Case, closed_port, one_line
 from tests.conftest import LiveApi, auth, new_key
 from videoq.cli import main
 from videoq.settings import Settings
@@ -25,11 +26,10 @@ MISSING = "00000000-0000-4000-8000-000000000000"
 
 
 def _env(home: Path, **values: str | None) -> dict[str, str | None]:
-    """Only what is given: every other VIDEOQ_ variable unset, no `videoq dev` session."""
-    unset: dict[str, str | None] = {
-        name: None
-        for name in ("VIDEOQ_API_URL", "VIDEOQ_API_KEY", "VIDEOQ_DATABASE_URL", "VIDEOQ_REDIS_URL")
-    }
+    """Click's runner lays this over the process's environment: only what is given, every
+    other VIDEOQ_ variable unset (as :func:`tests.commands.isolated` for a subprocess), no
+    `videoq dev` session."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("VIDEOQ_")}
     return {**unset, "VIDEOQ_HOME": str(home), **values}
 
 
@@ -49,15 +49,11 @@ async def _cli(env: dict[str, str | None], *args: str) -> Any:
 
 def _one_line(result: Any) -> str:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return str(lines[0])
+    return one_line(result.stderr)
 
 
 def _closed_database() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"postgresql://videoq@127.0.0.1:{sock.getsockname()[1]}/videoq"
+    return f"postgresql://videoq@127.0.0.1:{closed_port()}/videoq"
 
 
 async def _status(live: LiveApi, key: str) -> int:
@@ -132,11 +128,7 @@ async def test_the_first_admin_key_comes_from_the_database_then_works_over_the_a
 
 
 @dataclass(frozen=True)
-class Case:
-    name: str
-    args: tuple[str, ...]
-    code: int
-    says: tuple[str, ...]
+class ViaCase(Case):
     #: "admin" or "tenant": an API key of that scope; "database": --database, no API;
     #: "nothing": neither an API key nor a database; "dead database": one on a closed port.
     via: str = "admin"
@@ -144,59 +136,61 @@ class Case:
 
 PAST = "2020-01-01T00:00:00Z"
 KEY_CASES = [
-    Case("tenant key", ("keys", "list"), USAGE, ("403", "admin key"), via="tenant"),
-    Case(
+    ViaCase("tenant key", ("keys", "list"), USAGE, ("403", "admin key"), via="tenant"),
+    ViaCase(
         "bad expiry",
         ("keys", "create", "--tenant", "t", "--expires-at", "soon"),
         USAGE,
         ("--expires-at (expires_at): must be an ISO 8601 date-time", "422"),
     ),
-    Case(
+    ViaCase(
         "bad expiry, database",
         ("keys", "create", "--tenant", "t", "--expires-at", "soon"),
         USAGE,
         ("--expires-at (expires_at): must be an ISO 8601 date-time",),
         via="database",
     ),
-    Case(
+    ViaCase(
         "past expiry",
         ("keys", "create", "--tenant", "t", "--expires-at", PAST),
         USAGE,
         ("--expires-at (expires_at)",),
     ),
-    Case("empty tenant", ("keys", "create", "--tenant", ""), USAGE, ("--tenant (tenant)", "422")),
-    Case(
+    ViaCase(
+        "empty tenant", ("keys", "create", "--tenant", ""), USAGE, ("--tenant (tenant)", "422")
+    ),
+    ViaCase(
         "empty tenant, database",
         ("keys", "create", "--tenant", ""),
         USAGE,
         ("--tenant (tenant)",),
         via="database",
     ),
-    Case("unknown key", ("keys", "revoke", "vq_nothere"), FAILED, ("404", "vq_nothere")),
-    Case("unknown key id", ("keys", "revoke", MISSING), FAILED, ("404",)),
-    Case("not a key", ("keys", "revoke", "x" * 50), FAILED, ("404",)),
-    Case(
+    ViaCase("unknown key", ("keys", "revoke", "vq_nothere"), FAILED, ("404", "vq_nothere")),
+    ViaCase("unknown key id", ("keys", "revoke", MISSING), FAILED, ("404",)),
+    ViaCase("not a key", ("keys", "revoke", "x" * 50), FAILED, ("404",)),
+    ViaCase(
         "unknown key, database",
         ("keys", "revoke", "vq_nothere"),
         FAILED,
         ("vq_nothere",),
         via="database",
     ),
-    Case(
+    ViaCase(
         "nothing configured",
         ("keys", "list"),
         USAGE,
         ("VIDEOQ_API_KEY", "VIDEOQ_DATABASE_URL", "first admin key"),
         via="nothing",
     ),
-    Case(
+    ViaCase(
         "database unreachable",
         ("keys", "create", "--tenant", "t"),
         UNREACHABLE,
         ("cannot use the database", "VIDEOQ_DATABASE_URL"),
         via="dead database",
     ),
-    Case(
+    ViaCase(
         "--database without one",
         ("keys", "list", "--database"),
         USAGE,
@@ -205,46 +199,48 @@ KEY_CASES = [
     ),
 ]
 SCHEDULE_CASES = [
-    Case("bad cron", ("schedules", "create", "61 * * * *", "Lamp"), USAGE, ("CRON (cron)", "422")),
-    Case("six fields", ("schedules", "create", "* * * * * *", "Lamp"), USAGE, ("CRON (cron)",)),
-    Case(
+    ViaCase(
+        "bad cron", ("schedules", "create", "61 * * * *", "Lamp"), USAGE, ("CRON (cron)", "422")
+    ),
+    ViaCase("six fields", ("schedules", "create", "* * * * * *", "Lamp"), USAGE, ("CRON (cron)",)),
+    ViaCase(
         "bad zone",
         ("schedules", "create", "@daily", "Lamp", "--timezone", "Mars/Olympus"),
         USAGE,
         ("--timezone (timezone)",),
     ),
-    Case(
+    ViaCase(
         "bad brief",
         ("schedules", "create", "@daily", "Lamp", "--duration", "3"),
         USAGE,
         ("--duration (duration_s)",),
     ),
-    Case(
+    ViaCase(
         "bad option",
         ("schedules", "create", "@daily", "Lamp", "--option", "colour=red"),
         USAGE,
         ("--option (options.colour)",),
     ),
-    Case(
+    ViaCase(
         "no run-at on a schedule",
         ("schedules", "create", "@daily", "Lamp", "--run-at", PAST),
         USAGE,
         ("--run-at",),
     ),
-    Case(
+    ViaCase(
         "unknown schedule",
         ("schedules", "delete", MISSING),
         USAGE,
         ("404", "videoq schedules list"),
     ),
-    Case("not an id", ("schedules", "show", "nope"), USAGE, ("404", "videoq schedules list")),
-    Case("no API", ("schedules", "list"), USAGE, ("VIDEOQ_API_URL",), via="nothing"),
+    ViaCase("not an id", ("schedules", "show", "nope"), USAGE, ("404", "videoq schedules list")),
+    ViaCase("no API", ("schedules", "list"), USAGE, ("VIDEOQ_API_URL",), via="nothing"),
 ]
 
 
 @pytest.mark.parametrize("case", KEY_CASES + SCHEDULE_CASES, ids=lambda c: c.name)
 async def test_each_refusal_is_one_line_with_its_exit_code(
-    case: Case, live_api: LiveApi, settings: Settings, sessions: Any, tmp_path: Path
+    case: ViaCase, live_api: LiveApi, settings: Settings, sessions: Any, tmp_path: Path
 ) -> None:
     if case.via == "database":
         env = _db_env(settings, tmp_path)
@@ -257,10 +253,7 @@ async def test_each_refusal_is_one_line_with_its_exit_code(
         key = await new_key(sessions, admin=case.via == "admin")
         env, args = _api_env(live_api, tmp_path, key), case.args
     result = await _cli(env, *args)
-    line = _one_line(result)
-    assert result.exit_code == case.code, line
-    for words in case.says:
-        assert words in line, line
+    case.check(result.exit_code, _one_line(result))
 
 
 async def test_schedules_create_list_show_and_delete(

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import logging.config
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import httpx
 import pytest
 from arq.logs import default_log_config
 
+from tests.commands import isolated, videoq
 from tests.conftest import LiveApi, auth, new_key, running_worker
 from tests.test_feed import BREAD, finished_video
 from videoq.children import preexec
@@ -35,28 +35,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOQ_")}
-    return {
-        **env,
+    """The test's servers, queue and directories, and the quick fake pipeline."""
+    test = {
         "VIDEOQ_DATABASE_URL": settings.database_url or "",
         "VIDEOQ_REDIS_URL": settings.redis_url or "",
-        "VIDEOQ_HOME": str(settings.home),
         "VIDEOQ_QUEUE_NAME": settings.queue_name,
         "VIDEOQ_SCRATCH_DIR": str(settings.scratch),
         "VIDEOQ_ARTIFACTS_DIR": str(settings.artifacts),
         "VIDEOQ_PIPELINE": "tests.fakes:quick",
-        **extra,
     }
+    return isolated(settings.home, **{**test, **extra})
 
 
 async def _videoq(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "videoq", *args, env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec(),
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await videoq(*args, env=env, cwd=ROOT, timeout_s=180)
 
 
 async def _create(http: httpx.AsyncClient, key: str, **fields: Any) -> str:

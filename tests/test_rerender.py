@@ -16,6 +16,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from tests.mocks.replicate import ReplicateMock, invalid_input
 from tests.processes import WorkerProcess
 from videoq import store
 from videoq.children import preexec
-from videoq.client import Client, ConflictError
+from videoq.client import Client, ConflictError, Job
 from videoq.settings import Settings
 
 DURATION_S = 15
@@ -103,9 +105,19 @@ async def purchases(sessions: Any, job_id: str) -> dict[str, store.Purchase]:
         return {row.key: row for row in rows.scalars()}
 
 
-async def test_a_rerender_buys_one_clip_and_keeps_every_other_paid_output(
-    mocks: LiveMocks, sessions: Any, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Rendered:
+    """A job rendered once (version 1) on the mocks, its API and worker still running."""
+
+    api: LiveApi
+    key: str
+    client: Client
+    job: Job
+
+
+@asynccontextmanager
+async def rendered(mocks: LiveMocks, sessions: Any) -> AsyncIterator[Rendered]:
+    """The API and a worker on the mocks, and a tenant's job that has succeeded."""
     key = await new_key(sessions)
     async with (
         serving(mocks.settings) as api,
@@ -115,6 +127,14 @@ async def test_a_rerender_buys_one_clip_and_keeps_every_other_paid_output(
         job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
         first = await client.wait(job.id, timeout=120)
         assert first.status == "succeeded" and first.version == 1, first
+        yield Rendered(api, key, client, first)
+
+
+async def test_a_rerender_buys_one_clip_and_keeps_every_other_paid_output(
+    mocks: LiveMocks, sessions: Any, tmp_path: Path
+) -> None:
+    async with rendered(mocks, sessions) as done:
+        client, job = done.client, done.job
         # A stream ends at a terminal event: the re-render's is read after version 1's.
         ended = [e async for e in client.events(job.id, after=0)][-1]
         assert ended.terminal
@@ -185,14 +205,8 @@ async def test_a_rerender_buys_one_clip_and_keeps_every_other_paid_output(
 async def test_a_new_narration_buys_the_clip_and_the_voice_only(
     mocks: LiveMocks, sessions: Any
 ) -> None:
-    key = await new_key(sessions)
-    async with (
-        serving(mocks.settings) as api,
-        running_worker(mocks.settings),
-        Client(api.url, key) as client,
-    ):
-        job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
-        assert (await client.wait(job.id, timeout=120)).status == "succeeded"
+    async with rendered(mocks, sessions) as done:
+        client, job = done.client, done.job
         bought = mocks.paid_calls()
         line = "Boils in sixty seconds flat."
         estimate = await client.rerender_estimate(job.id, 0, narration=line)
@@ -211,20 +225,14 @@ async def test_a_new_narration_buys_the_clip_and_the_voice_only(
 async def test_a_failed_rerender_is_retried_and_buys_its_clip_once(
     mocks: LiveMocks, sessions: Any
 ) -> None:
-    key = await new_key(sessions)
-    async with (
-        serving(mocks.settings) as api,
-        running_worker(mocks.settings),
-        Client(api.url, key) as client,
-    ):
-        job = await client.submit(product_name="Kettle", duration_s=DURATION_S)
-        assert (await client.wait(job.id, timeout=120)).status == "succeeded"
+    async with rendered(mocks, sessions) as done:
+        client, job = done.client, done.job
         mocks.replicate.faults.append(invalid_input())  # the re-render's create is refused
         await client.rerender(job.id, 1, prompt="a kettle on the moon")
         failed = await client.wait(job.id, timeout=120)
         assert failed.status == "failed" and failed.version == 2, failed
         # Version 1 is still the video meanwhile.
-        async with httpx.AsyncClient(base_url=api.url, headers=auth(key)) as http:
+        async with httpx.AsyncClient(base_url=done.api.url, headers=auth(done.key)) as http:
             assert (await http.get(f"/v1/jobs/{job.id}/video")).status_code == 200
         await client.retry(job.id)
         final = await client.wait(job.id, timeout=120)

@@ -57,7 +57,7 @@ export interface FeedEvent {
 export interface StatsMessage {
   type: "stats";
   ts: string;
-  /** The tenant's jobs by status (all tenants' for an admin key). */
+  /** The caller's tenant's jobs by status (an admin key's too, as its job list). */
   counts: Partial<Record<JobStatus, number>>;
   oldest_queued_age_s: number | null;
   /** Per minute of the last hour, oldest first (UTC minutes). */

@@ -112,20 +112,22 @@ async def open_console(
                 await page_context.close()
 
 
-@pytest.fixture
-async def admin_console(
-    browser: Browser, settings: Settings, sessions: Any
-) -> AsyncIterator[Console]:
-    async for console in open_console(browser, settings, sessions, admin=True):
-        yield console
+def _console(name: str, *, admin: bool) -> Any:
+    """The fixture ``name``: a console whose key is an admin's, or (``admin`` false) only its
+    tenant's."""
+
+    @pytest.fixture(name=name)
+    async def console(
+        browser: Browser, settings: Settings, sessions: Any
+    ) -> AsyncIterator[Console]:
+        async for opened in open_console(browser, settings, sessions, admin=admin):
+            yield opened
+
+    return console
 
 
-@pytest.fixture
-async def tenant_console(
-    browser: Browser, settings: Settings, sessions: Any
-) -> AsyncIterator[Console]:
-    async for console in open_console(browser, settings, sessions, admin=False):
-        yield console
+admin_console = _console("admin_console", admin=True)
+tenant_console = _console("tenant_console", admin=False)
 
 
 @pytest.fixture

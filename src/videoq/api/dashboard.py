@@ -58,13 +58,14 @@ async def events_schema(request: Request) -> Response:
 
 
 async def figures(st: State, who: Principal) -> dict[str, Any]:
-    """A ``stats`` message of the tenant feed: the caller's jobs by status, the oldest queued
-    one's age and the last hour minute by minute (:func:`videoq.store.activity.last_hour`);
-    for admin keys every tenant's, plus the queue's length and the workers."""
-    tenant = None if who.is_admin else who.tenant
+    """A ``stats`` message of the tenant feed: the caller's tenant's jobs by status, the oldest
+    queued one's age and the last hour minute by minute
+    (:func:`videoq.store.activity.last_hour`), scoped as the feed's events and ``GET /v1/jobs``
+    are, admin keys included; for admin keys also the queue's length and the workers
+    (every tenant's jobs, counted, are ``GET /v1/queue/stats``)."""
     async with st.sessions() as session:
-        body: dict[str, Any] = await jobs.stats(session, tenant)
-        body["last_hour"] = await activity.last_hour(session, tenant)
+        body: dict[str, Any] = await jobs.stats(session, who.tenant)
+        body["last_hour"] = await activity.last_hour(session, who.tenant)
     body.pop("finished", None)  # last_hour says it per minute
     if who.is_admin:
         body["queue_length"] = await queue.length(st.redis, st.settings.queue_name)

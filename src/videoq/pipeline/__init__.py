@@ -283,14 +283,13 @@ async def run_pipeline(
             await run_stage(stage, on_progress)
 
     async def run_stage(stage: str, on_progress: Callable[[float], Awaitable[None]]) -> None:
-        common: dict[str, Any] = {
-            "settings": settings, "workdir": out, "providers": providers,
-            "checkpoints": checkpoints, "artifacts": kept, "spend": metered,
-            "on_progress": on_progress, "on_message": progress.telling(stage),
-            "previews": previews,
-        }  # fmt: skip
+        stage_run = stages.StageRun(
+            settings=settings, workdir=out, providers=providers, checkpoints=checkpoints,
+            artifacts=kept, spend=metered, on_progress=on_progress,
+            on_message=progress.telling(stage), previews=previews,
+        )  # fmt: skip
         async with _deadline(stage, settings.stage_timeout_s):
-            output = await _make(stage, brief, outputs, rerender, earlier, common)
+            output = await _make(stage, brief, outputs, rerender, earlier, stage_run)
         await asyncio.gather(*(kept.keep(path) for path in _files(stage, output)))
         await checkpoints.save(stage, output)
         if output.get("cost"):
@@ -343,13 +342,13 @@ async def _make(
     outputs: dict[str, dict[str, Any]],
     rerender: Rerender | None,
     earlier: stages.Earlier | None,
-    common: dict[str, Any],
+    run: stages.StageRun,
 ) -> dict[str, Any]:
     """The stage's outputs: made anew, or, in a re-render, from the version before."""
     if rerender is None:
-        return await stages.run_stage(stage, brief, outputs, **common)
+        return await stages.run_stage(stage, brief, outputs, run)
     assert earlier is not None
-    return await stages.rerun_stage(stage, brief, rerender, outputs, earlier=earlier, **common)
+    return await stages.rerun_stage(stage, brief, rerender, outputs, earlier, run)
 
 
 def _earlier(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from videoq.store.tables import Job
@@ -16,20 +16,19 @@ MINUTES = 60
 
 
 async def last_hour(
-    session: AsyncSession, tenant: str | None, now: datetime | None = None
+    session: AsyncSession, tenant: str, now: datetime | None = None
 ) -> dict[str, Any]:
     """Per minute of the last hour (oldest first, ending with the current minute, UTC):
     ``succeeded``, ``failed`` and ``cancelled`` (jobs that ended then), and ``wait_avg_s`` /
     ``wait_max_s`` of the jobs that started then (from when they could run, ``run_at`` or
-    creation, to their latest start; None for a minute without one). ``tenant`` None: every
-    tenant's jobs."""
+    creation, to their latest start; None for a minute without one), of ``tenant``'s jobs."""
     now = (now or datetime.now(UTC)).replace(second=0, microsecond=0)
     since = now - timedelta(minutes=MINUTES - 1)
-    scope: list[ColumnElement[bool]] = [] if tenant is None else [Job.tenant == tenant]
+    scope = Job.tenant == tenant
     ended = func.date_trunc("minute", Job.finished_at)
     finished = await session.execute(
         select(ended, Job.status, func.count())
-        .where(Job.finished_at >= since, *scope)
+        .where(Job.finished_at >= since, scope)
         .group_by(ended, Job.status)
     )
     began = func.date_trunc("minute", Job.started_at)
@@ -37,7 +36,7 @@ async def last_hour(
     wait = func.extract("epoch", Job.started_at - ready)
     waits = await session.execute(
         select(began, func.avg(wait), func.max(wait))
-        .where(Job.started_at >= since, *scope)
+        .where(Job.started_at >= since, scope)
         .group_by(began)
     )
     minutes = [since + timedelta(minutes=i) for i in range(MINUTES)]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import and_, cast, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
@@ -326,6 +326,18 @@ async def cancel(session: AsyncSession, job_id: str, tenant: str) -> tuple[Job, 
     return updated, previous
 
 
+#: What a job put back on the queue by hand (:func:`retry`, and a re-render,
+#: :func:`videoq.store.versions.requeue`) starts from: a fresh retry budget, no error, not
+#: finished, not scheduled, no worker.
+REQUEUED: Final[Mapping[str, Any]] = {
+    "retry_base": Job.attempts,
+    "error": None,
+    "finished_at": None,
+    "run_at": None,
+    "worker_id": None,
+}
+
+
 async def retry(session: AsyncSession, job_id: str, tenant: str) -> Job:
     """Requeue a ``failed`` or ``cancelled`` job with a fresh retry budget; it resumes after its
     last checkpoint. :class:`Conflict` in any other state."""
@@ -339,12 +351,8 @@ async def retry(session: AsyncSession, job_id: str, tenant: str) -> Job:
         job.id,
         JobStatus.QUEUED,
         only_from=tuple(RETRYABLE),
-        retry_base=Job.attempts,
-        error=None,
-        finished_at=None,
-        run_at=None,
-        worker_id=None,
         artifacts_expired_at=None,
+        **REQUEUED,
     )
     if updated is None:
         raise Conflict(f"job {job.id} changed state; try again")

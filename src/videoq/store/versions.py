@@ -14,6 +14,7 @@ from sqlalchemy import cast, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from videoq.store.jobs import REQUEUED
 from videoq.store.tables import Job, StageCheckpoint
 from videoq.types import JobStatus
 
@@ -48,17 +49,13 @@ async def requeue(session: AsyncSession, job: Job, change: dict[str, Any]) -> Jo
             status=JobStatus.QUEUED,
             version=Job.version + 1,
             versions=Job.versions.op("||")(cast(literal(json.dumps([change])), JSONB)),
-            retry_base=Job.attempts,
             stage=None,
             progress=0.0,
-            error=None,
-            finished_at=None,
-            run_at=None,
-            worker_id=None,
             heartbeat_at=None,
             # Its ETA error would be measured from the job's creation, not from this request.
             eta_at_submit_s=None,
             updated_at=datetime.now(UTC),
+            **REQUEUED,
         )
         .returning(Job)
         .execution_options(synchronize_session=False, populate_existing=True)

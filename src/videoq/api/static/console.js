@@ -139,7 +139,7 @@ function drawFigures() {
   if (s.queue_length !== undefined) boxes.push(figure("queue_length", "in the queue", s.queue_length));
   if (s.workers) boxes.push(figure("workers", "live workers", s.workers.filter((w) => w.alive).length));
   $("figures").replaceChildren(...boxes);
-  $("figures-scope").textContent = `${s.workers ? "Every tenant's jobs, the queue and the workers" : "Your tenant's jobs"}, as of ${when(s.ts)} (${zoneLabel()}); live, every 5 s.`;
+  $("figures-scope").textContent = `${s.workers ? "Your tenant's jobs, the queue and the workers" : "Your tenant's jobs"}, as of ${when(s.ts)} (${zoneLabel()}); live, every 5 s.`;
   $("figures").dataset.ts = s.ts;
   const minute = (iso) => when(iso, { date: false, seconds: false });
   charts.throughput($("chart-throughput"), s.last_hour, minute);
