@@ -54,8 +54,8 @@ class GroupCommit(Generic[T, R]):
     def submit(self, item: T) -> asyncio.Future[R]:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        # A task whose loop has ended is done at once (its callbacks come a turn later).
-        self._tasks = {task for task in self._tasks if not task.done()}
+        if len(self._tasks) >= self._in_flight:  # a writer whose loop ended is done at once
+            self._tasks = {task for task in self._tasks if not task.done()}
         if len(self._tasks) < self._in_flight:
             # No caller's context: the writer serves every job alike.
             self._tasks.add(

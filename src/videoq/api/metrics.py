@@ -59,6 +59,10 @@ class RequestMetrics:
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
+        # Each series' child, once found (``labels()`` takes a lock and checks the labels
+        # every call); a few per route.
+        self._counted: dict[tuple[str, str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,8 +82,13 @@ class RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"] if scope["method"] in METHODS else "OTHER"
-            self.requests.labels(method, route, str(status)).inc()
-            self.latency.labels(route).observe(time.perf_counter() - started)
+            series = (method, route, str(status))
+            if (counted := self._counted.get(series)) is None:
+                counted = self._counted[series] = self.requests.labels(*series)
+            if (timed := self._timed.get(route)) is None:
+                timed = self._timed[route] = self.latency.labels(route)
+            counted.inc()
+            timed.observe(time.perf_counter() - started)
 
 
 class _Families:

@@ -10,7 +10,7 @@ BodyLimitMiddleware   413 for a body over the limit: at once from ``Content-Leng
 
 from __future__ import annotations
 
-import base64
+import itertools
 import re
 import secrets
 from collections.abc import Callable
@@ -54,12 +54,34 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+class Nonce:
+    """A request's CSP nonce, drawn when first shown: by an HTML page that uses it, or in an
+    HTML answer's header (JSON answers, the API's hot path, never draw one)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self) -> None:
+        self._value: str | None = None
+
+    def __str__(self) -> str:
+        if self._value is None:
+            self._value = secrets.token_urlsafe(16)
+        return self._value
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 class SecurityMiddleware:
     """Request ids, security headers and CSP, and the generic 500 (pure ASGI, so streaming and
     WebSockets pass through untouched)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Unique, not secret: a random prefix per process and a counter (no system call a
+        # request on the API's hot path).
+        prefix = secrets.token_hex(6)
+        self._ids = (f"{prefix}{n:08x}" for n in itertools.count())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -68,12 +90,10 @@ class SecurityMiddleware:
         headers = Headers(scope=scope)
         incoming = headers.get("x-request-id", "")
         # A caller's id is kept when it is harmless (it ties their logs to ours); else a new one.
-        drawn = secrets.token_bytes(24)  # one draw for both (the API's hot path)
-        request_id = incoming if _REQUEST_ID.match(incoming) else drawn[16:].hex()
-        nonce = base64.urlsafe_b64encode(drawn[:16]).rstrip(b"=").decode()
+        request_id = incoming if _REQUEST_ID.match(incoming) else next(self._ids)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["csp_nonce"] = nonce
+        state["csp_nonce"] = nonce = Nonce()
         if scope["type"] == "websocket":
             with structlog.contextvars.bound_contextvars(request_id=request_id):
                 await self.app(scope, receive, send)
