@@ -62,27 +62,6 @@ async def test_calls_made_during_a_write_go_together_in_the_next() -> None:
     assert write.batches == [[0], list(range(1, 11))]
 
 
-async def test_with_two_in_flight_the_next_batch_goes_while_one_is_written() -> None:
-    write = Recorder()
-    write.release.clear()
-    group = GroupCommit(write, in_flight=2)
-    first = asyncio.ensure_future(group(0))
-    await write.in_flight.wait()
-    second = asyncio.ensure_future(group(1))
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert write.batches == [[0], [1]]  # both under way; a third would wait for one of them
-    third = [asyncio.ensure_future(group(i)) for i in range(2, 6)]
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert len(write.batches) == 2
-    write.release.set()
-    assert [await first, await second] == [0, 2]
-    assert await asyncio.gather(*third) == [4, 6, 8, 10]
-    assert write.batches[2:] == [[2, 3, 4, 5]]
-    assert await group(6) == 12  # the ended writers are replaced
-
-
 async def test_a_bad_item_fails_alone_and_its_batch_mates_are_written_one_by_one() -> None:
     """One item PostgreSQL rejects (or a deadlock, or a dead pooled connection) must not fail
     the other jobs' writes that happened to share its batch."""

@@ -22,10 +22,7 @@ class GroupCommit(Generic[T, R]):
 
     ``write`` takes the items of a batch and returns one result per item, in order. With
     ``linger_s``, each write first waits that long for more items: for writes nobody waits
-    for, where fewer round trips matter more than latency. With ``in_flight`` above 1, that
-    many writes may be under way at once (each on its own connection), so the caller's CPU
-    and the database's round trip overlap; batches may then land out of order, so only
-    writes whose order does not matter may use it.
+    for, where fewer round trips matter more than latency.
 
     A write that fails (or takes longer than ``timeout_s``) is tried again item by item, so one
     bad item, a deadlock or a connection that died in the pool fails only the calls whose own
@@ -41,27 +38,21 @@ class GroupCommit(Generic[T, R]):
         max_batch: int = 500,
         linger_s: float = 0.0,
         timeout_s: float = 30.0,
-        in_flight: int = 1,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._timeout_s = timeout_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._in_flight = in_flight
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
 
     def submit(self, item: T) -> asyncio.Future[R]:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if len(self._tasks) >= self._in_flight:  # a writer whose loop ended is done at once
-            self._tasks = {task for task in self._tasks if not task.done()}
-        if len(self._tasks) < self._in_flight:
+        if self._task is None or self._task.done():
             # No caller's context: the writer serves every job alike.
-            self._tasks.add(
-                asyncio.create_task(
-                    self._drain(), name="videoq-group-commit", context=contextvars.Context()
-                )
+            self._task = asyncio.create_task(
+                self._drain(), name="videoq-group-commit", context=contextvars.Context()
             )
         return future
 
@@ -96,5 +87,5 @@ class GroupCommit(Generic[T, R]):
 
     async def aclose(self, timeout_s: float = 30.0) -> None:
         """Wait (at most ``timeout_s``) for the writes already submitted."""
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=timeout_s)
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=timeout_s)
