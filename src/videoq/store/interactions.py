@@ -45,14 +45,14 @@ class NewInteraction:
 
 
 #: A batch (arrays, one element per interaction, ``n`` its place). Each interaction's tenant is
-#: its API key's (the key by its hash, not revoked; its expiry is checked by the caller) or,
-#: with no key, the one given (a caller the API authenticated otherwise). Those whose video is
-#: a succeeded job of their tenant get an id and are inserted (a repeated idempotency key:
+#: its API key's (by its hash, not revoked) or, with no key, the one given (a caller the API
+#: authenticated otherwise). Those whose key has not expired and whose video is a succeeded
+#: job of their tenant get an id and are inserted (a repeated idempotency key:
 #: not), and their users' counters are raised, each user once, in a fixed order (two batches
-#: never wait on each other's users in a cycle); a key not written down as used for a minute
-#: is. One row per interaction: its place, its tenant and key's expiry (no tenant: no such
-#: key), its id (none: its video is no succeeded job of the tenant) and whether it was
-#: inserted.
+#: never wait on each other's users in a cycle). A key not written down as used for a minute
+#: is, unless another batch is writing it down (skipped: no batch waits on a key's row). One
+#: row per interaction: its place, its tenant and key's expiry (no tenant: no such key), its
+#: id (none: its video is no succeeded job of the tenant) and whether it was inserted.
 _RECORD = f"""
     WITH input AS (
         SELECT * FROM unnest(
@@ -89,9 +89,11 @@ _RECORD = f"""
     ), used AS (
         UPDATE api_keys SET last_used_at = $9
         WHERE id IN (
-            SELECT key_id FROM callers WHERE expires_at IS NULL OR expires_at > $9
+            SELECT id FROM api_keys
+            WHERE id IN (SELECT key_id FROM callers WHERE expires_at IS NULL OR expires_at > $9)
+              AND (last_used_at IS NULL OR last_used_at < $10)
+            FOR UPDATE SKIP LOCKED
         )
-          AND (last_used_at IS NULL OR last_used_at < $10)
     )
     SELECT callers.n, callers.caller, callers.expires_at, found.id,
            added.id IS NOT NULL AS created
