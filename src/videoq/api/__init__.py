@@ -100,13 +100,14 @@ def create_app(settings: Settings) -> Starlette:
         Exception: errors.internal_error,
     }
     routes = [
+        # The router tries routes in order: the interaction intake, the hot path, first.
+        *feed.ROUTES,
         Route("/openapi.json", openapi.route),
         *webhooks.ROUTES,
         *jobs.ROUTES,
         *scenes.ROUTES,
         *tenants.ROUTES,
         *spend.ROUTES,
-        *feed.ROUTES,
         *keys.ROUTES,
         *schedules.ROUTES,
         *ops.ROUTES,

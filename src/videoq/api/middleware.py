@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
@@ -36,6 +36,7 @@ HEADERS = {
     "referrer-policy": "no-referrer",
     "cross-origin-opener-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=()",
+    "cache-control": "no-store",
 }
 #: Responses that are not HTML (JSON, video): nothing may run or be framed.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
@@ -46,6 +47,10 @@ HTML_CSP = (
     "img-src 'self' data:; media-src 'self'; connect-src 'self'; font-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+_DEFAULTS = [(name.encode(), value.encode()) for name, value in HEADERS.items()]
+_OURS = frozenset((b"content-security-policy", b"x-request-id"))
+_API_CSP = API_CSP.encode()
+_HSTS = (b"strict-transport-security", b"max-age=63072000")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
@@ -70,6 +75,25 @@ class Nonce:
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
+
+
+def _secured(start: Message, nonce: Nonce, request_id: str, https: bool) -> list[Any]:
+    """A response's headers with ours: those it set itself kept, save the CSP and request id
+    (always ours). Raw (lower-case bytes, as ASGI has them), on every request's path."""
+    kept = []
+    names = set()
+    html = False
+    for name, value in start.get("headers", ()):
+        if name not in _OURS:
+            kept.append((name, value))
+            names.add(name)
+            html = html or (name == b"content-type" and value.startswith(b"text/html"))
+    kept.extend(header for header in _DEFAULTS if header[0] not in names)
+    if https and b"strict-transport-security" not in names:
+        kept.append(_HSTS)
+    csp = HTML_CSP.format(nonce=nonce).encode() if html else _API_CSP
+    kept += [(b"content-security-policy", csp), (b"x-request-id", request_id.encode())]
+    return kept
 
 
 class SecurityMiddleware:
@@ -105,15 +129,7 @@ class SecurityMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                out = MutableHeaders(scope=message)
-                for name, value in HEADERS.items():
-                    out.setdefault(name, value)
-                html = out.get("content-type", "").startswith("text/html")
-                out["content-security-policy"] = HTML_CSP.format(nonce=nonce) if html else API_CSP
-                out.setdefault("cache-control", "no-store")
-                out["x-request-id"] = request_id
-                if https:
-                    out.setdefault("strict-transport-security", "max-age=63072000")
+                message = {**message, "headers": _secured(message, nonce, request_id, https)}
             await send(message)
 
         bound = structlog.contextvars.bind_contextvars(request_id=request_id)

@@ -87,7 +87,12 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     settings = need_urls(settings_of(ctx))
     host, port = host or settings.host, settings.port if port is None else port
     _port_free(host, port)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", lifespan="on")
+    # No access log (at this level it would print nothing, yet format every request) and no
+    # Server header (it only tells a scanner what runs here).
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="warning", lifespan="on",
+        access_log=False, server_header=False,
+    )  # fmt: skip
 
 
 @main.command()
