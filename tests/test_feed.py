@@ -467,6 +467,35 @@ async def test_the_key_is_checked_in_the_batch_at_once_and_a_bad_one_stores_noth
     assert await count_stored(sessions, tenant) == (4, 1)
 
 
+async def test_an_intake_connection_the_server_drops_is_replaced_and_nothing_is_lost(
+    live_api: LiveApi, sessions: Any
+) -> None:
+    # The intake's writers hold their connections between batches: one the server dropped
+    # must be given up and replaced, not written on again and again.
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    key = await new_key(sessions, tenant=tenant)
+    video = await finished_video(sessions, tenant, "Kettle", "bold", "a kettle")
+    users = [f"u{n}" for n in range(8)]  # enough for every writer, one per user
+    async with httpx.AsyncClient(base_url=live_api.url, headers=auth(key)) as http:
+
+        async def interact(user: str) -> int:
+            body = {"user_id": user, "video_id": video, "type": "view"}
+            return (await http.post("/v1/interactions", json=body)).status_code
+
+        assert await asyncio.gather(*map(interact, users)) == [202] * len(users)
+        async with sessions() as session:
+            dropped = await session.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'videoq intake'"
+                )
+            )
+        assert dropped
+        for _ in range(2):  # the first batch on a dropped connection, then the next
+            assert await asyncio.gather(*map(interact, users)) == [202] * len(users)
+    assert await count_stored(sessions, tenant) == (3 * len(users), len(users))
+
+
 def touch(
     kind: str,
     vector: list[float] | None,

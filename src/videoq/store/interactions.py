@@ -13,12 +13,15 @@ once."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import asyncpg
 
 from videoq.errors import IdempotencyKeyReused, Unauthorized, VideoNotFinished
 from videoq.groupcommit import GroupCommit
@@ -38,10 +41,11 @@ class NewInteraction:
 
     def fingerprint(self) -> str:
         """A digest of the request: what an ``Idempotency-Key`` is bound to."""
-        canonical = json.dumps(
-            [self.user_id, str(self.video_id), self.type, self.watched_s], separators=(",", ":")
-        )
+        canonical = _CANONICAL.encode([self.user_id, str(self.video_id), self.type, self.watched_s])
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_CANONICAL = json.JSONEncoder(separators=(",", ":"))
 
 
 #: A batch (arrays, one element per interaction, ``n`` its place). Each interaction's tenant is
@@ -151,17 +155,32 @@ class Intake:
     did), and a user's interactions are recorded in the order they came."""
 
     def __init__(self, database_url: str) -> None:
-        self._pool = DirectPool(
-            database_url, max_size=WRITERS + 1, application_name="videoq intake"
-        )
+        # Each writer's connection is its own, held between its batches; the pool serves the
+        # lookups of repeated idempotency keys.
+        self._pool = DirectPool(database_url, max_size=1, application_name="videoq intake")
+        self._held: list[asyncpg.Connection | None] = [None] * WRITERS
         self._writers: list[GroupCommit[_Item, _Written]] = [
-            GroupCommit(self._write) for _ in range(WRITERS)
+            GroupCommit(functools.partial(self._write, n)) for n in range(WRITERS)
         ]
 
-    async def _write(self, items: list[_Item]) -> list[_Written]:
+    async def _write(self, writer: int, items: list[_Item]) -> list[_Written]:
+        conn = self._held[writer]
+        if conn is None or conn.is_closed():  # the server's to close too
+            conn = self._held[writer] = await self._pool.connect()
+        try:
+            return await self._record(conn, items)
+        except asyncpg.PostgresError:
+            raise  # the statement failed, on its own: the connection is as it was
+        except BaseException:
+            # Cut short (by the timeout) or lost: the next batch takes another.
+            self._held[writer] = None
+            conn.terminate()
+            raise
+
+    @staticmethod
+    async def _record(conn: asyncpg.Connection, items: list[_Item]) -> list[_Written]:
         now = datetime.now(UTC)
-        pool = await self._pool()
-        rows = await pool.fetch(
+        rows = await conn.fetch(
             _RECORD,
             [i.key_hash for i in items], [i.tenant for i in items],
             [i.new.user_id for i in items], [i.new.video_id for i in items],
@@ -224,4 +243,8 @@ class Intake:
         """Wait for the interactions already taken, then close the connections."""
         for writer in self._writers:
             await writer.aclose()
+        held, self._held = self._held, [None] * WRITERS
+        for conn in held:
+            if conn is not None:
+                await conn.close(timeout=5)
         await self._pool.aclose()
