@@ -26,6 +26,7 @@ from tests.commands import isolated, videoq
 from tests.conftest import LiveApi, auth, new_key, running_worker
 from tests.test_feed import BREAD, finished_video
 from videoq.children import preexec
+from videoq.cli import ops
 from videoq.logs import configure_logging
 from videoq.settings import Settings
 from videoq.store.tables import FeedUser
@@ -232,3 +233,33 @@ async def test_process_pending_stopped_by_a_signal_says_so_and_requeues(
     assert err.decode().strip().splitlines()[-1].startswith("error: stopped by a signal")
     job = (await asgi_client.get(f"/v1/jobs/{job_id}", headers=auth(key))).json()
     assert job["status"] == "queued"
+
+
+#: `videoq api` with uvicorn's run replaced: what the process is set up with when it would serve.
+_SERVED_WITH = """
+import gc, json, uvicorn
+from videoq.cli import main
+
+def run(app, **options):
+    young, *_ = gc.get_threshold()
+    print(json.dumps({"young": young, "frozen": gc.get_freeze_count(), **{
+        name: options[name] for name in ("access_log", "server_header", "lifespan")}}))
+
+uvicorn.run = run
+main(["api", "--port", "0"])
+"""
+
+
+async def test_the_api_process_is_set_up_for_a_long_run(settings: Settings) -> None:
+    # What it was built with is frozen (full collections no longer walk it), its youngest
+    # generation collected less often; no access log to format, no Server header to send.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVED_WITH, env=_env(settings), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec(),
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    served = json.loads(out.decode().strip().splitlines()[-1])
+    assert served["young"] == ops.YOUNG_GENERATION > 700
+    assert served["frozen"] > 10_000  # the modules' objects, the app's
+    assert served == {**served, "access_log": False, "server_header": False, "lifespan": "on"}
