@@ -166,9 +166,10 @@ async def intake(
     clients: int,
     seconds: float,
 ) -> float:
-    """Interactions the API accepted per second. Each client is a keep-alive HTTP/1.1 connection written by hand (a request,
-    then its answer: no pipelining): a full client such as httpx spends about a millisecond
-    of CPU a request on the cores the API needs, so the figure would be the load's own."""
+    """Interactions the API accepted per second. Each client is a keep-alive HTTP/1.1
+    connection written by hand (a request, then its answer: no pipelining): a full client
+    such as httpx spends about a millisecond of CPU a request on the cores the API needs, so
+    the figure would be the load's own."""
     accepted = 0
     deadline = time.monotonic() + seconds
     port = int(url.rsplit(":", 1)[1])

@@ -34,6 +34,8 @@ from videoq.providers.offline import OfflineScriptProvider
 from videoq.schemas import JobCreate
 from videoq.settings import Settings
 from videoq.store import feed as rows
+from videoq.store import interactions
+from videoq.store.engine import DirectPool
 from videoq.store.tables import DIMENSIONS, ApiKey, FeedUser, Interaction, VideoEmbedding
 from videoq.types import Brief
 
@@ -494,6 +496,74 @@ async def test_an_intake_connection_the_server_drops_is_replaced_and_nothing_is_
         for _ in range(2):  # the first batch on a dropped connection, then the next
             assert await asyncio.gather(*map(interact, users)) == [202] * len(users)
     assert await count_stored(sessions, tenant) == (3 * len(users), len(users))
+
+
+async def test_a_batch_cut_short_is_ended_on_the_server_and_never_lands_later(
+    settings: Settings, sessions: Any
+) -> None:
+    # A batch that outlives its timeout (here: waiting on the user's counters, which another
+    # transaction holds) is ended on the server before it is written again, so neither it nor
+    # its retry commits behind the caller's back once the lock is gone; the next batch takes
+    # a new connection.
+    assert settings.database_url
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    key = await new_key(sessions, tenant=tenant)
+    video = uuid.UUID(await finished_video(sessions, tenant, "Kettle", "bold", "a kettle"))
+    intake = interactions.Intake(settings.database_url, timeout_s=0.5)
+
+    async def interact(kind: str) -> bool:
+        new = interactions.NewInteraction("u", video, kind)
+        _, created = await intake.record(new, idempotency_key=None, api_key=key)
+        return created
+
+    try:
+        assert await interact("view")
+        async with sessions() as session:
+            held = select(FeedUser).where(FeedUser.tenant == tenant).with_for_update()
+            assert (await session.execute(held)).scalar_one().interactions == 1
+            with pytest.raises(TimeoutError):
+                await interact("like")
+            await session.rollback()
+        await asyncio.sleep(1)  # what still ran on the server would have landed by now
+        assert await count_stored(sessions, tenant) == (1, 1)
+        assert await interact("save")
+    finally:
+        await intake.aclose()
+    assert await count_stored(sessions, tenant) == (2, 1)
+
+
+@pytest.mark.parametrize(("idle_s", "connections"), [(240.0, 1), (0.0, 3)])
+async def test_an_intake_connection_idle_too_long_is_replaced(
+    settings: Settings,
+    sessions: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    idle_s: float,
+    connections: int,
+) -> None:
+    # Held between batches, but not past IDLE_S: a NAT may have dropped it without a word.
+    assert settings.database_url
+    monkeypatch.setattr(interactions, "IDLE_S", idle_s)
+    opened = 0
+    connect = DirectPool.connect
+
+    async def counted(pool: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return await connect(pool)
+
+    monkeypatch.setattr(DirectPool, "connect", counted)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    key = await new_key(sessions, tenant=tenant)
+    video = uuid.UUID(await finished_video(sessions, tenant, "Kettle", "bold", "a kettle"))
+    intake = interactions.Intake(settings.database_url)
+    try:
+        for kind in ("view", "like", "save"):  # one user: one writer
+            new = interactions.NewInteraction("u", video, kind)
+            await intake.record(new, idempotency_key=None, api_key=key)
+    finally:
+        await intake.aclose()
+    assert opened == connections
+    assert await count_stored(sessions, tenant) == (3, 1)
 
 
 def touch(

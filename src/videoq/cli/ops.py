@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import signal
 import socket
@@ -18,6 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from videoq import heap
 from videoq.cli.base import (
     INTERRUPTED,
     JOB_FAILED,
@@ -89,7 +89,7 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     host, port = host or settings.host, settings.port if port is None else port
     _port_free(host, port)
     app = create_app(settings)
-    tune_collector()
+    heap.settle(YOUNG_GENERATION)
     # No access log (at this level it would print nothing, yet format every request) and no
     # Server header (it only tells a scanner what runs here).
     uvicorn.run(
@@ -98,21 +98,11 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     )  # fmt: skip
 
 
-#: The collector's youngest generation, in objects (Python's default: 700).
+#: The API's youngest generation, in objects. Under 32 clients at 700 (Python's) the
+#: collector took 1.1 s of every 8, full collections walking every module's objects twice a
+#: second; at 50,000 with the rest frozen, none (docs/decisions.md, "Preference-driven
+#: generation"): a fifth of an interaction's CPU.
 YOUNG_GENERATION = 50_000
-
-
-def tune_collector() -> None:
-    """Set up the garbage collector for a long-running server, once it has imported and built
-    what it serves with: those objects live as long as the process, so they are frozen (full
-    collections no longer walk them), and the youngest generation is collected after
-    :data:`YOUNG_GENERATION` objects instead of 700 (a request's objects are freed by their
-    reference counts; under load the collector otherwise ran some 300 times a second).
-    Together a fifth of the API's CPU a request (docs/decisions.md, "Preference-driven
-    generation")."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
 
 
 @main.command()

@@ -105,9 +105,11 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 class DirectPool:
     """asyncpg connections of their own, for a hot path that goes around SQLAlchemy (whose
     pool and execution layers cost several times the CPU: docs/decisions.md "Workers"):
-    opened on first use (at most ``max_size``), closed by :meth:`aclose` (and opened again if
-    used again). Every statement sent on them must be its own transaction (autocommit), so a
-    released connection is not reset (asyncpg's reset costs a round trip per release)."""
+    a pool opened on first use (at most ``max_size``), closed by :meth:`aclose` (and opened
+    again if used again), and single connections with the same settings (:meth:`connect`),
+    which are their caller's to close. Every statement sent on them must be its own
+    transaction (autocommit), so a released connection is not reset (asyncpg's reset costs a
+    round trip per release)."""
 
     def __init__(
         self,

@@ -13,21 +13,26 @@ once."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import time
 import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from asyncpg.exceptions import OperatorInterventionError
 
 from videoq.errors import IdempotencyKeyReused, Unauthorized, VideoNotFinished
 from videoq.groupcommit import GroupCommit
 from videoq.store.apikeys import LAST_USED_RESOLUTION, check_expiry, hash_key
 from videoq.store.engine import DirectPool
 from videoq.types import JobStatus
+
+_CANONICAL = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -45,16 +50,14 @@ class NewInteraction:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_CANONICAL = json.JSONEncoder(separators=(",", ":"))
-
-
 #: A batch (arrays, one element per interaction, ``n`` its place). Each interaction's tenant is
 #: its API key's (by its hash, not revoked) or, with no key, the one given (a caller the API
 #: authenticated otherwise). Those whose key has not expired and whose video is a succeeded
 #: job of their tenant get an id and are inserted (a repeated idempotency key:
 #: not), and their users' counters are raised, each user once, in a fixed order (two batches
 #: never wait on each other's users in a cycle). A key not written down as used for a minute
-#: is, unless another batch is writing it down (skipped: no batch waits on a key's row). One
+#: is, unless its row is locked (another batch writing it down, a revocation, a console
+#: sign-in: skipped, so no batch waits on a key's row). One
 #: row per interaction: its place, its tenant and key's expiry (no tenant: no such key), its
 #: id (none: its video is no succeeded job of the tenant) and whether it was inserted.
 _RECORD = f"""
@@ -96,7 +99,7 @@ _RECORD = f"""
             SELECT id FROM api_keys
             WHERE id IN (SELECT key_id FROM callers WHERE expires_at IS NULL OR expires_at > $9)
               AND (last_used_at IS NULL OR last_used_at < $10)
-            FOR UPDATE SKIP LOCKED
+            FOR NO KEY UPDATE SKIP LOCKED
         )
     )
     SELECT callers.n, callers.caller, callers.expires_at, found.id,
@@ -141,41 +144,70 @@ class _Written:
 
 #: Batches written at once by one API process (:class:`Intake`).
 WRITERS = 2
+#: A writer's connection idle this long is replaced before its next batch, as an asyncpg
+#: pool's would be: a NAT or load balancer may have dropped it without a word.
+IDLE_S = 240.0
 
 
 class Intake:
     """The API process's writer of interactions, in batches (see the module), on connections
-    of its own (:class:`~videoq.store.engine.DirectPool`).
+    of its own (:meth:`~videoq.store.engine.DirectPool.connect`).
 
     A batch's commit waits for its WAL flush, so one writer at a time would bound the intake
     by a flush per batch. :data:`WRITERS` write at once instead, each with its own batches,
     and PostgreSQL flushes their commits together. A user's interactions always go to the
     same writer (by user id), so two batches written at once never raise the same user's
     counters: they never wait on each other's row locks (which, sharing users, they mostly
-    did), and a user's interactions are recorded in the order they came."""
+    did), and a user's interactions are recorded in the order they came. Each writer holds
+    its connection between batches: an asyncpg pool's acquire and release cost about as much
+    CPU as the statement."""
 
-    def __init__(self, database_url: str) -> None:
-        # Each writer's connection is its own, held between its batches; the pool serves the
-        # lookups of repeated idempotency keys.
-        self._pool = DirectPool(database_url, max_size=1, application_name="videoq intake")
-        self._held: list[asyncpg.Connection | None] = [None] * WRITERS
+    def __init__(self, database_url: str, *, timeout_s: float = 30.0) -> None:
+        # The pool serves the lookups of repeated idempotency keys, and ends statements cut
+        # short.
+        self._pool = DirectPool(database_url, max_size=WRITERS, application_name="videoq intake")
+        self._held: list[tuple[asyncpg.Connection, float] | None] = [None] * WRITERS
         self._writers: list[GroupCommit[_Item, _Written]] = [
-            GroupCommit(functools.partial(self._write, n)) for n in range(WRITERS)
+            GroupCommit(functools.partial(self._write, n), timeout_s=timeout_s)
+            for n in range(WRITERS)
         ]
 
-    async def _write(self, writer: int, items: list[_Item]) -> list[_Written]:
-        conn = self._held[writer]
-        if conn is None or conn.is_closed():  # the server's to close too
-            conn = self._held[writer] = await self._pool.connect()
-        try:
-            return await self._record(conn, items)
-        except asyncpg.PostgresError:
-            raise  # the statement failed, on its own: the connection is as it was
-        except BaseException:
-            # Cut short (by the timeout) or lost: the next batch takes another.
-            self._held[writer] = None
+    async def _connection(self, writer: int) -> asyncpg.Connection:
+        """The writer's connection: the one it holds, unless the server closed it or it lay
+        idle past :data:`IDLE_S`."""
+        held = self._held[writer]
+        if held is not None:
+            conn, used_at = held
+            if not conn.is_closed() and time.monotonic() - used_at < IDLE_S:
+                return conn
             conn.terminate()
+            self._held[writer] = None
+        conn = await self._pool.connect()
+        self._held[writer] = (conn, time.monotonic())
+        return conn
+
+    async def _write(self, writer: int, items: list[_Item]) -> list[_Written]:
+        conn = await self._connection(writer)
+        try:
+            written = await self._record(conn, items)
+        except BaseException as exc:
+            if not _as_it_was(conn, exc):
+                self._held[writer] = None
+                await self._end(conn)
             raise
+        self._held[writer] = (conn, time.monotonic())
+        return written
+
+    async def _end(self, conn: asyncpg.Connection) -> None:
+        """Close a connection whose batch was cut short (by the timeout) or lost. Its server
+        process is ended first, from another connection: a statement still waiting (on a
+        lock, say) would otherwise go on after the client left and commit a batch that is
+        being written again."""
+        if not conn.is_closed():
+            with contextlib.suppress(Exception):  # no server to ask: nothing runs there
+                pool = await self._pool()
+                await pool.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        conn.terminate()
 
     @staticmethod
     async def _record(conn: asyncpg.Connection, items: list[_Item]) -> list[_Written]:
@@ -241,10 +273,25 @@ class Intake:
 
     async def aclose(self) -> None:
         """Wait for the interactions already taken, then close the connections."""
-        for writer in self._writers:
-            await writer.aclose()
-        held, self._held = self._held, [None] * WRITERS
-        for conn in held:
-            if conn is not None:
-                await conn.close(timeout=5)
-        await self._pool.aclose()
+        try:
+            for writer in self._writers:
+                await writer.aclose()
+            held, self._held = self._held, [None] * WRITERS
+            for conn, _ in filter(None, held):
+                try:
+                    await conn.close(timeout=5)
+                except Exception:  # a lost server, or a statement that will not end
+                    conn.terminate()
+        finally:
+            await self._pool.aclose()
+
+
+def _as_it_was(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    """Whether a connection whose statement raised ``exc`` can take the next batch: when
+    PostgreSQL refused the statement itself (not the connection, nor an operator's
+    intervention: a cancel, a shutdown) and the connection is still open."""
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and not isinstance(exc, asyncpg.PostgresConnectionError | OperatorInterventionError)
+        and not conn.is_closed()
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import socket
 import uuid
@@ -20,7 +19,7 @@ from typing import Any
 import structlog
 from arq import func
 
-from videoq import store, tracing
+from videoq import heap, store, tracing
 from videoq.broker import BROKER_ERRORS, inbound, keys, limits, queue, registry
 from videoq.embedded import resolve
 from videoq.logs import configure_logging
@@ -63,19 +62,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     if watch is not None:
         state.background.append(asyncio.create_task(watch.run(), name="videoq-predictions"))
     ctx["videoq"] = state
-    _settle_heap()
+    heap.settle(YOUNG_GENERATION)
     log.info("worker_started", worker_id=worker_id, queue=settings.queue_name)
 
 
-def _settle_heap() -> None:
-    """What start-up built (modules, settings, pools: hundreds of thousands of objects) lives
-    as long as the process: kept out of the garbage collector's passes, which would otherwise
-    walk all of it every few thousand jobs and stall every job in flight (figures in
-    docs/decisions.md "Workers"). Young objects are collected less often too: a job makes a
-    few hundred, mostly freed by reference counting."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, *gc.get_threshold()[1:])
+#: A worker's youngest generation, in objects: a job makes a few hundred (figures in
+#: docs/decisions.md "Workers").
+YOUNG_GENERATION = 10_000
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
