@@ -53,13 +53,13 @@ class NewInteraction:
 #: A batch (arrays, one element per interaction, ``n`` its place). Each interaction's tenant is
 #: its API key's (by its hash, not revoked) or, with no key, the one given (a caller the API
 #: authenticated otherwise). Those whose key has not expired and whose video is a succeeded
-#: job of their tenant get an id and are inserted (a repeated idempotency key:
-#: not), and their users' counters are raised, each user once, in a fixed order (two batches
+#: job of their tenant get an id and are inserted (a repeated idempotency key: not), and
+#: their users' counters are raised, each user once, in a fixed order (two batches
 #: never wait on each other's users in a cycle). A key not written down as used for a minute
 #: is, unless its row is locked (another batch writing it down, a revocation, a console
-#: sign-in: skipped, so no batch waits on a key's row). One
-#: row per interaction: its place, its tenant and key's expiry (no tenant: no such key), its
-#: id (none: its video is no succeeded job of the tenant) and whether it was inserted.
+#: sign-in: skipped, so no batch waits on a key's row). One row per interaction: its place,
+#: its tenant and key's expiry (no tenant: no such key), its id (none: its video is no
+#: succeeded job of the tenant) and whether it was inserted.
 _RECORD = f"""
     WITH input AS (
         SELECT * FROM unnest(
