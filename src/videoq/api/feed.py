@@ -80,7 +80,6 @@ async def create_interaction(request: Request) -> Response:
         tenant = (await principal(request)).tenant
         if isinstance(asked, Response):
             return asked
-        api_key = None
     new, key = asked
     try:
         row, created = await state_of(request).intake.record(
