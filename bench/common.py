@@ -72,6 +72,12 @@ async def stack(**overrides: object) -> AsyncIterator[Stack]:
             await task
 
 
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds the process has used (Linux: ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def spawn(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(

@@ -27,12 +27,10 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,7 +41,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from tests.mocks.replicate import ReplicateMock
 
-from bench.common import ROOT, Stack, stack, videoq_worker, wait_for, write_section
+from bench.common import ROOT, Stack, cpu_s, stack, videoq_worker, wait_for, write_section
 from bench.memory import rss_mb
 from videoq import store
 from videoq.children import preexec
@@ -94,12 +92,6 @@ async def serve_mock() -> None:
     server.should_exit = True
     await task
     await mock.aclose()
-
-
-def cpu_s(pid: int) -> float:
-    """User plus system CPU seconds the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
