@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import re
-import statistics
 import sys
 import time
 import uuid
@@ -216,51 +215,88 @@ async def intake(
     started, cpu = time.monotonic(), cpu_s(api_pid)
     await asyncio.gather(*(client(n) for n in range(clients)))
     elapsed, cpu = time.monotonic() - started, cpu_s(api_pid) - cpu
-    took.sort()
-    return Intake(
-        clients, len(took) / elapsed, took[len(took) // 2], took[int(len(took) * 0.99)],
-        cpu / len(took) * 1e6, cpu / elapsed,
-    )  # fmt: skip
+    p50, p99 = percentiles(took, "interaction")
+    return Intake(clients, len(took) / elapsed, p50, p99, cpu / len(took) * 1e6, cpu / elapsed)
 
 
 async def settle(dsn: str) -> int:
-    """A checkpoint, and fresh statistics for the planner; returns the server's
-    ``max_connections``."""
+    """A checkpoint, and fresh statistics for the planner; returns how many more client
+    connections the server would take now (``max_connections`` less those reserved for
+    superusers and those open, this one among them)."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("CHECKPOINT")
         await conn.execute("ANALYZE")
-        return int(await conn.fetchval("SHOW max_connections"))
+        allowed = int(await conn.fetchval("SHOW max_connections"))
+        reserved = int(await conn.fetchval("SHOW superuser_reserved_connections"))
+        used = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        )
+        return allowed - reserved - int(used)
     finally:
         await conn.close()
 
 
-async def bare_insert(dsn: str, ids: list[uuid.UUID], clients: int, seconds: float) -> float:
-    """The same rows INSERTed by asyncpg, one statement (and commit) each, per second."""
-    inserted = 0
-    deadline = time.monotonic() + seconds
-    pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients)
+@dataclass
+class Bare:
+    """One measurement of the baseline: rows INSERTed per second, and each statement's
+    latency (milliseconds, with its commit)."""
+
+    connections: int
+    rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def bare_insert(dsn: str, ids: list[uuid.UUID], connections: int, seconds: float) -> Bare:
+    """The same rows INSERTed by asyncpg, one statement (and commit) each, from
+    ``connections`` connections for ``seconds`` (counted once the pool is open)."""
+    took: list[float] = []
+    pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections)
     try:
+        deadline = time.monotonic() + seconds
 
         async def client(n: int) -> None:
-            nonlocal inserted
             i = n
             async with pool.acquire() as conn:
                 while time.monotonic() < deadline:
+                    sent = time.perf_counter()
                     await conn.execute(
                         "INSERT INTO interactions (tenant, user_id, video_id, type, watched_s, "
                         "idempotency_key, fingerprint, created_at) "
                         "VALUES ($1, $2, $3, 'view', 12.5, $4, $5, now())",
                         TENANT, f"b{n}", ids[i % len(ids)], uuid.uuid4().hex, "0" * 64,
                     )  # fmt: skip
-                    inserted += 1
-                    i += clients
+                    took.append((time.perf_counter() - sent) * 1000)
+                    i += connections
 
         started = time.monotonic()
-        await asyncio.gather(*(client(n) for n in range(clients)))
-        return inserted / (time.monotonic() - started)
+        await asyncio.gather(*(client(n) for n in range(connections)))
+        rate = len(took) / (time.monotonic() - started)
     finally:
         await pool.close()
+    p50, p99 = percentiles(took, "INSERT")
+    return Bare(connections, rate, p50, p99)
+
+
+def percentiles(took: list[float], what: str) -> tuple[float, float]:
+    if not took:
+        raise SystemExit(f"no {what} completed in the time given: raise --seconds")
+    took.sort()
+    return took[len(took) // 2], took[min(len(took) - 1, int(len(took) * 0.99))]
+
+
+def concurrencies(value: str) -> list[int]:
+    """``--clients``: distinct positive counts, comma-separated, in ascending order."""
+    try:
+        counts = sorted({int(n) for n in value.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of counts: {value!r}"
+        ) from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"each count must be at least 1: {value!r}")
+    return counts
 
 
 async def main(videos: int, count: int, clients: list[int], seconds: float, quick: bool) -> None:
@@ -288,7 +324,8 @@ async def main(videos: int, count: int, clients: list[int], seconds: float, quic
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         ours: list[Intake] = []
-        bare: dict[int, float] = {}
+        bare: dict[int, Bare] = {}  # by connections
+        beside: dict[int, Bare] = {}  # by the intake's clients
         try:
 
             async def up() -> bool:
@@ -300,31 +337,48 @@ async def main(videos: int, count: int, clients: list[int], seconds: float, quic
 
             await wait_for(up, 60, "the API", every=0.2)
             # Each measurement from a settled server: the seeding's writes flushed (else a
-            # checkpoint under way slows whichever runs first).
+            # checkpoint under way slows whichever runs first). The baseline at as many
+            # connections as the intake's clients, up to BARE_MAX and what the server has
+            # free beside the API's own.
             for n in clients:
-                allowed = await settle(dsn)
+                await settle(dsn)
                 ours.append(await intake(url, key, ids[:1000], n, seconds, api.pid))
-                if n <= BARE_MAX:
-                    await settle(dsn)
-                    bare[n] = await bare_insert(dsn, ids[:1000], n, seconds)
+                connections = min(n, BARE_MAX, await settle(dsn))
+                if connections not in bare:
+                    bare[connections] = await bare_insert(dsn, ids[:1000], connections, seconds)
+                beside[n] = bare[connections]
         finally:
             api.terminate()
             api.wait()
-    p50 = statistics.median(took)
-    p99 = sorted(took)[min(len(took) - 1, int(len(took) * 0.99))]
+    p50, p99 = percentiles(took, "refill")
     hnsw = "Index Scan using video_embeddings_hnsw" in plan
     best = max(ours, key=lambda m: m.rate)
-    bare_at = max(bare, key=lambda n: bare[n])
-    ratio = best.rate / bare[bare_at]
+    top = max(bare.values(), key=lambda b: b.rate)
+    ratio = best.rate / top.rate
+    most = max(bare)
+
     sweep = "\n".join(
         f"| {m.clients} | {m.rate:,.0f} | {m.p50_ms:.1f} / {m.p99_ms:.1f} ms "
-        f"| {m.api_cpu_us:.0f} µs, {m.api_busy:.0%} of a core | "
-        + (
-            f"{bare[m.clients]:,.0f} |"
-            if m.clients in bare
-            else "(past the server's connections) |"
+        f"| {m.api_cpu_us:.0f} µs, {m.api_busy:.0%} of a core "
+        f"| {b.rate:,.0f} ({b.connections} connection{'s' if b.connections > 1 else ''}), {b.p50_ms:.1f} / {b.p99_ms:.1f} ms "
+        f"| {m.rate / b.rate:.2f}× |"
+        for m, b in ((m, beside[m.clients]) for m in ours)
+    )
+    # What the run shows of the baseline's ceiling and the intake's batching, in its own figures.
+    counts = sorted(bare)
+    if len(counts) > 1:
+        last, before = bare[counts[-1]], bare[counts[-2]]
+        change = last.rate / before.rate - 1
+        ceiling = (
+            f"From {before.connections} to {last.connections} connections its rate changed by "
+            f"{change:+.0%}."
         )
-        for m in ours
+    else:
+        ceiling = "It was measured at one concurrency only."
+    first, widest = ours[0], ours[-1]
+    batching = (
+        f"From {first.clients} to {widest.clients} clients the API's CPU per interaction went "
+        f"from {first.api_cpu_us:.0f} µs to {widest.api_cpu_us:.0f} µs."
     )
     listed = ",".join(map(str, clients))
     body = f"""\
@@ -335,16 +389,18 @@ async def main(videos: int, count: int, clients: list[int], seconds: float, quic
 |---|---|---|---|
 | feed refill for one user among {videos:,} embeddings, p50 | {p50:.1f} ms | | |
 | feed refill, p99 ({count} refills) | {p99:.1f} ms | | ≤ 50 ms {"✓" if p99 <= 50 else "✗"} |
-| interactions accepted per second by one API process (its best: {best.clients} clients) | {best.rate:,.0f} | {bare[bare_at]:,.0f} (bare asyncpg INSERT of the same row; its best: {bare_at} connections) | ≥ 0.5× {"✓" if ratio >= 0.5 else "✗"} ({ratio:.2f}×) |
+| interactions accepted per second by one API process (its best: {best.clients} clients) | {best.rate:,.0f} | {top.rate:,.0f} (bare asyncpg INSERT of the same row; its best: {top.connections} connections) | ≥ 0.5× {"✓" if ratio >= 0.5 else "✗"} ({ratio:.2f}×) |
 
 Each figure is a capacity, so each side is measured at every concurrency of the run and
 counted at its best. The intake's clients are keep-alive HTTP/1.1 connections (the end
 users' devices); the bare INSERT's are PostgreSQL connections, which cost a server process
-each: it is measured up to {BARE_MAX} (the server allows {allowed}), and has stopped rising
-well before. Latency is from sending a request to reading its answer.
+each: it is measured at as many connections as the intake's clients, up to {most} (at most
+{BARE_MAX}, and no more than the server had free beside the API's own).
+{ceiling}
+Latency is from sending a request (or statement) to reading its answer.
 
-| clients | interactions accepted per second | latency p50 / p99 | API CPU per interaction, busy | bare INSERT per second, as many connections |
-|---|---|---|---|---|
+| clients | interactions accepted per second | latency p50 / p99 | API CPU per interaction, busy | bare INSERT per second, latency p50 / p99 | ratio |
+|---|---|---|---|---|---|
 {sweep}
 
 A refill reads the user's 15 interactions with their videos' embeddings, computes and stores
@@ -358,8 +414,9 @@ parsed and validated, then a place in the next batch: the interactions that arri
 batch is written go together in one statement on the intake's own asyncpg connections (the
 callers' keys looked up, the videos checked, the rows inserted, the users' counters raised)
 and one commit, two writers at once (a user's always the same). So the more clients wait,
-the larger the batches and the less each interaction costs PostgreSQL, until the API
-process is busy. The bare INSERTs share PostgreSQL's WAL flushes (group commit) and its
+the larger the batches and the less each interaction costs, until the API process is busy.
+{batching}
+The bare INSERTs share PostgreSQL's WAL flushes (group commit) and its
 backends' parallelism on both cores; the API is one Python process on one of them, and the
 load (hand-written clients, in this process) shares the same two (where an interaction's
 CPU goes: docs/decisions.md, "Preference-driven generation").
@@ -377,13 +434,15 @@ if __name__ == "__main__":
     parser.add_argument("--refills", type=int, default=200)
     parser.add_argument(
         "--clients",
-        type=lambda v: [int(n) for n in v.split(",")],
+        type=concurrencies,
         default=[1, 32, 64, 128, 256],
         help="concurrencies, comma-separated (default 1,32,64,128,256)",
     )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="2,000 videos, 20 refills, 2 s")
     args = parser.parse_args()
+    if args.seconds <= 0 or args.refills < 1 or args.videos < 5:
+        parser.error("--seconds must be above 0, --refills at least 1, --videos at least 5")
     if args.quick:
         args.videos, args.refills, args.seconds = 2000, 20, 2.0
     # The API's event loop (and the workers'), for the load and the baseline's client alike:

@@ -768,6 +768,27 @@ async def test_health_reports_stores_queue_and_workers(
     assert after["status"] == "healthy"
 
 
+async def test_health_is_degraded_while_no_worker_is_seen(settings: Settings, redis: Redis) -> None:
+    # Jobs would be taken and none run: still 200 (the record is safe), but not healthy.
+    # A staleness window of a microsecond: no worker of another test counts here.
+    lonely = settings.model_copy(update={"worker_stale_s": 1e-6})
+    app = create_app(lonely)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as http:
+            alone = await http.get("/health")
+            fake_worker = f"test-worker-{uuid.uuid4().hex}"
+            await redis.zadd(keys.WORKERS, {fake_worker: time.time() + 60})
+            try:
+                seen = await http.get("/health")
+            finally:
+                await redis.zrem(keys.WORKERS, fake_worker)
+    assert alone.status_code == 200, alone.text
+    assert alone.json()["status"] == "degraded" and alone.json()["workers"] == 0
+    assert alone.json()["redis"] is True and alone.json()["database"] is True
+    assert seen.json()["status"] == "healthy" and seen.json()["workers"] == 1
+
+
 # --- 8. Unmigrated database -----------------------------------------------------------------------
 
 

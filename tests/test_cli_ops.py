@@ -81,8 +81,9 @@ async def test_process_pending_runs_what_is_due_then_exits_with_a_summary(
     assert job["status"] == "scheduled"
 
 
+@pytest.mark.parametrize("command", [("process-pending",), ("worker", "--burst")])
 async def test_process_pending_refills_feeds_due_and_info_shows_the_feed_figures(
-    live_api: LiveApi, settings: Settings, sessions: Any
+    command: tuple[str, ...], live_api: LiveApi, settings: Settings, sessions: Any
 ) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     key, admin = await new_key(sessions, tenant), await new_key(sessions, admin=True)
@@ -112,7 +113,7 @@ async def test_process_pending_refills_feeds_due_and_info_shows_the_feed_figures
         code, out, err = await _videoq("info", "--json", env=_env(settings, **api))
         assert json.loads(out)["queue"]["feed"]["users_due"] == due["users_due"]
 
-        code, out, err = await _videoq("process-pending", env=_env(settings))
+        code, out, err = await _videoq(*command, env=_env(settings))
         assert code == 0, err[-3000:]
         refills = int(out.strip().splitlines()[-1].split(", ")[2].split()[0])
         assert refills >= 1, (out, err[-3000:])

@@ -140,6 +140,8 @@ async def test_interactions_with_one_style_feed_similar_existing_videos(
         code, out, err = await run_cli("feed", "u-1", "--json", url=api.url, key=key)
         assert code == 0, err
         assert [row["job_id"] for row in json.loads(out)] == [item.job_id for item in items]
+        code, table, err = await run_cli("feed", "u-1", "--limit", "2", url=api.url, key=key)
+        assert code == 0, err
         # Another tenant: the same user id names another user, and the videos are not its own.
         assert await feed_of(other, "u-1") == []
         theirs = await other.preferences("u-1")
@@ -151,6 +153,11 @@ async def test_interactions_with_one_style_feed_similar_existing_videos(
     assert not {item.job_id for item in items} & set(diving)
     threshold = feed_settings.similarity_threshold
     assert all(item.type == "existing_video" and item.status == "ready" for item in items)
+    # The table: the best two, each on its row with its similarity.
+    assert "feed of u-1" in table and table.count("existing_video") == 2, table
+    for item in items[:2]:
+        assert item.job_id in table and f"{item.similarity:.3f}" in table, table
+    assert items[2].job_id not in table
     assert all(item.similarity >= threshold for item in items)
     assert all(item.video_url and item.video_url.endswith(f"{item.job_id}/video") for item in items)
     similarities = [item.similarity for item in items]
@@ -394,6 +401,26 @@ async def test_a_retried_interaction_is_recorded_once(live_api: LiveApi, session
     async with sessions() as session:
         user = await rows.user(session, tenant, "u")
     assert user is not None and user.interactions == user.pending == 2
+
+
+async def test_one_idempotency_key_from_two_tenants_is_two_interactions(
+    live_api: LiveApi, sessions: Any
+) -> None:
+    # Keys are the caller's to choose: another tenant's, however alike, neither replays this
+    # one's answer nor is refused as reused.
+    tenants = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    answers = []
+    async with httpx.AsyncClient(base_url=live_api.url) as http:
+        for tenant, kind in zip(tenants, ("like", "skip"), strict=True):
+            key = await new_key(sessions, tenant)
+            video = await finished_video(sessions, tenant, "Kettle", "bold", "a kettle")
+            body = {"user_id": "u", "video_id": video, "type": kind}
+            headers = {**auth(key), "Idempotency-Key": "shared"}
+            answers.append(await http.post("/v1/interactions", json=body, headers=headers))
+    assert [a.status_code for a in answers] == [202, 202], [a.text for a in answers]
+    assert [a.json()["type"] for a in answers] == ["like", "skip"]
+    assert answers[0].json()["id"] != answers[1].json()["id"]
+    assert [await count_stored(sessions, t) for t in tenants] == [(1, 1), (1, 1)]
 
 
 async def test_interactions_sent_at_once_are_each_recorded_once(
