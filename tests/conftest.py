@@ -198,14 +198,21 @@ async def live_api(settings: Settings) -> AsyncIterator[LiveApi]:
         yield api
 
 
-@pytest.fixture
-async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """httpx on the app in-process (lifespan run by hand: ASGITransport does not)."""
+@contextlib.asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx on one API process (its own engine and state) for ``settings``, in this event loop
+    (lifespan run by hand: ASGITransport does not)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as client:
             yield client
+
+
+@pytest.fixture
+async def asgi_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(settings) as client:
+        yield client
 
 
 @contextlib.asynccontextmanager

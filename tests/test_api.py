@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import LiveApi, new_key, set_status
+from tests.conftest import LiveApi, app_client, new_key, set_status
 from videoq import store
 from videoq.api import create_app
 from videoq.broker import keys
@@ -743,6 +745,17 @@ async def test_video_of_a_succeeded_job_is_served_with_ranges(
 # --- 7. Health ------------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def a_worker_seen(redis: Redis, ahead_s: float = 0.0) -> AsyncIterator[None]:
+    """A worker in the registry, its heartbeat ``ahead_s`` from now, for the block only."""
+    worker = f"test-worker-{uuid.uuid4().hex}"
+    await redis.zadd(keys.WORKERS, {worker: time.time() + ahead_s})
+    try:
+        yield
+    finally:
+        await redis.zrem(keys.WORKERS, worker)
+
+
 async def test_health_reports_stores_queue_and_workers(
     asgi_client: httpx.AsyncClient, redis: Redis, api_key: str
 ) -> None:
@@ -755,12 +768,8 @@ async def test_health_reports_stores_queue_and_workers(
     assert before["queue_length"] == 0  # this test's own queue
 
     await create(asgi_client, api_key)
-    fake_worker = f"test-worker-{uuid.uuid4().hex}"
-    await redis.zadd(keys.WORKERS, {fake_worker: time.time()})
-    try:
+    async with a_worker_seen(redis):
         response = await asgi_client.get("/health")
-    finally:
-        await redis.zrem(keys.WORKERS, fake_worker)
     after = response.json()
     assert response.status_code == 200
     assert after["queue_length"] == 1
@@ -771,18 +780,10 @@ async def test_health_reports_stores_queue_and_workers(
 async def test_health_is_degraded_while_no_worker_is_seen(settings: Settings, redis: Redis) -> None:
     # Jobs would be taken and none run: still 200 (the record is safe), but not healthy.
     # A staleness window of a microsecond: no worker of another test counts here.
-    lonely = settings.model_copy(update={"worker_stale_s": 1e-6})
-    app = create_app(lonely)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as http:
-            alone = await http.get("/health")
-            fake_worker = f"test-worker-{uuid.uuid4().hex}"
-            await redis.zadd(keys.WORKERS, {fake_worker: time.time() + 60})
-            try:
-                seen = await http.get("/health")
-            finally:
-                await redis.zrem(keys.WORKERS, fake_worker)
+    async with app_client(settings.model_copy(update={"worker_stale_s": 1e-6})) as http:
+        alone = await http.get("/health")
+        async with a_worker_seen(redis, ahead_s=60):
+            seen = await http.get("/health")
     assert alone.status_code == 200, alone.text
     assert alone.json()["status"] == "degraded" and alone.json()["workers"] == 0
     assert alone.json()["redis"] is True and alone.json()["database"] is True

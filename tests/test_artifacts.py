@@ -14,7 +14,7 @@ import pytest
 from arq import ArqRedis
 from redis.asyncio import Redis
 
-from tests.conftest import S3Server, auth, new_key, set_status
+from tests.conftest import S3Server, app_client, auth, new_key, set_status
 from tests.processes import WorkerProcess
 from videoq import store
 from videoq.api import create_app
@@ -171,19 +171,16 @@ async def s3_api(
     engine = store.create_engine(s3_settings.database_url or "")
     sessions = store.sessionmaker(engine)
     key = await new_key(sessions)
-    app = create_app(s3_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as client:
-            job = await client.post("/v1/jobs", json={"product_name": "S3"}, headers=auth(key))
-            job_id = job.json()["id"]
-            await set_status(
-                sessions, job_id, "succeeded", result={"duration_s": 1.0, "size_bytes": 1000}
-            )
-            video = Path(s3_settings.scratch) / job_id / "video.mp4"
-            data = a_file(video, 1000)
-            await open_store(s3_settings).for_job(job_id, video.parent).keep(video)
-            yield client, s3_settings, (job_id, key, data)
+    async with app_client(s3_settings) as client:
+        job = await client.post("/v1/jobs", json={"product_name": "S3"}, headers=auth(key))
+        job_id = job.json()["id"]
+        await set_status(
+            sessions, job_id, "succeeded", result={"duration_s": 1.0, "size_bytes": 1000}
+        )
+        video = Path(s3_settings.scratch) / job_id / "video.mp4"
+        data = a_file(video, 1000)
+        await open_store(s3_settings).for_job(job_id, video.parent).keep(video)
+        yield client, s3_settings, (job_id, key, data)
     await engine.dispose()
 
 
@@ -216,11 +213,8 @@ async def test_an_object_store_video_can_redirect_to_a_signed_url(
 ) -> None:
     _, s3_settings, (job_id, key, data) = s3_api
     redirecting = s3_settings.model_copy(update={"video_redirect": True})
-    app = create_app(redirecting)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as other:
-            answer = await other.get(f"/v1/jobs/{job_id}/video", headers=auth(key))
+    async with app_client(redirecting) as other:
+        answer = await other.get(f"/v1/jobs/{job_id}/video", headers=auth(key))
     assert answer.status_code == 307
     signed = answer.headers["location"]
     assert "X-Amz-Signature=" in signed

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,22 +15,11 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import LiveApi, auth, new_key
+from tests.conftest import LiveApi, app_client, auth, new_key
 from tests.test_api import assert_error, named_fields
 from videoq import store
-from videoq.api import create_app
 from videoq.client import AuthenticationError, Client, ConflictError, PermissionDenied
 from videoq.settings import Settings
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """One API process (its own engine and state) for ``settings``, in this event loop."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as client:
-            yield client
 
 
 @pytest.fixture

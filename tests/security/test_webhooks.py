@@ -6,7 +6,6 @@ GitHub and Replicate routes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import time
@@ -25,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.conftest import new_key, running_worker
+from tests.conftest import app_client, new_key, running_worker
 from tests.mocks.server import serve
 from tests.security.conftest import (
     REPLICATE_SECRET,
@@ -218,17 +217,6 @@ async def settled(sessions: Any, job_id: str, timeout: float = 30) -> store.Webh
             await asyncio.sleep(0.02)
 
 
-@contextlib.asynccontextmanager
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    from videoq.api import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://videoq") as client:
-            yield client
-
-
 # --- Outbound deliveries --------------------------------------------------------------------------
 
 
@@ -238,7 +226,7 @@ async def test_a_finished_job_is_delivered_signed_and_recorded(
     hooked = hooks_settings(settings)
     key = await new_key(sessions)
     receiver.replies = [Response(status_code=500), Response(status_code=503)]
-    async with api(hooked) as client, running_worker(hooked):
+    async with app_client(hooked) as client, running_worker(hooked):
         created = await client.post(
             "/v1/jobs",
             json={"product_name": "Kettle", "webhook_url": f"{receiver.url}/hooks/videoq?t=1"},
@@ -271,7 +259,7 @@ async def test_retries_stop_after_the_last_delay(
     hooked = hooks_settings(settings, webhook_retry_delays_s=(0.01,))
     key = await new_key(sessions)
     receiver.replies = [Response(status_code=500)] * 5
-    async with api(hooked) as client, running_worker(hooked):
+    async with app_client(hooked) as client, running_worker(hooked):
         created = await client.post(
             "/v1/jobs", json={"product_name": "K", "webhook_url": receiver.url}, headers=auth(key)
         )
@@ -285,7 +273,7 @@ async def test_a_cancelled_job_is_delivered_by_the_api(
 ) -> None:
     hooked = hooks_settings(settings)
     key = await new_key(sessions)
-    async with api(hooked) as client:  # no worker: the API cancels and delivers
+    async with app_client(hooked) as client:  # no worker: the API cancels and delivers
         created = await client.post(
             "/v1/jobs", json={"product_name": "K", "webhook_url": receiver.url}, headers=auth(key)
         )
@@ -303,7 +291,7 @@ async def test_jobs_without_a_webhook_url_deliver_nothing(
 ) -> None:
     hooked = hooks_settings(settings)
     key = await new_key(sessions)
-    async with api(hooked) as client:
+    async with app_client(hooked) as client:
         job_id = (
             await client.post("/v1/jobs", json={"product_name": "K"}, headers=auth(key))
         ).json()["id"]
