@@ -136,6 +136,12 @@ async def wait_for(predicate: object, timeout: float, what: str, every: float = 
         await asyncio.sleep(every)
 
 
+def pct(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` by nearest rank (the p99 of 100 values is the largest)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def summary(values: Sequence[float]) -> str:
     """``median (min–max)`` of ``values``, in the unit they came in."""
     return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"

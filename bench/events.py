@@ -28,18 +28,13 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from websockets.asyncio.client import connect
 
-from bench.common import NO_LIMITS, Stack, spawn, stack, write_section
+from bench.common import NO_LIMITS, Stack, pct, spawn, stack, write_section
 from videoq.broker import events, keys
 from videoq.embedded import free_port
 from videoq.types import make_event
 
 JOBS = 10
 MS = 1000.0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def spread(values: list[float]) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import stack, videoq_worker, write_section
+from bench.common import pct, stack, videoq_worker, write_section
 from videoq import store
 from videoq.client import Client
 from videoq.store.apikeys import create_key
@@ -64,11 +64,6 @@ async def wait_started(client: Client, job_id: str, timeout: float = 3600) -> fl
             return (job.started_at - job.created_at).total_seconds()
         await asyncio.sleep(0.02)
     raise TimeoutError(job_id)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def started_order(client: Client, ids: list[str]) -> list[tuple[float, str]]:

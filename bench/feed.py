@@ -38,7 +38,7 @@ import uvloop
 from pgvector.asyncpg import register_vector
 from sqlalchemy import text
 
-from bench.common import ROOT, cpu_s, spawn, stack, wait_for, write_section
+from bench.common import ROOT, cpu_s, pct, spawn, stack, wait_for, write_section
 from videoq import broker, feed, store
 from videoq.embedded import free_port
 from videoq.providers.briefs import OfflineBriefWriter
@@ -219,14 +219,21 @@ async def intake(
     return Intake(clients, len(took) / elapsed, p50, p99, cpu / len(took) * 1e6, cpu / elapsed)
 
 
-async def settle(dsn: str) -> int:
-    """A checkpoint, and fresh statistics for the planner; returns how many more client
-    connections the server would take now (``max_connections`` less those reserved for
-    superusers and those open, this one among them)."""
+async def settle(dsn: str) -> None:
+    """A checkpoint, and fresh statistics for the planner."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("CHECKPOINT")
         await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def free_connections(dsn: str) -> int:
+    """How many more client connections the server would take now: ``max_connections`` less
+    those reserved for superusers and those open (this one among them)."""
+    conn = await asyncpg.connect(dsn)
+    try:
         allowed = int(await conn.fetchval("SHOW max_connections"))
         reserved = int(await conn.fetchval("SHOW superuser_reserved_connections"))
         used = await conn.fetchval(
@@ -282,8 +289,7 @@ async def bare_insert(dsn: str, ids: list[uuid.UUID], connections: int, seconds:
 def percentiles(took: list[float], what: str) -> tuple[float, float]:
     if not took:
         raise SystemExit(f"no {what} completed in the time given: raise --seconds")
-    took.sort()
-    return took[len(took) // 2], took[min(len(took) - 1, int(len(took) * 0.99))]
+    return pct(took, 0.5), pct(took, 0.99)
 
 
 def concurrencies(value: str) -> list[int]:
@@ -343,8 +349,9 @@ async def main(videos: int, count: int, clients: list[int], seconds: float, quic
             for n in clients:
                 await settle(dsn)
                 ours.append(await intake(url, key, ids[:1000], n, seconds, api.pid))
-                connections = min(n, BARE_MAX, await settle(dsn))
+                connections = min(n, BARE_MAX, await free_connections(dsn))
                 if connections not in bare:
+                    await settle(dsn)
                     bare[connections] = await bare_insert(dsn, ids[:1000], connections, seconds)
                 beside[n] = bare[connections]
         finally:

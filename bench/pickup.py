@@ -25,12 +25,7 @@ from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from bench.common import raw_arq_worker, stack, videoq_worker, write_section
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from bench.common import pct, raw_arq_worker, stack, videoq_worker, write_section
 
 
 async def commands(redis: Redis) -> int:

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench.chaos import World, drain, world
-from bench.common import write_section
+from bench.common import pct, write_section
 from videoq.client import Client
 
 SECTION = "Realistic latencies"
@@ -104,11 +104,6 @@ async def batch(here: World, name: str, n: int, env: dict[str, str]) -> Run:
     return run
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 async def main(jobs: int, quick: bool) -> None:
     clip = 3.0 if quick else 20.0
     async with world("realistic", clip_latency=clip) as here:
@@ -135,9 +130,9 @@ async def main(jobs: int, quick: bool) -> None:
         ("failed jobs", str(now.failed), str(before.failed), ""),
         ("ETA at submit, median / p90 relative error (goal median ≤ 15 %)",
          f"{100 * statistics.median(now.eta_errors or [float('nan')]):.0f} % / "
-         f"{100 * pct(now.eta_errors, 0.9):.0f} % ({len(now.eta_errors)} jobs)",
+         f"{100 * pct(now.eta_errors or [float('nan')], 0.9):.0f} % ({len(now.eta_errors)} jobs)",
          f"{100 * statistics.median(before.eta_errors or [float('nan')]):.0f} % / "
-         f"{100 * pct(before.eta_errors, 0.9):.0f} %", ""),
+         f"{100 * pct(before.eta_errors or [float('nan')], 0.9):.0f} %", ""),
         ("ETA at submit, median signed error (+: said later than it was)",
          f"{100 * statistics.median(now.eta_bias or [float('nan')]):+.0f} %",
          f"{100 * statistics.median(before.eta_bias or [float('nan')]):+.0f} %", ""),

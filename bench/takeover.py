@@ -29,16 +29,11 @@ import httpx
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from bench.common import Stack, stack, videoq_worker, wait_for, write_section
+from bench.common import Stack, pct, stack, videoq_worker, wait_for, write_section
 from videoq import store
 from videoq.broker import keys
 
 GOAL_P99_S = 3.0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Workers:
